@@ -1,0 +1,10 @@
+//! rstore node: one member of a replicated key-value store cluster.
+//!
+//! Layout:
+//! - [`types`]: the openraft type configuration and the commands in the log;
+//! - [`identity`]: the persisted node id and cluster id;
+//! - [`store`]: the Raft log, vote and state machine in sled, with a true durability barrier.
+
+pub mod identity;
+pub mod store;
+pub mod types;

@@ -1,0 +1,168 @@
+//! The durability barrier for sled, and a flusher thread that shares one barrier among
+//! every write waiting for it (group commit at the disk).
+//!
+//! sled 0.34's `flush()` ends in `sync_file_range`, which is not a durability barrier, and
+//! sled never fsyncs the files it writes for large values (`blobs/`). So a barrier here is:
+//! `flush()`, then `fdatasync` of the `db` file, then `fsync` of any blob file written since
+//! the last barrier and of the blob directory. Nothing is acknowledged before that.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::types::TypeConfig;
+
+/// Owns the sled handle and the file handles needed to make its writes durable.
+pub struct Barrier {
+    db: sled::Db,
+    db_file: File,
+    blobs_dir: PathBuf,
+    blobs_seen: Option<SystemTime>,
+    blobs_synced: HashSet<std::ffi::OsString>,
+}
+
+impl Barrier {
+    pub fn new(db: sled::Db, dir: &Path) -> io::Result<Self> {
+        let db_file = File::open(dir.join("db"))?;
+        // The files were possibly just created: make their directory entries durable.
+        crate::identity::sync_dir(dir)?;
+        Ok(Self {
+            db,
+            db_file,
+            blobs_dir: dir.join("blobs"),
+            blobs_seen: None,
+            blobs_synced: HashSet::new(),
+        })
+    }
+
+    /// Make every write issued to sled before this call durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.db.flush().map_err(io::Error::other)?;
+        self.db_file.sync_data()?;
+        self.sync_blobs()
+    }
+
+    fn sync_blobs(&mut self) -> io::Result<()> {
+        let mtime = match std::fs::metadata(&self.blobs_dir) {
+            Ok(m) => m.modified()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        // A directory modified twice within one timestamp tick shows the same mtime, so
+        // recently modified directories are always rescanned.
+        let recent = SystemTime::now()
+            .duration_since(mtime)
+            .map(|d| d < Duration::from_secs(2))
+            .unwrap_or(true);
+        if self.blobs_seen == Some(mtime) && !recent {
+            return Ok(());
+        }
+        self.blobs_seen = Some(mtime);
+        let mut present = HashSet::new();
+        let mut synced_any = false;
+        for entry in std::fs::read_dir(&self.blobs_dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !self.blobs_synced.contains(&name) {
+                match File::open(entry.path()) {
+                    Ok(f) => f.sync_all()?,
+                    // sled removes blobs it no longer needs; that is fine.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                synced_any = true;
+            }
+            present.insert(name);
+        }
+        if synced_any {
+            crate::identity::sync_dir(&self.blobs_dir)?;
+        }
+        self.blobs_synced = present;
+        Ok(())
+    }
+}
+
+/// Something waiting for the next durability barrier.
+pub enum Waiter {
+    /// openraft's log-append callback.
+    Log(openraft::storage::LogFlushed<TypeConfig>),
+    /// Anyone else (vote, truncate, snapshot install), woken through a channel.
+    Notify(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
+/// Statistics of one barrier, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushStats {
+    pub waiters: usize,
+    pub duration: Duration,
+}
+
+/// Handle to the flusher thread. Cloning it is cheap.
+#[derive(Clone)]
+pub struct Flusher {
+    tx: mpsc::Sender<Waiter>,
+}
+
+impl Flusher {
+    /// Start the flusher thread. `observe` is called after every barrier.
+    pub fn start(
+        mut barrier: Barrier,
+        observe: impl Fn(FlushStats) + Send + 'static,
+    ) -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Waiter>();
+        std::thread::Builder::new()
+            .name("rstore-flusher".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut waiters = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        waiters.push(more);
+                    }
+                    let start = Instant::now();
+                    let result = barrier.sync();
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "durability barrier failed");
+                    }
+                    observe(FlushStats {
+                        waiters: waiters.len(),
+                        duration: start.elapsed(),
+                    });
+                    for w in waiters {
+                        match w {
+                            Waiter::Log(cb) => cb.log_io_completed(
+                                result
+                                    .as_ref()
+                                    .map(|_| ())
+                                    .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+                            ),
+                            Waiter::Notify(tx) => {
+                                let _ = tx.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(Self { tx })
+    }
+
+    /// Queue an openraft log callback for the next barrier.
+    pub fn submit_log(&self, cb: openraft::storage::LogFlushed<TypeConfig>) -> io::Result<()> {
+        self.tx
+            .send(Waiter::Log(cb))
+            .map_err(|_| io::Error::other("flusher thread stopped"))
+    }
+
+    /// Wait until everything written so far is durable.
+    pub async fn sync(&self) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Waiter::Notify(tx))
+            .map_err(|_| io::Error::other("flusher thread stopped"))?;
+        rx.await
+            .map_err(|_| io::Error::other("flusher thread stopped"))?
+            .map_err(io::Error::other)
+    }
+}
