@@ -19,7 +19,9 @@ pub enum IdentityError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is corrupt ({source}); refusing to start with an unknown identity. Restore it from backup, or wipe the whole data directory to rejoin as a new member")]
+    #[error(
+        "{path} is corrupt ({source}); refusing to start with an unknown identity. Restore it from backup, or wipe the whole data directory to rejoin as a new member"
+    )]
     Corrupt {
         path: PathBuf,
         source: serde_json::Error,

@@ -1,1 +1,42 @@
-fn main() {}
+//! The `node` binary: parses the command line and runs the chosen command.
+
+use clap::Parser;
+use rstore_node::app::Node;
+use rstore_node::cli::{Cli, Command, LogFormat};
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_tracing(args.log_format);
+            let settings = args.settings()?;
+            let node = Node::start(settings).await?;
+            node.run(shutdown_signal()).await
+        }
+        Command::Dev(args) => rstore_node::dev::run(args).await,
+        Command::Kv(cmd) => rstore_node::cli::run_kv(cmd).await,
+        Command::Cluster(cmd) => rstore_node::cli::run_cluster(cmd).await,
+    }
+}

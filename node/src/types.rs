@@ -38,7 +38,11 @@ pub struct Member {
 
 impl std::fmt::Display for Member {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{{peer: {}, client: {}}}", self.peer_url, self.client_url)
+        write!(
+            f,
+            "{{peer: {}, client: {}}}",
+            self.peer_url, self.client_url
+        )
     }
 }
 

@@ -11,9 +11,13 @@ use rstore_node::types::{NodeId, TypeConfig};
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let s = store::open(dir.path(), 8 << 20, |_| {}).await.expect("open store");
+        let s = store::open(dir.path(), 8 << 20, |_| {})
+            .await
+            .expect("open store");
         Ok((dir, s.log, s.sm))
     }
 }

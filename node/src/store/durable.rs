@@ -139,7 +139,8 @@ impl Flusher {
                                     .map_err(|e| io::Error::new(e.kind(), e.to_string())),
                             ),
                             Waiter::Notify(tx) => {
-                                let _ = tx.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                                let _ =
+                                    tx.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
                             }
                         }
                     }

@@ -34,7 +34,10 @@ fn err_write(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::<NodeId>::write_logs(AnyError::new(&e)).into()
 }
 
-fn get_json<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, StorageError> {
+fn get_json<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    key: &[u8],
+) -> Result<Option<T>, StorageError> {
     match tree.get(key).map_err(err_read)? {
         Some(v) => Ok(Some(bincode::deserialize(&v).map_err(err_read)?)),
         None => Ok(None),
@@ -135,7 +138,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(get_json::<Option<LogId>>(&self.tree, COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -151,7 +158,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
-        for kv in self.tree.range(entry_key(log_id.index)..=entry_key(u64::MAX)) {
+        for kv in self
+            .tree
+            .range(entry_key(log_id.index)..=entry_key(u64::MAX))
+        {
             let (k, _) = kv.map_err(err_read)?;
             batch.remove(k);
         }

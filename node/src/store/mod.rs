@@ -16,7 +16,9 @@ pub use sm::{KvReader, Record, StateMachineStore};
 /// open its data must never silently start empty.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("cannot open the database in {dir}: {source}. If the files are corrupt, restore the data directory from backup, or wipe it entirely to rejoin as a new member")]
+    #[error(
+        "cannot open the database in {dir}: {source}. If the files are corrupt, restore the data directory from backup, or wipe it entirely to rejoin as a new member"
+    )]
     Sled { dir: String, source: sled::Error },
     #[error("cannot set up durable writes in {dir}: {source}")]
     Io { dir: String, source: std::io::Error },
@@ -45,18 +47,34 @@ pub async fn open(
         .cache_capacity(cache_bytes)
         .flush_every_ms(Some(500))
         .open()
-        .map_err(|source| OpenError::Sled { dir: dir.clone(), source })?;
+        .map_err(|source| OpenError::Sled {
+            dir: dir.clone(),
+            source,
+        })?;
     let tree = |name: &str| {
-        db.open_tree(name)
-            .map_err(|source| OpenError::Sled { dir: dir.clone(), source })
+        db.open_tree(name).map_err(|source| OpenError::Sled {
+            dir: dir.clone(),
+            source,
+        })
     };
     let raft_tree = tree("raft")?;
     let sm_tree = tree("sm")?;
-    let barrier = durable::Barrier::new(db.clone(), &db_dir).map_err(|source| OpenError::Io { dir: dir.clone(), source })?;
-    let flusher = Flusher::start(barrier, observe).map_err(|source| OpenError::Io { dir: dir.clone(), source })?;
+    let barrier = durable::Barrier::new(db.clone(), &db_dir).map_err(|source| OpenError::Io {
+        dir: dir.clone(),
+        source,
+    })?;
+    let flusher = Flusher::start(barrier, observe).map_err(|source| OpenError::Io {
+        dir: dir.clone(),
+        source,
+    })?;
     let log = LogStore::new(raft_tree, flusher.clone());
     let sm = StateMachineStore::open(sm_tree, &data_dir.join("snapshot"), flusher.clone())
         .await
         .map_err(|e| OpenError::StateMachine(e.to_string()))?;
-    Ok(Storage { db, log, sm, flusher })
+    Ok(Storage {
+        db,
+        log,
+        sm,
+        flusher,
+    })
 }

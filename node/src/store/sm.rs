@@ -23,8 +23,8 @@ use serde_bytes::ByteBuf;
 
 use super::durable::Flusher;
 use crate::types::{
-    Command, Condition, Entry, LogId, NodeId, Outcome, Request, Response, Snapshot, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig,
+    Command, Condition, Entry, LogId, NodeId, Outcome, Request, Response, Snapshot, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig,
 };
 
 const APPLIED: &[u8] = b"m/applied";
@@ -50,7 +50,10 @@ fn err_snapshot(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::<NodeId>::write_snapshot(None, AnyError::new(&e)).into()
 }
 
-fn read_meta<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, StorageError> {
+fn read_meta<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    key: &[u8],
+) -> Result<Option<T>, StorageError> {
     match tree.get(key).map_err(err_read)? {
         Some(b) => Ok(Some(bincode::deserialize(&b).map_err(err_read)?)),
         None => Ok(None),
@@ -123,7 +126,12 @@ impl KvReader {
     }
 
     /// Keys with `prefix`, strictly after `start_after`, at most `limit`; and whether more exist.
-    pub fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<(Vec<ListedItem>, bool), sled::Error> {
+    pub fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<ListedItem>, bool), sled::Error> {
         let start = match start_after {
             Some(s) if s >= prefix => {
                 let mut k = data_key(s.as_bytes());
@@ -142,7 +150,8 @@ impl KvReader {
             if items.len() == limit {
                 return Ok((items, true));
             }
-            let (Ok(key), Some(record)) = (String::from_utf8(k[1..].to_vec()), Record::decode(&v)) else {
+            let (Ok(key), Some(record)) = (String::from_utf8(k[1..].to_vec()), Record::decode(&v))
+            else {
                 continue;
             };
             items.push(ListedItem { key, record });
@@ -180,7 +189,11 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    pub async fn open(tree: sled::Tree, snapshot_dir: &Path, flusher: Flusher) -> Result<Self, StorageError> {
+    pub async fn open(
+        tree: sled::Tree,
+        snapshot_dir: &Path,
+        flusher: Flusher,
+    ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(snapshot_dir).map_err(err_snapshot)?;
         let last_applied: Option<LogId> = read_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
         let membership: StoredMembership = read_meta(&tree, MEMBERSHIP)?.unwrap_or_default();
@@ -199,9 +212,11 @@ impl StateMachineStore {
         };
         if installing {
             tracing::warn!("a snapshot install was interrupted; redoing it from the snapshot file");
-            let file = sm
-                .read_snapshot_file()?
-                .ok_or_else(|| err_read(std::io::Error::other("snapshot install marker present but no snapshot file")))?;
+            let file = sm.read_snapshot_file()?.ok_or_else(|| {
+                err_read(std::io::Error::other(
+                    "snapshot install marker present but no snapshot file",
+                ))
+            })?;
             sm.replace_state(&file.payload).await?;
         }
         Ok(sm)
@@ -231,7 +246,11 @@ impl StateMachineStore {
         Ok(Some(file))
     }
 
-    fn write_snapshot_file(dir: &Path, meta: &SnapshotMeta, payload: &[u8]) -> Result<(), StorageError> {
+    fn write_snapshot_file(
+        dir: &Path,
+        meta: &SnapshotMeta,
+        payload: &[u8],
+    ) -> Result<(), StorageError> {
         let file = SnapshotFile {
             meta: meta.clone(),
             payload: ByteBuf::from(payload.to_vec()),
@@ -257,9 +276,18 @@ impl StateMachineStore {
         for (k, v) in &snap.data {
             batch.insert(data_key(k), v.as_ref());
         }
-        batch.insert(APPLIED, bincode::serialize(&snap.last_applied).map_err(err_write)?);
-        batch.insert(MEMBERSHIP, bincode::serialize(&snap.membership).map_err(err_write)?);
-        batch.insert(REVISION, bincode::serialize(&snap.revision).map_err(err_write)?);
+        batch.insert(
+            APPLIED,
+            bincode::serialize(&snap.last_applied).map_err(err_write)?,
+        );
+        batch.insert(
+            MEMBERSHIP,
+            bincode::serialize(&snap.membership).map_err(err_write)?,
+        );
+        batch.insert(
+            REVISION,
+            bincode::serialize(&snap.revision).map_err(err_write)?,
+        );
         batch.remove(INSTALLING);
         self.tree.apply_batch(batch).map_err(err_write)?;
         self.flusher.sync().await.map_err(err_write)?;
@@ -270,7 +298,11 @@ impl StateMachineStore {
         Ok(())
     }
 
-    fn current(&self, overlay: &std::collections::HashMap<String, Option<Record>>, key: &str) -> Result<Option<Record>, StorageError> {
+    fn current(
+        &self,
+        overlay: &std::collections::HashMap<String, Option<Record>>,
+        key: &str,
+    ) -> Result<Option<Record>, StorageError> {
         match overlay.get(key) {
             Some(r) => Ok(r.clone()),
             None => self.reader.get(key).map_err(err_read),
@@ -312,7 +344,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let (meta, bytes) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
             let bytes = bincode::serialize(&payload).map_err(err_snapshot)?;
             let snapshot_id = match last_applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, crc32fast::hash(&bytes)),
+                Some(l) => format!(
+                    "{}-{}-{}",
+                    l.leader_id.term,
+                    l.index,
+                    crc32fast::hash(&bytes)
+                ),
                 None => format!("0-0-{}", crc32fast::hash(&bytes)),
             };
             let meta = SnapshotMeta {
@@ -345,7 +382,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut overlay: std::collections::HashMap<String, Option<Record>> = std::collections::HashMap::new();
+        let mut overlay: std::collections::HashMap<String, Option<Record>> =
+            std::collections::HashMap::new();
         let mut revision = self.reader.revision();
         let mut responses = Vec::new();
         let mut membership_changed = false;
@@ -417,10 +455,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 None => batch.remove(data_key(k.as_bytes())),
             }
         }
-        batch.insert(APPLIED, bincode::serialize(&self.last_applied).map_err(err_write)?);
+        batch.insert(
+            APPLIED,
+            bincode::serialize(&self.last_applied).map_err(err_write)?,
+        );
         batch.insert(REVISION, bincode::serialize(&revision).map_err(err_write)?);
         if membership_changed {
-            batch.insert(MEMBERSHIP, bincode::serialize(&self.membership).map_err(err_write)?);
+            batch.insert(
+                MEMBERSHIP,
+                bincode::serialize(&self.membership).map_err(err_write)?,
+            );
         }
         self.tree.apply_batch(batch).map_err(err_write)?;
         self.reader.revision.store(revision, Ordering::Release);
@@ -433,7 +477,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut failed = false;
         for kv in self.tree.scan_prefix([DATA_PREFIX]) {
             match kv {
-                Ok((k, v)) => data.push((ByteBuf::from(k[1..].to_vec()), ByteBuf::from(v.to_vec()))),
+                Ok((k, v)) => {
+                    data.push((ByteBuf::from(k[1..].to_vec()), ByteBuf::from(v.to_vec())))
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "reading state for a snapshot failed");
                     failed = true;
@@ -456,7 +502,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let payload = snapshot.into_inner();
         // Validate before touching anything.
         bincode::deserialize::<SnapshotPayload>(&payload).map_err(err_read)?;

@@ -1,0 +1,471 @@
+//! The admin API: node and cluster status, cluster initialization, membership changes,
+//! and readiness.
+//!
+//! Membership changes run one at a time on the leader: a second concurrent change gets
+//! 409, and openraft's joint consensus means a configuration is never half-applied.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use openraft::ChangeMembers;
+use openraft::error::{ChangeMembershipError, ClientWriteError, InitializeError, RaftError};
+use serde::{Deserialize, Serialize};
+
+use super::forward::on_leader;
+use super::kv::read_body;
+use super::{ApiError, ApiResult, parse_query};
+use crate::app::{App, role_name};
+use crate::types::{Member, NodeId, RaftMetrics};
+
+#[derive(Serialize)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub cluster_id: Option<String>,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader_id: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub revision: u64,
+    pub client_url: String,
+    pub peer_url: String,
+    pub version: &'static str,
+}
+
+pub async fn node(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
+    parse_query(&uri, &[])?;
+    let m = app.metrics_snapshot();
+    Ok(axum::Json(NodeView {
+        id: app.id,
+        cluster_id: app.identity.cluster_id(),
+        role: role_name(&m),
+        term: m.current_term,
+        leader_id: m.current_leader,
+        last_log_index: m.last_log_index,
+        applied_index: m.last_applied.map(|l| l.index),
+        snapshot_index: m.snapshot.map(|l| l.index),
+        revision: app.kv.revision(),
+        client_url: app.settings.advertise_client.clone(),
+        peer_url: app.settings.advertise_peer.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .into_response())
+}
+
+#[derive(Serialize)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub role: &'static str,
+    pub client_url: String,
+    pub peer_url: String,
+    /// Last log index known durable on the member (leader only).
+    pub matched_index: Option<u64>,
+    /// Entries the member is behind the leader's log (leader only).
+    pub lag: Option<u64>,
+    /// Milliseconds since the member last acknowledged an AppendEntries (leader only).
+    pub last_contact_ms: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub struct ClusterView {
+    pub cluster_id: Option<String>,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    /// True while a membership change is in its joint phase or not yet committed.
+    pub membership_changing: bool,
+    pub members: Vec<MemberView>,
+    pub replication_mode: &'static str,
+    pub read_consistency: &'static str,
+}
+
+fn cluster_view(app: &App, m: &RaftMetrics) -> ClusterView {
+    let mem = m.membership_config.membership();
+    let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
+    let leader_last = m.last_log_index.unwrap_or(0);
+    let replication = m.replication.as_ref();
+    let members = mem
+        .nodes()
+        .map(|(id, node)| {
+            let matched = if *id == app.id && m.state == openraft::ServerState::Leader {
+                m.last_log_index
+            } else {
+                replication
+                    .and_then(|r| r.get(id))
+                    .map(|l| l.map(|l| l.index).unwrap_or(0))
+            };
+            MemberView {
+                id: *id,
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                },
+                client_url: node.client_url.clone(),
+                peer_url: node.peer_url.clone(),
+                matched_index: matched,
+                lag: matched.map(|i| leader_last.saturating_sub(i)),
+                last_contact_ms: if *id == app.id {
+                    replication.map(|_| 0)
+                } else {
+                    replication
+                        .and(app.contact.since(*id))
+                        .map(|d| d.as_millis() as u64)
+                },
+            }
+        })
+        .collect();
+    ClusterView {
+        cluster_id: app.identity.cluster_id(),
+        leader_id: m.current_leader,
+        term: m.current_term,
+        membership_changing: mem.get_joint_config().len() > 1,
+        members,
+        replication_mode: "quorum",
+        read_consistency: "linearizable",
+    }
+}
+
+pub async fn cluster(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult {
+    let q = parse_query(&uri, &["consistency"])?;
+    let stale = match q.get("consistency").map(|s| s.as_str()) {
+        Some("stale") => true,
+        None | Some("leader") | Some("linearizable") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("unknown consistency '{other}'; use leader or stale"),
+            ));
+        }
+    };
+    let local = || async {
+        Ok(Some(
+            axum::Json(cluster_view(&app, &app.metrics_snapshot())).into_response(),
+        ))
+    };
+    if stale {
+        return local().await.map(|r| r.expect("some"));
+    }
+    on_leader(&app, &method, &uri, &headers, Bytes::new(), local).await
+}
+
+pub async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let m = app.metrics_snapshot();
+    let not_ready = |why: String| (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    if m.membership_config.membership().get_node(&app.id).is_none() {
+        return not_ready("not a member of an initialized cluster".into());
+    }
+    let Some(leader) = m.current_leader else {
+        return not_ready("no leader known".into());
+    };
+    let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+    let last = m.last_log_index.unwrap_or(0);
+    if leader != app.id && last.saturating_sub(applied) > 1000 {
+        return not_ready(format!("catching up: applied {applied} of {last}"));
+    }
+    (StatusCode::OK, "ready").into_response()
+}
+
+fn conflict(message: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "membership_change_in_progress",
+        message,
+    )
+}
+
+fn lock_membership(app: &App) -> ApiResult<tokio::sync::MutexGuard<'_, ()>> {
+    app.membership_lock.try_lock().map_err(|_| {
+        conflict("another membership change is running on this cluster; retry when it has finished")
+    })
+}
+
+fn map_write_error(
+    e: RaftError<NodeId, ClientWriteError<NodeId, Member>>,
+) -> ApiResult<Option<Response>> {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Ok(None),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(p),
+        )) => Err(conflict(format!(
+            "a previous membership change is not committed yet ({p}); retry shortly"
+        ))),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_membership_change",
+            e.to_string(),
+        )),
+        RaftError::Fatal(e) => Err(ApiError::internal(e)),
+    }
+}
+
+pub async fn init(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
+    parse_query(&uri, &[])?;
+    let _guard = lock_membership(&app)?;
+    let m = app.metrics_snapshot();
+    let mem = m.membership_config.membership();
+    if mem.nodes().count() > 0 {
+        let only_me = mem.nodes().count() == 1 && mem.get_node(&app.id).is_some();
+        if only_me {
+            return Ok(axum::Json(cluster_view(&app, &m)).into_response());
+        }
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_initialized",
+            format!(
+                "this node is already a member of cluster {} with {} members; init runs once, on the first node only",
+                app.identity.cluster_id().unwrap_or_default(),
+                mem.nodes().count()
+            ),
+        ));
+    }
+    if let Some(c) = app.identity.cluster_id() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_initialized",
+            format!(
+                "this node was added to cluster {c} and is waiting for its leader; it cannot start a new cluster"
+            ),
+        ));
+    }
+    app.identity
+        .adopt_cluster(&crate::identity::new_cluster_id())
+        .map_err(ApiError::internal)?;
+    let members = BTreeMap::from([(app.id, app.me())]);
+    match app.raft.initialize(members).await {
+        Ok(()) => {}
+        Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_initialized",
+                e.to_string(),
+            ));
+        }
+        Err(e) => return Err(ApiError::internal(e)),
+    }
+    let m = app
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.current_leader == Some(app.id), "became leader")
+        .await
+        .map_err(|e| ApiError::new(StatusCode::GATEWAY_TIMEOUT, "init_timeout", e.to_string()))?;
+    tracing::info!(cluster_id = ?app.identity.cluster_id(), "initialized a new cluster");
+    Ok(axum::Json(cluster_view(&app, &m)).into_response())
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    pub id: NodeId,
+    pub peer_url: String,
+    pub client_url: String,
+    #[serde(default = "default_role")]
+    pub role: String,
+}
+
+fn default_role() -> String {
+    "voter".into()
+}
+
+fn check_url(field: &str, url: &str) -> ApiResult<()> {
+    if (url.starts_with("http://") || url.starts_with("https://")) && url.len() > 8 {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_request",
+            format!("{field} must be an http:// or https:// URL; got '{url}'"),
+        ))
+    }
+}
+
+pub async fn add_member(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    parse_query(&uri, &[])?;
+    let body = read_body(&headers, body, 64 << 10, "request body").await?;
+    let req: AddMember = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("body must be JSON {{\"id\":u64,\"peer_url\":..,\"client_url\":..,\"role\":\"voter|learner\"}}: {e}"),
+        )
+    })?;
+    let voter = match req.role.as_str() {
+        "voter" => true,
+        "learner" => false,
+        r => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("role must be voter or learner; got '{r}'"),
+            ));
+        }
+    };
+    if req.id == 0 {
+        return Err(ApiError::bad_request("invalid_request", "id 0 is reserved"));
+    }
+    check_url("peer_url", &req.peer_url)?;
+    check_url("client_url", &req.client_url)?;
+    on_leader(&app, &method, &uri, &headers, body.clone(), || {
+        let app = app.clone();
+        let req = req.clone();
+        async move { add_on_leader(&app, req, voter).await }
+    })
+    .await
+}
+
+async fn add_on_leader(app: &Arc<App>, req: AddMember, voter: bool) -> ApiResult<Option<Response>> {
+    let _guard = lock_membership(app)?;
+    let member = Member {
+        peer_url: req.peer_url.clone(),
+        client_url: req.client_url.clone(),
+    };
+    let m = app.metrics_snapshot();
+    let mem = m.membership_config.membership();
+    let is_voter = mem.voter_ids().any(|v| v == req.id);
+    match mem.get_node(&req.id) {
+        Some(existing) if *existing != member => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "member_exists",
+                format!(
+                    "member {} is already registered with {existing}; remove it first to change its addresses",
+                    req.id
+                ),
+            ));
+        }
+        Some(_) if is_voter && !voter => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "member_exists",
+                format!(
+                    "member {} is a voter; remove it first to make it a learner",
+                    req.id
+                ),
+            ));
+        }
+        Some(_) if is_voter || !voter => {
+            // Already there with this role: idempotent.
+            return Ok(Some(axum::Json(cluster_view(app, &m)).into_response()));
+        }
+        Some(_) => {} // a learner to promote
+        None => {
+            if let Err(e) = app.raft.add_learner(req.id, member.clone(), false).await {
+                return map_write_error(e);
+            }
+            tracing::info!(id = req.id, peer = %member.peer_url, "added learner");
+        }
+    }
+    // Wait until the learner holds everything the leader had when it was added.
+    let target = app.metrics_snapshot().last_log_index.unwrap_or(0);
+    let timeout = app.settings.catch_up_timeout;
+    let id = req.id;
+    let caught_up = app
+        .raft
+        .wait(Some(timeout))
+        .metrics(
+            |m| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id))
+                    .and_then(|l| *l)
+                    .is_some_and(|l| l.index >= target)
+            },
+            "learner caught up",
+        )
+        .await;
+    if caught_up.is_err() {
+        if app.metrics_snapshot().current_leader != Some(app.id) {
+            return Ok(None);
+        }
+        return Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "catch_up_timeout",
+            format!(
+                "member {id} was added as a learner but did not catch up within {} s (is it running and reachable at {}?); it stays a learner: retry to promote it, or remove it",
+                timeout.as_secs(),
+                req.peer_url
+            ),
+        ));
+    }
+    if voter {
+        if let Err(e) = app
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+        {
+            return map_write_error(e);
+        }
+        tracing::info!(id, "promoted to voter");
+    }
+    Ok(Some(
+        axum::Json(cluster_view(app, &app.metrics_snapshot())).into_response(),
+    ))
+}
+
+pub async fn remove_member(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult {
+    parse_query(&uri, &[])?;
+    let raw = uri.path().rsplit('/').next().unwrap_or("");
+    let id: NodeId = raw.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("member id must be a number; got '{raw}'"),
+        )
+    })?;
+    on_leader(&app, &method, &uri, &headers, Bytes::new(), || {
+        let app = app.clone();
+        async move { remove_on_leader(&app, id).await }
+    })
+    .await
+}
+
+async fn remove_on_leader(app: &Arc<App>, id: NodeId) -> ApiResult<Option<Response>> {
+    let _guard = lock_membership(app)?;
+    let m = app.metrics_snapshot();
+    let mem = m.membership_config.membership();
+    if mem.get_node(&id).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "member_not_found",
+            format!("no member with id {id}; see GET /v1/cluster"),
+        ));
+    }
+    let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
+    let change = if voters.contains(&id) {
+        if voters.len() == 1 {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_membership_change",
+                "cannot remove the only voter; add another voter first",
+            ));
+        }
+        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+    } else {
+        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    };
+    if let Err(e) = app.raft.change_membership(change, false).await {
+        return map_write_error(e);
+    }
+    tracing::info!(id, "removed member");
+    // A removed leader steps down; report the view from whoever leads now.
+    Ok(Some(
+        axum::Json(cluster_view(app, &app.metrics_snapshot())).into_response(),
+    ))
+}

@@ -1,0 +1,203 @@
+//! Finding the leader, and forwarding a request to it.
+//!
+//! A forwarded request carries `x-rstore-forwarded`. A node that receives one but is not
+//! the leader (leadership moved in between) answers 503 with `x-rstore-not-leader`, and the
+//! forwarding node looks for the leader again, until a deadline. A forwarded request is
+//! only retried when the receiver says it did not act on it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, ApiResult};
+use crate::app::App;
+use crate::types::NodeId;
+
+pub const FORWARDED: &str = "x-rstore-forwarded";
+pub const NOT_LEADER: &str = "x-rstore-not-leader";
+
+/// Where a leader-only request should run.
+pub enum Route {
+    Local,
+    Remote { id: NodeId, client_url: String },
+}
+
+/// How long to wait for a leader before answering 503.
+fn leader_wait(app: &App) -> Duration {
+    Duration::from_millis(app.settings.election_max_ms * 2 + 500)
+}
+
+/// Find the leader, waiting through an election if needed.
+pub async fn leader_route(app: &App, deadline: Instant) -> ApiResult<Route> {
+    loop {
+        let m = app.metrics_snapshot();
+        if let Some(leader) = m.current_leader {
+            if leader == app.id {
+                if m.state == openraft::ServerState::Leader {
+                    return Ok(Route::Local);
+                }
+            } else if let Some(node) = m.membership_config.membership().get_node(&leader) {
+                return Ok(Route::Remote {
+                    id: leader,
+                    client_url: node.client_url.clone(),
+                });
+            }
+        }
+        if m.membership_config.membership().get_node(&app.id).is_none()
+            && m.current_leader.is_none()
+        {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_initialized",
+                "this node is not part of a cluster yet: run `POST /v1/cluster/init` on the first node, or add this node from the leader with `POST /v1/cluster/members`",
+            ));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(ApiError::no_leader(
+                "no leader is known (an election is in progress or a quorum is unreachable); retry shortly",
+            ));
+        }
+        let _ = app
+            .raft
+            .wait(Some(deadline - now))
+            .metrics(
+                |m| {
+                    m.current_leader.is_some() && m.current_leader != Some(app.id)
+                        || m.state == openraft::ServerState::Leader
+                },
+                "leader known",
+            )
+            .await;
+    }
+}
+
+pub fn deadline(app: &App) -> Instant {
+    Instant::now() + leader_wait(app)
+}
+
+/// The answer of a node that was sent a forwarded request but is not the leader.
+pub fn not_leader_response() -> Response {
+    let mut r = ApiError::no_leader("leadership moved while the request was forwarded; retry")
+        .into_response();
+    r.headers_mut()
+        .insert(NOT_LEADER, "1".parse().expect("header"));
+    r
+}
+
+pub fn is_forwarded(headers: &HeaderMap) -> bool {
+    headers.contains_key(FORWARDED)
+}
+
+const PASS_REQUEST: &[&str] = &["if-match", "if-none-match", "content-type"];
+const PASS_RESPONSE: &[&str] = &[
+    "content-type",
+    "etag",
+    "x-rstore-revision",
+    "x-rstore-create-revision",
+    "x-rstore-mod-revision",
+];
+
+/// Send the request to `client_url` and relay the answer.
+/// `Ok(None)` means the receiver was not the leader and did nothing: find it again.
+pub async fn forward_once(
+    app: &Arc<App>,
+    client_url: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> ApiResult<Option<Response>> {
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let url = format!("{}{}", client_url.trim_end_matches('/'), path);
+    let mut req = app
+        .http
+        .request(method.clone(), &url)
+        .header(FORWARDED, app.id.to_string())
+        .timeout(app.settings.write_timeout + Duration::from_secs(5))
+        .body(body);
+    for h in PASS_REQUEST {
+        if let Some(v) = headers.get(*h) {
+            req = req.header(*h, v);
+        }
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => return Ok(None),
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                format!(
+                    "forwarding to the leader at {client_url} failed ({e}); the request may or may not have been applied"
+                ),
+            ));
+        }
+    };
+    if resp.headers().contains_key(NOT_LEADER) {
+        return Ok(None);
+    }
+    let status = resp.status();
+    let mut out = Response::builder().status(status);
+    for h in PASS_RESPONSE {
+        if let Some(v) = resp.headers().get(*h) {
+            out = out.header(*h, v);
+        }
+    }
+    let bytes = resp.bytes().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "outcome_unknown",
+            format!("the leader's answer was cut off ({e}); the request may or may not have been applied"),
+        )
+    })?;
+    Ok(Some(
+        out.body(axum::body::Body::from(bytes))
+            .map_err(ApiError::internal)?,
+    ))
+}
+
+/// Run `local` on this node if it is the leader, or forward the request to the leader.
+/// `local` returns `Ok(None)` when it found that this node is not the leader after all
+/// (nothing was applied), and the request is routed again.
+pub async fn on_leader<F, Fut>(
+    app: &Arc<App>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+    local: F,
+) -> ApiResult
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<Option<Response>>>,
+{
+    let deadline = deadline(app);
+    loop {
+        match leader_route(app, deadline).await? {
+            Route::Local => {
+                if let Some(r) = local().await? {
+                    return Ok(r);
+                }
+            }
+            Route::Remote { client_url, .. } => {
+                if is_forwarded(headers) {
+                    return Ok(not_leader_response());
+                }
+                if let Some(r) =
+                    forward_once(app, &client_url, method, uri, headers, body.clone()).await?
+                {
+                    return Ok(r);
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(ApiError::no_leader("the leader kept moving; retry shortly"));
+        }
+        // Leadership is moving: give the new leader's heartbeats a moment to arrive.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

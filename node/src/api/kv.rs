@@ -1,0 +1,414 @@
+//! The KV API: get, put, delete and range listing of keys.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::Serialize;
+
+use super::forward::on_leader;
+use super::{ApiError, ApiResult, parse_query};
+use crate::app::App;
+use crate::batcher::WriteError;
+use crate::readindex::ReadError;
+use crate::store::Record;
+use crate::types::{Command, Condition, Outcome};
+
+/// How a read is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Read index on the leader: sees every write acknowledged before the read began.
+    Linearizable,
+    /// The leader's local state, without a quorum round.
+    Leader,
+    /// This node's local state; may lag.
+    Stale,
+}
+
+impl Consistency {
+    pub fn parse(s: Option<&String>) -> ApiResult<Self> {
+        match s.map(|s| s.as_str()) {
+            None | Some("linearizable") => Ok(Self::Linearizable),
+            Some("leader") => Ok(Self::Leader),
+            Some("stale") => Ok(Self::Stale),
+            Some(other) => Err(ApiError::bad_request(
+                "invalid_request",
+                format!("unknown consistency '{other}'; use linearizable, leader or stale"),
+            )),
+        }
+    }
+}
+
+/// The key from `/v1/kv/{key}`: percent-decoded, UTF-8, within the size limit.
+fn key_from_path(app: &App, uri: &Uri) -> ApiResult<String> {
+    let raw = uri.path().strip_prefix("/v1/kv/").unwrap_or("");
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+    check_key(app, bytes)
+}
+
+fn check_key(app: &App, bytes: Vec<u8>) -> ApiResult<String> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_key",
+            "the key is empty; keys are 1 or more bytes",
+        ));
+    }
+    if bytes.len() > app.settings.max_key_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "key_too_large",
+            format!(
+                "the key is {} bytes; the limit is {} bytes",
+                bytes.len(),
+                app.settings.max_key_bytes
+            ),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_key",
+            "the key is not valid UTF-8 after percent-decoding",
+        )
+    })
+}
+
+/// The compare-and-set condition from `If-Match` / `If-None-Match`.
+fn condition(headers: &HeaderMap) -> ApiResult<Condition> {
+    let header = |name: &str| -> ApiResult<Option<String>> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str().map(|s| s.trim().to_string()).map_err(|_| {
+                    ApiError::bad_request("invalid_request", format!("{name} is not valid text"))
+                })
+            })
+            .transpose()
+    };
+    match (header("if-match")?, header("if-none-match")?) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid_request",
+            "use either If-Match or If-None-Match, not both",
+        )),
+        (Some(m), None) => {
+            let v = m.trim_start_matches("W/").trim_matches('"');
+            v.parse::<u64>().map(Condition::Version).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_request",
+                    format!("If-Match must be a version as returned in ETag, like \"3\"; got {m}"),
+                )
+            })
+        }
+        (None, Some(n)) if n == "*" => Ok(Condition::Absent),
+        (None, Some(n)) => Err(ApiError::bad_request(
+            "invalid_request",
+            format!("If-None-Match supports only *, to create a key that does not exist; got {n}"),
+        )),
+        (None, None) => Ok(Condition::None),
+    }
+}
+
+/// Read a request body up to `limit` bytes, answering 413 beyond it.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    what: &str,
+) -> ApiResult<Bytes> {
+    let too_large = |n: Option<usize>| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            match n {
+                Some(n) => format!("the {what} is {n} bytes; the limit is {limit} bytes"),
+                None => format!("the {what} exceeds the limit of {limit} bytes"),
+            },
+        )
+    };
+    if let Some(len) = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(too_large(Some(len)));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util_limit::LengthLimitError>())
+        {
+            too_large(None)
+        } else {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("could not read the request body: {e}"),
+            )
+        }
+    })
+}
+
+mod http_body_util_limit {
+    pub use http_body_util::LengthLimitError;
+}
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+    (status, axum::Json(v)).into_response()
+}
+
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("valid header")
+}
+
+fn precondition_failed(key: &str, current: Option<u64>) -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+        match current {
+            Some(v) => format!(
+                "key '{key}' is at version {v}; read it again and retry with If-Match: \"{v}\""
+            ),
+            None => format!("key '{key}' does not exist"),
+        },
+    )
+}
+
+/// Turn a write's result into a response.
+fn write_response(key: &str, r: Result<Outcome, WriteError>) -> ApiResult<Option<Response>> {
+    let outcome = match r {
+        Ok(o) => o,
+        Err(WriteError::NotLeader(_)) => return Ok(None),
+        Err(WriteError::Unknown(msg)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                format!(
+                    "{msg}; the write may or may not have been applied: read the key before retrying"
+                ),
+            ));
+        }
+    };
+    Ok(Some(match outcome {
+        Outcome::Put { revision, version } => {
+            let mut r = json(
+                StatusCode::OK,
+                &serde_json::json!({"revision": revision, "version": version}),
+            );
+            r.headers_mut().insert("etag", etag(version));
+            r
+        }
+        Outcome::Deleted { revision } => {
+            json(StatusCode::OK, &serde_json::json!({"revision": revision}))
+        }
+        Outcome::NotFound => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "key_not_found",
+                format!("key '{key}' does not exist"),
+            ));
+        }
+        Outcome::PreconditionFailed { current_version } => {
+            return Err(precondition_failed(key, current_version));
+        }
+    }))
+}
+
+pub async fn put(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let key = key_from_path(&app, &uri)?;
+    parse_query(&uri, &[])?;
+    let cond = condition(&headers)?;
+    let value = read_body(&headers, body, app.settings.max_value_bytes, "value").await?;
+    on_leader(&app, &method, &uri, &headers, value.clone(), || async {
+        let cmd = Command::Put {
+            key: key.clone(),
+            value: value.to_vec(),
+            cond,
+        };
+        write_response(&key, app.batcher.write(cmd).await)
+    })
+    .await
+}
+
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult {
+    let key = key_from_path(&app, &uri)?;
+    parse_query(&uri, &[])?;
+    let cond = match condition(&headers)? {
+        Condition::Absent => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "If-None-Match: * makes no sense on DELETE",
+            ));
+        }
+        c => c,
+    };
+    on_leader(&app, &method, &uri, &headers, Bytes::new(), || async {
+        let cmd = Command::Delete {
+            key: key.clone(),
+            cond,
+        };
+        write_response(&key, app.batcher.write(cmd).await)
+    })
+    .await
+}
+
+/// Serve a read locally after the consistency level's requirement is met, or forward it.
+async fn read<F>(
+    app: &Arc<App>,
+    consistency: Consistency,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    local: F,
+) -> ApiResult
+where
+    F: Fn() -> ApiResult,
+{
+    match consistency {
+        Consistency::Stale => local(),
+        Consistency::Leader => on_leader(app, method, uri, headers, Bytes::new(), || async { local().map(Some) }).await,
+        Consistency::Linearizable => {
+            on_leader(app, method, uri, headers, Bytes::new(), || async {
+                match app.reads.wait().await {
+                    Ok(()) => local().map(Some),
+                    Err(ReadError::NotLeader(_)) => Ok(None),
+                    Err(ReadError::Unavailable(m)) => Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no_quorum",
+                        format!("cannot confirm leadership with a quorum ({m}); retry, or read with consistency=stale"),
+                    )),
+                }
+            })
+            .await
+        }
+    }
+}
+
+fn revision_header(app: &App) -> (&'static str, String) {
+    ("x-rstore-revision", app.kv.revision().to_string())
+}
+
+pub async fn get(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult {
+    let key = key_from_path(&app, &uri)?;
+    let q = parse_query(&uri, &["consistency"])?;
+    let consistency = Consistency::parse(q.get("consistency"))?;
+    read(&app, consistency, &method, &uri, &headers, || {
+        let record = app.kv.get(&key).map_err(ApiError::internal)?;
+        let rev = revision_header(&app);
+        match record {
+            Some(Record {
+                create_revision,
+                mod_revision,
+                version,
+                value,
+            }) => Ok((
+                StatusCode::OK,
+                [
+                    ("content-type", "application/octet-stream".to_string()),
+                    ("etag", format!("\"{version}\"")),
+                    rev,
+                    ("x-rstore-create-revision", create_revision.to_string()),
+                    ("x-rstore-mod-revision", mod_revision.to_string()),
+                ],
+                value,
+            )
+                .into_response()),
+            None => {
+                let mut r = ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "key_not_found",
+                    format!("key '{key}' does not exist"),
+                )
+                .into_response();
+                r.headers_mut()
+                    .insert(rev.0, HeaderValue::from_str(&rev.1).expect("header"));
+                Ok(r)
+            }
+        }
+    })
+    .await
+}
+
+#[derive(Serialize)]
+struct ListItem {
+    key: String,
+    value_base64: String,
+    version: u64,
+    create_revision: u64,
+    mod_revision: u64,
+}
+
+#[derive(Serialize)]
+struct ListResponse {
+    revision: u64,
+    items: Vec<ListItem>,
+    more: bool,
+}
+
+pub const MAX_LIST_LIMIT: usize = 10_000;
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult {
+    let q = parse_query(&uri, &["prefix", "start_after", "limit", "consistency"])?;
+    let consistency = Consistency::parse(q.get("consistency"))?;
+    let prefix = q.get("prefix").cloned().unwrap_or_default();
+    let start_after = q.get("start_after").cloned();
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!("limit must be a number from 1 to {MAX_LIST_LIMIT}; got '{l}'"),
+                ));
+            }
+        },
+    };
+    read(&app, consistency, &method, &uri, &headers, || {
+        let revision = app.kv.revision();
+        let (items, more) = app
+            .kv
+            .list(&prefix, start_after.as_deref(), limit)
+            .map_err(ApiError::internal)?;
+        let items = items
+            .into_iter()
+            .map(|i| ListItem {
+                key: i.key,
+                value_base64: base64::engine::general_purpose::STANDARD.encode(&i.record.value),
+                version: i.record.version,
+                create_revision: i.record.create_revision,
+                mod_revision: i.record.mod_revision,
+            })
+            .collect();
+        Ok(json(
+            StatusCode::OK,
+            &ListResponse {
+                revision,
+                items,
+                more,
+            },
+        ))
+    })
+    .await
+}

@@ -1,0 +1,145 @@
+//! The client port: KV API ([`kv`]), admin API ([`admin`]), health, readiness and metrics.
+//! Requests that must run on the leader are forwarded there ([`forward`]), so a client
+//! behind a Kubernetes Service never has to find the leader itself.
+
+pub mod admin;
+pub mod forward;
+pub mod kv;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+
+use crate::app::App;
+use crate::metrics::HttpLabels;
+
+/// A JSON error with a stable code and a message that says what to do.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %message, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("internal error: {message}"),
+        )
+    }
+    pub fn no_leader(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+pub type ApiResult<T = Response> = Result<T, ApiError>;
+
+/// Parse a query string, refusing parameters the route does not know.
+pub fn parse_query(uri: &Uri, allowed: &[&str]) -> ApiResult<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        if !allowed.contains(&k.as_ref()) {
+            let known = if allowed.is_empty() {
+                "this endpoint takes no parameters".to_string()
+            } else {
+                format!("known parameters: {}", allowed.join(", "))
+            };
+            return Err(ApiError::bad_request(
+                "unknown_parameter",
+                format!("unknown query parameter '{k}'; {known}"),
+            ));
+        }
+        out.insert(k.into_owned(), v.into_owned());
+    }
+    Ok(out)
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/kv", get(kv::list))
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/v1/node", get(admin::node))
+        .route("/v1/cluster", get(admin::cluster))
+        .route("/v1/cluster/init", post(admin::init))
+        .route("/v1/cluster/members", post(admin::add_member))
+        .route("/v1/cluster/members/{id}", delete(admin::remove_member))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|uri: Uri| async move {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no such endpoint: {}", uri.path()),
+            )
+        })
+        // Bodies are read with explicit limits in the handlers, to answer 413 in JSON.
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
+        .with_state(app)
+}
+
+async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    app.metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route,
+            method,
+            status: resp.status().as_u16(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    if let Ok(size) = app.db.size_on_disk() {
+        app.metrics.storage_bytes.set(size);
+    }
+    app.metrics.revision.set(app.kv.revision());
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,429 @@
+//! The command line: `node serve`, `node dev`, and a client (`node kv ...`, `node cluster ...`)
+//! that speaks the HTTP API, in the manner of etcdctl.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::app::Settings;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "node",
+    version,
+    about = "rstore node: a replicated key-value store member, and its client"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one cluster member.
+    Serve(ServeArgs),
+    /// Start a local cluster of N members on loopback, for trying rstore out.
+    Dev(crate::dev::DevArgs),
+    /// Read and write keys.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Inspect and change cluster membership.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Directory for this member's data (identity, Raft log, state machine, snapshots).
+    #[arg(long, env = "RSTORE_DATA_DIR", default_value = "./rstore-data")]
+    pub data_dir: PathBuf,
+    /// Address for the client listener (KV, admin, health, metrics).
+    #[arg(long, env = "RSTORE_LISTEN_CLIENT", default_value = "127.0.0.1:7379")]
+    pub listen_client: String,
+    /// URL other members and clients use to reach the client listener [default: http://<listen-client>].
+    #[arg(long, env = "RSTORE_ADVERTISE_CLIENT")]
+    pub advertise_client: Option<String>,
+    /// Address for the peer listener (Raft RPC only).
+    #[arg(long, env = "RSTORE_LISTEN_PEER", default_value = "127.0.0.1:7380")]
+    pub listen_peer: String,
+    /// URL other members use to reach the peer listener [default: http://<listen-peer>].
+    #[arg(long, env = "RSTORE_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
+    /// Log format.
+    #[arg(long, env = "RSTORE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Largest key, in bytes.
+    #[arg(long, env = "RSTORE_MAX_KEY_BYTES", default_value_t = 4096)]
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    #[arg(long, env = "RSTORE_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
+    pub max_value_bytes: usize,
+    /// Raft heartbeat interval, in milliseconds (also the AppendEntries RPC deadline).
+    #[arg(long, env = "RSTORE_HEARTBEAT_MS", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Smallest election timeout, in milliseconds.
+    #[arg(long, env = "RSTORE_ELECTION_MIN_MS", default_value_t = 1000)]
+    pub election_min_ms: u64,
+    /// Largest election timeout, in milliseconds.
+    #[arg(long, env = "RSTORE_ELECTION_MAX_MS", default_value_t = 2000)]
+    pub election_max_ms: u64,
+    /// Log entries between snapshots; the log is compacted after each snapshot.
+    #[arg(long, env = "RSTORE_SNAPSHOT_LOGS", default_value_t = 10_000)]
+    pub snapshot_logs: u64,
+    /// sled page cache size, in bytes. Size it from the pod's memory limit.
+    #[arg(long, env = "RSTORE_CACHE_BYTES", default_value_t = 16 << 20)]
+    pub cache_bytes: u64,
+    /// How long a write may wait to commit before the client gets 503 outcome_unknown.
+    #[arg(long, env = "RSTORE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+    /// How long adding a member waits for it to catch up before answering 504.
+    #[arg(long, env = "RSTORE_CATCH_UP_TIMEOUT_MS", default_value_t = 60_000)]
+    pub catch_up_timeout_ms: u64,
+}
+
+impl ServeArgs {
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let advertise =
+            |given: &Option<String>, listen: &str, flag: &str| -> anyhow::Result<String> {
+                match given {
+                    Some(u) => Ok(u.trim_end_matches('/').to_string()),
+                    None if listen.starts_with("0.0.0.0") || listen.starts_with("[::]") => {
+                        bail!("{flag} is required when listening on all interfaces ({listen})")
+                    }
+                    None => Ok(format!("http://{listen}")),
+                }
+            };
+        if self.election_min_ms <= self.heartbeat_ms || self.election_max_ms <= self.election_min_ms
+        {
+            bail!("timeouts must satisfy heartbeat < election-min < election-max");
+        }
+        Ok(Settings {
+            data_dir: self.data_dir.clone(),
+            advertise_client: advertise(
+                &self.advertise_client,
+                &self.listen_client,
+                "--advertise-client",
+            )?,
+            advertise_peer: advertise(&self.advertise_peer, &self.listen_peer, "--advertise-peer")?,
+            listen_client: self.listen_client.clone(),
+            listen_peer: self.listen_peer.clone(),
+            max_key_bytes: self.max_key_bytes,
+            max_value_bytes: self.max_value_bytes,
+            heartbeat_ms: self.heartbeat_ms,
+            election_min_ms: self.election_min_ms,
+            election_max_ms: self.election_max_ms,
+            snapshot_logs: self.snapshot_logs.max(2),
+            cache_bytes: self.cache_bytes,
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
+            catch_up_timeout: Duration::from_millis(self.catch_up_timeout_ms),
+        })
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Endpoint {
+    /// Client URL of any member.
+    #[arg(
+        long,
+        env = "RSTORE_ENDPOINT",
+        default_value = "http://127.0.0.1:7379",
+        global = true
+    )]
+    pub endpoint: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    /// Write a value.
+    Put {
+        key: String,
+        value: String,
+        /// Only if the key is at this version (compare-and-set).
+        #[arg(long, conflicts_with = "if_absent")]
+        if_version: Option<u64>,
+        /// Only if the key does not exist.
+        #[arg(long)]
+        if_absent: bool,
+        #[command(flatten)]
+        ep: Endpoint,
+    },
+    /// Read a value.
+    Get {
+        key: String,
+        /// linearizable, leader or stale.
+        #[arg(long, default_value = "linearizable")]
+        consistency: String,
+        #[command(flatten)]
+        ep: Endpoint,
+    },
+    /// Delete a key.
+    Del {
+        key: String,
+        #[arg(long)]
+        if_version: Option<u64>,
+        #[command(flatten)]
+        ep: Endpoint,
+    },
+    /// List keys by prefix.
+    List {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        ep: Endpoint,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Show members, leader, and replication progress.
+    Status {
+        #[command(flatten)]
+        ep: Endpoint,
+    },
+    /// Make the node at --endpoint a new one-member cluster.
+    Init {
+        #[command(flatten)]
+        ep: Endpoint,
+    },
+    /// Add a member (as a learner, promoted to voter once caught up unless --learner).
+    Add {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        peer_url: String,
+        #[arg(long)]
+        client_url: String,
+        #[arg(long)]
+        learner: bool,
+        #[command(flatten)]
+        ep: Endpoint,
+    },
+    /// Remove a member.
+    Remove {
+        id: u64,
+        #[command(flatten)]
+        ep: Endpoint,
+    },
+}
+
+fn encode_key(key: &str) -> String {
+    percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    let msg = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            let e = v.get("error")?;
+            Some(format!(
+                "{}: {}",
+                e.get("code")?.as_str()?,
+                e.get("message")?.as_str()?
+            ))
+        })
+        .unwrap_or(body);
+    bail!("{status}: {msg}")
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub async fn run_kv(cmd: KvCommand) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    match cmd {
+        KvCommand::Put {
+            key,
+            value,
+            if_version,
+            if_absent,
+            ep,
+        } => {
+            let mut req = http
+                .put(format!("{}/v1/kv/{}", ep.endpoint, encode_key(&key)))
+                .body(value);
+            if let Some(v) = if_version {
+                req = req.header("if-match", format!("\"{v}\""));
+            }
+            if if_absent {
+                req = req.header("if-none-match", "*");
+            }
+            let resp = check(req.send().await.context("cannot reach the endpoint")?).await?;
+            print_json(&resp.json().await?);
+        }
+        KvCommand::Get {
+            key,
+            consistency,
+            ep,
+        } => {
+            let resp = http
+                .get(format!("{}/v1/kv/{}", ep.endpoint, encode_key(&key)))
+                .query(&[("consistency", consistency)])
+                .send()
+                .await
+                .context("cannot reach the endpoint")?;
+            let resp = check(resp).await?;
+            let version = resp
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = resp.bytes().await?;
+            eprintln!("version {}", version.trim_matches('"'));
+            println!("{}", String::from_utf8_lossy(&body));
+        }
+        KvCommand::Del {
+            key,
+            if_version,
+            ep,
+        } => {
+            let mut req = http.delete(format!("{}/v1/kv/{}", ep.endpoint, encode_key(&key)));
+            if let Some(v) = if_version {
+                req = req.header("if-match", format!("\"{v}\""));
+            }
+            let resp = check(req.send().await.context("cannot reach the endpoint")?).await?;
+            print_json(&resp.json().await?);
+        }
+        KvCommand::List { prefix, limit, ep } => {
+            let mut start_after: Option<String> = None;
+            let mut left = limit;
+            loop {
+                let mut q = vec![
+                    ("prefix", prefix.clone()),
+                    ("limit", left.min(1000).to_string()),
+                ];
+                if let Some(s) = &start_after {
+                    q.push(("start_after", s.clone()));
+                }
+                let resp = check(
+                    http.get(format!("{}/v1/kv", ep.endpoint))
+                        .query(&q)
+                        .send()
+                        .await?,
+                )
+                .await?;
+                let v: serde_json::Value = resp.json().await?;
+                let items = v["items"].as_array().cloned().unwrap_or_default();
+                for item in &items {
+                    let value = base64::engine::general_purpose::STANDARD
+                        .decode(item["value_base64"].as_str().unwrap_or(""))
+                        .unwrap_or_default();
+                    println!(
+                        "{}\t{}",
+                        item["key"].as_str().unwrap_or(""),
+                        String::from_utf8_lossy(&value)
+                    );
+                }
+                left = left.saturating_sub(items.len());
+                if left == 0 || !v["more"].as_bool().unwrap_or(false) || items.is_empty() {
+                    break;
+                }
+                start_after = items
+                    .last()
+                    .and_then(|i| i["key"].as_str())
+                    .map(String::from);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let v: serde_json::Value = match cmd {
+        ClusterCommand::Status { ep } => {
+            let c: serde_json::Value = check(
+                http.get(format!("{}/v1/cluster", ep.endpoint))
+                    .send()
+                    .await?,
+            )
+            .await?
+            .json()
+            .await?;
+            println!(
+                "cluster {}  leader {}  term {}",
+                c["cluster_id"].as_str().unwrap_or("-"),
+                c["leader_id"],
+                c["term"]
+            );
+            println!(
+                "{:<18} {:<8} {:<28} {:>10} {:>8} {:>10}",
+                "ID", "ROLE", "CLIENT URL", "MATCHED", "LAG", "CONTACT"
+            );
+            for m in c["members"].as_array().cloned().unwrap_or_default() {
+                let leader = if m["id"] == c["leader_id"] { "*" } else { "" };
+                println!(
+                    "{:<18} {:<8} {:<28} {:>10} {:>8} {:>10}",
+                    format!("{}{}", m["id"], leader),
+                    m["role"].as_str().unwrap_or(""),
+                    m["client_url"].as_str().unwrap_or(""),
+                    m["matched_index"].to_string(),
+                    m["lag"].to_string(),
+                    m["last_contact_ms"]
+                        .as_u64()
+                        .map(|v| format!("{v}ms"))
+                        .unwrap_or("-".into()),
+                );
+            }
+            return Ok(());
+        }
+        ClusterCommand::Init { ep } => {
+            check(
+                http.post(format!("{}/v1/cluster/init", ep.endpoint))
+                    .send()
+                    .await?,
+            )
+            .await?
+            .json()
+            .await?
+        }
+        ClusterCommand::Add {
+            id,
+            peer_url,
+            client_url,
+            learner,
+            ep,
+        } => {
+            let body = serde_json::json!({"id": id, "peer_url": peer_url, "client_url": client_url,
+                "role": if learner { "learner" } else { "voter" }});
+            check(
+                http.post(format!("{}/v1/cluster/members", ep.endpoint))
+                    .json(&body)
+                    .send()
+                    .await?,
+            )
+            .await?
+            .json()
+            .await?
+        }
+        ClusterCommand::Remove { id, ep } => {
+            check(
+                http.delete(format!("{}/v1/cluster/members/{id}", ep.endpoint))
+                    .send()
+                    .await?,
+            )
+            .await?
+            .json()
+            .await?
+        }
+    };
+    print_json(&v);
+    Ok(())
+}

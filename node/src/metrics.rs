@@ -1,0 +1,155 @@
+//! Prometheus metrics of a node, served at `/metrics` on the client port.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    pub role: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~26 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    pub batch_commands: Histogram,
+    pub read_index_batch: Histogram,
+    pub fsync_seconds: Histogram,
+    pub fsync_waiters: Histogram,
+    pub term: Gauge,
+    pub role: Family<RoleLabels, Gauge>,
+    pub last_log_index: Gauge,
+    pub applied_index: Gauge,
+    pub snapshot_index: Gauge,
+    pub leader_changes: Counter,
+    pub voters: Gauge,
+    pub learners: Gauge,
+    pub storage_bytes: Gauge<u64, AtomicU64>,
+    pub revision: Gauge<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("rstore");
+        let m = Self {
+            http_requests: Family::new_with_constructor(latency_histogram),
+            batch_commands: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            read_index_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            fsync_seconds: latency_histogram(),
+            fsync_waiters: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            term: Gauge::default(),
+            role: Family::default(),
+            last_log_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            snapshot_index: Gauge::default(),
+            leader_changes: Counter::default(),
+            voters: Gauge::default(),
+            learners: Gauge::default(),
+            storage_bytes: Gauge::default(),
+            revision: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_request_duration_seconds",
+            "Client API request latency by route, method and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "write_batch_commands",
+            "Client commands per group-committed log entry",
+            m.batch_commands.clone(),
+        );
+        registry.register(
+            "read_index_batch_reads",
+            "Linearizable reads served by one read-index round",
+            m.read_index_batch.clone(),
+        );
+        registry.register(
+            "fsync_duration_seconds",
+            "Duration of one durability barrier (flush + fdatasync)",
+            m.fsync_seconds.clone(),
+        );
+        registry.register(
+            "fsync_batch_waiters",
+            "Writers sharing one durability barrier",
+            m.fsync_waiters.clone(),
+        );
+        registry.register("raft_term", "Current Raft term", m.term.clone());
+        registry.register(
+            "raft_role",
+            "1 for this node's current role",
+            m.role.clone(),
+        );
+        registry.register(
+            "raft_last_log_index",
+            "Index of the last log entry",
+            m.last_log_index.clone(),
+        );
+        registry.register(
+            "raft_applied_index",
+            "Index of the last applied entry",
+            m.applied_index.clone(),
+        );
+        registry.register(
+            "raft_snapshot_index",
+            "Last log index in the current snapshot",
+            m.snapshot_index.clone(),
+        );
+        registry.register(
+            "raft_leader_changes",
+            "Times this node saw the leader change",
+            m.leader_changes.clone(),
+        );
+        registry.register(
+            "raft_voters",
+            "Voters in the membership config",
+            m.voters.clone(),
+        );
+        registry.register(
+            "raft_learners",
+            "Learners in the membership config",
+            m.learners.clone(),
+        );
+        registry.register(
+            "storage_size_bytes",
+            "sled size on disk",
+            m.storage_bytes.clone(),
+        );
+        registry.register(
+            "kv_revision",
+            "Store revision of the applied state",
+            m.revision.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("metrics encode");
+        out
+    }
+}

@@ -1,0 +1,237 @@
+//! The sending side of Raft RPC: openraft's network factory and per-target clients.
+//!
+//! openraft calls `new_client` for every replication stream, election round and
+//! linearizable read, so clients are cheap handles onto one pooled HTTP client per peer,
+//! built once. Successful AppendEntries are recorded per target, because openraft 0.9 has
+//! no per-member last-contact time and `GET /v1/cluster` reports one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Envelope, MAX_RPC_BYTES, REFUSED_STATUS};
+use crate::identity::Identity;
+use crate::types::{Member, NodeId, TypeConfig};
+
+/// When each peer last answered an AppendEntries successfully.
+#[derive(Default)]
+pub struct ContactTracker {
+    last: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl ContactTracker {
+    pub fn record(&self, target: NodeId) {
+        self.last
+            .lock()
+            .expect("contact lock")
+            .insert(target, Instant::now());
+    }
+
+    pub fn since(&self, target: NodeId) -> Option<Duration> {
+        self.last
+            .lock()
+            .expect("contact lock")
+            .get(&target)
+            .map(|t| t.elapsed())
+    }
+}
+
+/// openraft's network factory.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    identity: Arc<Identity>,
+    contact: Arc<ContactTracker>,
+    clients: Arc<Mutex<HashMap<NodeId, (String, reqwest::Client)>>>,
+}
+
+impl PeerNetwork {
+    pub fn new(identity: Arc<Identity>, contact: Arc<ContactTracker>) -> Self {
+        Self {
+            identity,
+            contact,
+            clients: Default::default(),
+        }
+    }
+
+    fn client_for(&self, target: NodeId, url: &str) -> reqwest::Client {
+        let mut clients = self.clients.lock().expect("clients lock");
+        match clients.get(&target) {
+            Some((u, c)) if u == url => c.clone(),
+            _ => {
+                let c = reqwest::Client::builder()
+                    .pool_max_idle_per_host(8)
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .tcp_nodelay(true)
+                    .connect_timeout(Duration::from_secs(2))
+                    .build()
+                    .expect("HTTP client builds");
+                clients.insert(target, (url.to_string(), c.clone()));
+                c
+            }
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        PeerClient {
+            target,
+            base: node.peer_url.trim_end_matches('/').to_string(),
+            http: self.client_for(target, &node.peer_url),
+            identity: self.identity.clone(),
+            contact: self.contact.clone(),
+        }
+    }
+}
+
+/// A client for one target node.
+pub struct PeerClient {
+    target: NodeId,
+    base: String,
+    http: reqwest::Client,
+    identity: Arc<Identity>,
+    contact: Arc<ContactTracker>,
+}
+
+/// A transport-level failure, before any Raft answer.
+enum Transport {
+    Unreachable(Unreachable),
+    Network(NetworkError),
+    TooLarge,
+}
+
+impl<E: std::error::Error> From<Transport> for RPCError<NodeId, Member, E> {
+    fn from(t: Transport) -> Self {
+        match t {
+            Transport::Unreachable(u) => RPCError::Unreachable(u),
+            Transport::Network(n) => RPCError::Network(n),
+            Transport::TooLarge => RPCError::Network(NetworkError::new(&std::io::Error::other(
+                "RPC body exceeds the peer limit",
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+impl PeerClient {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Req,
+        timeout: Duration,
+    ) -> Result<Resp, Transport> {
+        let env = Envelope {
+            cluster_id: self.identity.cluster_id(),
+            from: self.identity.node_id(),
+            target: self.target,
+            body,
+        };
+        let bytes =
+            bincode::serialize(&env).map_err(|e| Transport::Network(NetworkError::new(&e)))?;
+        if bytes.len() > MAX_RPC_BYTES {
+            return Err(Transport::TooLarge);
+        }
+        let resp = self
+            .http
+            .post(format!("{}{}", self.base, path))
+            .header("content-type", "application/octet-stream")
+            .timeout(timeout)
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    Transport::Unreachable(Unreachable::new(&e))
+                } else {
+                    Transport::Network(NetworkError::new(&e))
+                }
+            })?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| Transport::Network(NetworkError::new(&e)))?;
+        if status.as_u16() == REFUSED_STATUS {
+            // The process at that address is not the member we want (wrong cluster or id):
+            // back off as if it were down.
+            let why = String::from_utf8_lossy(&body).to_string();
+            return Err(Transport::Unreachable(Unreachable::new(&Refused(why))));
+        }
+        if !status.is_success() {
+            let why = format!("peer answered {status}: {}", String::from_utf8_lossy(&body));
+            return Err(Transport::Network(NetworkError::new(&Refused(why))));
+        }
+        bincode::deserialize(&body).map_err(|e| Transport::Network(NetworkError::new(&e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        let n = rpc.entries.len() as u64;
+        let res: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            match self.call("/raft/append", rpc, option.hard_ttl()).await {
+                Ok(r) => r,
+                // Ask openraft to send fewer entries per request.
+                Err(Transport::TooLarge) if n > 1 => {
+                    return Err(RPCError::PayloadTooLarge(
+                        PayloadTooLarge::new_entries_hint(n / 2),
+                    ));
+                }
+                Err(t) => return Err(t.into()),
+            };
+        let resp = res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))?;
+        self.contact.record(self.target);
+        Ok(resp)
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        let res: Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> =
+            self.call("/raft/snapshot", rpc, option.hard_ttl()).await?;
+        let resp = res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))?;
+        self.contact.record(self.target);
+        Ok(resp)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        let res: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
+            self.call("/raft/vote", rpc, option.hard_ttl()).await?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    fn backoff(&self) -> Backoff {
+        // A restarted peer should be found again quickly; 500 ms is openraft's default.
+        Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}

@@ -1,0 +1,27 @@
+//! Raft RPC between peers: a compact binary (bincode) encoding over HTTP/1.1 on the peer
+//! port. [`client`] sends; [`server`] receives and checks every envelope's cluster id and
+//! target node id before openraft sees it.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::NodeId;
+
+/// Every peer RPC travels in an envelope that says which cluster and which node it is for.
+/// Kubernetes reuses pod IPs, so an RPC can reach the wrong process; the receiver refuses
+/// it rather than act on it (openraft also panics on an RPC routed to itself).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub cluster_id: Option<String>,
+    pub from: NodeId,
+    pub target: NodeId,
+    pub body: T,
+}
+
+/// HTTP status a receiver uses to refuse an envelope meant for someone else.
+pub const REFUSED_STATUS: u16 = 421;
+
+/// Largest RPC body a peer accepts. Senders split append requests that would exceed it.
+pub const MAX_RPC_BYTES: usize = 64 << 20;
