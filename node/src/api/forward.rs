@@ -61,17 +61,26 @@ pub async fn leader_route(app: &App, deadline: Instant) -> ApiResult<Route> {
                 "no leader is known (an election is in progress or a quorum is unreachable); retry shortly",
             ));
         }
+        let seen = (
+            m.current_leader,
+            m.membership_config.log_id().map(|l| l.index),
+        );
         let _ = app
             .raft
             .wait(Some(deadline - now))
             .metrics(
                 |m| {
-                    m.current_leader.is_some() && m.current_leader != Some(app.id)
+                    (
+                        m.current_leader,
+                        m.membership_config.log_id().map(|l| l.index),
+                    ) != seen
                         || m.state == openraft::ServerState::Leader
                 },
-                "leader known",
+                "leader or membership changed",
             )
             .await;
+        // Don't spin when the wait returned at once.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

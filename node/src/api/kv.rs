@@ -412,3 +412,55 @@ pub async fn list(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn conditions_follow_http_semantics() {
+        assert_eq!(condition(&headers(&[])).unwrap(), Condition::None);
+        assert_eq!(
+            condition(&headers(&[("if-match", "\"7\"")])).unwrap(),
+            Condition::Version(7)
+        );
+        assert_eq!(
+            condition(&headers(&[("if-match", "W/\"7\"")])).unwrap(),
+            Condition::Version(7)
+        );
+        assert_eq!(
+            condition(&headers(&[("if-none-match", "*")])).unwrap(),
+            Condition::Absent
+        );
+        for bad in [
+            headers(&[("if-match", "abc")]),
+            headers(&[("if-none-match", "\"3\"")]),
+            headers(&[("if-match", "1"), ("if-none-match", "*")]),
+        ] {
+            let e = condition(&bad).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn consistency_levels_parse() {
+        assert_eq!(Consistency::parse(None).unwrap(), Consistency::Linearizable);
+        assert_eq!(
+            Consistency::parse(Some(&"stale".to_string())).unwrap(),
+            Consistency::Stale
+        );
+        assert_eq!(
+            Consistency::parse(Some(&"leader".to_string())).unwrap(),
+            Consistency::Leader
+        );
+        assert!(Consistency::parse(Some(&"eventual".to_string())).is_err());
+    }
+}

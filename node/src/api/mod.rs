@@ -55,7 +55,16 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was not read, so this connection cannot be reused:
+            // say so, or a client would send its next request into a closed socket.
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        resp
     }
 }
 
@@ -88,6 +97,8 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/kv/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete),
         )
+        // An empty key is answered 400 invalid_key by the same handlers.
+        .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/node", get(admin::node))
         .route("/v1/cluster", get(admin::cluster))
         .route("/v1/cluster/init", post(admin::init))
@@ -142,4 +153,27 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         app.metrics.encode(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_parameters_are_named() {
+        let uri: Uri = "/v1/kv/a?consistency=stale&bogus=1".parse().unwrap();
+        let err = parse_query(&uri, &["consistency"]).unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert_eq!(err.code, "unknown_parameter");
+        assert!(err.message.contains("'bogus'"), "{}", err.message);
+        let ok = parse_query(&uri, &["consistency", "bogus"]).unwrap();
+        assert_eq!(ok["consistency"], "stale");
+        assert_eq!(ok["bogus"], "1");
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let uri: Uri = "/v1/kv?prefix=a%2Fb%20c".parse().unwrap();
+        assert_eq!(parse_query(&uri, &["prefix"]).unwrap()["prefix"], "a/b c");
+    }
 }

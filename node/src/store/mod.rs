@@ -2,6 +2,9 @@
 //! machine with its snapshots ([`sm`]), both in one sled database, made durable by the
 //! barrier in [`durable`].
 
+// openraft's storage traits fix `StorageError` (a large type) as the error of every call.
+#![allow(clippy::result_large_err)]
+
 pub mod durable;
 pub mod log;
 pub mod sm;
