@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use openraft::{ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 
-use crate::batcher::Batcher;
+use crate::batcher::{Batcher, BatcherConfig};
+use crate::forwarder::Forwarder;
 use crate::identity::Identity;
 use crate::metrics::{Metrics, RoleLabels};
 use crate::network::client::{ContactTracker, PeerNetwork};
@@ -33,7 +35,12 @@ pub struct Settings {
     pub snapshot_logs: u64,
     pub cache_bytes: u64,
     pub write_timeout: Duration,
+    pub sync_timeout: Duration,
+    /// Write batches in the Raft pipeline at once.
+    pub write_pipeline: usize,
     pub catch_up_timeout: Duration,
+    /// Revisions of change history kept for watches.
+    pub watch_history: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +67,7 @@ pub struct App {
     pub kv: KvReader,
     pub db: sled::Db,
     pub batcher: Batcher,
+    pub forwarder: Forwarder,
     pub reads: ReadIndex,
     pub contact: Arc<ContactTracker>,
     pub metrics: Arc<Metrics>,
@@ -99,10 +107,15 @@ impl Node {
         let id = identity.node_id();
         let metrics = Arc::new(Metrics::new());
         let m = metrics.clone();
-        let storage = store::open(&settings.data_dir, settings.cache_bytes, move |s| {
-            m.fsync_seconds.observe(s.duration.as_secs_f64());
-            m.fsync_waiters.observe(s.waiters as f64);
-        })
+        let storage = store::open(
+            &settings.data_dir,
+            settings.cache_bytes,
+            settings.watch_history,
+            move |s| {
+                m.fsync_seconds.observe(s.duration.as_secs_f64());
+                m.fsync_waiters.observe(s.waiters as f64);
+            },
+        )
         .await?;
         let kv = storage.sm.reader();
 
@@ -122,7 +135,7 @@ impl Node {
         .map_err(|e| StartError::Config(e.to_string()))?;
 
         let contact = Arc::new(ContactTracker::default());
-        let network = PeerNetwork::new(identity.clone(), contact.clone());
+        let network = PeerNetwork::new(identity.clone(), contact.clone(), metrics.clone());
         let raft = Raft::new(id, Arc::new(config), network, storage.log, storage.sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -134,9 +147,32 @@ impl Node {
             .await
             .map_err(|e| StartError::Listen(settings.listen_peer.clone(), e))?;
 
+        let batcher = Batcher::start(
+            raft.clone(),
+            kv.clone(),
+            storage.acks.clone(),
+            storage.flusher.clone(),
+            metrics.clone(),
+            BatcherConfig {
+                write_timeout: settings.write_timeout,
+                sync_timeout: settings.sync_timeout,
+                pipeline: settings.write_pipeline,
+            },
+        );
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .expect("HTTP client builds");
         let app = Arc::new(App {
             id,
-            batcher: Batcher::start(raft.clone(), metrics.clone(), settings.write_timeout),
+            batcher,
+            forwarder: Forwarder::start(
+                identity.clone(),
+                http.clone(),
+                settings.write_timeout + Duration::from_secs(5),
+            ),
             reads: ReadIndex::start(raft.clone(), metrics.clone()),
             raft,
             identity,
@@ -144,12 +180,7 @@ impl Node {
             db: storage.db,
             contact,
             metrics,
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(256)
-                .tcp_nodelay(true)
-                .connect_timeout(Duration::from_secs(2))
-                .build()
-                .expect("HTTP client builds"),
+            http,
             settings,
             membership_lock: tokio::sync::Mutex::new(()),
         });
@@ -182,16 +213,27 @@ impl Node {
         let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
         };
+        // axum does not set TCP_NODELAY on accepted connections; without it, Nagle's
+        // algorithm and delayed ACKs stall small request/response exchanges by milliseconds.
+        let nodelay = |tcp: &mut tokio::net::TcpStream| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        };
         let peer = axum::serve(
-            self.peer_listener,
+            self.peer_listener.tap_io(nodelay),
             peer_router(PeerState {
                 raft: app.raft.clone(),
+                metrics: app.metrics.clone(),
                 identity: app.identity.clone(),
             }),
         )
         .with_graceful_shutdown(wait(stop_rx.clone()));
-        let client = axum::serve(self.client_listener, crate::api::router(app.clone()))
-            .with_graceful_shutdown(wait(stop_rx.clone()));
+        let client = axum::serve(
+            self.client_listener.tap_io(nodelay),
+            crate::api::router(app.clone()),
+        )
+        .with_graceful_shutdown(wait(stop_rx.clone()));
         let (a, b) = tokio::join!(
             tokio::spawn(peer.into_future()),
             tokio::spawn(client.into_future())

@@ -1,27 +1,42 @@
-//! Group commit of client writes.
+//! Group commit of client writes, and their acknowledgement per replication mode.
 //!
 //! openraft 0.9 appends one log entry per `client_write`, so one entry per request would
 //! mean one durability barrier per request. The batcher instead turns every command that
 //! queued up while earlier batches were in flight into one log entry. At low load a command
 //! goes out alone at once (no timer, no added latency); under load batches grow by
 //! themselves, bounded in count and bytes.
+//!
+//! When a write is acknowledged depends on the cluster's replication mode:
+//! - `quorum`: once committed (durable on a majority) and applied on the leader;
+//! - `sync`: additionally once the leader and every voter have it durable, else a timeout;
+//! - `async`: unconditional writes once the leader's own log has them durable. Conditional
+//!   writes and transactions still wait to be applied, because their outcome depends on it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::error::ClientWriteError;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::types::{Command, NodeId, Outcome, Raft, Request};
+use crate::store::{AckRegistry, Flusher, KvReader};
+use crate::types::{Batch, Command, NodeId, Outcome, Raft, ReplicationMode, Request};
 
-/// How many batches may be in the Raft pipeline at once.
-const MAX_IN_FLIGHT: usize = 4;
 const MAX_BATCH_COMMANDS: usize = 1024;
 const MAX_BATCH_BYTES: usize = 4 << 20;
 
-/// Why a write did not produce an outcome.
-#[derive(Debug, Clone, thiserror::Error)]
+/// How a write was acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Ack {
+    /// Applied, with its outcome.
+    Applied(Outcome),
+    /// `async` mode: durable in the leader's log, not yet replicated or applied.
+    Accepted,
+}
+
+/// Why a write did not produce an acknowledgement.
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum WriteError {
     /// This node was not the leader and the write was not appended: safe to send elsewhere.
     #[error("not the leader")]
@@ -29,11 +44,27 @@ pub enum WriteError {
     /// The write may or may not have been applied.
     #[error("{0}")]
     Unknown(String),
+    /// `sync` mode: committed on a quorum, but not every voter confirmed it in time.
+    #[error("{0}")]
+    SyncTimeout(String),
 }
 
 struct Pending {
     cmd: Command,
-    tx: oneshot::Sender<Result<Outcome, WriteError>>,
+    tx: oneshot::Sender<Result<Ack, WriteError>>,
+}
+
+/// Everything a batch needs once it leaves the queue.
+struct Ctx {
+    raft: Raft,
+    kv: KvReader,
+    acks: Arc<AckRegistry>,
+    flusher: Flusher,
+    metrics: Arc<Metrics>,
+    write_timeout: Duration,
+    sync_timeout: Duration,
+    pipeline: usize,
+    next_id: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -41,15 +72,41 @@ pub struct Batcher {
     tx: mpsc::Sender<Pending>,
 }
 
+pub struct BatcherConfig {
+    pub write_timeout: Duration,
+    pub sync_timeout: Duration,
+    /// How many batches may be in the Raft pipeline at once.
+    pub pipeline: usize,
+}
+
 impl Batcher {
-    pub fn start(raft: Raft, metrics: Arc<Metrics>, write_timeout: Duration) -> Self {
+    pub fn start(
+        raft: Raft,
+        kv: KvReader,
+        acks: Arc<AckRegistry>,
+        flusher: Flusher,
+        metrics: Arc<Metrics>,
+        config: BatcherConfig,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(16 * 1024);
-        tokio::spawn(run(rx, raft, metrics, write_timeout));
+        let ctx = Arc::new(Ctx {
+            raft,
+            kv,
+            acks,
+            flusher,
+            metrics,
+            write_timeout: config.write_timeout,
+            sync_timeout: config.sync_timeout,
+            pipeline: config.pipeline,
+            // Unique per leader process, so that ids never collide across restarts.
+            next_id: AtomicU64::new(rand::random::<u64>() >> 1),
+        });
+        tokio::spawn(run(rx, ctx));
         Self { tx }
     }
 
-    /// Submit one command and wait for its outcome.
-    pub async fn write(&self, cmd: Command) -> Result<Outcome, WriteError> {
+    /// Submit one command and wait for its acknowledgement.
+    pub async fn write(&self, cmd: Command) -> Result<Ack, WriteError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Pending { cmd, tx })
@@ -60,13 +117,8 @@ impl Batcher {
     }
 }
 
-async fn run(
-    mut rx: mpsc::Receiver<Pending>,
-    raft: Raft,
-    metrics: Arc<Metrics>,
-    write_timeout: Duration,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+async fn run(mut rx: mpsc::Receiver<Pending>, ctx: Arc<Ctx>) {
+    let slots = Arc::new(Semaphore::new(ctx.pipeline));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -83,45 +135,157 @@ async fn run(
                 Err(_) => break,
             }
         }
-        metrics.batch_commands.observe(batch.len() as f64);
-        let raft = raft.clone();
+        ctx.metrics.batch_commands.observe(batch.len() as f64);
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let (cmds, txs): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.tx)).unzip();
-            let fail_all = |txs: Vec<oneshot::Sender<_>>, e: WriteError| {
-                for tx in txs {
-                    let _ = tx.send(Err(e.clone()));
-                }
-            };
-            let rx = match raft.client_write_ff(Request::Batch(cmds)).await {
-                Ok(rx) => rx,
-                Err(e) => return fail_all(txs, WriteError::Unknown(format!("raft stopped: {e}"))),
-            };
-            match tokio::time::timeout(write_timeout, rx).await {
-                Err(_) => fail_all(
-                    txs,
-                    WriteError::Unknown(format!(
-                        "not committed within {} ms (is a quorum reachable?)",
-                        write_timeout.as_millis()
-                    )),
-                ),
-                Ok(Err(_)) => fail_all(txs, WriteError::Unknown("raft stopped".into())),
-                // openraft answers ForwardToLeader only for entries it never appended or
-                // that were truncated, which were therefore never applied.
-                Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => {
-                    fail_all(txs, WriteError::NotLeader(f.leader_id))
-                }
-                Ok(Ok(Err(e))) => fail_all(txs, WriteError::Unknown(e.to_string())),
-                Ok(Ok(Ok(resp))) => {
-                    let mut outcomes = resp.data.0.into_iter();
-                    for tx in txs {
-                        let r = outcomes.next().ok_or_else(|| {
-                            WriteError::Unknown("state machine returned too few outcomes".into())
-                        });
-                        let _ = tx.send(r);
-                    }
-                }
-            }
+            submit(&ctx, batch).await;
         });
     }
+}
+
+fn fail(txs: &mut [Option<oneshot::Sender<Result<Ack, WriteError>>>], e: WriteError) {
+    for tx in txs.iter_mut().filter_map(Option::take) {
+        let _ = tx.send(Err(e.clone()));
+    }
+}
+
+async fn submit(ctx: &Ctx, batch: Vec<Pending>) {
+    let mode = ctx.kv.config().replication_mode;
+    let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+    let early: Vec<bool> = batch
+        .iter()
+        .map(|p| mode == ReplicationMode::Async && !p.cmd.is_conditional())
+        .collect();
+    let (cmds, txs): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, Some(p.tx))).unzip();
+    let mut txs = txs;
+    let ack_rx = early.iter().any(|e| *e).then(|| ctx.acks.register(id));
+    let deadline = tokio::time::Instant::now() + ctx.write_timeout;
+
+    let mut rx = match ctx
+        .raft
+        .client_write_ff(Request::Batch(Batch { id, cmds }))
+        .await
+    {
+        Ok(rx) => rx,
+        Err(e) => {
+            ctx.acks.cancel(id);
+            return fail(&mut txs, WriteError::Unknown(format!("raft stopped: {e}")));
+        }
+    };
+    let mut result = None;
+    if let Some(ack_rx) = ack_rx {
+        tokio::select! {
+            durable = ack_rx => if durable.is_ok() {
+                for (tx, _) in txs.iter_mut().zip(&early).filter(|(_, e)| **e) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(Ok(Ack::Accepted));
+                    }
+                }
+            },
+            r = &mut rx => result = Some(r),
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        ctx.acks.cancel(id);
+    }
+    let result = match result {
+        Some(r) => Ok(r),
+        None => tokio::time::timeout_at(deadline, rx).await,
+    };
+    let resp = match result {
+        Err(_) => {
+            let pending = txs.iter().filter(|t| t.is_some()).count();
+            if pending < txs.len() {
+                ctx.metrics
+                    .async_unconfirmed
+                    .inc_by((txs.len() - pending) as u64);
+            }
+            return fail(
+                &mut txs,
+                WriteError::Unknown(format!(
+                    "not committed within {} ms (is a quorum reachable?)",
+                    ctx.write_timeout.as_millis()
+                )),
+            );
+        }
+        Ok(Err(_)) => return fail(&mut txs, WriteError::Unknown("raft stopped".into())),
+        // openraft answers ForwardToLeader only for entries it never appended or that were
+        // truncated, which were therefore never applied.
+        Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => {
+            let lost = txs.iter().filter(|t| t.is_none()).count();
+            if lost > 0 {
+                // Acknowledged in async mode, then truncated: the documented async loss.
+                ctx.metrics.async_lost.inc_by(lost as u64);
+                tracing::warn!(
+                    lost,
+                    "async-acknowledged writes were truncated by a new leader"
+                );
+            }
+            return fail(&mut txs, WriteError::NotLeader(f.leader_id));
+        }
+        Ok(Ok(Err(e))) => return fail(&mut txs, WriteError::Unknown(e.to_string())),
+        Ok(Ok(Ok(resp))) => resp,
+    };
+    if mode == ReplicationMode::Sync
+        && let Err(msg) = wait_all_voters(ctx, resp.log_id.index).await
+    {
+        return fail(&mut txs, WriteError::SyncTimeout(msg));
+    }
+    let mut outcomes = resp.data.0.into_iter();
+    for tx in txs.iter_mut() {
+        let outcome = outcomes.next();
+        if let Some(tx) = tx.take() {
+            let _ = tx.send(outcome.map(Ack::Applied).ok_or_else(|| {
+                WriteError::Unknown("state machine returned too few outcomes".into())
+            }));
+        }
+    }
+}
+
+/// Whether voter `v` has `index` durable, as the leader's metrics know it.
+fn voter_has(m: &crate::types::RaftMetrics, v: NodeId, index: u64) -> bool {
+    v == m.id
+        || m.replication
+            .as_ref()
+            .and_then(|r| r.get(&v))
+            .and_then(|l| *l)
+            .is_some_and(|l| l.index >= index)
+}
+
+/// `sync` mode: wait until the leader and every voter have `index` durable.
+async fn wait_all_voters(ctx: &Ctx, index: u64) -> Result<(), String> {
+    ctx.flusher
+        .sync()
+        .await
+        .map_err(|e| format!("the leader could not make the write durable: {e}"))?;
+    let all_have = |m: &crate::types::RaftMetrics| {
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .all(|v| voter_has(m, v, index))
+    };
+    if ctx
+        .raft
+        .wait(Some(ctx.sync_timeout))
+        .metrics(all_have, "every voter has the entry")
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    let m = ctx.raft.metrics().borrow().clone();
+    let mem = m.membership_config.membership();
+    let missing: Vec<String> = mem
+        .voter_ids()
+        .filter(|v| !voter_has(&m, *v, index))
+        .map(|v| match mem.get_node(&v) {
+            Some(n) => format!("{v} ({})", n.client_url),
+            None => v.to_string(),
+        })
+        .collect();
+    Err(format!(
+        "sync replication: voters [{}] did not confirm the write within {} ms. It is committed on a quorum and will not be rolled back, but it is not acknowledged as replicated to every voter. Bring the missing voters back, remove them from the cluster, or switch to quorum mode",
+        missing.join(", "),
+        ctx.sync_timeout.as_millis()
+    ))
 }

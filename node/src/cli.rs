@@ -85,6 +85,18 @@ pub struct ServeArgs {
     /// How long a write may wait to commit before the client gets 503 outcome_unknown.
     #[arg(long, env = "RSTORE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
+    /// In sync mode, how long a write waits for every voter before answering 503.
+    #[arg(long, env = "RSTORE_SYNC_TIMEOUT_MS", default_value_t = 5_000)]
+    pub sync_timeout_ms: u64,
+    /// Write batches in the Raft pipeline at once (group commit depth).
+    #[arg(long, env = "RSTORE_WRITE_PIPELINE", default_value_t = 2)]
+    pub write_pipeline: usize,
+    /// Async runtime worker threads [default: the CPUs available to the process].
+    #[arg(long, env = "RSTORE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+    /// Revisions of change history kept for watches; older ones answer 410.
+    #[arg(long, env = "RSTORE_WATCH_HISTORY", default_value_t = 100_000)]
+    pub watch_history: u64,
     /// How long adding a member waits for it to catch up before answering 504.
     #[arg(long, env = "RSTORE_CATCH_UP_TIMEOUT_MS", default_value_t = 60_000)]
     pub catch_up_timeout_ms: u64,
@@ -124,6 +136,9 @@ impl ServeArgs {
             snapshot_logs: self.snapshot_logs.max(2),
             cache_bytes: self.cache_bytes,
             write_timeout: Duration::from_millis(self.write_timeout_ms),
+            sync_timeout: Duration::from_millis(self.sync_timeout_ms),
+            write_pipeline: self.write_pipeline.max(1),
+            watch_history: self.watch_history,
             catch_up_timeout: Duration::from_millis(self.catch_up_timeout_ms),
         })
     }

@@ -10,6 +10,7 @@ pub mod app;
 pub mod batcher;
 pub mod cli;
 pub mod dev;
+pub mod forwarder;
 pub mod identity;
 pub mod metrics;
 pub mod network;

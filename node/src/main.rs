@@ -1,6 +1,7 @@
 //! The `node` binary: parses the command line and runs the chosen command.
 
 use clap::Parser;
+
 use rstore_node::app::Node;
 use rstore_node::cli::{Cli, Command, LogFormat};
 
@@ -25,9 +26,18 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(args) = &cli.command
+        && let Some(n) = args.worker_threads
+    {
+        rt.worker_threads(n.max(1));
+    }
+    rt.enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             init_tracing(args.log_format);

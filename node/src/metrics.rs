@@ -17,6 +17,11 @@ pub struct HttpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub rpc: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabels {
     pub role: String,
 }
@@ -43,6 +48,10 @@ pub struct Metrics {
     pub learners: Gauge,
     pub storage_bytes: Gauge<u64, AtomicU64>,
     pub revision: Gauge<u64, AtomicU64>,
+    pub peer_rpc_sent: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    pub peer_rpc_served: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    pub async_lost: Counter,
+    pub async_unconfirmed: Counter,
 }
 
 impl Default for Metrics {
@@ -70,6 +79,10 @@ impl Metrics {
             learners: Gauge::default(),
             storage_bytes: Gauge::default(),
             revision: Gauge::default(),
+            peer_rpc_sent: Family::new_with_constructor(latency_histogram),
+            peer_rpc_served: Family::new_with_constructor(latency_histogram),
+            async_lost: Counter::default(),
+            async_unconfirmed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -142,6 +155,26 @@ impl Metrics {
             "kv_revision",
             "Store revision of the applied state",
             m.revision.clone(),
+        );
+        registry.register(
+            "peer_rpc_duration_seconds",
+            "Raft RPCs sent to peers, from send to answer",
+            m.peer_rpc_sent.clone(),
+        );
+        registry.register(
+            "peer_rpc_served_seconds",
+            "Raft RPCs received from peers, time spent in Raft",
+            m.peer_rpc_served.clone(),
+        );
+        registry.register(
+            "async_writes_lost",
+            "Writes acknowledged in async mode and then truncated by a new leader",
+            m.async_lost.clone(),
+        );
+        registry.register(
+            "async_writes_unconfirmed",
+            "Writes acknowledged in async mode whose commit was not seen before the write timeout",
+            m.async_unconfirmed.clone(),
         );
         Self { registry, ..m }
     }

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Metrics;
 use crate::types::{NodeId, Raft};
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ReadError {
     #[error("not the leader")]
     NotLeader(Option<NodeId>),
@@ -23,12 +23,12 @@ pub enum ReadError {
 
 #[derive(Clone)]
 pub struct ReadIndex {
-    tx: mpsc::UnboundedSender<oneshot::Sender<Result<(), ReadError>>>,
+    tx: mpsc::UnboundedSender<oneshot::Sender<Result<u64, ReadError>>>,
 }
 
 impl ReadIndex {
     pub fn start(raft: Raft, metrics: Arc<Metrics>) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), ReadError>>>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<u64, ReadError>>>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut waiters = vec![first];
@@ -37,7 +37,7 @@ impl ReadIndex {
                 }
                 metrics.read_index_batch.observe(waiters.len() as f64);
                 let r = match raft.ensure_linearizable().await {
-                    Ok(_) => Ok(()),
+                    Ok(read_log_id) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
                     Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                         Err(ReadError::NotLeader(f.leader_id))
                     }
@@ -51,8 +51,9 @@ impl ReadIndex {
         Self { tx }
     }
 
-    /// Wait until this node may serve a linearizable read from its local state.
-    pub async fn wait(&self) -> Result<(), ReadError> {
+    /// Wait until this node (the leader) may serve a linearizable read from its local
+    /// state; returns the read index, which it has applied.
+    pub async fn wait(&self) -> Result<u64, ReadError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(tx)

@@ -50,7 +50,17 @@ impl std::fmt::Display for Member {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     /// A group-committed batch of client commands, applied in order.
-    Batch(Vec<Command>),
+    Batch(Batch),
+    /// Change the cluster-wide settings.
+    SetConfig(ClusterConfig),
+}
+
+/// Client commands that travel in one log entry. `id` is unique per leader process and
+/// lets the leader learn when the entry is durable in its own log (the `async` mode).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Batch {
+    pub id: u64,
+    pub cmds: Vec<Command>,
 }
 
 /// One client command. Conditions are evaluated by the state machine at apply time,
@@ -67,6 +77,7 @@ pub enum Command {
         key: String,
         cond: Condition,
     },
+    Txn(Txn),
 }
 
 impl Command {
@@ -75,6 +86,16 @@ impl Command {
         match self {
             Command::Put { key, value, .. } => key.len() + value.len() + 16,
             Command::Delete { key, .. } => key.len() + 16,
+            Command::Txn(t) => t.size(),
+        }
+    }
+
+    /// Whether the outcome depends on the state it is applied to (and so cannot be
+    /// acknowledged before it is applied).
+    pub fn is_conditional(&self) -> bool {
+        match self {
+            Command::Put { cond, .. } | Command::Delete { cond, .. } => *cond != Condition::None,
+            Command::Txn(_) => true,
         }
     }
 }
@@ -90,18 +111,179 @@ pub enum Condition {
     Absent,
 }
 
+/// An atomic multi-key transaction: if every compare holds, run `success`, else `failure`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+impl Txn {
+    pub fn size(&self) -> usize {
+        let ops = |v: &Vec<TxnOp>| -> usize {
+            v.iter()
+                .map(|o| match o {
+                    TxnOp::Put { key, value } => key.len() + value.len() + 16,
+                    TxnOp::Delete { key } | TxnOp::Get { key } => key.len() + 16,
+                })
+                .sum()
+        };
+        let cmp: usize = self
+            .compare
+            .iter()
+            .map(|c| {
+                c.key.len()
+                    + 24
+                    + match &c.target {
+                        CompareTarget::Value(v) => v.len(),
+                        _ => 0,
+                    }
+            })
+            .sum();
+        cmp + ops(&self.success) + ops(&self.failure)
+    }
+}
+
+/// One comparison against the current state of a key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Compare {
+    pub key: String,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+/// What a comparison looks at. A missing key has version, create and mod revision 0,
+/// and no value (a value comparison on a missing key is false, except `NotEqual`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum CompareTarget {
+    Version(u64),
+    CreateRevision(u64),
+    ModRevision(u64),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Existence; only `Equal` and `NotEqual` make sense.
+    Exists(bool),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum TxnOp {
+    Put {
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    Get {
+        key: String,
+    },
+}
+
+/// A key's state as returned by a transaction's `get`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    pub version: u64,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum TxnOpResult {
+    Put { version: u64 },
+    Delete { deleted: bool },
+    Get(Option<KeyValue>),
+}
+
 /// The result of applying one command.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Outcome {
-    Put { revision: u64, version: u64 },
-    Deleted { revision: u64 },
+    Put {
+        revision: u64,
+        version: u64,
+    },
+    Deleted {
+        revision: u64,
+    },
     NotFound,
-    PreconditionFailed { current_version: Option<u64> },
+    PreconditionFailed {
+        current_version: Option<u64>,
+    },
+    /// `revision` is the store revision after the transaction (its writes share it).
+    Txn {
+        succeeded: bool,
+        revision: u64,
+        results: Vec<TxnOpResult>,
+    },
 }
 
 /// The state machine's answer to one log entry: one outcome per command.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Response(pub Vec<Outcome>);
+
+/// How writes are acknowledged. A cluster-wide setting, changed through the Raft log.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    /// Once a majority of voters has the entry durable and the leader applied it.
+    #[default]
+    Quorum,
+    /// Once every voter has the entry durable.
+    Sync,
+    /// Once the leader's own log has the entry durable; a leader crash can lose it.
+    Async,
+}
+
+impl ReplicationMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Quorum => "quorum",
+            Self::Sync => "sync",
+            Self::Async => "async",
+        }
+    }
+}
+
+/// How reads are served when the request does not say.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadConsistency {
+    /// Read index on the leader: sees every write acknowledged before the read began.
+    #[default]
+    Linearizable,
+    /// The leader's local state, without a quorum round.
+    Leader,
+    /// The serving node's local state; may lag.
+    Stale,
+}
+
+impl ReadConsistency {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Linearizable => "linearizable",
+            Self::Leader => "leader",
+            Self::Stale => "stale",
+        }
+    }
+}
+
+/// Cluster-wide settings, stored in the state machine.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub replication_mode: ReplicationMode,
+    pub read_consistency: ReadConsistency,
+}
 
 // Keep the import used by `declare_raft_types!`'s default snapshot type visible.
 #[allow(dead_code)]

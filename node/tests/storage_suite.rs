@@ -15,7 +15,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let s = store::open(dir.path(), 8 << 20, |_| {})
+        let s = store::open(dir.path(), 8 << 20, 1000, |_| {})
             .await
             .expect("open store");
         Ok((dir, s.log, s.sm))

@@ -14,7 +14,10 @@ use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, ApiResult};
 use crate::app::App;
-use crate::types::NodeId;
+use crate::batcher::{Ack, WriteError};
+use crate::forwarder::{ForwardRequest, ForwardResponse};
+use crate::readindex::ReadError;
+use crate::types::{Command, NodeId};
 
 pub const FORWARDED: &str = "x-rstore-forwarded";
 pub const NOT_LEADER: &str = "x-rstore-not-leader";
@@ -208,5 +211,114 @@ where
         }
         // Leadership is moving: give the new leader's heartbeats a moment to arrive.
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Run a write on the leader: through the local batcher if this node leads, else through
+/// the batched forwarder. Writes that surely were not applied are routed again.
+pub async fn write_via_leader(app: &Arc<App>, cmd: Command) -> ApiResult<Result<Ack, WriteError>> {
+    let deadline = deadline(app);
+    loop {
+        let r = match leader_route(app, deadline).await? {
+            Route::Local => app.batcher.write(cmd.clone()).await,
+            Route::Remote { id, client_url } => {
+                app.forwarder.write(id, &client_url, cmd.clone()).await
+            }
+        };
+        match r {
+            Err(WriteError::NotLeader(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(WriteError::NotLeader(_)) => {
+                return Err(ApiError::no_leader("the leader kept moving; retry shortly"));
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
+/// Wait until this node may serve a linearizable read locally: on the leader after a
+/// (shared) read-index round, on a follower once it has applied the leader's read index.
+pub async fn linearizable_barrier(app: &Arc<App>) -> ApiResult<()> {
+    let deadline = deadline(app);
+    loop {
+        let r = match leader_route(app, deadline).await? {
+            Route::Local => app.reads.wait().await,
+            Route::Remote { id, client_url } => {
+                match app.forwarder.read_index(id, &client_url).await {
+                    Ok(index) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        app.raft
+                            .wait(Some(left.max(Duration::from_millis(100))))
+                            .applied_index_at_least(Some(index), "read index applied")
+                            .await
+                            .map(|_| index)
+                            .map_err(|e| {
+                                ReadError::Unavailable(format!(
+                                    "this member is behind the leader: {e}"
+                                ))
+                            })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match r {
+            Ok(_) => return Ok(()),
+            Err(ReadError::NotLeader(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(ReadError::NotLeader(_)) => {
+                return Err(ApiError::no_leader("the leader kept moving; retry shortly"));
+            }
+            Err(ReadError::Unavailable(m)) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_quorum",
+                    format!(
+                        "cannot confirm a linearizable read ({m}); retry, or read with consistency=stale"
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// The leader's side of the batched forwarder: `POST /internal/v1/forward`.
+pub async fn forwarded_batch(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let bytes = match super::kv::read_body(
+        &headers,
+        body,
+        crate::network::MAX_RPC_BYTES,
+        "request body",
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let req: ForwardRequest = match crate::network::server::open_envelope(&app.identity, &bytes) {
+        Ok((_, r)) => r,
+        Err(r) => return r,
+    };
+    if app.metrics_snapshot().state != openraft::ServerState::Leader {
+        return (StatusCode::MISDIRECTED_REQUEST, "not the leader").into_response();
+    }
+    let writes = futures::future::join_all(req.writes.into_iter().map(|c| app.batcher.write(c)));
+    let read = async {
+        if req.read_index {
+            Some(app.reads.wait().await)
+        } else {
+            None
+        }
+    };
+    let (writes, read_index) = tokio::join!(writes, read);
+    match bincode::serialize(&ForwardResponse { writes, read_index }) {
+        Ok(b) => (StatusCode::OK, b).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
     }
 }

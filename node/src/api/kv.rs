@@ -9,36 +9,28 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::Serialize;
 
-use super::forward::on_leader;
+use super::forward::{linearizable_barrier, on_leader, write_via_leader};
 use super::{ApiError, ApiResult, parse_query};
 use crate::app::App;
-use crate::batcher::WriteError;
-use crate::readindex::ReadError;
+use crate::batcher::{Ack, WriteError};
 use crate::store::Record;
-use crate::types::{Command, Condition, Outcome};
+use crate::types::{Command, Condition, Outcome, ReadConsistency};
 
-/// How a read is served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Consistency {
-    /// Read index on the leader: sees every write acknowledged before the read began.
-    Linearizable,
-    /// The leader's local state, without a quorum round.
-    Leader,
-    /// This node's local state; may lag.
-    Stale,
+/// The consistency of a read: the request's `consistency` parameter, else the cluster default.
+pub fn consistency(app: &App, s: Option<&String>) -> ApiResult<ReadConsistency> {
+    parse_consistency(s.map(|s| s.as_str()), app.kv.config().read_consistency)
 }
 
-impl Consistency {
-    pub fn parse(s: Option<&String>) -> ApiResult<Self> {
-        match s.map(|s| s.as_str()) {
-            None | Some("linearizable") => Ok(Self::Linearizable),
-            Some("leader") => Ok(Self::Leader),
-            Some("stale") => Ok(Self::Stale),
-            Some(other) => Err(ApiError::bad_request(
-                "invalid_request",
-                format!("unknown consistency '{other}'; use linearizable, leader or stale"),
-            )),
-        }
+fn parse_consistency(s: Option<&str>, default: ReadConsistency) -> ApiResult<ReadConsistency> {
+    match s {
+        None => Ok(default),
+        Some("linearizable") => Ok(ReadConsistency::Linearizable),
+        Some("leader") => Ok(ReadConsistency::Leader),
+        Some("stale") => Ok(ReadConsistency::Stale),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_request",
+            format!("unknown consistency '{other}'; use linearizable, leader or stale"),
+        )),
     }
 }
 
@@ -175,10 +167,26 @@ fn precondition_failed(key: &str, current: Option<u64>) -> ApiError {
 }
 
 /// Turn a write's result into a response.
-fn write_response(key: &str, r: Result<Outcome, WriteError>) -> ApiResult<Option<Response>> {
+pub fn write_response(key: &str, r: Result<Ack, WriteError>) -> ApiResult {
     let outcome = match r {
-        Ok(o) => o,
-        Err(WriteError::NotLeader(_)) => return Ok(None),
+        Ok(Ack::Applied(o)) => o,
+        Ok(Ack::Accepted) => {
+            // async mode: durable on the leader only; revision and version are not known yet.
+            return Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"revision": null, "version": null, "durability": "leader"}),
+            ));
+        }
+        Err(WriteError::SyncTimeout(msg)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sync_replication_timeout",
+                msg,
+            ));
+        }
+        Err(WriteError::NotLeader(_)) => {
+            return Err(ApiError::no_leader("the leader kept moving; retry shortly"));
+        }
         Err(WriteError::Unknown(msg)) => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -189,7 +197,7 @@ fn write_response(key: &str, r: Result<Outcome, WriteError>) -> ApiResult<Option
             ));
         }
     };
-    Ok(Some(match outcome {
+    Ok(match outcome {
         Outcome::Put { revision, version } => {
             let mut r = json(
                 StatusCode::OK,
@@ -208,15 +216,19 @@ fn write_response(key: &str, r: Result<Outcome, WriteError>) -> ApiResult<Option
                 format!("key '{key}' does not exist"),
             ));
         }
+        Outcome::Txn { .. } => {
+            return Err(ApiError::internal(
+                "a transaction outcome answered a single-key write",
+            ));
+        }
         Outcome::PreconditionFailed { current_version } => {
             return Err(precondition_failed(key, current_version));
         }
-    }))
+    })
 }
 
 pub async fn put(
     State(app): State<Arc<App>>,
-    method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -225,23 +237,15 @@ pub async fn put(
     parse_query(&uri, &[])?;
     let cond = condition(&headers)?;
     let value = read_body(&headers, body, app.settings.max_value_bytes, "value").await?;
-    on_leader(&app, &method, &uri, &headers, value.clone(), || async {
-        let cmd = Command::Put {
-            key: key.clone(),
-            value: value.to_vec(),
-            cond,
-        };
-        write_response(&key, app.batcher.write(cmd).await)
-    })
-    .await
+    let cmd = Command::Put {
+        key: key.clone(),
+        value: value.to_vec(),
+        cond,
+    };
+    write_response(&key, write_via_leader(&app, cmd).await?)
 }
 
-pub async fn delete(
-    State(app): State<Arc<App>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> ApiResult {
+pub async fn delete(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap) -> ApiResult {
     let key = key_from_path(&app, &uri)?;
     parse_query(&uri, &[])?;
     let cond = match condition(&headers)? {
@@ -253,20 +257,23 @@ pub async fn delete(
         }
         c => c,
     };
-    on_leader(&app, &method, &uri, &headers, Bytes::new(), || async {
-        let cmd = Command::Delete {
-            key: key.clone(),
-            cond,
-        };
-        write_response(&key, app.batcher.write(cmd).await)
-    })
-    .await
+    write_response(
+        &key,
+        write_via_leader(
+            &app,
+            Command::Delete {
+                key: key.clone(),
+                cond,
+            },
+        )
+        .await?,
+    )
 }
 
-/// Serve a read locally after the consistency level's requirement is met, or forward it.
+/// Serve a read locally once its consistency level allows, or forward it to the leader.
 async fn read<F>(
     app: &Arc<App>,
-    consistency: Consistency,
+    consistency: ReadConsistency,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -276,21 +283,16 @@ where
     F: Fn() -> ApiResult,
 {
     match consistency {
-        Consistency::Stale => local(),
-        Consistency::Leader => on_leader(app, method, uri, headers, Bytes::new(), || async { local().map(Some) }).await,
-        Consistency::Linearizable => {
+        ReadConsistency::Stale => local(),
+        ReadConsistency::Leader => {
             on_leader(app, method, uri, headers, Bytes::new(), || async {
-                match app.reads.wait().await {
-                    Ok(()) => local().map(Some),
-                    Err(ReadError::NotLeader(_)) => Ok(None),
-                    Err(ReadError::Unavailable(m)) => Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "no_quorum",
-                        format!("cannot confirm leadership with a quorum ({m}); retry, or read with consistency=stale"),
-                    )),
-                }
+                local().map(Some)
             })
             .await
+        }
+        ReadConsistency::Linearizable => {
+            linearizable_barrier(app).await?;
+            local()
         }
     }
 }
@@ -307,7 +309,7 @@ pub async fn get(
 ) -> ApiResult {
     let key = key_from_path(&app, &uri)?;
     let q = parse_query(&uri, &["consistency"])?;
-    let consistency = Consistency::parse(q.get("consistency"))?;
+    let consistency = consistency(&app, q.get("consistency"))?;
     read(&app, consistency, &method, &uri, &headers, || {
         let record = app.kv.get(&key).map_err(ApiError::internal)?;
         let rev = revision_header(&app);
@@ -370,7 +372,7 @@ pub async fn list(
     headers: HeaderMap,
 ) -> ApiResult {
     let q = parse_query(&uri, &["prefix", "start_after", "limit", "consistency"])?;
-    let consistency = Consistency::parse(q.get("consistency"))?;
+    let consistency = consistency(&app, q.get("consistency"))?;
     let prefix = q.get("prefix").cloned().unwrap_or_default();
     let start_after = q.get("start_after").cloned();
     let limit = match q.get("limit") {
@@ -451,16 +453,19 @@ mod tests {
     }
 
     #[test]
-    fn consistency_levels_parse() {
-        assert_eq!(Consistency::parse(None).unwrap(), Consistency::Linearizable);
+    fn consistency_levels_parse_with_the_cluster_default() {
+        use ReadConsistency::*;
+        assert_eq!(parse_consistency(None, Stale).unwrap(), Stale);
+        assert_eq!(parse_consistency(None, Linearizable).unwrap(), Linearizable);
         assert_eq!(
-            Consistency::parse(Some(&"stale".to_string())).unwrap(),
-            Consistency::Stale
+            parse_consistency(Some("stale"), Linearizable).unwrap(),
+            Stale
         );
+        assert_eq!(parse_consistency(Some("leader"), Stale).unwrap(), Leader);
         assert_eq!(
-            Consistency::parse(Some(&"leader".to_string())).unwrap(),
-            Consistency::Leader
+            parse_consistency(Some("linearizable"), Stale).unwrap(),
+            Linearizable
         );
-        assert!(Consistency::parse(Some(&"eventual".to_string())).is_err());
+        assert!(parse_consistency(Some("eventual"), Stale).is_err());
     }
 }

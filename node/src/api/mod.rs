@@ -104,6 +104,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/cluster/init", post(admin::init))
         .route("/v1/cluster/members", post(admin::add_member))
         .route("/v1/cluster/members/{id}", delete(admin::remove_member))
+        .route(crate::forwarder::PATH, post(forward::forwarded_batch))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(metrics))

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 
 use super::{Envelope, MAX_RPC_BYTES, REFUSED_STATUS};
 use crate::identity::Identity;
+use crate::metrics::{Metrics, RpcLabels};
 use crate::types::{Member, NodeId, TypeConfig};
 
 /// When each peer last answered an AppendEntries successfully.
@@ -52,14 +53,20 @@ impl ContactTracker {
 #[derive(Clone)]
 pub struct PeerNetwork {
     identity: Arc<Identity>,
+    metrics: Arc<Metrics>,
     contact: Arc<ContactTracker>,
     clients: Arc<Mutex<HashMap<NodeId, (String, reqwest::Client)>>>,
 }
 
 impl PeerNetwork {
-    pub fn new(identity: Arc<Identity>, contact: Arc<ContactTracker>) -> Self {
+    pub fn new(
+        identity: Arc<Identity>,
+        contact: Arc<ContactTracker>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             identity,
+            metrics,
             contact,
             clients: Default::default(),
         }
@@ -94,6 +101,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             http: self.client_for(target, &node.peer_url),
             identity: self.identity.clone(),
             contact: self.contact.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -101,6 +109,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 /// A client for one target node.
 pub struct PeerClient {
     target: NodeId,
+    metrics: Arc<Metrics>,
     base: String,
     http: reqwest::Client,
     identity: Arc<Identity>,
@@ -143,6 +152,7 @@ impl PeerClient {
             target: self.target,
             body,
         };
+        let start = std::time::Instant::now();
         let bytes =
             bincode::serialize(&env).map_err(|e| Transport::Network(NetworkError::new(&e)))?;
         if bytes.len() > MAX_RPC_BYTES {
@@ -178,7 +188,15 @@ impl PeerClient {
             let why = format!("peer answered {status}: {}", String::from_utf8_lossy(&body));
             return Err(Transport::Network(NetworkError::new(&Refused(why))));
         }
-        bincode::deserialize(&body).map_err(|e| Transport::Network(NetworkError::new(&e)))
+        let out =
+            bincode::deserialize(&body).map_err(|e| Transport::Network(NetworkError::new(&e)));
+        self.metrics
+            .peer_rpc_sent
+            .get_or_create(&RpcLabels {
+                rpc: path.trim_start_matches("/raft/").to_string(),
+            })
+            .observe(start.elapsed().as_secs_f64());
+        out
     }
 }
 

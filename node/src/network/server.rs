@@ -17,11 +17,13 @@ use serde::de::DeserializeOwned;
 
 use super::{Envelope, MAX_RPC_BYTES, REFUSED_STATUS};
 use crate::identity::Identity;
+use crate::metrics::{Metrics, RpcLabels};
 use crate::types::{NodeId, Raft, TypeConfig};
 
 #[derive(Clone)]
 pub struct PeerState {
     pub raft: Raft,
+    pub metrics: Arc<Metrics>,
     pub identity: Arc<Identity>,
 }
 
@@ -95,7 +97,15 @@ async fn append(State(s): State<PeerState>, body: Bytes) -> Response {
             Ok((_, r)) => r,
             Err(r) => return r,
         };
-    reply(&s.raft.append_entries(req).await)
+    let start = std::time::Instant::now();
+    let r = s.raft.append_entries(req).await;
+    s.metrics
+        .peer_rpc_served
+        .get_or_create(&RpcLabels {
+            rpc: "append".into(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    reply(&r)
 }
 
 async fn vote(State(s): State<PeerState>, body: Bytes) -> Response {

@@ -6,10 +6,12 @@
 //! `flush()`, then `fdatasync` of the `db` file, then `fsync` of any blob file written since
 //! the last barrier and of the blob directory. Nothing is acknowledged before that.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -85,10 +87,49 @@ impl Barrier {
     }
 }
 
+/// Leader-side waiters for "this batch is durable in my own log", used by the `async`
+/// replication mode. The batcher registers a batch id before submitting it; the log store
+/// takes the waiter when it appends that batch and hands it to the flusher.
+#[derive(Default)]
+pub struct AckRegistry {
+    waiting: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
+    count: AtomicUsize,
+}
+
+impl AckRegistry {
+    pub fn register(&self, id: u64) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut w = self.waiting.lock().expect("ack lock");
+        w.insert(id, tx);
+        self.count.store(w.len(), Ordering::Release);
+        rx
+    }
+
+    pub fn cancel(&self, id: u64) {
+        let mut w = self.waiting.lock().expect("ack lock");
+        w.remove(&id);
+        self.count.store(w.len(), Ordering::Release);
+    }
+
+    /// The waiter for batch `id`, if someone registered one.
+    pub fn take(&self, id: u64) -> Option<tokio::sync::oneshot::Sender<()>> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut w = self.waiting.lock().expect("ack lock");
+        let tx = w.remove(&id);
+        self.count.store(w.len(), Ordering::Release);
+        tx
+    }
+}
+
 /// Something waiting for the next durability barrier.
 pub enum Waiter {
-    /// openraft's log-append callback.
-    Log(openraft::storage::LogFlushed<TypeConfig>),
+    /// openraft's log-append callback, and the leader's async-mode waiters for that append.
+    Log(
+        openraft::storage::LogFlushed<TypeConfig>,
+        Vec<tokio::sync::oneshot::Sender<()>>,
+    ),
     /// Anyone else (vote, truncate, snapshot install), woken through a channel.
     Notify(tokio::sync::oneshot::Sender<Result<(), String>>),
 }
@@ -132,12 +173,19 @@ impl Flusher {
                     });
                     for w in waiters {
                         match w {
-                            Waiter::Log(cb) => cb.log_io_completed(
-                                result
-                                    .as_ref()
-                                    .map(|_| ())
-                                    .map_err(|e| io::Error::new(e.kind(), e.to_string())),
-                            ),
+                            Waiter::Log(cb, acks) => {
+                                cb.log_io_completed(
+                                    result
+                                        .as_ref()
+                                        .map(|_| ())
+                                        .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+                                );
+                                if result.is_ok() {
+                                    for ack in acks {
+                                        let _ = ack.send(());
+                                    }
+                                }
+                            }
                             Waiter::Notify(tx) => {
                                 let _ =
                                     tx.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
@@ -150,9 +198,13 @@ impl Flusher {
     }
 
     /// Queue an openraft log callback for the next barrier.
-    pub fn submit_log(&self, cb: openraft::storage::LogFlushed<TypeConfig>) -> io::Result<()> {
+    pub fn submit_log(
+        &self,
+        cb: openraft::storage::LogFlushed<TypeConfig>,
+        acks: Vec<tokio::sync::oneshot::Sender<()>>,
+    ) -> io::Result<()> {
         self.tx
-            .send(Waiter::Log(cb))
+            .send(Waiter::Log(cb, acks))
             .map_err(|_| io::Error::other("flusher thread stopped"))
     }
 

@@ -11,8 +11,12 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
 
-use super::durable::Flusher;
-use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+use std::sync::Arc;
+
+use openraft::EntryPayload;
+
+use super::durable::{AckRegistry, Flusher};
+use crate::types::{Entry, LogId, NodeId, Request, StorageError, TypeConfig, Vote};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
@@ -49,11 +53,16 @@ fn get_json<T: serde::de::DeserializeOwned>(
 pub struct LogStore {
     tree: sled::Tree,
     flusher: Flusher,
+    acks: Arc<AckRegistry>,
 }
 
 impl LogStore {
-    pub fn new(tree: sled::Tree, flusher: Flusher) -> Self {
-        Self { tree, flusher }
+    pub fn new(tree: sled::Tree, flusher: Flusher, acks: Arc<AckRegistry>) -> Self {
+        Self {
+            tree,
+            flusher,
+            acks,
+        }
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
@@ -148,12 +157,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut batch = sled::Batch::default();
+        let mut acks = Vec::new();
         for entry in entries {
             let bytes = bincode::serialize(&entry).map_err(err_write)?;
             batch.insert(&entry_key(entry.log_id.index), bytes);
+            if let EntryPayload::Normal(Request::Batch(b)) = &entry.payload
+                && let Some(ack) = self.acks.take(b.id)
+            {
+                acks.push(ack);
+            }
         }
         self.tree.apply_batch(batch).map_err(err_write)?;
-        self.flusher.submit_log(callback).map_err(err_write)
+        self.flusher.submit_log(callback, acks).map_err(err_write)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

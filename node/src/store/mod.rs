@@ -10,10 +10,11 @@ pub mod log;
 pub mod sm;
 
 use std::path::Path;
+use std::sync::Arc;
 
-pub use durable::{FlushStats, Flusher};
+pub use durable::{AckRegistry, FlushStats, Flusher};
 pub use log::LogStore;
-pub use sm::{KvReader, Record, StateMachineStore};
+pub use sm::{Event, EventKind, HistoryError, KvReader, Record, RevisionEvents, StateMachineStore};
 
 /// Errors opening the store. The messages say what to do, because a node that cannot
 /// open its data must never silently start empty.
@@ -35,12 +36,14 @@ pub struct Storage {
     pub log: LogStore,
     pub sm: StateMachineStore,
     pub flusher: Flusher,
+    pub acks: Arc<AckRegistry>,
 }
 
 /// Open (or create) the storage under `data_dir`.
 pub async fn open(
     data_dir: &Path,
     cache_bytes: u64,
+    history: u64,
     observe: impl Fn(FlushStats) + Send + 'static,
 ) -> Result<Storage, OpenError> {
     let db_dir = data_dir.join("db");
@@ -70,14 +73,21 @@ pub async fn open(
         dir: dir.clone(),
         source,
     })?;
-    let log = LogStore::new(raft_tree, flusher.clone());
-    let sm = StateMachineStore::open(sm_tree, &data_dir.join("snapshot"), flusher.clone())
-        .await
-        .map_err(|e| OpenError::StateMachine(e.to_string()))?;
+    let acks = Arc::new(AckRegistry::default());
+    let log = LogStore::new(raft_tree, flusher.clone(), acks.clone());
+    let sm = StateMachineStore::open(
+        sm_tree,
+        &data_dir.join("snapshot"),
+        flusher.clone(),
+        history,
+    )
+    .await
+    .map_err(|e| OpenError::StateMachine(e.to_string()))?;
     Ok(Storage {
         db,
         log,
         sm,
         flusher,
+        acks,
     })
 }

@@ -23,15 +23,30 @@ use serde_bytes::ByteBuf;
 
 use super::durable::Flusher;
 use crate::types::{
-    Command, Condition, Entry, LogId, NodeId, Outcome, Request, Response, Snapshot, SnapshotMeta,
-    StorageError, StoredMembership, TypeConfig,
+    ClusterConfig, Command, Compare, CompareOp, CompareTarget, Condition, Entry, KeyValue, LogId,
+    NodeId, Outcome, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    Txn, TxnOp, TxnOpResult, TypeConfig,
 };
 
 const APPLIED: &[u8] = b"m/applied";
 const MEMBERSHIP: &[u8] = b"m/membership";
 const REVISION: &[u8] = b"m/revision";
 const INSTALLING: &[u8] = b"m/installing";
+const CONFIG: &[u8] = b"m/config";
+const COMPACTED: &[u8] = b"m/compacted";
 const DATA_PREFIX: u8 = b'k';
+const EVENT_PREFIX: u8 = b'e';
+/// Extra revisions of history kept beyond the retention before compacting, so that
+/// compaction runs in batches rather than on every write.
+const COMPACTION_SLACK: u64 = 1024;
+
+fn event_key(revision: u64, seq: u32) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[0] = EVENT_PREFIX;
+    k[1..9].copy_from_slice(&revision.to_be_bytes());
+    k[9..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
 
 fn data_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
@@ -98,11 +113,50 @@ impl Record {
     }
 }
 
+/// One change to one key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub key: String,
+    /// The new value (empty for deletes).
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    /// Version after the change (0 for deletes).
+    pub version: u64,
+    pub create_revision: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// All changes made at one revision (one write, or one transaction), delivered together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionEvents {
+    pub revision: u64,
+    pub events: Vec<Event>,
+}
+
+/// Why history cannot be read from a revision.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("revision {requested} is compacted; the oldest revision kept is {oldest}")]
+    Compacted { requested: u64, oldest: u64 },
+    #[error(transparent)]
+    Sled(#[from] sled::Error),
+}
+
 /// Read access to the applied state, shared with the HTTP handlers.
 #[derive(Clone)]
 pub struct KvReader {
     tree: sled::Tree,
     revision: Arc<AtomicU64>,
+    /// The oldest revision whose events are kept.
+    compacted: Arc<AtomicU64>,
+    config: Arc<std::sync::RwLock<ClusterConfig>>,
+    events: tokio::sync::broadcast::Sender<Arc<RevisionEvents>>,
 }
 
 /// One item of a range listing.
@@ -113,6 +167,64 @@ pub struct ListedItem {
 }
 
 impl KvReader {
+    /// Cluster-wide settings as of the applied state.
+    pub fn config(&self) -> ClusterConfig {
+        *self.config.read().expect("config lock")
+    }
+
+    /// The oldest revision whose events are still kept.
+    pub fn oldest_revision(&self) -> u64 {
+        self.compacted.load(Ordering::Acquire)
+    }
+
+    /// Live changes, one item per revision, as they are applied.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<RevisionEvents>> {
+        self.events.subscribe()
+    }
+
+    /// Kept history from revision `from` on, at most `max` revisions.
+    pub fn history(&self, from: u64, max: usize) -> Result<Vec<RevisionEvents>, HistoryError> {
+        let oldest = self.oldest_revision();
+        if from < oldest {
+            return Err(HistoryError::Compacted {
+                requested: from,
+                oldest,
+            });
+        }
+        let mut out: Vec<RevisionEvents> = Vec::new();
+        for kv in self
+            .tree
+            .range(event_key(from, 0)..=event_key(u64::MAX, u32::MAX))
+        {
+            let (k, v) = kv?;
+            let revision = u64::from_be_bytes(k[1..9].try_into().expect("event key"));
+            let Ok(event) = bincode::deserialize::<Event>(&v) else {
+                continue;
+            };
+            match out.last_mut() {
+                Some(last) if last.revision == revision => last.events.push(event),
+                _ => {
+                    if out.len() == max {
+                        break;
+                    }
+                    out.push(RevisionEvents {
+                        revision,
+                        events: vec![event],
+                    });
+                }
+            }
+        }
+        // Compaction may have raced with the read.
+        let oldest = self.oldest_revision();
+        if from < oldest {
+            return Err(HistoryError::Compacted {
+                requested: from,
+                oldest,
+            });
+        }
+        Ok(out)
+    }
+
     /// The store revision: the revision of the last applied write.
     pub fn revision(&self) -> u64 {
         self.revision.load(Ordering::Acquire)
@@ -166,6 +278,7 @@ struct SnapshotPayload {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     revision: u64,
+    config: ClusterConfig,
     /// (key without prefix, encoded record)
     data: Vec<(ByteBuf, ByteBuf)>,
 }
@@ -186,6 +299,8 @@ pub struct StateMachineStore {
     reader: KvReader,
     last_applied: Option<LogId>,
     membership: StoredMembership,
+    /// Revisions of change history kept for watches.
+    history: u64,
 }
 
 impl StateMachineStore {
@@ -193,22 +308,29 @@ impl StateMachineStore {
         tree: sled::Tree,
         snapshot_dir: &Path,
         flusher: Flusher,
+        history: u64,
     ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(snapshot_dir).map_err(err_snapshot)?;
         let last_applied: Option<LogId> = read_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
         let membership: StoredMembership = read_meta(&tree, MEMBERSHIP)?.unwrap_or_default();
         let revision: u64 = read_meta(&tree, REVISION)?.unwrap_or(0);
+        let config: ClusterConfig = read_meta(&tree, CONFIG)?.unwrap_or_default();
+        let compacted: u64 = read_meta(&tree, COMPACTED)?.unwrap_or(1);
         let installing = tree.get(INSTALLING).map_err(err_read)?.is_some();
         let mut sm = Self {
             reader: KvReader {
                 tree: tree.clone(),
                 revision: Arc::new(AtomicU64::new(revision)),
+                compacted: Arc::new(AtomicU64::new(compacted)),
+                config: Arc::new(std::sync::RwLock::new(config)),
+                events: tokio::sync::broadcast::channel(4096).0,
             },
             tree,
             snapshot_dir: snapshot_dir.to_path_buf(),
             flusher,
             last_applied,
             membership,
+            history: history.max(1),
         };
         if installing {
             tracing::warn!("a snapshot install was interrupted; redoing it from the snapshot file");
@@ -267,9 +389,11 @@ impl StateMachineStore {
         self.flusher.sync().await.map_err(err_write)?;
 
         let mut batch = sled::Batch::default();
-        for kv in self.tree.scan_prefix([DATA_PREFIX]) {
-            let (k, _) = kv.map_err(err_read)?;
-            batch.remove(k);
+        for prefix in [DATA_PREFIX, EVENT_PREFIX] {
+            for kv in self.tree.scan_prefix([prefix]) {
+                let (k, _) = kv.map_err(err_read)?;
+                batch.remove(k);
+            }
         }
         self.tree.apply_batch(batch).map_err(err_write)?;
         let mut batch = sled::Batch::default();
@@ -295,14 +419,14 @@ impl StateMachineStore {
         self.last_applied = snap.last_applied;
         self.membership = snap.membership;
         self.reader.revision.store(snap.revision, Ordering::Release);
+        self.reader
+            .compacted
+            .store(snap.revision + 1, Ordering::Release);
+        *self.reader.config.write().expect("config lock") = snap.config;
         Ok(())
     }
 
-    fn current(
-        &self,
-        overlay: &std::collections::HashMap<String, Option<Record>>,
-        key: &str,
-    ) -> Result<Option<Record>, StorageError> {
+    fn current(&self, overlay: &Overlay, key: &str) -> Result<Option<Record>, StorageError> {
         match overlay.get(key) {
             Some(r) => Ok(r.clone()),
             None => self.reader.get(key).map_err(err_read),
@@ -323,7 +447,213 @@ impl StateMachineStore {
             })
         }
     }
+
+    fn compare_holds(c: &Compare, cur: &Option<Record>) -> bool {
+        use std::cmp::Ordering as O;
+        let ord = match (&c.target, cur) {
+            (CompareTarget::Exists(want), _) => {
+                let equal = cur.is_some() == *want;
+                return match c.op {
+                    CompareOp::Equal => equal,
+                    CompareOp::NotEqual => !equal,
+                    CompareOp::Less | CompareOp::Greater => false,
+                };
+            }
+            (CompareTarget::Version(w), r) => r.as_ref().map_or(0, |r| r.version).cmp(w),
+            (CompareTarget::CreateRevision(w), r) => {
+                r.as_ref().map_or(0, |r| r.create_revision).cmp(w)
+            }
+            (CompareTarget::ModRevision(w), r) => r.as_ref().map_or(0, |r| r.mod_revision).cmp(w),
+            (CompareTarget::Value(_), None) => return c.op == CompareOp::NotEqual,
+            (CompareTarget::Value(w), Some(r)) => r.value.as_slice().cmp(w.as_slice()),
+        };
+        match c.op {
+            CompareOp::Equal => ord == O::Equal,
+            CompareOp::NotEqual => ord != O::Equal,
+            CompareOp::Less => ord == O::Less,
+            CompareOp::Greater => ord == O::Greater,
+        }
+    }
+
+    /// Apply one put at `revision`, recording its event; returns the new version.
+    fn put(
+        overlay: &mut Overlay,
+        events: &mut Vec<Event>,
+        cur: Option<Record>,
+        key: String,
+        value: Vec<u8>,
+        revision: u64,
+    ) -> u64 {
+        let rec = match cur {
+            Some(c) => Record {
+                create_revision: c.create_revision,
+                mod_revision: revision,
+                version: c.version + 1,
+                value,
+            },
+            None => Record {
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+                value,
+            },
+        };
+        let version = rec.version;
+        events.push(Event {
+            kind: EventKind::Put,
+            key: key.clone(),
+            value: rec.value.clone(),
+            version,
+            create_revision: rec.create_revision,
+        });
+        overlay.insert(key, Some(rec));
+        version
+    }
+
+    fn delete(overlay: &mut Overlay, events: &mut Vec<Event>, cur: &Record, key: String) {
+        events.push(Event {
+            kind: EventKind::Delete,
+            key: key.clone(),
+            value: Vec::new(),
+            version: 0,
+            create_revision: cur.create_revision,
+        });
+        overlay.insert(key, None);
+    }
+
+    fn apply_txn(
+        &self,
+        overlay: &mut Overlay,
+        changes: &mut Vec<RevisionEvents>,
+        revision: &mut u64,
+        txn: Txn,
+    ) -> Result<Outcome, StorageError> {
+        let mut succeeded = true;
+        for c in &txn.compare {
+            let cur = self.current(overlay, &c.key)?;
+            if !Self::compare_holds(c, &cur) {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded { txn.success } else { txn.failure };
+        // All writes of a transaction share one revision.
+        let rev = *revision + 1;
+        let mut events = Vec::new();
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(match op {
+                TxnOp::Put { key, value } => {
+                    let cur = self.current(overlay, &key)?;
+                    TxnOpResult::Put {
+                        version: Self::put(overlay, &mut events, cur, key, value, rev),
+                    }
+                }
+                TxnOp::Delete { key } => match self.current(overlay, &key)? {
+                    Some(cur) => {
+                        Self::delete(overlay, &mut events, &cur, key);
+                        TxnOpResult::Delete { deleted: true }
+                    }
+                    None => TxnOpResult::Delete { deleted: false },
+                },
+                TxnOp::Get { key } => {
+                    TxnOpResult::Get(self.current(overlay, &key)?.map(|r| KeyValue {
+                        key,
+                        value: r.value,
+                        version: r.version,
+                        create_revision: r.create_revision,
+                        mod_revision: r.mod_revision,
+                    }))
+                }
+            });
+        }
+        if !events.is_empty() {
+            *revision = rev;
+            changes.push(RevisionEvents {
+                revision: rev,
+                events,
+            });
+        }
+        Ok(Outcome::Txn {
+            succeeded,
+            revision: *revision,
+            results,
+        })
+    }
+
+    fn apply_command(
+        &self,
+        overlay: &mut Overlay,
+        changes: &mut Vec<RevisionEvents>,
+        revision: &mut u64,
+        cmd: Command,
+    ) -> Result<Outcome, StorageError> {
+        Ok(match cmd {
+            Command::Put { key, value, cond } => {
+                let cur = self.current(overlay, &key)?;
+                match Self::check(cond, &cur) {
+                    Err(o) => o,
+                    Ok(()) => {
+                        *revision += 1;
+                        let mut events = Vec::with_capacity(1);
+                        let version = Self::put(overlay, &mut events, cur, key, value, *revision);
+                        changes.push(RevisionEvents {
+                            revision: *revision,
+                            events,
+                        });
+                        Outcome::Put {
+                            revision: *revision,
+                            version,
+                        }
+                    }
+                }
+            }
+            Command::Delete { key, cond } => {
+                let cur = self.current(overlay, &key)?;
+                match (&cur, Self::check(cond, &cur)) {
+                    (None, _) => Outcome::NotFound,
+                    (Some(_), Err(o)) => o,
+                    (Some(c), Ok(())) => {
+                        *revision += 1;
+                        let mut events = Vec::with_capacity(1);
+                        Self::delete(overlay, &mut events, c, key);
+                        changes.push(RevisionEvents {
+                            revision: *revision,
+                            events,
+                        });
+                        Outcome::Deleted {
+                            revision: *revision,
+                        }
+                    }
+                }
+            }
+            Command::Txn(txn) => self.apply_txn(overlay, changes, revision, txn)?,
+        })
+    }
+
+    /// Drop history older than the retention, in the same batch as the new writes.
+    fn compact(&self, batch: &mut sled::Batch, revision: u64) -> Result<Option<u64>, StorageError> {
+        let oldest = self.reader.oldest_revision();
+        if revision < oldest + self.history + COMPACTION_SLACK {
+            return Ok(None);
+        }
+        let keep_from = revision + 1 - self.history;
+        for kv in self
+            .tree
+            .range(event_key(oldest, 0)..event_key(keep_from, 0))
+        {
+            let (k, _) = kv.map_err(err_read)?;
+            batch.remove(k);
+        }
+        batch.insert(
+            COMPACTED,
+            bincode::serialize(&keep_from).map_err(err_write)?,
+        );
+        Ok(Some(keep_from))
+    }
 }
+
+type Overlay = std::collections::HashMap<String, Option<Record>>;
 
 /// Takes a consistent copy of the state when created (in order with `apply`), and
 /// serializes it off the apply path.
@@ -382,11 +712,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut overlay: std::collections::HashMap<String, Option<Record>> =
-            std::collections::HashMap::new();
+        let mut overlay = Overlay::new();
+        let mut changes: Vec<RevisionEvents> = Vec::new();
         let mut revision = self.reader.revision();
         let mut responses = Vec::new();
         let mut membership_changed = false;
+        let mut new_config = None;
         for entry in entries {
             self.last_applied = Some(entry.log_id);
             match entry.payload {
@@ -396,53 +727,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     membership_changed = true;
                     responses.push(Response::default());
                 }
-                EntryPayload::Normal(Request::Batch(cmds)) => {
-                    let mut outcomes = Vec::with_capacity(cmds.len());
-                    for cmd in cmds {
-                        let outcome = match cmd {
-                            Command::Put { key, value, cond } => {
-                                let cur = self.current(&overlay, &key)?;
-                                match Self::check(cond, &cur) {
-                                    Err(o) => o,
-                                    Ok(()) => {
-                                        revision += 1;
-                                        let rec = match cur {
-                                            Some(c) => Record {
-                                                create_revision: c.create_revision,
-                                                mod_revision: revision,
-                                                version: c.version + 1,
-                                                value,
-                                            },
-                                            None => Record {
-                                                create_revision: revision,
-                                                mod_revision: revision,
-                                                version: 1,
-                                                value,
-                                            },
-                                        };
-                                        let version = rec.version;
-                                        overlay.insert(key, Some(rec));
-                                        Outcome::Put { revision, version }
-                                    }
-                                }
-                            }
-                            Command::Delete { key, cond } => {
-                                let cur = self.current(&overlay, &key)?;
-                                if cur.is_none() {
-                                    Outcome::NotFound
-                                } else {
-                                    match Self::check(cond, &cur) {
-                                        Err(o) => o,
-                                        Ok(()) => {
-                                            revision += 1;
-                                            overlay.insert(key, None);
-                                            Outcome::Deleted { revision }
-                                        }
-                                    }
-                                }
-                            }
-                        };
-                        outcomes.push(outcome);
+                EntryPayload::Normal(Request::SetConfig(c)) => {
+                    new_config = Some(c);
+                    responses.push(Response::default());
+                }
+                EntryPayload::Normal(Request::Batch(batch)) => {
+                    let mut outcomes = Vec::with_capacity(batch.cmds.len());
+                    for cmd in batch.cmds {
+                        outcomes.push(self.apply_command(
+                            &mut overlay,
+                            &mut changes,
+                            &mut revision,
+                            cmd,
+                        )?);
                     }
                     responses.push(Response(outcomes));
                 }
@@ -455,6 +752,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 None => batch.remove(data_key(k.as_bytes())),
             }
         }
+        for change in &changes {
+            for (seq, e) in change.events.iter().enumerate() {
+                batch.insert(
+                    &event_key(change.revision, seq as u32),
+                    bincode::serialize(e).map_err(err_write)?,
+                );
+            }
+        }
+        let compacted = self.compact(&mut batch, revision)?;
         batch.insert(
             APPLIED,
             bincode::serialize(&self.last_applied).map_err(err_write)?,
@@ -466,8 +772,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 bincode::serialize(&self.membership).map_err(err_write)?,
             );
         }
+        if let Some(c) = &new_config {
+            batch.insert(CONFIG, bincode::serialize(c).map_err(err_write)?);
+        }
         self.tree.apply_batch(batch).map_err(err_write)?;
         self.reader.revision.store(revision, Ordering::Release);
+        if let Some(c) = compacted {
+            self.reader.compacted.store(c, Ordering::Release);
+        }
+        if let Some(c) = new_config {
+            tracing::info!(
+                mode = c.replication_mode.as_str(),
+                reads = c.read_consistency.as_str(),
+                "cluster config applied"
+            );
+            *self.reader.config.write().expect("config lock") = c;
+        }
+        for change in changes {
+            // No receivers is fine; slow receivers lag and catch up from history.
+            let _ = self.reader.events.send(Arc::new(change));
+        }
         Ok(responses)
     }
 
@@ -492,6 +816,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 last_applied: self.last_applied,
                 membership: self.membership.clone(),
                 revision: self.reader.revision(),
+                config: self.reader.config(),
                 data,
             }),
             snapshot_dir: self.snapshot_dir.clone(),

@@ -1,0 +1,561 @@
+//! The closed-loop load driver and the two clients it drives.
+//!
+//! A phase runs `clients` tasks. Each task owns one connection ([`Conn`]) and issues
+//! its next request as soon as the previous one returns, on a key drawn uniformly at
+//! random from a fixed key space. Requests that start during the warmup, or finish
+//! after the measured window closes, are not counted; the rest are recorded in a
+//! per-task HDR histogram (microseconds), merged at the end.
+//!
+//! The driver is generic over [`Target`], with one implementation per system:
+//! [`RstoreTarget`] (HTTP/1.1 keep-alive through one shared, pooling
+//! `reqwest::Client`) and [`EtcdTarget`] (etcd's gRPC API, one HTTP/2 connection per
+//! client task). Task `i` talks to member `i % members`, for both systems.
+
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+/// Highest latency the histograms can hold: one minute, in microseconds.
+const MAX_LATENCY_US: u64 = 60_000_000;
+/// How many distinct error messages a phase keeps to show.
+const MAX_ERROR_SAMPLES: usize = 5;
+/// Clients used to write every key before the first read phase.
+const POPULATE_CLIENTS: usize = 64;
+
+/// One request kind of the load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    Put,
+    /// rstore `consistency=linearizable`, etcd's default (linearizable) range.
+    GetLinearizable,
+    /// rstore `consistency=stale`, etcd `serializable`.
+    GetStale,
+}
+
+impl Op {
+    pub fn is_read(self) -> bool {
+        !matches!(self, Self::Put)
+    }
+}
+
+/// One phase of the benchmark: an operation at a number of closed-loop clients.
+/// Written as `put<N>`, `get-lin<N>` or `get-stale<N>`, e.g. `put16`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Phase {
+    pub op: Op,
+    pub clients: usize,
+}
+
+impl Phase {
+    /// The phases run when `--phases` is not given.
+    pub const DEFAULT_LIST: &'static str = "put1,put16,put64,put256,get-lin64,get-stale64";
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let prefix = match self.op {
+            Op::Put => "put",
+            Op::GetLinearizable => "get-lin",
+            Op::GetStale => "get-stale",
+        };
+        write!(f, "{prefix}{}", self.clients)
+    }
+}
+
+impl FromStr for Phase {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        // Longest prefix first: "get-stale" must not be read as "get-s"...
+        let (op, rest) = [
+            ("get-stale", Op::GetStale),
+            ("get-lin", Op::GetLinearizable),
+            ("put", Op::Put),
+        ]
+        .into_iter()
+        .find_map(|(p, op)| s.strip_prefix(p).map(|rest| (op, rest)))
+        .ok_or_else(|| {
+            format!("unknown phase {s:?}: expected put<N>, get-lin<N> or get-stale<N>")
+        })?;
+        match rest.parse::<usize>() {
+            Ok(clients) if clients > 0 => Ok(Self { op, clients }),
+            _ => Err(format!(
+                "phase {s:?}: expected a positive client count after the operation"
+            )),
+        }
+    }
+}
+
+/// What every phase has in common.
+#[derive(Clone, Debug)]
+pub struct LoadShape {
+    /// Keys are `bench-00000` .. `bench-{keys-1}`.
+    pub keys: Arc<Vec<String>>,
+    pub value: Bytes,
+    pub warmup: Duration,
+    pub measure: Duration,
+    /// A request slower than this counts as an error.
+    pub request_timeout: Duration,
+}
+
+impl LoadShape {
+    pub fn new(keys: usize, value_bytes: usize, warmup: Duration, measure: Duration) -> Self {
+        Self {
+            keys: Arc::new((0..keys).map(|i| format!("bench-{i:05}")).collect()),
+            value: Bytes::from(vec![b'v'; value_bytes]),
+            warmup,
+            measure,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a single request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("HTTP {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("no answer within the request timeout")]
+    Timeout,
+    #[error("key not found")]
+    NotFound,
+    #[error("value of {got} bytes read back, {expected} expected")]
+    BadValue { expected: usize, got: usize },
+}
+
+/// A system under test, as seen by the driver.
+pub trait Target: Send + Sync + 'static {
+    type Conn: Conn;
+
+    /// Opens (or reuses) the connection for client task `index`. Not timed.
+    fn connect(&self, index: usize) -> impl Future<Output = Result<Self::Conn, OpError>> + Send;
+}
+
+/// One client task's connection.
+pub trait Conn: Send + 'static {
+    fn put(&mut self, key: &str, value: &Bytes)
+    -> impl Future<Output = Result<(), OpError>> + Send;
+
+    /// Returns the length of the value read.
+    fn get(&mut self, key: &str, op: Op) -> impl Future<Output = Result<usize, OpError>> + Send;
+}
+
+/// rstore over its HTTP API.
+pub struct RstoreTarget {
+    http: reqwest::Client,
+    urls: Vec<String>,
+}
+
+impl RstoreTarget {
+    /// `urls` are the nodes' client URLs. All tasks share one pooling client, so a
+    /// task reuses a keep-alive connection to its node for every request.
+    pub fn new(urls: Vec<String>, request_timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .timeout(request_timeout)
+            .build()?;
+        Ok(Self { http, urls })
+    }
+}
+
+pub struct RstoreConn {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Target for RstoreTarget {
+    type Conn = RstoreConn;
+
+    async fn connect(&self, index: usize) -> Result<RstoreConn, OpError> {
+        Ok(RstoreConn {
+            http: self.http.clone(),
+            base: self.urls[index % self.urls.len()].clone(),
+        })
+    }
+}
+
+/// Reads the whole answer (so that the connection goes back to the pool) and turns
+/// anything but a 2xx into an error.
+async fn rstore_answer(resp: Result<reqwest::Response, reqwest::Error>) -> Result<Bytes, OpError> {
+    let resp = resp.map_err(reqwest_err)?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(reqwest_err)?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        let mut text = String::from_utf8_lossy(&body).into_owned();
+        text.truncate(200);
+        Err(OpError::Status {
+            status: status.as_u16(),
+            body: text,
+        })
+    }
+}
+
+fn reqwest_err(e: reqwest::Error) -> OpError {
+    if e.is_timeout() {
+        OpError::Timeout
+    } else {
+        OpError::Transport(e.to_string())
+    }
+}
+
+impl Conn for RstoreConn {
+    async fn put(&mut self, key: &str, value: &Bytes) -> Result<(), OpError> {
+        let url = format!("{}/v1/kv/{key}", self.base);
+        rstore_answer(self.http.put(url).body(value.clone()).send().await).await?;
+        Ok(())
+    }
+
+    async fn get(&mut self, key: &str, op: Op) -> Result<usize, OpError> {
+        let consistency = match op {
+            Op::GetStale => "stale",
+            _ => "linearizable",
+        };
+        let url = format!("{}/v1/kv/{key}?consistency={consistency}", self.base);
+        Ok(rstore_answer(self.http.get(url).send().await).await?.len())
+    }
+}
+
+/// etcd over its gRPC API.
+pub struct EtcdTarget {
+    urls: Vec<String>,
+    // Connections are made once and reused by later phases: entry `i` belongs to
+    // client task `i`, connected to member `i % urls.len()`.
+    pool: tokio::sync::Mutex<Vec<etcd_client::KvClient>>,
+}
+
+impl EtcdTarget {
+    pub fn new(urls: Vec<String>) -> Self {
+        Self {
+            urls,
+            pool: tokio::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+pub struct EtcdConn {
+    kv: etcd_client::KvClient,
+}
+
+impl Target for EtcdTarget {
+    type Conn = EtcdConn;
+
+    async fn connect(&self, index: usize) -> Result<EtcdConn, OpError> {
+        let mut pool = self.pool.lock().await;
+        while pool.len() <= index {
+            let url = &self.urls[pool.len() % self.urls.len()];
+            // One endpoint per client: the channel is a single HTTP/2 connection, not
+            // etcd-client's balancer over all members.
+            let client = etcd_client::Client::connect([url.as_str()], None)
+                .await
+                .map_err(|e| OpError::Transport(format!("connect to {url}: {e}")))?;
+            pool.push(client.kv_client());
+        }
+        Ok(EtcdConn {
+            kv: pool[index].clone(),
+        })
+    }
+}
+
+impl Conn for EtcdConn {
+    async fn put(&mut self, key: &str, value: &Bytes) -> Result<(), OpError> {
+        self.kv
+            .put(key, value.to_vec(), None)
+            .await
+            .map_err(|e| OpError::Transport(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn get(&mut self, key: &str, op: Op) -> Result<usize, OpError> {
+        let options = match op {
+            Op::GetStale => Some(etcd_client::GetOptions::new().with_serializable()),
+            _ => None,
+        };
+        let resp = self
+            .kv
+            .get(key, options)
+            .await
+            .map_err(|e| OpError::Transport(e.to_string()))?;
+        resp.kvs()
+            .first()
+            .map(|kv| kv.value().len())
+            .ok_or(OpError::NotFound)
+    }
+}
+
+/// Measured outcome of one phase against one system.
+#[derive(Clone, Debug, Serialize)]
+pub struct PhaseStats {
+    /// Successful requests inside the measured window.
+    pub ops: u64,
+    /// Failed requests that started inside the measured window.
+    pub errors: u64,
+    pub seconds: f64,
+    pub ops_per_sec: f64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// A few distinct error messages, to see what went wrong.
+    pub error_samples: Vec<String>,
+}
+
+/// What one client task saw.
+struct TaskTally {
+    hist: Histogram<u64>,
+    ops: u64,
+    errors: u64,
+    error_samples: Vec<String>,
+}
+
+impl TaskTally {
+    fn new() -> Self {
+        Self {
+            hist: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("static histogram bounds are valid"),
+            ops: 0,
+            errors: 0,
+            error_samples: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, e: &OpError) {
+        self.errors += 1;
+        let msg = e.to_string();
+        if self.error_samples.len() < MAX_ERROR_SAMPLES && !self.error_samples.contains(&msg) {
+            self.error_samples.push(msg);
+        }
+    }
+
+    fn merge(&mut self, other: TaskTally) {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.hist.add(&other.hist);
+        self.ops += other.ops;
+        self.errors += other.errors;
+        for msg in other.error_samples {
+            if self.error_samples.len() < MAX_ERROR_SAMPLES && !self.error_samples.contains(&msg) {
+                self.error_samples.push(msg);
+            }
+        }
+    }
+}
+
+/// Issues one request of kind `op` and checks what a read returned.
+async fn one_request<C: Conn>(
+    conn: &mut C,
+    op: Op,
+    key: &str,
+    shape: &LoadShape,
+) -> Result<(), OpError> {
+    let request = async {
+        match op {
+            Op::Put => conn.put(key, &shape.value).await,
+            Op::GetLinearizable | Op::GetStale => {
+                let got = conn.get(key, op).await?;
+                if got == shape.value.len() {
+                    Ok(())
+                } else {
+                    Err(OpError::BadValue {
+                        expected: shape.value.len(),
+                        got,
+                    })
+                }
+            }
+        }
+    };
+    tokio::time::timeout(shape.request_timeout, request)
+        .await
+        .unwrap_or(Err(OpError::Timeout))
+}
+
+/// Runs one phase: connects `phase.clients` tasks, runs them closed-loop for the
+/// warmup plus the measured window, and merges what they recorded.
+pub async fn run_phase<T: Target>(
+    target: &Arc<T>,
+    phase: &Phase,
+    shape: &LoadShape,
+) -> Result<PhaseStats, OpError> {
+    let mut conns = Vec::with_capacity(phase.clients);
+    for i in 0..phase.clients {
+        conns.push(target.connect(i).await?);
+    }
+    let start = Instant::now();
+    let measure_start = start + shape.warmup;
+    let end = measure_start + shape.measure;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut conn in conns {
+        let shape = shape.clone();
+        let op = phase.op;
+        tasks.spawn(async move {
+            let mut rng = StdRng::from_entropy();
+            let mut tally = TaskTally::new();
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let key = &shape.keys[rng.gen_range(0..shape.keys.len())];
+                let result = one_request(&mut conn, op, key, &shape).await;
+                let t1 = Instant::now();
+                if t0 < measure_start {
+                    continue;
+                }
+                match result {
+                    Ok(()) if t1 <= end => {
+                        let us =
+                            u64::try_from(t1.duration_since(t0).as_micros()).unwrap_or(u64::MAX);
+                        tally.hist.saturating_record(us.max(1));
+                        tally.ops += 1;
+                    }
+                    // Finished after the window closed: neither counted nor timed.
+                    Ok(()) => {}
+                    Err(e) => tally.error(&e),
+                }
+            }
+            tally
+        });
+    }
+
+    let mut total = TaskTally::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(tally) => total.merge(tally),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(OpError::Transport(format!("client task failed: {e}"))),
+        }
+    }
+    Ok(stats(total, shape.measure))
+}
+
+fn stats(tally: TaskTally, window: Duration) -> PhaseStats {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let h = &tally.hist;
+    let empty = h.is_empty();
+    let q = |quantile: f64| {
+        if empty {
+            0.0
+        } else {
+            ms(h.value_at_quantile(quantile))
+        }
+    };
+    let seconds = window.as_secs_f64();
+    PhaseStats {
+        ops: tally.ops,
+        errors: tally.errors,
+        seconds,
+        ops_per_sec: tally.ops as f64 / seconds,
+        mean_ms: if empty { 0.0 } else { h.mean() / 1000.0 },
+        p50_ms: q(0.50),
+        p90_ms: q(0.90),
+        p99_ms: q(0.99),
+        p999_ms: q(0.999),
+        max_ms: if empty { 0.0 } else { ms(h.max()) },
+        error_samples: tally.error_samples,
+    }
+}
+
+/// Outcome of writing every key once.
+#[derive(Clone, Debug, Serialize)]
+pub struct Populated {
+    pub keys: usize,
+    pub errors: u64,
+    pub seconds: f64,
+    pub error_samples: Vec<String>,
+}
+
+/// Writes every key of the key space once, so that reads never miss.
+pub async fn populate<T: Target>(target: &Arc<T>, shape: &LoadShape) -> Result<Populated, OpError> {
+    let start = Instant::now();
+    let clients = POPULATE_CLIENTS.min(shape.keys.len()).max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..clients {
+        let mut conn = target.connect(task).await?;
+        let shape = shape.clone();
+        tasks.spawn(async move {
+            let mut tally = TaskTally::new();
+            for key in shape.keys.iter().skip(task).step_by(clients) {
+                // A put that fails here is retried a few times: reads of a missing
+                // key would otherwise show up as errors in every read phase.
+                let mut attempt = 0;
+                loop {
+                    match one_request(&mut conn, Op::Put, key, &shape).await {
+                        Ok(()) => break,
+                        Err(e) if attempt >= 3 => {
+                            tally.error(&e);
+                            break;
+                        }
+                        Err(_) => {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+            tally
+        });
+    }
+    let mut total = TaskTally::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(tally) => total.merge(tally),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(OpError::Transport(format!("populate task failed: {e}"))),
+        }
+    }
+    Ok(Populated {
+        keys: shape.keys.len(),
+        errors: total.errors,
+        seconds: start.elapsed().as_secs_f64(),
+        error_samples: total.error_samples,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_parse_and_print_back() {
+        for name in Phase::DEFAULT_LIST.split(',') {
+            let phase: Phase = name.parse().unwrap();
+            assert_eq!(phase.to_string(), name);
+        }
+        assert_eq!(
+            "get-stale64".parse::<Phase>().unwrap(),
+            Phase {
+                op: Op::GetStale,
+                clients: 64
+            }
+        );
+    }
+
+    #[test]
+    fn bad_phases_are_rejected() {
+        for bad in ["", "put", "put0", "get64", "get-lin-1", "delete8"] {
+            assert!(bad.parse::<Phase>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn stats_of_an_empty_window_are_zero() {
+        let s = stats(TaskTally::new(), Duration::from_secs(1));
+        assert_eq!(s.ops, 0);
+        assert_eq!(s.p99_ms, 0.0);
+    }
+}
