@@ -272,7 +272,7 @@ pub enum ReplicationMode {
 }
 
 impl ReplicationMode {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Quorum => "quorum",
             Self::Sync => "sync",

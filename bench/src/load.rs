@@ -11,6 +11,7 @@
 //! `reqwest::Client`) and [`EtcdTarget`] (etcd's gRPC API, one HTTP/2 connection per
 //! client task). Task `i` talks to member `i % members`, for both systems.
 
+use crate::cluster::ReplicationMode;
 use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
@@ -48,16 +49,20 @@ impl Op {
 }
 
 /// One phase of the benchmark: an operation at a number of closed-loop clients.
-/// Written as `put<N>`, `get-lin<N>` or `get-stale<N>`, e.g. `put16`.
+/// Written as `put<N>`, `get-lin<N>` or `get-stale<N>`, e.g. `put16`, optionally with
+/// `@quorum`, `@sync` or `@async`: rstore is switched to that replication mode (live,
+/// through its admin API) for the phase; etcd runs the same load as the reference.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Phase {
     pub op: Op,
     pub clients: usize,
+    pub mode: Option<ReplicationMode>,
 }
 
 impl Phase {
     /// The phases run when `--phases` is not given.
-    pub const DEFAULT_LIST: &'static str = "put1,put16,put64,put256,get-lin64,get-stale64";
+    pub const DEFAULT_LIST: &'static str =
+        "put1,put16,put64,put256,get-lin64,get-stale64,put64@sync,put64@async";
 }
 
 impl fmt::Display for Phase {
@@ -67,7 +72,11 @@ impl fmt::Display for Phase {
             Op::GetLinearizable => "get-lin",
             Op::GetStale => "get-stale",
         };
-        write!(f, "{prefix}{}", self.clients)
+        write!(f, "{prefix}{}", self.clients)?;
+        if let Some(m) = self.mode {
+            write!(f, "@{}", m.as_str())?;
+        }
+        Ok(())
     }
 }
 
@@ -76,6 +85,17 @@ impl FromStr for Phase {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
+        let (s, mode) = match s.split_once('@') {
+            None => (s, None),
+            Some((p, "quorum")) => (p, Some(ReplicationMode::Quorum)),
+            Some((p, "sync")) => (p, Some(ReplicationMode::Sync)),
+            Some((p, "async")) => (p, Some(ReplicationMode::Async)),
+            Some((_, m)) => {
+                return Err(format!(
+                    "phase {s:?}: unknown mode {m:?}; use quorum, sync or async"
+                ));
+            }
+        };
         // Longest prefix first: "get-stale" must not be read as "get-s"...
         let (op, rest) = [
             ("get-stale", Op::GetStale),
@@ -88,7 +108,7 @@ impl FromStr for Phase {
             format!("unknown phase {s:?}: expected put<N>, get-lin<N> or get-stale<N>")
         })?;
         match rest.parse::<usize>() {
-            Ok(clients) if clients > 0 => Ok(Self { op, clients }),
+            Ok(clients) if clients > 0 => Ok(Self { op, clients, mode }),
             _ => Err(format!(
                 "phase {s:?}: expected a positive client count after the operation"
             )),
@@ -540,14 +560,31 @@ mod tests {
             "get-stale64".parse::<Phase>().unwrap(),
             Phase {
                 op: Op::GetStale,
-                clients: 64
+                clients: 64,
+                mode: None,
+            }
+        );
+        assert_eq!(
+            "put64@sync".parse::<Phase>().unwrap(),
+            Phase {
+                op: Op::Put,
+                clients: 64,
+                mode: Some(ReplicationMode::Sync),
             }
         );
     }
 
     #[test]
     fn bad_phases_are_rejected() {
-        for bad in ["", "put", "put0", "get64", "get-lin-1", "delete8"] {
+        for bad in [
+            "",
+            "put",
+            "put0",
+            "get64",
+            "get-lin-1",
+            "delete8",
+            "put8@eventual",
+        ] {
             assert!(bad.parse::<Phase>().is_err(), "{bad:?} parsed");
         }
     }

@@ -403,9 +403,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             populated_done = true;
         }
-        let rstore_stats = match &rstore_target {
-            Some(t) => Some(run_one("rstore", t, phase, &shape).await?),
-            None => None,
+        let rstore_stats = match (&rstore_target, &rstore) {
+            (Some(t), Some(cluster)) => {
+                if let Some(mode) = phase.mode {
+                    cluster
+                        .set_mode(&admin, mode)
+                        .await
+                        .context("switch the replication mode for a phase")?;
+                }
+                let stats = run_one("rstore", t, phase, &shape).await?;
+                if phase.mode.is_some() {
+                    let back = cli.mode.unwrap_or(ReplicationMode::Quorum);
+                    cluster
+                        .set_mode(&admin, back)
+                        .await
+                        .context("restore the replication mode")?;
+                }
+                Some(stats)
+            }
+            _ => None,
         };
         let etcd_stats = match &etcd_target {
             Some(t) => Some(run_one("etcd", t, phase, &shape).await?),

@@ -38,6 +38,8 @@ pub struct Settings {
     pub sync_timeout: Duration,
     /// Write batches in the Raft pipeline at once.
     pub write_pipeline: usize,
+    /// `async` mode: most acknowledged-but-uncommitted log entries on the leader.
+    pub async_max_lag: u64,
     pub catch_up_timeout: Duration,
     /// Revisions of change history kept for watches.
     pub watch_history: u64,
@@ -65,6 +67,8 @@ pub struct App {
     pub raft: Raft,
     pub identity: Arc<Identity>,
     pub kv: KvReader,
+    /// Commit index as last saved by openraft.
+    pub committed: Arc<std::sync::atomic::AtomicU64>,
     pub db: sled::Db,
     pub batcher: Batcher,
     pub forwarder: Forwarder,
@@ -118,6 +122,7 @@ impl Node {
         )
         .await?;
         let kv = storage.sm.reader();
+        let committed = storage.log.committed_index();
 
         let config = openraft::Config {
             cluster_name: "rstore".into(),
@@ -157,6 +162,8 @@ impl Node {
                 write_timeout: settings.write_timeout,
                 sync_timeout: settings.sync_timeout,
                 pipeline: settings.write_pipeline,
+                async_max_lag: settings.async_max_lag,
+                committed: committed.clone(),
             },
         );
         let http = reqwest::Client::builder()
@@ -177,6 +184,7 @@ impl Node {
             raft,
             identity,
             kv,
+            committed,
             db: storage.db,
             contact,
             metrics,

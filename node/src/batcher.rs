@@ -11,6 +11,8 @@
 //! - `sync`: additionally once the leader and every voter have it durable, else a timeout;
 //! - `async`: unconditional writes once the leader's own log has them durable. Conditional
 //!   writes and transactions still wait to be applied, because their outcome depends on it.
+//!   The leader's acknowledged-but-uncommitted backlog is bounded (`async_max_lag` entries):
+//!   beyond it, async batches wait for commit, which bounds what a leader crash can lose.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +66,8 @@ struct Ctx {
     write_timeout: Duration,
     sync_timeout: Duration,
     pipeline: usize,
+    async_max_lag: u64,
+    committed: Arc<std::sync::atomic::AtomicU64>,
     next_id: AtomicU64,
 }
 
@@ -75,6 +79,11 @@ pub struct Batcher {
 pub struct BatcherConfig {
     pub write_timeout: Duration,
     pub sync_timeout: Duration,
+    /// `async` mode: most log entries the leader may hold acknowledged but uncommitted
+    /// before async batches wait for commit again. This bounds what a leader crash loses.
+    pub async_max_lag: u64,
+    /// The commit index as openraft reports it.
+    pub committed: Arc<std::sync::atomic::AtomicU64>,
     /// How many batches may be in the Raft pipeline at once.
     pub pipeline: usize,
 }
@@ -98,6 +107,8 @@ impl Batcher {
             write_timeout: config.write_timeout,
             sync_timeout: config.sync_timeout,
             pipeline: config.pipeline,
+            async_max_lag: config.async_max_lag,
+            committed: config.committed,
             // Unique per leader process, so that ids never collide across restarts.
             next_id: AtomicU64::new(rand::random::<u64>() >> 1),
         });
@@ -138,8 +149,7 @@ async fn run(mut rx: mpsc::Receiver<Pending>, ctx: Arc<Ctx>) {
         ctx.metrics.batch_commands.observe(batch.len() as f64);
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            submit(&ctx, batch).await;
+            submit(&ctx, batch, permit).await;
         });
     }
 }
@@ -150,7 +160,11 @@ fn fail(txs: &mut [Option<oneshot::Sender<Result<Ack, WriteError>>>], e: WriteEr
     }
 }
 
-async fn submit(ctx: &Ctx, batch: Vec<Pending>) {
+/// Run one batch through Raft. The pipeline slot is held until every command in it has
+/// been answered: in `async` mode that is when the leader's log has it durably, so async
+/// throughput is not held back by replication.
+async fn submit(ctx: &Ctx, batch: Vec<Pending>, permit: tokio::sync::OwnedSemaphorePermit) {
+    let mut permit = Some(permit);
     let mode = ctx.kv.config().replication_mode;
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
     let early: Vec<bool> = batch
@@ -187,6 +201,13 @@ async fn submit(ctx: &Ctx, batch: Vec<Pending>) {
             _ = tokio::time::sleep_until(deadline) => {}
         }
         ctx.acks.cancel(id);
+        // Let the next batch go without waiting for this one's commit, unless the leader
+        // already holds too much that is acknowledged but not yet committed.
+        let last = ctx.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let backlog = last.saturating_sub(ctx.committed.load(Ordering::Relaxed));
+        if txs.iter().all(Option::is_none) && backlog < ctx.async_max_lag {
+            permit.take();
+        }
     }
     let result = match result {
         Some(r) => Ok(r),

@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// Write batches in the Raft pipeline at once (group commit depth).
     #[arg(long, env = "RSTORE_WRITE_PIPELINE", default_value_t = 2)]
     pub write_pipeline: usize,
+    /// In async mode, the most log entries the leader may hold acknowledged but not yet
+    /// committed; beyond it async writes wait for commit. Bounds what a leader crash loses.
+    #[arg(long, env = "RSTORE_ASYNC_MAX_LAG", default_value_t = 64)]
+    pub async_max_lag: u64,
     /// Async runtime worker threads [default: the CPUs available to the process].
     #[arg(long, env = "RSTORE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -138,6 +142,7 @@ impl ServeArgs {
             write_timeout: Duration::from_millis(self.write_timeout_ms),
             sync_timeout: Duration::from_millis(self.sync_timeout_ms),
             write_pipeline: self.write_pipeline.max(1),
+            async_max_lag: self.async_max_lag.max(1),
             watch_history: self.watch_history,
             catch_up_timeout: Duration::from_millis(self.catch_up_timeout_ms),
         })
@@ -188,6 +193,23 @@ pub enum KvCommand {
         #[command(flatten)]
         ep: Endpoint,
     },
+    /// Run a transaction: JSON as in docs/api.md, from --file or standard input.
+    Txn {
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        ep: Endpoint,
+    },
+    /// Stream changes under a prefix (Ctrl-C to stop).
+    Watch {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Replay kept history from this revision.
+        #[arg(long)]
+        start_revision: Option<u64>,
+        #[command(flatten)]
+        ep: Endpoint,
+    },
     /// List keys by prefix.
     List {
         #[arg(long, default_value = "")]
@@ -224,6 +246,17 @@ pub enum ClusterCommand {
         #[command(flatten)]
         ep: Endpoint,
     },
+    /// Show or change the replication mode and default read consistency.
+    Config {
+        /// quorum, sync or async.
+        #[arg(long)]
+        mode: Option<String>,
+        /// linearizable, leader or stale.
+        #[arg(long)]
+        read_consistency: Option<String>,
+        #[command(flatten)]
+        ep: Endpoint,
+    },
     /// Remove a member.
     Remove {
         id: u64,
@@ -254,6 +287,31 @@ async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
         })
         .unwrap_or(body);
     bail!("{status}: {msg}")
+}
+
+/// One watch line as `REV  TYPE  KEY  VALUE`, or progress and errors as they are.
+fn print_watch_line(line: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+        return;
+    };
+    let Some(events) = v["events"].as_array() else {
+        if !v["error"].is_null() {
+            eprintln!("{}", v["error"]);
+        }
+        return;
+    };
+    for e in events {
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(e["value_base64"].as_str().unwrap_or(""))
+            .unwrap_or_default();
+        println!(
+            "{}\t{}\t{}\t{}",
+            v["revision"],
+            e["type"].as_str().unwrap_or(""),
+            e["key"].as_str().unwrap_or(""),
+            String::from_utf8_lossy(&value)
+        );
+    }
 }
 
 fn print_json(v: &serde_json::Value) {
@@ -315,6 +373,52 @@ pub async fn run_kv(cmd: KvCommand) -> anyhow::Result<()> {
             }
             let resp = check(req.send().await.context("cannot reach the endpoint")?).await?;
             print_json(&resp.json().await?);
+        }
+        KvCommand::Txn { file, ep } => {
+            let body = match file {
+                Some(f) => {
+                    std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?
+                }
+                None => {
+                    let mut b = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+                    b
+                }
+            };
+            let resp = http
+                .post(format!("{}/v1/txn", ep.endpoint))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .context("cannot reach the endpoint")?;
+            print_json(&check(resp).await?.json().await?);
+        }
+        KvCommand::Watch {
+            prefix,
+            start_revision,
+            ep,
+        } => {
+            let mut q = vec![("prefix", prefix)];
+            if let Some(r) = start_revision {
+                q.push(("start_revision", r.to_string()));
+            }
+            let mut resp = check(
+                http.get(format!("{}/v1/watch", ep.endpoint))
+                    .query(&q)
+                    .send()
+                    .await
+                    .context("cannot reach the endpoint")?,
+            )
+            .await?;
+            let mut buf = Vec::new();
+            while let Some(chunk) = resp.chunk().await? {
+                buf.extend_from_slice(&chunk);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    print_watch_line(&line);
+                }
+            }
         }
         KvCommand::List { prefix, limit, ep } => {
             let mut start_after: Option<String> = None;
@@ -427,6 +531,39 @@ pub async fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
             .await?
             .json()
             .await?
+        }
+        ClusterCommand::Config {
+            mode,
+            read_consistency,
+            ep,
+        } => {
+            if mode.is_none() && read_consistency.is_none() {
+                check(
+                    http.get(format!("{}/v1/cluster/config", ep.endpoint))
+                        .send()
+                        .await?,
+                )
+                .await?
+                .json()
+                .await?
+            } else {
+                let mut body = serde_json::Map::new();
+                if let Some(m) = mode {
+                    body.insert("replication_mode".into(), m.into());
+                }
+                if let Some(r) = read_consistency {
+                    body.insert("read_consistency".into(), r.into());
+                }
+                check(
+                    http.put(format!("{}/v1/cluster/config", ep.endpoint))
+                        .json(&body)
+                        .send()
+                        .await?,
+                )
+                .await?
+                .json()
+                .await?
+            }
         }
         ClusterCommand::Remove { id, ep } => {
             check(

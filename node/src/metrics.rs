@@ -42,6 +42,7 @@ pub struct Metrics {
     pub role: Family<RoleLabels, Gauge>,
     pub last_log_index: Gauge,
     pub applied_index: Gauge,
+    pub committed_index: Gauge<u64, AtomicU64>,
     pub snapshot_index: Gauge,
     pub leader_changes: Counter,
     pub voters: Gauge,
@@ -73,6 +74,7 @@ impl Metrics {
             role: Family::default(),
             last_log_index: Gauge::default(),
             applied_index: Gauge::default(),
+            committed_index: Gauge::default(),
             snapshot_index: Gauge::default(),
             leader_changes: Counter::default(),
             voters: Gauge::default(),
@@ -125,6 +127,11 @@ impl Metrics {
             "raft_applied_index",
             "Index of the last applied entry",
             m.applied_index.clone(),
+        );
+        registry.register(
+            "raft_committed_index",
+            "Index of the last entry known committed",
+            m.committed_index.clone(),
         );
         registry.register(
             "raft_snapshot_index",

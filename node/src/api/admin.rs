@@ -20,7 +20,9 @@ use super::forward::on_leader;
 use super::kv::read_body;
 use super::{ApiError, ApiResult, parse_query};
 use crate::app::{App, role_name};
-use crate::types::{Member, NodeId, RaftMetrics};
+use crate::types::{
+    ClusterConfig, Member, NodeId, RaftMetrics, ReadConsistency, ReplicationMode, Request,
+};
 
 #[derive(Serialize)]
 pub struct NodeView {
@@ -31,6 +33,7 @@ pub struct NodeView {
     pub leader_id: Option<NodeId>,
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
+    pub committed_index: u64,
     pub snapshot_index: Option<u64>,
     pub revision: u64,
     pub client_url: String,
@@ -49,6 +52,7 @@ pub async fn node(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
         leader_id: m.current_leader,
         last_log_index: m.last_log_index,
         applied_index: m.last_applied.map(|l| l.index),
+        committed_index: app.committed.load(std::sync::atomic::Ordering::Relaxed),
         snapshot_index: m.snapshot.map(|l| l.index),
         revision: app.kv.revision(),
         client_url: app.settings.advertise_client.clone(),
@@ -82,6 +86,9 @@ pub struct ClusterView {
     pub members: Vec<MemberView>,
     pub replication_mode: &'static str,
     pub read_consistency: &'static str,
+    /// The oldest revision whose changes can still be watched.
+    pub oldest_revision: u64,
+    pub revision: u64,
 }
 
 fn cluster_view(app: &App, m: &RaftMetrics) -> ClusterView {
@@ -126,8 +133,10 @@ fn cluster_view(app: &App, m: &RaftMetrics) -> ClusterView {
         term: m.current_term,
         membership_changing: mem.get_joint_config().len() > 1,
         members,
-        replication_mode: "quorum",
-        read_consistency: "linearizable",
+        replication_mode: app.kv.config().replication_mode.as_str(),
+        read_consistency: app.kv.config().read_consistency.as_str(),
+        oldest_revision: app.kv.oldest_revision(),
+        revision: app.kv.revision(),
     }
 }
 
@@ -468,4 +477,92 @@ async fn remove_on_leader(app: &Arc<App>, id: NodeId) -> ApiResult<Option<Respon
     Ok(Some(
         axum::Json(cluster_view(app, &app.metrics_snapshot())).into_response(),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigChange {
+    pub replication_mode: Option<String>,
+    pub read_consistency: Option<String>,
+}
+
+fn config_view(c: &ClusterConfig) -> serde_json::Value {
+    serde_json::json!({
+        "replication_mode": c.replication_mode.as_str(),
+        "read_consistency": c.read_consistency.as_str(),
+    })
+}
+
+pub async fn get_config(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
+    parse_query(&uri, &[])?;
+    Ok(axum::Json(config_view(&app.kv.config())).into_response())
+}
+
+/// `PUT /v1/cluster/config`: change the cluster-wide settings through the Raft log. They
+/// take effect on every member as it applies the entry; no restart.
+pub async fn put_config(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    parse_query(&uri, &[])?;
+    let body = read_body(&headers, body, 64 << 10, "request body").await?;
+    let change: ConfigChange = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "body must be JSON {{\"replication_mode\":\"quorum|sync|async\",\"read_consistency\":\"linearizable|leader|stale\"}}: {e}"
+            ),
+        )
+    })?;
+    let mode = match change.replication_mode.as_deref() {
+        None => None,
+        Some("quorum") => Some(ReplicationMode::Quorum),
+        Some("sync") => Some(ReplicationMode::Sync),
+        Some("async") => Some(ReplicationMode::Async),
+        Some(m) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("unknown replication_mode '{m}'; use quorum, sync or async"),
+            ));
+        }
+    };
+    let reads = match change.read_consistency.as_deref() {
+        None => None,
+        Some("linearizable") => Some(ReadConsistency::Linearizable),
+        Some("leader") => Some(ReadConsistency::Leader),
+        Some("stale") => Some(ReadConsistency::Stale),
+        Some(r) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("unknown read_consistency '{r}'; use linearizable, leader or stale"),
+            ));
+        }
+    };
+    on_leader(&app, &method, &uri, &headers, body.clone(), || {
+        let app = app.clone();
+        async move {
+            let mut config = app.kv.config();
+            if let Some(m) = mode {
+                config.replication_mode = m;
+            }
+            if let Some(r) = reads {
+                config.read_consistency = r;
+            }
+            match app.raft.client_write(Request::SetConfig(config)).await {
+                Ok(_) => {
+                    tracing::info!(
+                        mode = config.replication_mode.as_str(),
+                        reads = config.read_consistency.as_str(),
+                        "cluster config changed"
+                    );
+                    Ok(Some(axum::Json(config_view(&config)).into_response()))
+                }
+                Err(e) => map_write_error(e),
+            }
+        }
+    })
+    .await
 }

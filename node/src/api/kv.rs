@@ -14,7 +14,7 @@ use super::{ApiError, ApiResult, parse_query};
 use crate::app::App;
 use crate::batcher::{Ack, WriteError};
 use crate::store::Record;
-use crate::types::{Command, Condition, Outcome, ReadConsistency};
+use crate::types::{Command, Condition, Outcome, ReadConsistency, TxnOpResult};
 
 /// The consistency of a read: the request's `consistency` parameter, else the cluster default.
 pub fn consistency(app: &App, s: Option<&String>) -> ApiResult<ReadConsistency> {
@@ -41,7 +41,7 @@ fn key_from_path(app: &App, uri: &Uri) -> ApiResult<String> {
     check_key(app, bytes)
 }
 
-fn check_key(app: &App, bytes: Vec<u8>) -> ApiResult<String> {
+pub fn check_key(app: &App, bytes: Vec<u8>) -> ApiResult<String> {
     if bytes.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_key",
@@ -164,6 +164,46 @@ fn precondition_failed(key: &str, current: Option<u64>) -> ApiError {
             None => format!("key '{key}' does not exist"),
         },
     )
+}
+
+/// A transaction's result as JSON.
+pub fn write_response_txn(r: Result<Ack, WriteError>) -> ApiResult {
+    let (succeeded, revision, results) = match r {
+        Ok(Ack::Applied(Outcome::Txn {
+            succeeded,
+            revision,
+            results,
+        })) => (succeeded, revision, results),
+        Ok(other) => {
+            return Err(ApiError::internal(format!(
+                "unexpected transaction outcome {other:?}"
+            )));
+        }
+        Err(e) => return write_response("", Err(e)),
+    };
+    let results: Vec<serde_json::Value> = results
+        .into_iter()
+        .map(|r| match r {
+            TxnOpResult::Put { version } => serde_json::json!({"op": "put", "version": version}),
+            TxnOpResult::Delete { deleted } => {
+                serde_json::json!({"op": "delete", "deleted": deleted})
+            }
+            TxnOpResult::Get(None) => serde_json::json!({"op": "get", "found": false}),
+            TxnOpResult::Get(Some(kv)) => serde_json::json!({
+                "op": "get",
+                "found": true,
+                "key": kv.key,
+                "value_base64": base64::engine::general_purpose::STANDARD.encode(&kv.value),
+                "version": kv.version,
+                "create_revision": kv.create_revision,
+                "mod_revision": kv.mod_revision,
+            }),
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"succeeded": succeeded, "revision": revision, "results": results}),
+    ))
 }
 
 /// Turn a write's result into a response.

@@ -5,6 +5,8 @@
 pub mod admin;
 pub mod forward;
 pub mod kv;
+pub mod txn;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,6 +101,12 @@ pub fn router(app: Arc<App>) -> Router {
         )
         // An empty key is answered 400 invalid_key by the same handlers.
         .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/txn", post(txn::txn))
+        .route("/v1/watch", get(watch::watch))
+        .route(
+            "/v1/cluster/config",
+            get(admin::get_config).put(admin::put_config),
+        )
         .route("/v1/node", get(admin::node))
         .route("/v1/cluster", get(admin::cluster))
         .route("/v1/cluster/init", post(admin::init))
@@ -146,6 +154,9 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         app.metrics.storage_bytes.set(size);
     }
     app.metrics.revision.set(app.kv.revision());
+    app.metrics
+        .committed_index
+        .set(app.committed.load(std::sync::atomic::Ordering::Relaxed));
     (
         [(
             "content-type",

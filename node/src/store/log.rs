@@ -54,6 +54,8 @@ pub struct LogStore {
     tree: sled::Tree,
     flusher: Flusher,
     acks: Arc<AckRegistry>,
+    /// The last commit index openraft reported, for metrics (openraft 0.9 exposes none).
+    committed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LogStore {
@@ -62,7 +64,13 @@ impl LogStore {
             tree,
             flusher,
             acks,
+            committed: Arc::default(),
         }
+    }
+
+    /// Shared view of the commit index, updated as openraft reports it.
+    pub fn committed_index(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.committed.clone()
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
@@ -140,6 +148,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // value only means less is re-applied at once.
         let bytes = bincode::serialize(&committed).map_err(err_write)?;
         self.tree.insert(COMMITTED, bytes).map_err(err_write)?;
+        if let Some(c) = committed {
+            self.committed
+                .store(c.index, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
     }
 

@@ -274,6 +274,27 @@ impl TestNode {
         }
     }
 
+    /// Freeze the process (SIGSTOP): it keeps its sockets but answers nothing, like a
+    /// long GC pause or a hung disk. SIGKILL still works on a frozen process.
+    pub fn pause(&mut self) {
+        self.signal("STOP");
+    }
+
+    /// Thaw a process frozen by [`Self::pause`] (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&mut self, name: &str) {
+        let pid = self.child.as_ref().expect("node is running").id();
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid} failed");
+    }
+
     /// SIGKILL the process (if running) and reap it.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -520,6 +541,29 @@ impl NodeClient {
             .await
     }
 
+    /// `PUT` of a JSON body, once.
+    pub async fn put_json(&self, path: &str, body: &Value) -> Resp {
+        let body = serde_json::to_vec(body).expect("encode JSON");
+        let headers = [("content-type", "application/json")];
+        self.send(reqwest::Method::PUT, path, &headers, Some(body))
+            .await
+    }
+
+    /// `POST /v1/txn`, once.
+    pub async fn txn(&self, body: &Value) -> Resp {
+        self.post_json("/v1/txn", body).await
+    }
+
+    /// `GET /v1/cluster/config` as JSON: this node's applied copy of the settings.
+    pub async fn config(&self) -> Value {
+        self.get_path("/v1/cluster/config").await.ok_json()
+    }
+
+    /// `PUT /v1/cluster/config` (`replication_mode`, `read_consistency`, or both), once.
+    pub async fn set_config(&self, change: &Value) -> Resp {
+        self.put_json("/v1/cluster/config", change).await
+    }
+
     /// `PUT /v1/kv/{key}` with extra headers (`If-Match`, `If-None-Match`).
     pub async fn put_with(&self, key: &str, value: &[u8], headers: &[(&str, &str)]) -> Resp {
         self.send(
@@ -639,9 +683,19 @@ pub async fn assert_values(client: &NodeClient, expected: &Expected, consistency
 /// How many expected keys `client` already serves with the right value under `stale`
 /// reads; for waiting on a node that is still catching up.
 pub async fn count_stale_matches(client: &NodeClient, expected: &Expected) -> usize {
+    count_matches(client, expected, Consistency::Stale).await
+}
+
+/// How many expected keys `client` serves with the right value under `consistency`; any
+/// other answer (old value, 404, 503, transport error) counts as not yet.
+pub async fn count_matches(
+    client: &NodeClient,
+    expected: &Expected,
+    consistency: Consistency,
+) -> usize {
     futures::stream::iter(expected.iter())
         .map(|(key, value)| async move {
-            let path = format!("{}?consistency=stale", kv_path(key));
+            let path = format!("{}?consistency={}", kv_path(key), consistency.as_str());
             matches!(client.try_get(&path).await, Ok(r) if r.status == 200 && r.body == *value)
         })
         .buffer_unordered(16)
@@ -764,9 +818,15 @@ impl Cluster {
 
     /// Start a fresh process and add it as a voter through the current leader.
     pub async fn add_node(&mut self) -> usize {
+        self.add_node_as("voter").await
+    }
+
+    /// Start a fresh process and add it with `role` (`voter` or `learner`) through the
+    /// current leader.
+    pub async fn add_node_as(&mut self, role: &str) -> usize {
         let index = self.spawn_node().await;
         let leader = self.leader().await;
-        self.add_member(leader, index, "voter").await;
+        self.add_member(leader, index, role).await;
         index
     }
 
