@@ -314,6 +314,12 @@ fn print_watch_line(line: &[u8]) {
     }
 }
 
+/// Send a request, fail on an error answer, and decode the JSON body.
+async fn send_json(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+    let resp = req.send().await.context("cannot reach the endpoint")?;
+    Ok(check(resp).await?.json().await?)
+}
+
 fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -337,8 +343,7 @@ pub async fn run_kv(cmd: KvCommand) -> anyhow::Result<()> {
             if if_absent {
                 req = req.header("if-none-match", "*");
             }
-            let resp = check(req.send().await.context("cannot reach the endpoint")?).await?;
-            print_json(&resp.json().await?);
+            print_json(&send_json(req).await?);
         }
         KvCommand::Get {
             key,
@@ -371,8 +376,7 @@ pub async fn run_kv(cmd: KvCommand) -> anyhow::Result<()> {
             if let Some(v) = if_version {
                 req = req.header("if-match", format!("\"{v}\""));
             }
-            let resp = check(req.send().await.context("cannot reach the endpoint")?).await?;
-            print_json(&resp.json().await?);
+            print_json(&send_json(req).await?);
         }
         KvCommand::Txn { file, ep } => {
             let body = match file {
@@ -385,14 +389,11 @@ pub async fn run_kv(cmd: KvCommand) -> anyhow::Result<()> {
                     b
                 }
             };
-            let resp = http
+            let req = http
                 .post(format!("{}/v1/txn", ep.endpoint))
                 .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .context("cannot reach the endpoint")?;
-            print_json(&check(resp).await?.json().await?);
+                .body(body);
+            print_json(&send_json(req).await?);
         }
         KvCommand::Watch {
             prefix,
@@ -431,14 +432,7 @@ pub async fn run_kv(cmd: KvCommand) -> anyhow::Result<()> {
                 if let Some(s) = &start_after {
                     q.push(("start_after", s.clone()));
                 }
-                let resp = check(
-                    http.get(format!("{}/v1/kv", ep.endpoint))
-                        .query(&q)
-                        .send()
-                        .await?,
-                )
-                .await?;
-                let v: serde_json::Value = resp.json().await?;
+                let v = send_json(http.get(format!("{}/v1/kv", ep.endpoint)).query(&q)).await?;
                 let items = v["items"].as_array().cloned().unwrap_or_default();
                 for item in &items {
                     let value = base64::engine::general_purpose::STANDARD
@@ -468,14 +462,8 @@ pub async fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let v: serde_json::Value = match cmd {
         ClusterCommand::Status { ep } => {
-            let c: serde_json::Value = check(
-                http.get(format!("{}/v1/cluster", ep.endpoint))
-                    .send()
-                    .await?,
-            )
-            .await?
-            .json()
-            .await?;
+            let c: serde_json::Value =
+                send_json(http.get(format!("{}/v1/cluster", ep.endpoint))).await?;
             println!(
                 "cluster {}  leader {}  term {}",
                 c["cluster_id"].as_str().unwrap_or("-"),
@@ -504,14 +492,7 @@ pub async fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
             return Ok(());
         }
         ClusterCommand::Init { ep } => {
-            check(
-                http.post(format!("{}/v1/cluster/init", ep.endpoint))
-                    .send()
-                    .await?,
-            )
-            .await?
-            .json()
-            .await?
+            send_json(http.post(format!("{}/v1/cluster/init", ep.endpoint))).await?
         }
         ClusterCommand::Add {
             id,
@@ -522,14 +503,10 @@ pub async fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
         } => {
             let body = serde_json::json!({"id": id, "peer_url": peer_url, "client_url": client_url,
                 "role": if learner { "learner" } else { "voter" }});
-            check(
+            send_json(
                 http.post(format!("{}/v1/cluster/members", ep.endpoint))
-                    .json(&body)
-                    .send()
-                    .await?,
+                    .json(&body),
             )
-            .await?
-            .json()
             .await?
         }
         ClusterCommand::Config {
@@ -538,14 +515,7 @@ pub async fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
             ep,
         } => {
             if mode.is_none() && read_consistency.is_none() {
-                check(
-                    http.get(format!("{}/v1/cluster/config", ep.endpoint))
-                        .send()
-                        .await?,
-                )
-                .await?
-                .json()
-                .await?
+                send_json(http.get(format!("{}/v1/cluster/config", ep.endpoint))).await?
             } else {
                 let mut body = serde_json::Map::new();
                 if let Some(m) = mode {
@@ -554,26 +524,15 @@ pub async fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
                 if let Some(r) = read_consistency {
                     body.insert("read_consistency".into(), r.into());
                 }
-                check(
+                send_json(
                     http.put(format!("{}/v1/cluster/config", ep.endpoint))
-                        .json(&body)
-                        .send()
-                        .await?,
+                        .json(&body),
                 )
-                .await?
-                .json()
                 .await?
             }
         }
         ClusterCommand::Remove { id, ep } => {
-            check(
-                http.delete(format!("{}/v1/cluster/members/{id}", ep.endpoint))
-                    .send()
-                    .await?,
-            )
-            .await?
-            .json()
-            .await?
+            send_json(http.delete(format!("{}/v1/cluster/members/{id}", ep.endpoint))).await?
         }
     };
     print_json(&v);

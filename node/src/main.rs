@@ -46,7 +46,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node.run(shutdown_signal()).await
         }
         Command::Dev(args) => rstore_node::dev::run(args).await,
-        Command::Kv(cmd) => rstore_node::cli::run_kv(cmd).await,
-        Command::Cluster(cmd) => rstore_node::cli::run_cluster(cmd).await,
+        // Client commands: one clear line on failure, never a backtrace.
+        Command::Kv(cmd) => client_result(rstore_node::cli::run_kv(cmd).await),
+        Command::Cluster(cmd) => client_result(rstore_node::cli::run_cluster(cmd).await),
     }
+}
+
+fn client_result(r: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }

@@ -185,6 +185,19 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     (StatusCode::OK, "ready").into_response()
 }
 
+/// Read a small JSON request body; `shape` tells the user what is expected.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    shape: &str,
+) -> ApiResult<(Bytes, T)> {
+    let raw = read_body(headers, body, 64 << 10, "request body").await?;
+    let value = serde_json::from_slice(&raw).map_err(|e| {
+        ApiError::bad_request("invalid_request", format!("body must be JSON {shape}: {e}"))
+    })?;
+    Ok((raw, value))
+}
+
 fn conflict(message: impl Into<String>) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
@@ -305,13 +318,12 @@ pub async fn add_member(
     body: Body,
 ) -> ApiResult {
     parse_query(&uri, &[])?;
-    let body = read_body(&headers, body, 64 << 10, "request body").await?;
-    let req: AddMember = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_request",
-            format!("body must be JSON {{\"id\":u64,\"peer_url\":..,\"client_url\":..,\"role\":\"voter|learner\"}}: {e}"),
-        )
-    })?;
+    let (body, req): (_, AddMember) = read_json(
+        &headers,
+        body,
+        r#"{"id":u64,"peer_url":..,"client_url":..,"role":"voter|learner"}"#,
+    )
+    .await?;
     let voter = match req.role.as_str() {
         "voter" => true,
         "learner" => false,
@@ -508,15 +520,12 @@ pub async fn put_config(
     body: Body,
 ) -> ApiResult {
     parse_query(&uri, &[])?;
-    let body = read_body(&headers, body, 64 << 10, "request body").await?;
-    let change: ConfigChange = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_request",
-            format!(
-                "body must be JSON {{\"replication_mode\":\"quorum|sync|async\",\"read_consistency\":\"linearizable|leader|stale\"}}: {e}"
-            ),
-        )
-    })?;
+    let (body, change): (_, ConfigChange) = read_json(
+        &headers,
+        body,
+        r#"{"replication_mode":"quorum|sync|async","read_consistency":"linearizable|leader|stale"}"#,
+    )
+    .await?;
     let mode = match change.replication_mode.as_deref() {
         None => None,
         Some("quorum") => Some(ReplicationMode::Quorum),
