@@ -53,6 +53,10 @@ pub enum StartError {
     Identity(#[from] crate::identity::IdentityError),
     #[error(transparent)]
     Store(#[from] store::OpenError),
+    #[error(
+        "this node is a member of cluster {cluster_id} (says {dir}/identity.json), but its database {dir}/db is gone. Starting empty under the same id would break Raft's safety. Restore the data directory from backup, or wipe it entirely (identity.json too) to rejoin as a new member"
+    )]
+    DataLost { dir: String, cluster_id: String },
     #[error("invalid Raft settings: {0}")]
     Config(String),
     #[error("cannot start Raft: {0}")]
@@ -108,6 +112,16 @@ impl Node {
         std::fs::create_dir_all(&settings.data_dir)
             .map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
         let identity = Arc::new(Identity::load_or_create(&settings.data_dir)?);
+        // A node joins a cluster only after its database exists, so a member without one
+        // lost it.
+        if let Some(cluster_id) = identity.cluster_id()
+            && !settings.data_dir.join("db").exists()
+        {
+            return Err(StartError::DataLost {
+                dir: settings.data_dir.display().to_string(),
+                cluster_id,
+            });
+        }
         let id = identity.node_id();
         let metrics = Arc::new(Metrics::new());
         let m = metrics.clone();
@@ -214,10 +228,33 @@ impl Node {
     ) -> anyhow::Result<()> {
         let app = self.app;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop_tx = Arc::new(stop_tx);
+        let stop = stop_tx.clone();
         tokio::spawn(async move {
             shutdown.await;
-            let _ = stop_tx.send(true);
+            let _ = stop.send(true);
         });
+        // A Raft core that stops on its own (it panics on a broken invariant, e.g. storage
+        // that lost durable data) must take the process with it: a node that keeps serving
+        // HTTP without Raft answers stale reads and looks alive to its operator.
+        let raft_died = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let mut rx = app.raft.metrics();
+            let died = raft_died.clone();
+            let stop = stop_tx.clone();
+            tokio::spawn(async move {
+                while rx.borrow_and_update().state != ServerState::Shutdown {
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+                if !*stop.borrow() {
+                    tracing::error!("the Raft core stopped unexpectedly; shutting the node down");
+                    died.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = stop.send(true);
+                }
+            });
+        }
         let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
         };
@@ -254,6 +291,13 @@ impl Node {
         }
         let db = app.db.clone();
         tokio::task::spawn_blocking(move || db.flush()).await??;
+        if raft_died.load(std::sync::atomic::Ordering::SeqCst) {
+            anyhow::bail!(
+                "the Raft core stopped unexpectedly (its error or panic is logged above). If it \
+                 reports an invalid state, the data directory is damaged: restore it from backup, \
+                 or wipe it entirely to rejoin as a new member"
+            );
+        }
         tracing::info!("node stopped");
         Ok(())
     }

@@ -26,6 +26,14 @@ pub enum IdentityError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(
+        "{path} is missing but {dir} holds data ({entry}); refusing to start with a new id over old data, which would break Raft's safety. Restore identity.json from backup, or wipe the whole data directory to rejoin as a new member"
+    )]
+    Missing {
+        path: PathBuf,
+        dir: PathBuf,
+        entry: &'static str,
+    },
     #[error("this node already belongs to cluster {current}, not {requested}")]
     ClusterMismatch { current: String, requested: String },
 }
@@ -44,8 +52,14 @@ pub struct Identity {
     cluster_id: RwLock<Option<String>>,
 }
 
+/// Entries of the data directory that only exist once the node has an identity: when one
+/// of them is there, a missing `identity.json` means it was lost, not that the node is new.
+const DATA_ENTRIES: &[&str] = &["db", "snapshot", "watermark"];
+
 impl Identity {
     /// Load the identity from `dir`, or create a fresh one if the directory holds none.
+    /// A directory that holds data but no identity is refused: a new id over old data
+    /// (its votes and log) would break Raft's safety.
     pub fn load_or_create(dir: &Path) -> Result<Self, IdentityError> {
         let path = dir.join("identity.json");
         match std::fs::read(&path) {
@@ -62,6 +76,13 @@ impl Identity {
                 })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(entry) = DATA_ENTRIES.iter().find(|e| dir.join(e).exists()) {
+                    return Err(IdentityError::Missing {
+                        path,
+                        dir: dir.to_path_buf(),
+                        entry,
+                    });
+                }
                 let node_id = loop {
                     let id: u64 = rand::random();
                     // Keep ids below 2^53 so that JSON clients which parse numbers as
@@ -167,6 +188,24 @@ mod tests {
         let c = Identity::load_or_create(wiped.path()).unwrap();
         assert_ne!(c.node_id(), a.node_id());
         assert_eq!(c.cluster_id(), None);
+    }
+
+    #[test]
+    fn missing_identity_next_to_data_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Identity::load_or_create(dir.path()).unwrap();
+        std::fs::create_dir(dir.path().join("db")).unwrap();
+        // Still there: loads as before.
+        assert_eq!(
+            Identity::load_or_create(dir.path()).unwrap().node_id(),
+            first.node_id()
+        );
+        std::fs::remove_file(dir.path().join("identity.json")).unwrap();
+        let err = Identity::load_or_create(dir.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, IdentityError::Missing { .. }), "{msg}");
+        assert!(msg.contains("missing") && msg.contains("wipe"), "{msg}");
+        assert!(!dir.path().join("identity.json").exists());
     }
 
     #[test]

@@ -35,27 +35,28 @@ fn parse_consistency(s: Option<&str>, default: ReadConsistency) -> ApiResult<Rea
 }
 
 /// The key from `/v1/kv/{key}`: percent-decoded, UTF-8, within the size limit.
-fn key_from_path(app: &App, uri: &Uri) -> ApiResult<String> {
+fn key_from_path(max_key_bytes: usize, uri: &Uri) -> ApiResult<String> {
     let raw = uri.path().strip_prefix("/v1/kv/").unwrap_or("");
     let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
-    check_key(app, bytes)
+    check_key(max_key_bytes, bytes)
 }
 
-pub fn check_key(app: &App, bytes: Vec<u8>) -> ApiResult<String> {
+/// A key as given by a client: 1..=`max_key_bytes` bytes of UTF-8.
+pub fn check_key(max_key_bytes: usize, bytes: Vec<u8>) -> ApiResult<String> {
     if bytes.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_key",
             "the key is empty; keys are 1 or more bytes",
         ));
     }
-    if bytes.len() > app.settings.max_key_bytes {
+    if bytes.len() > max_key_bytes {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "key_too_large",
             format!(
                 "the key is {} bytes; the limit is {} bytes",
                 bytes.len(),
-                app.settings.max_key_bytes
+                max_key_bytes
             ),
         ));
     }
@@ -273,7 +274,7 @@ pub async fn put(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let key = key_from_path(&app, &uri)?;
+    let key = key_from_path(app.settings.max_key_bytes, &uri)?;
     parse_query(&uri, &[])?;
     let cond = condition(&headers)?;
     let value = read_body(&headers, body, app.settings.max_value_bytes, "value").await?;
@@ -286,7 +287,7 @@ pub async fn put(
 }
 
 pub async fn delete(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap) -> ApiResult {
-    let key = key_from_path(&app, &uri)?;
+    let key = key_from_path(app.settings.max_key_bytes, &uri)?;
     parse_query(&uri, &[])?;
     let cond = match condition(&headers)? {
         Condition::Absent => {
@@ -347,7 +348,7 @@ pub async fn get(
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult {
-    let key = key_from_path(&app, &uri)?;
+    let key = key_from_path(app.settings.max_key_bytes, &uri)?;
     let q = parse_query(&uri, &["consistency"])?;
     let consistency = consistency(&app, q.get("consistency"))?;
     read(&app, consistency, &method, &uri, &headers, || {
@@ -405,16 +406,22 @@ struct ListResponse {
 
 pub const MAX_LIST_LIMIT: usize = 10_000;
 
-pub async fn list(
-    State(app): State<Arc<App>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> ApiResult {
-    let q = parse_query(&uri, &["prefix", "start_after", "limit", "consistency"])?;
-    let consistency = consistency(&app, q.get("consistency"))?;
-    let prefix = q.get("prefix").cloned().unwrap_or_default();
-    let start_after = q.get("start_after").cloned();
+/// The query of `GET /v1/kv`.
+#[derive(Debug, PartialEq, Eq)]
+struct ListParams {
+    prefix: String,
+    start_after: Option<String>,
+    limit: usize,
+    /// Checked against the cluster default by [`parse_consistency`].
+    consistency: Option<String>,
+}
+
+fn list_params(uri: &Uri) -> ApiResult<ListParams> {
+    let mut q = parse_query(uri, &["prefix", "start_after", "limit", "consistency"])?;
+    // Checked first, as before the refactoring: the default does not matter here.
+    if let Some(c) = q.get("consistency") {
+        parse_consistency(Some(c), ReadConsistency::Linearizable)?;
+    }
     let limit = match q.get("limit") {
         None => 100,
         Some(l) => match l.parse::<usize>() {
@@ -427,6 +434,27 @@ pub async fn list(
             }
         },
     };
+    Ok(ListParams {
+        prefix: q.remove("prefix").unwrap_or_default(),
+        start_after: q.remove("start_after"),
+        limit,
+        consistency: q.remove("consistency"),
+    })
+}
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult {
+    let ListParams {
+        prefix,
+        start_after,
+        limit,
+        consistency,
+    } = list_params(&uri)?;
+    let consistency = parse_consistency(consistency.as_deref(), app.kv.config().read_consistency)?;
     read(&app, consistency, &method, &uri, &headers, || {
         let revision = app.kv.revision();
         let (items, more) = app
@@ -507,5 +535,142 @@ mod tests {
             Linearizable
         );
         assert!(parse_consistency(Some("eventual"), Stale).is_err());
+    }
+
+    mod props {
+        use super::*;
+        use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+        use proptest::prelude::*;
+
+        /// What a path segment may not hold raw; `/` stays raw, as keys may contain it.
+        const PATH: &AsciiSet = &CONTROLS
+            .add(b' ')
+            .add(b'"')
+            .add(b'#')
+            .add(b'%')
+            .add(b'<')
+            .add(b'>')
+            .add(b'?')
+            .add(b'`')
+            .add(b'{')
+            .add(b'}')
+            .add(b'[')
+            .add(b']')
+            .add(b'\\')
+            .add(b'^')
+            .add(b'|');
+
+        const MAX: usize = 64;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn any_bytes_are_a_key_or_a_clear_error(bytes in proptest::collection::vec(any::<u8>(), 0..MAX * 2)) {
+                let n = bytes.len();
+                let utf8 = std::str::from_utf8(&bytes).is_ok();
+                match check_key(MAX, bytes.clone()) {
+                    Ok(k) => {
+                        prop_assert!((1..=MAX).contains(&n));
+                        prop_assert_eq!(k.as_bytes(), &bytes[..]);
+                    }
+                    Err(e) if n == 0 => prop_assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_key")),
+                    Err(e) if n > MAX => {
+                        prop_assert_eq!((e.status, e.code), (StatusCode::PAYLOAD_TOO_LARGE, "key_too_large"));
+                        prop_assert!(e.message.contains(&n.to_string()), "{}", e.message);
+                    }
+                    Err(e) => {
+                        prop_assert!(!utf8);
+                        prop_assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_key"));
+                    }
+                }
+            }
+
+            #[test]
+            fn any_percent_encoded_path_is_a_key_or_a_clear_error(bytes in proptest::collection::vec(any::<u8>(), 0..MAX * 2)) {
+                let encoded: String = percent_encoding::percent_encode(&bytes, percent_encoding::NON_ALPHANUMERIC).to_string();
+                let uri: Uri = format!("/v1/kv/{encoded}").parse().unwrap();
+                match key_from_path(MAX, &uri) {
+                    Ok(k) => prop_assert_eq!(k.as_bytes(), &bytes[..]),
+                    Err(e) => prop_assert!(matches!(e.status, StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE)),
+                }
+            }
+
+            #[test]
+            fn valid_keys_round_trip_through_the_path(key in "\\PC{1,40}") {
+                prop_assume!(key.len() <= MAX);
+                let path = format!("/v1/kv/{}", utf8_percent_encode(&key, PATH));
+                let uri: Uri = path.parse().map_err(|e| TestCaseError::fail(format!("{path}: {e}")))?;
+                prop_assert_eq!(key_from_path(MAX, &uri).map_err(|e| e.message).unwrap(), key);
+            }
+
+            #[test]
+            fn raw_path_segments_never_panic(path in "/v1/kv/[ -~]{0,80}") {
+                if let Ok(uri) = path.parse::<Uri>() {
+                    let _ = key_from_path(MAX, &uri);
+                    let _ = list_params(&uri);
+                }
+            }
+
+            #[test]
+            fn conditions_parse_or_fail_with_400(
+                m in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..24)),
+                n in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..24)),
+            ) {
+                let mut h = HeaderMap::new();
+                for (name, v) in [("if-match", &m), ("if-none-match", &n)] {
+                    if let Some(v) = v
+                        && let Ok(v) = HeaderValue::from_bytes(v)
+                    {
+                        h.insert(name, v);
+                    }
+                }
+                let (has_m, has_n) = (h.contains_key("if-match"), h.contains_key("if-none-match"));
+                match condition(&h) {
+                    Ok(Condition::None) => prop_assert!(!has_m && !has_n),
+                    Ok(Condition::Version(_)) => prop_assert!(has_m && !has_n),
+                    Ok(Condition::Absent) => prop_assert!(!has_m && has_n),
+                    Err(e) => {
+                        prop_assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_request"));
+                        prop_assert!(has_m || has_n);
+                    }
+                }
+            }
+
+            #[test]
+            fn etag_versions_round_trip(v in any::<u64>(), weak in any::<bool>()) {
+                let tag = format!("{}\"{v}\"", if weak { "W/" } else { "" });
+                let h = headers(&[("if-match", &tag)]);
+                prop_assert_eq!(condition(&h).unwrap(), Condition::Version(v));
+            }
+
+            #[test]
+            fn list_queries_parse_or_fail_with_400(query in "[a-z_=&%0-9A-F.+-]{0,60}") {
+                let uri: Uri = format!("/v1/kv?{query}").parse().unwrap();
+                match list_params(&uri) {
+                    Ok(p) => prop_assert!((1..=MAX_LIST_LIMIT).contains(&p.limit)),
+                    Err(e) => {
+                        prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+                        prop_assert!(matches!(e.code, "unknown_parameter" | "invalid_request"), "{}", e.code);
+                    }
+                }
+            }
+
+            #[test]
+            fn list_limits_are_checked(limit in any::<i64>()) {
+                let uri: Uri = format!("/v1/kv?limit={limit}&prefix=a%2F").parse().unwrap();
+                match list_params(&uri) {
+                    Ok(p) => {
+                        prop_assert!((1..=MAX_LIST_LIMIT as i64).contains(&limit));
+                        prop_assert_eq!(p.limit as i64, limit);
+                        prop_assert_eq!(p.prefix, "a/");
+                    }
+                    Err(e) => {
+                        prop_assert!(!(1..=MAX_LIST_LIMIT as i64).contains(&limit));
+                        prop_assert!(e.message.contains(&limit.to_string()), "{}", e.message);
+                    }
+                }
+            }
+        }
     }
 }

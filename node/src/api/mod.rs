@@ -188,4 +188,64 @@ mod tests {
         let uri: Uri = "/v1/kv?prefix=a%2Fb%20c".parse().unwrap();
         assert_eq!(parse_query(&uri, &["prefix"]).unwrap()["prefix"], "a/b c");
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const ALLOWED: &[&str] = &["prefix", "limit"];
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any query string: parsed, or refused as 400 `unknown_parameter` naming a
+            /// parameter that is really there and not allowed.
+            #[test]
+            fn arbitrary_queries_never_panic(query in "[ -~]{0,80}") {
+                let Ok(uri) = format!("/x?{query}").parse::<Uri>() else {
+                    return Ok(());
+                };
+                let names: Vec<String> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+                    .map(|(k, _)| k.into_owned())
+                    .collect();
+                match parse_query(&uri, ALLOWED) {
+                    Ok(q) => {
+                        prop_assert!(names.iter().all(|n| ALLOWED.contains(&n.as_str())));
+                        prop_assert!(q.keys().all(|k| ALLOWED.contains(&k.as_str())));
+                    }
+                    Err(e) => {
+                        prop_assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "unknown_parameter"));
+                        let bad = names.iter().find(|n| !ALLOWED.contains(&n.as_str())).expect("an unknown name");
+                        prop_assert!(e.message.contains(&format!("'{bad}'")), "{} lacks {bad}", e.message);
+                    }
+                }
+            }
+
+            /// Unknown names, percent-encoded any way, are always refused by name.
+            #[test]
+            fn unknown_names_are_always_rejected(name in "\\PC{1,20}", value in "\\PC{0,20}") {
+                prop_assume!(!ALLOWED.contains(&name.as_str()));
+                let query: String = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("prefix", "p")
+                    .append_pair(&name, &value)
+                    .finish();
+                let uri: Uri = format!("/x?{query}").parse().unwrap();
+                let e = parse_query(&uri, ALLOWED).unwrap_err();
+                prop_assert_eq!(e.code, "unknown_parameter");
+                prop_assert!(e.message.contains(&format!("'{name}'")), "{}", e.message);
+                let e = parse_query(&uri, &[]).unwrap_err();
+                prop_assert!(e.message.contains("takes no parameters"), "{}", e.message);
+            }
+
+            /// Known names with any value round-trip through the encoding.
+            #[test]
+            fn known_values_round_trip(value in "\\PC{0,40}") {
+                let query: String = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("prefix", &value)
+                    .finish();
+                let uri: Uri = format!("/x?{query}").parse().unwrap();
+                prop_assert_eq!(&parse_query(&uri, ALLOWED).unwrap()["prefix"], &value);
+            }
+        }
+    }
 }

@@ -59,6 +59,67 @@ struct OpBody {
     value_base64: Option<String>,
 }
 
+/// The size limits a transaction is checked against (from the node's settings).
+#[derive(Debug, Clone, Copy)]
+pub struct TxnLimits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+impl TxnLimits {
+    pub fn of(app: &App) -> Self {
+        Self {
+            max_key_bytes: app.settings.max_key_bytes,
+            max_value_bytes: app.settings.max_value_bytes,
+        }
+    }
+
+    /// Largest request body: a few values at the limit, plus room for the JSON around them.
+    pub fn body_bytes(&self) -> usize {
+        self.max_value_bytes * 4 + (64 << 10)
+    }
+}
+
+/// Turn a request body into a checked transaction, or a 400/413 that says what is wrong.
+pub fn parse_txn(limits: &TxnLimits, raw: &[u8]) -> ApiResult<Txn> {
+    let body: TxnBody = serde_json::from_slice(raw).map_err(|e| {
+        bad(format!(
+            "the body must be JSON {{\"compare\":[..],\"success\":[..],\"failure\":[..]}}: {e}"
+        ))
+    })?;
+    for (name, n) in [
+        ("compare", body.compare.len()),
+        ("success", body.success.len()),
+        ("failure", body.failure.len()),
+    ] {
+        if n > MAX_TXN_OPS {
+            return Err(bad(format!(
+                "{name} has {n} entries; the limit is {MAX_TXN_OPS}"
+            )));
+        }
+    }
+    Ok(Txn {
+        compare: body
+            .compare
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| parse_compare(limits, i, c))
+            .collect::<ApiResult<_>>()?,
+        success: body
+            .success
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| parse_op(limits, "success", i, o))
+            .collect::<ApiResult<_>>()?,
+        failure: body
+            .failure
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| parse_op(limits, "failure", i, o))
+            .collect::<ApiResult<_>>()?,
+    })
+}
+
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_request", msg)
 }
@@ -76,9 +137,9 @@ fn bytes_of(what: &str, value: Option<&str>, b64: Option<&str>) -> ApiResult<Vec
     }
 }
 
-fn parse_compare(app: &App, i: usize, c: CompareBody) -> ApiResult<Compare> {
+fn parse_compare(limits: &TxnLimits, i: usize, c: CompareBody) -> ApiResult<Compare> {
     let what = format!("compare[{i}]");
-    let key = check_key(app, c.key.into_bytes())?;
+    let key = check_key(limits.max_key_bytes, c.key.into_bytes())?;
     let op = match c.op.as_deref().unwrap_or("=") {
         "=" | "==" | "equal" => CompareOp::Equal,
         "!=" | "not_equal" => CompareOp::NotEqual,
@@ -109,14 +170,11 @@ fn parse_compare(app: &App, i: usize, c: CompareBody) -> ApiResult<Compare> {
                 }
             };
             let v = bytes_of(&what, text, c.value_base64.as_deref())?;
-            if v.len() > app.settings.max_value_bytes {
+            if v.len() > limits.max_value_bytes {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "value_too_large",
-                    format!(
-                        "{what}: the value exceeds {} bytes",
-                        app.settings.max_value_bytes
-                    ),
+                    format!("{what}: the value exceeds {} bytes", limits.max_value_bytes),
                 ));
             }
             CompareTarget::Value(v)
@@ -140,9 +198,9 @@ fn parse_compare(app: &App, i: usize, c: CompareBody) -> ApiResult<Compare> {
     Ok(Compare { key, op, target })
 }
 
-fn parse_op(app: &App, branch: &str, i: usize, o: OpBody) -> ApiResult<TxnOp> {
+fn parse_op(limits: &TxnLimits, branch: &str, i: usize, o: OpBody) -> ApiResult<TxnOp> {
     let what = format!("{branch}[{i}]");
-    let key = check_key(app, o.key.into_bytes())?;
+    let key = check_key(limits.max_key_bytes, o.key.into_bytes())?;
     let no_value = |op: &str| -> ApiResult<()> {
         if o.value.is_some() || o.value_base64.is_some() {
             Err(bad(format!("{what}: {op} takes no value")))
@@ -153,14 +211,14 @@ fn parse_op(app: &App, branch: &str, i: usize, o: OpBody) -> ApiResult<TxnOp> {
     match o.op.as_str() {
         "put" => {
             let value = bytes_of(&what, o.value.as_deref(), o.value_base64.as_deref())?;
-            if value.len() > app.settings.max_value_bytes {
+            if value.len() > limits.max_value_bytes {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "value_too_large",
                     format!(
                         "{what}: the value is {} bytes; the limit is {} bytes",
                         value.len(),
-                        app.settings.max_value_bytes
+                        limits.max_value_bytes
                     ),
                 ));
             }
@@ -181,44 +239,226 @@ pub async fn txn(
     body: Body,
 ) -> ApiResult {
     parse_query(&uri, &[])?;
-    let limit = app.settings.max_value_bytes * 4 + (64 << 10);
-    let raw = read_body(&headers, body, limit, "transaction").await?;
-    let body: TxnBody = serde_json::from_slice(&raw).map_err(|e| {
-        bad(format!(
-            "the body must be JSON {{\"compare\":[..],\"success\":[..],\"failure\":[..]}}: {e}"
-        ))
-    })?;
-    for (name, n) in [
-        ("compare", body.compare.len()),
-        ("success", body.success.len()),
-        ("failure", body.failure.len()),
-    ] {
-        if n > MAX_TXN_OPS {
-            return Err(bad(format!(
-                "{name} has {n} entries; the limit is {MAX_TXN_OPS}"
-            )));
-        }
-    }
-    let txn = Txn {
-        compare: body
-            .compare
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| parse_compare(&app, i, c))
-            .collect::<ApiResult<_>>()?,
-        success: body
-            .success
-            .into_iter()
-            .enumerate()
-            .map(|(i, o)| parse_op(&app, "success", i, o))
-            .collect::<ApiResult<_>>()?,
-        failure: body
-            .failure
-            .into_iter()
-            .enumerate()
-            .map(|(i, o)| parse_op(&app, "failure", i, o))
-            .collect::<ApiResult<_>>()?,
-    };
+    let limits = TxnLimits::of(&app);
+    let raw = read_body(&headers, body, limits.body_bytes(), "transaction").await?;
+    let txn = parse_txn(&limits, &raw)?;
     let r = write_via_leader(&app, Command::Txn(txn)).await?;
     write_response_txn(r).map(IntoResponse::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    const LIMITS: TxnLimits = TxnLimits {
+        max_key_bytes: 16,
+        max_value_bytes: 32,
+    };
+
+    /// A valid transaction is within every limit it was checked against.
+    fn check_valid(t: &Txn) -> Result<(), TestCaseError> {
+        prop_assert!(t.compare.len() <= MAX_TXN_OPS);
+        for c in &t.compare {
+            prop_assert!((1..=LIMITS.max_key_bytes).contains(&c.key.len()));
+            if let CompareTarget::Value(v) = &c.target {
+                prop_assert!(v.len() <= LIMITS.max_value_bytes);
+            }
+        }
+        for op in t.success.iter().chain(&t.failure) {
+            let key = match op {
+                TxnOp::Put { key, value } => {
+                    prop_assert!(value.len() <= LIMITS.max_value_bytes);
+                    key
+                }
+                TxnOp::Delete { key } | TxnOp::Get { key } => key,
+            };
+            prop_assert!((1..=LIMITS.max_key_bytes).contains(&key.len()));
+        }
+        Ok(())
+    }
+
+    fn check(raw: &[u8]) -> Result<(), TestCaseError> {
+        match parse_txn(&LIMITS, raw) {
+            Ok(t) => check_valid(&t),
+            Err(e) => {
+                prop_assert!(
+                    matches!(
+                        (e.status, e.code),
+                        (StatusCode::BAD_REQUEST, "invalid_request" | "invalid_key")
+                            | (
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "value_too_large" | "key_too_large"
+                            )
+                    ),
+                    "{:?} {} {}",
+                    e.status,
+                    e.code,
+                    e.message
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Any JSON value, biased towards the shape of a transaction.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            "[a-z=!<>_]{0,20}".prop_map(Value::from),
+            prop_oneof![
+                Just("put"),
+                Just("get"),
+                Just("delete"),
+                Just("version"),
+                Just("value"),
+                Just("exists"),
+                Just("mod_revision"),
+                Just("create_revision"),
+                Just("="),
+                Just("!="),
+                Just("<"),
+                Just(">"),
+                Just("AAE="),
+                Just("!!"),
+            ]
+            .prop_map(Value::from),
+        ];
+        let field = prop_oneof![
+            Just("compare"),
+            Just("success"),
+            Just("failure"),
+            Just("key"),
+            Just("op"),
+            Just("target"),
+            Just("value"),
+            Just("value_base64"),
+            Just("bogus"),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(field.clone().prop_map(String::from), inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn op() -> impl Strategy<Value = Value> {
+        (
+            prop_oneof![Just("put"), Just("get"), Just("delete"), Just("nope")],
+            "[a-z]{0,20}",
+            proptest::option::of("[a-z]{0,40}"),
+            proptest::option::of("[A-Za-z0-9+/=]{0,60}"),
+        )
+            .prop_map(|(op, key, value, b64)| {
+                let mut o = json!({"op": op, "key": key});
+                if let Some(v) = value {
+                    o["value"] = json!(v);
+                }
+                if let Some(b) = b64 {
+                    o["value_base64"] = json!(b);
+                }
+                o
+            })
+    }
+
+    fn compare() -> impl Strategy<Value = Value> {
+        (
+            "[a-z]{0,20}",
+            prop_oneof![
+                Just("version"),
+                Just("create_revision"),
+                Just("mod_revision"),
+                Just("value"),
+                Just("exists"),
+                Just("other"),
+            ],
+            proptest::option::of(prop_oneof![
+                Just("="),
+                Just("!="),
+                Just("<"),
+                Just(">"),
+                Just("~"),
+            ]),
+            prop_oneof![
+                Just(Value::Null),
+                any::<u64>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<bool>().prop_map(Value::from),
+                "[a-z]{0,40}".prop_map(Value::from),
+            ],
+        )
+            .prop_map(|(key, target, op, value)| {
+                let mut c = json!({"key": key, "target": target, "value": value});
+                if let Some(op) = op {
+                    c["op"] = json!(op);
+                }
+                c
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..256)) {
+            check(&raw)?;
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics(v in json_value()) {
+            check(&serde_json::to_vec(&v).unwrap())?;
+        }
+
+        #[test]
+        fn transaction_shaped_json_is_valid_or_refused(
+            compares in proptest::collection::vec(compare(), 0..4),
+            success in proptest::collection::vec(op(), 0..4),
+            failure in proptest::collection::vec(op(), 0..4),
+        ) {
+            let body = json!({"compare": compares, "success": success, "failure": failure});
+            let raw = serde_json::to_vec(&body).unwrap();
+            check(&raw)?;
+            // Every prefix of a valid body is refused, never half-parsed.
+            if parse_txn(&LIMITS, &raw).is_ok() && raw.len() > 1 {
+                prop_assert!(parse_txn(&LIMITS, &raw[..raw.len() - 1]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let key = |n: usize| "k".repeat(n);
+        let ok = json!({"success": [{"op": "put", "key": key(16), "value": "v".repeat(32)}]});
+        assert!(parse_txn(&LIMITS, ok.to_string().as_bytes()).is_ok());
+        let e = parse_txn(
+            &LIMITS,
+            json!({"success": [{"op": "put", "key": key(17), "value": "v"}]})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "key_too_large");
+        let e = parse_txn(
+            &LIMITS,
+            json!({"failure": [{"op": "put", "key": "a", "value": "v".repeat(33)}]})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "value_too_large");
+        let many: Vec<Value> = (0..=MAX_TXN_OPS)
+            .map(|_| json!({"op": "get", "key": "a"}))
+            .collect();
+        let e = parse_txn(&LIMITS, json!({"success": many}).to_string().as_bytes()).unwrap_err();
+        assert!(e.message.contains("limit is 128"), "{}", e.message);
+        let e = parse_txn(&LIMITS, br#"{"compare":[],"bogus":1}"#).unwrap_err();
+        assert!(e.message.contains("bogus"), "{}", e.message);
+    }
 }

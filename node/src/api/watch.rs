@@ -70,9 +70,16 @@ fn line(rev: &RevisionEvents, prefix: &str) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
-pub async fn watch(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
-    let q = parse_query(&uri, &["prefix", "start_revision", "progress_ms"])?;
-    let prefix = q.get("prefix").cloned().unwrap_or_default();
+/// The query of `GET /v1/watch`.
+#[derive(Debug, PartialEq, Eq)]
+struct WatchParams {
+    prefix: String,
+    start_revision: Option<u64>,
+    progress_ms: Option<u64>,
+}
+
+fn watch_params(uri: &Uri) -> ApiResult<WatchParams> {
+    let q = parse_query(uri, &["prefix", "start_revision", "progress_ms"])?;
     let number = |name: &str| -> ApiResult<Option<u64>> {
         q.get(name)
             .map(|v| {
@@ -85,11 +92,22 @@ pub async fn watch(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
             })
             .transpose()
     };
+    Ok(WatchParams {
+        start_revision: number("start_revision")?,
+        progress_ms: number("progress_ms")?,
+        prefix: q.get("prefix").cloned().unwrap_or_default(),
+    })
+}
+
+pub async fn watch(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
+    let WatchParams {
+        prefix,
+        start_revision,
+        progress_ms,
+    } = watch_params(&uri)?;
     let kv = app.kv.clone();
-    let start = number("start_revision")?
-        .unwrap_or(kv.revision() + 1)
-        .max(1);
-    let progress = Duration::from_millis(number("progress_ms")?.unwrap_or(5_000).max(100));
+    let start = start_revision.unwrap_or(kv.revision() + 1).max(1);
+    let progress = Duration::from_millis(progress_ms.unwrap_or(5_000).max(100));
     let oldest = kv.oldest_revision();
     if start < oldest {
         return Err(compacted(start, oldest));
@@ -192,6 +210,53 @@ async fn stream(
                 }
             }
             _ = tx.closed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn watch_parameters_parse() {
+        let uri: Uri = "/v1/watch?prefix=a%2Fb&start_revision=7&progress_ms=250"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            watch_params(&uri).unwrap(),
+            WatchParams {
+                prefix: "a/b".into(),
+                start_revision: Some(7),
+                progress_ms: Some(250),
+            }
+        );
+        let uri: Uri = "/v1/watch?start_revision=-1".parse().unwrap();
+        let e = watch_params(&uri).unwrap_err();
+        assert!(e.message.contains("start_revision"), "{}", e.message);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_watch_queries_parse_or_fail_with_400(query in "[a-z_=&%0-9A-F.+-]{0,60}") {
+            let uri: Uri = format!("/v1/watch?{query}").parse().unwrap();
+            if let Err(e) = watch_params(&uri) {
+                prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+                prop_assert!(matches!(e.code, "unknown_parameter" | "invalid_request"), "{}", e.code);
+            }
+        }
+
+        #[test]
+        fn revisions_are_non_negative_integers(v in "-?[0-9]{1,22}|[a-z]{1,5}") {
+            let uri: Uri = format!("/v1/watch?start_revision={v}&progress_ms={v}").parse().unwrap();
+            match (watch_params(&uri), v.parse::<u64>()) {
+                (Ok(p), Ok(n)) => prop_assert_eq!((p.start_revision, p.progress_ms), (Some(n), Some(n))),
+                (Err(e), Err(_)) => prop_assert!(e.message.contains(&format!("'{v}'")), "{}", e.message),
+                (r, n) => prop_assert!(false, "{v}: {r:?} vs {n:?}"),
+            }
         }
     }
 }

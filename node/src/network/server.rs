@@ -12,6 +12,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use bincode::Options;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -33,7 +34,20 @@ pub fn router(state: PeerState) -> Router {
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .layer(DefaultBodyLimit::max(MAX_RPC_BYTES + 4096))
+        .layer(axum::middleware::map_response(close_after_413))
         .with_state(state)
+}
+
+/// A body refused for its size was not read to the end, so the connection cannot carry
+/// another request: say so, rather than let the sender write into a closed socket.
+async fn close_after_413(mut resp: Response) -> Response {
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 fn refuse(msg: String) -> Response {
@@ -51,7 +65,14 @@ pub fn open_envelope<T: DeserializeOwned>(
     identity: &Identity,
     body: &[u8],
 ) -> Result<(NodeId, T), Response> {
-    let env: Envelope<T> = bincode::deserialize(body)
+    // The encoding of `bincode::serialize`, but strict: bytes left over mean the body is
+    // not what the sender wrote (or not meant for this endpoint), and the limit keeps a
+    // damaged length prefix from asking for more than a request may hold.
+    let env: Envelope<T> = bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .reject_trailing_bytes()
+        .with_limit(MAX_RPC_BYTES as u64)
+        .deserialize(body)
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("malformed RPC: {e}")).into_response())?;
     if env.target != identity.node_id() {
         return Err(refuse(format!(
@@ -125,4 +146,156 @@ async fn snapshot(State(s): State<PeerState>, body: Bytes) -> Response {
         Err(r) => return r,
     };
     reply(&s.raft.install_snapshot(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forwarder::ForwardRequest;
+    use crate::types::{Command, Condition};
+    use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+    use openraft::{CommittedLeaderId, LogId, Vote};
+    use proptest::prelude::*;
+
+    const ME: &str = "c0ffee";
+
+    fn identity() -> (tempfile::TempDir, Identity) {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(dir.path()).unwrap();
+        id.adopt_cluster(ME).unwrap();
+        (dir, id)
+    }
+
+    fn status(r: &Response) -> u16 {
+        r.status().as_u16()
+    }
+
+    /// Decoding `bytes` as every RPC body type: never a panic; a refusal is 400 (cannot
+    /// decode) or 421 (someone else's), and nothing else.
+    fn decode_all(ident: &Identity, bytes: &[u8]) -> Result<Vec<&'static str>, TestCaseError> {
+        let mut accepted = Vec::new();
+        macro_rules! one {
+            ($t:ty) => {
+                match open_envelope::<$t>(ident, bytes) {
+                    Ok(_) => accepted.push(stringify!($t)),
+                    Err(r) => {
+                        prop_assert!(matches!(status(&r), 400 | 421), "status {}", status(&r))
+                    }
+                }
+            };
+        }
+        one!(VoteRequest<NodeId>);
+        one!(AppendEntriesRequest<TypeConfig>);
+        one!(InstallSnapshotRequest<TypeConfig>);
+        one!(ForwardRequest);
+        // The identity is never changed by what was received.
+        prop_assert_eq!(ident.cluster_id(), Some(ME.to_string()));
+        Ok(accepted)
+    }
+
+    fn vote_envelope(cluster: Option<&str>, target: NodeId, term: u64) -> Vec<u8> {
+        bincode::serialize(&Envelope {
+            cluster_id: cluster.map(str::to_string),
+            from: 42,
+            target,
+            body: VoteRequest::<NodeId>::new(
+                Vote::new(term, 42),
+                Some(LogId::new(CommittedLeaderId::new(term, 42), 9)),
+            ),
+        })
+        .unwrap()
+    }
+
+    fn append_envelope(target: NodeId) -> Vec<u8> {
+        let req = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new(3, 42),
+            prev_log_id: Some(LogId::new(CommittedLeaderId::new(2, 42), 10)),
+            entries: vec![openraft::Entry {
+                log_id: LogId::new(CommittedLeaderId::new(3, 42), 11),
+                payload: openraft::EntryPayload::Normal(crate::types::Request::Batch(
+                    crate::types::Batch {
+                        id: 1,
+                        cmds: vec![Command::Put {
+                            key: "k".into(),
+                            value: b"value".to_vec(),
+                            cond: Condition::None,
+                        }],
+                    },
+                )),
+            }],
+            leader_commit: Some(LogId::new(CommittedLeaderId::new(3, 42), 10)),
+        };
+        bincode::serialize(&Envelope {
+            cluster_id: Some(ME.to_string()),
+            from: 42,
+            target,
+            body: req,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn envelopes_for_others_are_refused_with_421() {
+        let (_dir, ident) = identity();
+        let me = ident.node_id();
+        let ok = open_envelope::<VoteRequest<NodeId>>(&ident, &vote_envelope(Some(ME), me, 5));
+        assert_eq!(
+            ok.map(|(from, v)| (from, v.vote)).ok(),
+            Some((42, Vote::new(5, 42)))
+        );
+        for bytes in [
+            vote_envelope(Some("other"), me, 5),
+            vote_envelope(None, me, 5),
+            vote_envelope(Some(ME), me ^ 1, 5),
+        ] {
+            let r = open_envelope::<VoteRequest<NodeId>>(&ident, &bytes)
+                .err()
+                .unwrap();
+            assert_eq!(status(&r), REFUSED_STATUS);
+        }
+        let r = open_envelope::<VoteRequest<NodeId>>(&ident, b"junk")
+            .err()
+            .unwrap();
+        assert_eq!(status(&r), 400);
+        assert_eq!(ident.cluster_id().as_deref(), Some(ME));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let (_dir, ident) = identity();
+            decode_all(&ident, &bytes)?;
+        }
+
+        /// Valid envelopes, cut short or with bits flipped: a refusal or a decode, and a
+        /// decode only when the envelope is still for this cluster and this node.
+        #[test]
+        fn damaged_envelopes_are_refused_or_decoded(
+            cut in any::<prop::sample::Index>(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..8), 0..4),
+            append in any::<bool>(),
+        ) {
+            let (_dir, ident) = identity();
+            let me = ident.node_id();
+            let valid = if append { append_envelope(me) } else { vote_envelope(Some(ME), me, 7) };
+            let truncated = &valid[..cut.index(valid.len())];
+            let own = if append { "AppendEntriesRequest<TypeConfig>" } else { "VoteRequest<NodeId>" };
+            let accepted = decode_all(&ident, truncated)?;
+            prop_assert!(!accepted.contains(&own), "a truncated envelope decoded: {accepted:?}");
+            let mut flipped = valid.clone();
+            for (i, bit) in &flips {
+                flipped[i.index(valid.len())] ^= 1 << bit;
+            }
+            decode_all(&ident, &flipped)?;
+            // An envelope that decodes is still for this node and this cluster.
+            if let Ok(env) = bincode::deserialize::<Envelope<VoteRequest<NodeId>>>(&flipped)
+                && open_envelope::<VoteRequest<NodeId>>(&ident, &flipped).is_ok()
+            {
+                prop_assert_eq!(env.target, me);
+                prop_assert_eq!(env.cluster_id.as_deref(), Some(ME));
+            }
+        }
+    }
 }

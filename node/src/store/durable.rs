@@ -5,17 +5,89 @@
 //! sled never fsyncs the files it writes for large values (`blobs/`). So a barrier here is:
 //! `flush()`, then `fdatasync` of the `db` file, then `fsync` of any blob file written since
 //! the last barrier and of the blob directory. Nothing is acknowledged before that.
+//!
+//! The barrier also keeps a [`Watermark`] outside sled: a commit index that sled had made
+//! durable, rewritten at most once a second. sled recovers whatever prefix of its file it
+//! can read and says nothing, so a truncated or damaged `db` file would otherwise come
+//! back as a node that silently forgot log entries and votes it had acknowledged.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::types::TypeConfig;
+
+/// A commit index that the database is known to hold durably, kept in its own file
+/// (`DATA_DIR/watermark`), so that start-up can tell a database that lost durable writes.
+pub struct Watermark {
+    path: PathBuf,
+    /// The commit index as last saved to sled (updated by the log store after the insert).
+    committed: Arc<AtomicU64>,
+    /// The newest index known durable in sled.
+    durable: u64,
+    written: u64,
+    written_at: Option<Instant>,
+}
+
+/// How often, at most, the watermark file is rewritten.
+const WATERMARK_EVERY: Duration = Duration::from_secs(1);
+
+impl Watermark {
+    pub fn new(data_dir: &Path, committed: Arc<AtomicU64>) -> io::Result<Self> {
+        let path = data_dir.join("watermark");
+        let written = Self::read(data_dir)?.unwrap_or(0);
+        Ok(Self {
+            path,
+            committed,
+            durable: written,
+            written,
+            written_at: None,
+        })
+    }
+
+    /// The watermark file's index, if there is one.
+    pub fn read(data_dir: &Path) -> io::Result<Option<u64>> {
+        let path = data_dir.join("watermark");
+        match std::fs::read_to_string(&path) {
+            Ok(s) => s
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|e| io::Error::other(format!("{} is corrupt ({e})", path.display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Note `durable`, an index sled holds durably, and write it if the last write is
+    /// old enough.
+    fn advance(&mut self, durable: u64) -> io::Result<()> {
+        self.durable = self.durable.max(durable);
+        self.tick()
+    }
+
+    /// Write the newest durable index if it is not written yet and the last write is old
+    /// enough. Called after barriers and when the flusher is idle, so the file trails the
+    /// database by about [`WATERMARK_EVERY`] at most.
+    fn tick(&mut self) -> io::Result<()> {
+        if self.durable <= self.written
+            || self
+                .written_at
+                .is_some_and(|t| t.elapsed() < WATERMARK_EVERY)
+        {
+            return Ok(());
+        }
+        crate::identity::write_durably(&self.path, self.durable.to_string().as_bytes())?;
+        self.written = self.durable;
+        self.written_at = Some(Instant::now());
+        Ok(())
+    }
+}
 
 /// Owns the sled handle and the file handles needed to make its writes durable.
 pub struct Barrier {
@@ -24,10 +96,11 @@ pub struct Barrier {
     blobs_dir: PathBuf,
     blobs_seen: Option<SystemTime>,
     blobs_synced: HashSet<std::ffi::OsString>,
+    watermark: Option<Watermark>,
 }
 
 impl Barrier {
-    pub fn new(db: sled::Db, dir: &Path) -> io::Result<Self> {
+    pub fn new(db: sled::Db, dir: &Path, watermark: Option<Watermark>) -> io::Result<Self> {
         let db_file = File::open(dir.join("db"))?;
         // The files were possibly just created: make their directory entries durable.
         crate::identity::sync_dir(dir)?;
@@ -37,14 +110,36 @@ impl Barrier {
             blobs_dir: dir.join("blobs"),
             blobs_seen: None,
             blobs_synced: HashSet::new(),
+            watermark,
         })
     }
 
     /// Make every write issued to sled before this call durable.
     pub fn sync(&mut self) -> io::Result<()> {
+        // Saved to sled before this barrier, so durable once it succeeds.
+        let committed = self
+            .watermark
+            .as_ref()
+            .map(|w| w.committed.load(Ordering::Acquire));
         self.db.flush().map_err(io::Error::other)?;
         self.db_file.sync_data()?;
-        self.sync_blobs()
+        self.sync_blobs()?;
+        if let (Some(w), Some(c)) = (self.watermark.as_mut(), committed)
+            && let Err(e) = w.advance(c)
+        {
+            // The data is durable; only the check at the next start is weaker.
+            tracing::warn!(error = %e, "cannot update the durability watermark");
+        }
+        Ok(())
+    }
+
+    /// Catch the watermark up while no write is waiting.
+    fn idle(&mut self) {
+        if let Some(w) = self.watermark.as_mut()
+            && let Err(e) = w.tick()
+        {
+            tracing::warn!(error = %e, "cannot update the durability watermark");
+        }
     }
 
     fn sync_blobs(&mut self) -> io::Result<()> {
@@ -157,7 +252,18 @@ impl Flusher {
         std::thread::Builder::new()
             .name("rstore-flusher".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
+                loop {
+                    let first = match rx.recv_timeout(WATERMARK_EVERY) {
+                        Ok(w) => w,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            barrier.idle();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            barrier.idle();
+                            break;
+                        }
+                    };
                     let mut waiters = vec![first];
                     while let Ok(more) = rx.try_recv() {
                         waiters.push(more);

@@ -48,6 +48,11 @@ fn get_json<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// The commit index saved in the `raft` tree, for checks at start-up.
+pub fn saved_committed(tree: &sled::Tree) -> Result<Option<LogId>, StorageError> {
+    Ok(get_json::<Option<LogId>>(tree, COMMITTED)?.flatten())
+}
+
 /// The log store. Clones share the same tree; openraft uses clones as log readers.
 #[derive(Clone)]
 pub struct LogStore {
@@ -59,12 +64,19 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub fn new(tree: sled::Tree, flusher: Flusher, acks: Arc<AckRegistry>) -> Self {
+    /// `committed` is shared with the durability barrier's watermark: it must only ever
+    /// hold an index already written to sled.
+    pub fn new(
+        tree: sled::Tree,
+        flusher: Flusher,
+        acks: Arc<AckRegistry>,
+        committed: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
         Self {
             tree,
             flusher,
             acks,
-            committed: Arc::default(),
+            committed,
         }
     }
 
@@ -150,7 +162,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.tree.insert(COMMITTED, bytes).map_err(err_write)?;
         if let Some(c) = committed {
             self.committed
-                .store(c.index, std::sync::atomic::Ordering::Relaxed);
+                .store(c.index, std::sync::atomic::Ordering::Release);
         }
         Ok(())
     }

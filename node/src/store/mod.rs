@@ -28,6 +28,15 @@ pub enum OpenError {
     Io { dir: String, source: std::io::Error },
     #[error("cannot load the state machine: {0}")]
     StateMachine(String),
+    #[error(
+        "the database in {dir} holds the log only up to commit index {found}, but {watermark} says index {durable} was durable: the db file was truncated or damaged, and sled silently recovered an older prefix. Starting would forget log entries and votes this node acknowledged, which breaks Raft's safety. Restore the data directory from backup, or wipe it entirely to rejoin as a new member"
+    )]
+    LostWrites {
+        dir: String,
+        watermark: String,
+        durable: u64,
+        found: String,
+    },
 }
 
 /// The opened storage of one node.
@@ -65,16 +74,31 @@ pub async fn open(
     };
     let raft_tree = tree("raft")?;
     let sm_tree = tree("sm")?;
-    let barrier = durable::Barrier::new(db.clone(), &db_dir).map_err(|source| OpenError::Io {
+    let io = |source| OpenError::Io {
         dir: dir.clone(),
         source,
-    })?;
-    let flusher = Flusher::start(barrier, observe).map_err(|source| OpenError::Io {
-        dir: dir.clone(),
-        source,
-    })?;
+    };
+    // Check the database against the watermark before anything writes to it.
+    let committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let saved = log::saved_committed(&raft_tree)
+        .map_err(|e| OpenError::StateMachine(e.to_string()))?
+        .map(|l| l.index);
+    if let Some(durable) = durable::Watermark::read(data_dir).map_err(io)?
+        && saved.is_none_or(|s| s < durable)
+    {
+        return Err(OpenError::LostWrites {
+            dir,
+            watermark: data_dir.join("watermark").display().to_string(),
+            durable,
+            found: saved.map_or("none".into(), |s| s.to_string()),
+        });
+    }
+    committed.store(saved.unwrap_or(0), std::sync::atomic::Ordering::Release);
+    let watermark = durable::Watermark::new(data_dir, committed.clone()).map_err(io)?;
+    let barrier = durable::Barrier::new(db.clone(), &db_dir, Some(watermark)).map_err(io)?;
+    let flusher = Flusher::start(barrier, observe).map_err(io)?;
     let acks = Arc::new(AckRegistry::default());
-    let log = LogStore::new(raft_tree, flusher.clone(), acks.clone());
+    let log = LogStore::new(raft_tree, flusher.clone(), acks.clone(), committed);
     let sm = StateMachineStore::open(
         sm_tree,
         &data_dir.join("snapshot"),

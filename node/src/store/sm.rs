@@ -8,8 +8,15 @@
 //!
 //! The current snapshot is a file, `snapshot/current`, written durably (temp, fsync,
 //! rename, fsync dir) because a leader must be able to send it after a restart. Installing a
-//! snapshot replaces the whole state: an `m/installing` marker makes a crash in the middle
-//! redo the install from the snapshot file at the next start instead of leaving a mix.
+//! snapshot replaces the whole state: an `m/installing` marker, naming the snapshot and made
+//! durable before the file is replaced, makes a crash in the middle redo the install from the
+//! snapshot file at the next start instead of leaving a mix.
+//!
+//! The state a snapshot file describes is made durable in sled before the file is written,
+//! so the file is never ahead of the database. A file that is ahead at start-up therefore
+//! means the database lost data it had made durable (a truncated or damaged `db` file, from
+//! which sled silently recovers a prefix): the node refuses to start rather than rejoin
+//! with a forgotten log and vote.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -316,7 +323,7 @@ impl StateMachineStore {
         let revision: u64 = read_meta(&tree, REVISION)?.unwrap_or(0);
         let config: ClusterConfig = read_meta(&tree, CONFIG)?.unwrap_or_default();
         let compacted: u64 = read_meta(&tree, COMPACTED)?.unwrap_or(1);
-        let installing = tree.get(INSTALLING).map_err(err_read)?.is_some();
+        let installing = tree.get(INSTALLING).map_err(err_read)?;
         let mut sm = Self {
             reader: KvReader {
                 tree: tree.clone(),
@@ -332,16 +339,73 @@ impl StateMachineStore {
             membership,
             history: history.max(1),
         };
-        if installing {
-            tracing::warn!("a snapshot install was interrupted; redoing it from the snapshot file");
-            let file = sm.read_snapshot_file()?.ok_or_else(|| {
-                err_read(std::io::Error::other(
-                    "snapshot install marker present but no snapshot file",
-                ))
-            })?;
-            sm.replace_state(&file.payload).await?;
+        if let Some(marker) = installing {
+            let file = sm.read_snapshot_file()?;
+            match file {
+                // The marker names the snapshot being installed (a legacy marker is `[1]`,
+                // written only once the file was in place).
+                Some(file) if *marker == [1u8] || *marker == *file.meta.snapshot_id.as_bytes() => {
+                    tracing::warn!(
+                        snapshot = %file.meta.snapshot_id,
+                        "a snapshot install was interrupted; redoing it from the snapshot file"
+                    );
+                    sm.replace_state(&file.payload).await?;
+                }
+                // The crash came before the new file was in place, so before any data
+                // was touched: the install never happened.
+                _ => {
+                    tracing::warn!(
+                        "a snapshot install was interrupted before its file was written; the state is unchanged"
+                    );
+                    sm.tree.remove(INSTALLING).map_err(err_write)?;
+                    sm.flusher.sync().await.map_err(err_write)?;
+                }
+            }
         }
+        sm.check_snapshot_not_ahead()?;
         Ok(sm)
+    }
+
+    /// Refuse a database that is behind its own snapshot file: it lost durable writes.
+    fn check_snapshot_not_ahead(&self) -> Result<(), StorageError> {
+        let Some(meta) = self.read_snapshot_meta()? else {
+            return Ok(());
+        };
+        let snap = meta.last_log_id.map(|l| l.index);
+        let applied = self.last_applied.map(|l| l.index);
+        if snap > applied {
+            return Err(err_read(std::io::Error::other(format!(
+                "the snapshot file {} covers the log up to index {}, but the database has applied only up to {}: \
+                 the database lost writes it had made durable (its db file was truncated or damaged, and sled \
+                 silently recovered an older prefix). Starting would forget votes and log entries this node \
+                 acknowledged, which breaks Raft's safety. Restore the data directory from backup, or wipe it \
+                 entirely to rejoin as a new member",
+                self.snapshot_path().display(),
+                snap.unwrap_or(0),
+                applied.map_or("nothing".to_string(), |a| a.to_string()),
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Just the metadata of the snapshot file, read without loading the payload.
+    fn read_snapshot_meta(&self) -> Result<Option<SnapshotMeta>, StorageError> {
+        use bincode::Options;
+        let path = self.snapshot_path();
+        let f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(err_snapshot(e)),
+        };
+        // The encoding of `bincode::serialize`; the limit keeps a damaged length prefix
+        // from allocating without bound.
+        let meta: SnapshotMeta = bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .allow_trailing_bytes()
+            .with_limit(16 << 20)
+            .deserialize_from(std::io::BufReader::new(f))
+            .map_err(|e| corrupt_snapshot(&path, &e.to_string()))?;
+        Ok(Some(meta))
     }
 
     pub fn reader(&self) -> KvReader {
@@ -358,12 +422,11 @@ impl StateMachineStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(err_snapshot(e)),
         };
-        let file: SnapshotFile = bincode::deserialize(&bytes).map_err(err_read)?;
+        let path = self.snapshot_path();
+        let file: SnapshotFile = bincode::deserialize(&bytes)
+            .map_err(|e| corrupt_snapshot(&path, &format!("cannot be decoded: {e}")))?;
         if crc32fast::hash(&file.payload) != file.crc {
-            return Err(err_read(std::io::Error::other(format!(
-                "snapshot file {} fails its checksum; refusing to use it",
-                self.snapshot_path().display()
-            ))));
+            return Err(corrupt_snapshot(&path, "fails its checksum"));
         }
         Ok(Some(file))
     }
@@ -384,9 +447,8 @@ impl StateMachineStore {
 
     /// Replace the whole state with a snapshot payload, crash-safely.
     async fn replace_state(&mut self, payload: &[u8]) -> Result<(), StorageError> {
+        // The caller has made the `INSTALLING` marker durable.
         let snap: SnapshotPayload = bincode::deserialize(payload).map_err(err_read)?;
-        self.tree.insert(INSTALLING, &[1u8]).map_err(err_write)?;
-        self.flusher.sync().await.map_err(err_write)?;
 
         let mut batch = sled::Batch::default();
         for prefix in [DATA_PREFIX, EVENT_PREFIX] {
@@ -653,6 +715,14 @@ impl StateMachineStore {
     }
 }
 
+fn corrupt_snapshot(path: &Path, what: &str) -> StorageError {
+    err_read(std::io::Error::other(format!(
+        "snapshot file {} is corrupt ({what}); refusing to use it. Restore the data directory \
+         from backup, or wipe it entirely to rejoin as a new member",
+        path.display()
+    )))
+}
+
 type Overlay = std::collections::HashMap<String, Option<Record>>;
 
 /// Takes a consistent copy of the state when created (in order with `apply`), and
@@ -660,6 +730,7 @@ type Overlay = std::collections::HashMap<String, Option<Record>>;
 pub struct SnapshotBuilder {
     payload: Option<SnapshotPayload>,
     snapshot_dir: PathBuf,
+    flusher: Flusher,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -671,6 +742,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let last_applied = payload.last_applied;
         let membership = payload.membership.clone();
         let dir = self.snapshot_dir.clone();
+        // The file must never be ahead of the database's durable state (see the module doc).
+        self.flusher.sync().await.map_err(err_write)?;
         let (meta, bytes) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
             let bytes = bincode::serialize(&payload).map_err(err_snapshot)?;
             let snapshot_id = match last_applied {
@@ -820,6 +893,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 data,
             }),
             snapshot_dir: self.snapshot_dir.clone(),
+            flusher: self.flusher.clone(),
         }
     }
 
@@ -835,6 +909,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let payload = snapshot.into_inner();
         // Validate before touching anything.
         bincode::deserialize::<SnapshotPayload>(&payload).map_err(err_read)?;
+        self.tree
+            .insert(INSTALLING, meta.snapshot_id.as_bytes())
+            .map_err(err_write)?;
+        self.flusher.sync().await.map_err(err_write)?;
         let dir = self.snapshot_dir.clone();
         let meta2 = meta.clone();
         let payload2 = payload.clone();
