@@ -73,6 +73,8 @@ pub struct App {
     pub kv: KvReader,
     /// Commit index as last saved by openraft.
     pub committed: Arc<std::sync::atomic::AtomicU64>,
+    /// The highest commit index a leader announced to this node (followers and learners).
+    pub leader_commit: Arc<std::sync::atomic::AtomicU64>,
     pub db: sled::Db,
     pub batcher: Batcher,
     pub forwarder: Forwarder,
@@ -199,6 +201,7 @@ impl Node {
             identity,
             kv,
             committed,
+            leader_commit: Arc::default(),
             db: storage.db,
             contact,
             metrics,
@@ -271,6 +274,7 @@ impl Node {
                 raft: app.raft.clone(),
                 metrics: app.metrics.clone(),
                 identity: app.identity.clone(),
+                leader_commit: app.leader_commit.clone(),
             }),
         )
         .with_graceful_shutdown(wait(stop_rx.clone()));

@@ -168,6 +168,9 @@ pub async fn cluster(
     on_leader(&app, &method, &uri, &headers, Bytes::new(), local).await
 }
 
+/// Entries a follower may trail the leader's commit index and still be ready.
+const READY_LAG: u64 = 1000;
+
 pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     let m = app.metrics_snapshot();
     let not_ready = |why: String| (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
@@ -177,10 +180,15 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     let Some(leader) = m.current_leader else {
         return not_ready("no leader known".into());
     };
-    let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
-    let last = m.last_log_index.unwrap_or(0);
-    if leader != app.id && last.saturating_sub(applied) > 1000 {
-        return not_ready(format!("catching up: applied {applied} of {last}"));
+    if leader != app.id {
+        // Caught up means: applied close to what the leader says is committed.
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        let leader_commit = app.leader_commit.load(std::sync::atomic::Ordering::Relaxed);
+        if leader_commit.saturating_sub(applied) > READY_LAG {
+            return not_ready(format!(
+                "catching up: applied {applied} of the leader's commit index {leader_commit}"
+            ));
+        }
     }
     (StatusCode::OK, "ready").into_response()
 }

@@ -26,6 +26,8 @@ pub struct PeerState {
     pub raft: Raft,
     pub metrics: Arc<Metrics>,
     pub identity: Arc<Identity>,
+    /// The highest commit index a leader has announced to this node, for readiness.
+    pub leader_commit: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub fn router(state: PeerState) -> Router {
@@ -118,6 +120,10 @@ async fn append(State(s): State<PeerState>, body: Bytes) -> Response {
             Ok((_, r)) => r,
             Err(r) => return r,
         };
+    if let Some(c) = req.leader_commit {
+        s.leader_commit
+            .fetch_max(c.index, std::sync::atomic::Ordering::Relaxed);
+    }
     let start = std::time::Instant::now();
     let r = s.raft.append_entries(req).await;
     s.metrics
