@@ -343,6 +343,22 @@ struct TaskTally {
     error_samples: Vec<String>,
 }
 
+/// Wait for every client task and merge what they saw; a panicking task panics here too.
+async fn join_tallies(
+    tasks: &mut tokio::task::JoinSet<TaskTally>,
+    what: &str,
+) -> Result<TaskTally, OpError> {
+    let mut total = TaskTally::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(tally) => total.merge(tally),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(OpError::Transport(format!("{what} task failed: {e}"))),
+        }
+    }
+    Ok(total)
+}
+
 impl TaskTally {
     fn new() -> Self {
         Self {
@@ -452,14 +468,7 @@ pub async fn run_phase<T: Target>(
         });
     }
 
-    let mut total = TaskTally::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(tally) => total.merge(tally),
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => return Err(OpError::Transport(format!("client task failed: {e}"))),
-        }
-    }
+    let total = join_tallies(&mut tasks, "client").await?;
     Ok(stats(total, shape.measure))
 }
 
@@ -530,14 +539,7 @@ pub async fn populate<T: Target>(target: &Arc<T>, shape: &LoadShape) -> Result<P
             tally
         });
     }
-    let mut total = TaskTally::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(tally) => total.merge(tally),
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => return Err(OpError::Transport(format!("populate task failed: {e}"))),
-        }
-    }
+    let total = join_tallies(&mut tasks, "populate").await?;
     Ok(Populated {
         keys: shape.keys.len(),
         errors: total.errors,

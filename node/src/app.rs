@@ -305,10 +305,6 @@ impl Node {
         tracing::info!("node stopped");
         Ok(())
     }
-
-    pub fn client_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.client_listener.local_addr()
-    }
 }
 
 pub fn role_name(m: &RaftMetrics) -> &'static str {

@@ -62,12 +62,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.nodes == 0 || args.nodes > 9 {
         bail!("--nodes must be from 1 to 9");
     }
+    // A temporary directory is removed when `_tmp` drops, after the members stopped.
     let (_tmp, root) = match &args.data_dir {
         Some(d) => (None, d.clone()),
         None => {
-            let t = tempfile_dir()?;
-            let p = t.clone();
-            (Some(TempDirGuard(t)), p)
+            let t = tempfile::Builder::new().prefix("rstore-dev-").tempdir()?;
+            let p = t.path().to_path_buf();
+            (Some(t), p)
         }
     };
     let exe = std::env::current_exe().context("cannot find the node binary")?;
@@ -174,18 +175,4 @@ async fn bootstrap(http: &reqwest::Client, members: &[Member]) -> anyhow::Result
         }
     }
     Ok(())
-}
-
-struct TempDirGuard(PathBuf);
-
-impl Drop for TempDirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("rstore-dev-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }

@@ -284,7 +284,3 @@ pub struct ClusterConfig {
     pub replication_mode: ReplicationMode,
     pub read_consistency: ReadConsistency,
 }
-
-// Keep the import used by `declare_raft_types!`'s default snapshot type visible.
-#[allow(dead_code)]
-type DefaultSnapshotData = Cursor<Vec<u8>>;

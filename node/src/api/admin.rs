@@ -127,14 +127,15 @@ fn cluster_view(app: &App, m: &RaftMetrics) -> ClusterView {
             }
         })
         .collect();
+    let config = app.kv.config();
     ClusterView {
         cluster_id: app.identity.cluster_id(),
         leader_id: m.current_leader,
         term: m.current_term,
         membership_changing: mem.get_joint_config().len() > 1,
         members,
-        replication_mode: app.kv.config().replication_mode.as_str(),
-        read_consistency: app.kv.config().read_consistency.as_str(),
+        replication_mode: config.replication_mode.as_str(),
+        read_consistency: config.read_consistency.as_str(),
         oldest_revision: app.kv.oldest_revision(),
         revision: app.kv.revision(),
     }

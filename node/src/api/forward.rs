@@ -36,22 +36,30 @@ fn leader_wait(app: &App) -> Duration {
 /// Find the leader, waiting through an election if needed.
 pub async fn leader_route(app: &App, deadline: Instant) -> ApiResult<Route> {
     loop {
-        let m = app.metrics_snapshot();
-        if let Some(leader) = m.current_leader {
-            if leader == app.id {
-                if m.state == openraft::ServerState::Leader {
-                    return Ok(Route::Local);
-                }
-            } else if let Some(node) = m.membership_config.membership().get_node(&leader) {
-                return Ok(Route::Remote {
-                    id: leader,
-                    client_url: node.client_url.clone(),
-                });
+        // Read only what routing needs, under a short borrow: this runs on every request,
+        // and a held borrow of the metrics watch blocks the Raft core.
+        let (leader, is_leader, leader_url, member, membership_index) = {
+            let rx = app.raft.metrics();
+            let m = rx.borrow();
+            let mem = m.membership_config.membership();
+            (
+                m.current_leader,
+                m.state == openraft::ServerState::Leader,
+                m.current_leader
+                    .and_then(|l| mem.get_node(&l))
+                    .map(|n| n.client_url.clone()),
+                mem.get_node(&app.id).is_some(),
+                m.membership_config.log_id().map(|l| l.index),
+            )
+        };
+        match (leader, leader_url) {
+            (Some(l), _) if l == app.id && is_leader => return Ok(Route::Local),
+            (Some(l), Some(client_url)) if l != app.id => {
+                return Ok(Route::Remote { id: l, client_url });
             }
+            _ => {}
         }
-        if m.membership_config.membership().get_node(&app.id).is_none()
-            && m.current_leader.is_none()
-        {
+        if !member && leader.is_none() {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_initialized",
@@ -64,10 +72,7 @@ pub async fn leader_route(app: &App, deadline: Instant) -> ApiResult<Route> {
                 "no leader is known (an election is in progress or a quorum is unreachable); retry shortly",
             ));
         }
-        let seen = (
-            m.current_leader,
-            m.membership_config.log_id().map(|l| l.index),
-        );
+        let seen = (leader, membership_index);
         let _ = app
             .raft
             .wait(Some(deadline - now))
@@ -172,118 +177,6 @@ pub async fn forward_once(
     ))
 }
 
-/// Run `local` on this node if it is the leader, or forward the request to the leader.
-/// `local` returns `Ok(None)` when it found that this node is not the leader after all
-/// (nothing was applied), and the request is routed again.
-pub async fn on_leader<F, Fut>(
-    app: &Arc<App>,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Bytes,
-    local: F,
-) -> ApiResult
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = ApiResult<Option<Response>>>,
-{
-    let deadline = deadline(app);
-    loop {
-        match leader_route(app, deadline).await? {
-            Route::Local => {
-                if let Some(r) = local().await? {
-                    return Ok(r);
-                }
-            }
-            Route::Remote { client_url, .. } => {
-                if is_forwarded(headers) {
-                    return Ok(not_leader_response());
-                }
-                if let Some(r) =
-                    forward_once(app, &client_url, method, uri, headers, body.clone()).await?
-                {
-                    return Ok(r);
-                }
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(ApiError::no_leader("the leader kept moving; retry shortly"));
-        }
-        // Leadership is moving: give the new leader's heartbeats a moment to arrive.
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Run a write on the leader: through the local batcher if this node leads, else through
-/// the batched forwarder. Writes that surely were not applied are routed again.
-pub async fn write_via_leader(app: &Arc<App>, cmd: Command) -> ApiResult<Result<Ack, WriteError>> {
-    let deadline = deadline(app);
-    loop {
-        let r = match leader_route(app, deadline).await? {
-            Route::Local => app.batcher.write(cmd.clone()).await,
-            Route::Remote { id, client_url } => {
-                app.forwarder.write(id, &client_url, cmd.clone()).await
-            }
-        };
-        match r {
-            Err(WriteError::NotLeader(_)) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            Err(WriteError::NotLeader(_)) => {
-                return Err(ApiError::no_leader("the leader kept moving; retry shortly"));
-            }
-            other => return Ok(other),
-        }
-    }
-}
-
-/// Wait until this node may serve a linearizable read locally: on the leader after a
-/// (shared) read-index round, on a follower once it has applied the leader's read index.
-pub async fn linearizable_barrier(app: &Arc<App>) -> ApiResult<()> {
-    let deadline = deadline(app);
-    loop {
-        let r = match leader_route(app, deadline).await? {
-            Route::Local => app.reads.wait().await,
-            Route::Remote { id, client_url } => {
-                match app.forwarder.read_index(id, &client_url).await {
-                    Ok(index) => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        app.raft
-                            .wait(Some(left.max(Duration::from_millis(100))))
-                            .applied_index_at_least(Some(index), "read index applied")
-                            .await
-                            .map(|_| index)
-                            .map_err(|e| {
-                                ReadError::Unavailable(format!(
-                                    "this member is behind the leader: {e}"
-                                ))
-                            })
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        match r {
-            Ok(_) => return Ok(()),
-            Err(ReadError::NotLeader(_)) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            Err(ReadError::NotLeader(_)) => {
-                return Err(ApiError::no_leader("the leader kept moving; retry shortly"));
-            }
-            Err(ReadError::Unavailable(m)) => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no_quorum",
-                    format!(
-                        "cannot confirm a linearizable read ({m}); retry, or read with consistency=stale"
-                    ),
-                ));
-            }
-        }
-    }
-}
-
 /// The leader's side of the batched forwarder: `POST /internal/v1/forward`.
 pub async fn forwarded_batch(
     axum::extract::State(app): axum::extract::State<Arc<App>>,
@@ -321,4 +214,110 @@ pub async fn forwarded_batch(
         Ok(b) => (StatusCode::OK, b).into_response(),
         Err(e) => ApiError::internal(e).into_response(),
     }
+}
+
+/// Route to the leader and make one `attempt` there. An attempt answers `Ok(None)` when it
+/// did nothing because leadership moved (safe to repeat): then route again, until the
+/// deadline. The attempt is given the deadline too.
+async fn retry_on_leader<T, F, Fut>(app: &Arc<App>, mut attempt: F) -> ApiResult<T>
+where
+    F: FnMut(Route, Instant) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<Option<T>>>,
+{
+    let deadline = deadline(app);
+    loop {
+        if let Some(r) = attempt(leader_route(app, deadline).await?, deadline).await? {
+            return Ok(r);
+        }
+        if Instant::now() >= deadline {
+            return Err(ApiError::no_leader("the leader kept moving; retry shortly"));
+        }
+        // Leadership is moving: give the new leader's heartbeats a moment to arrive.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Run `local` on this node if it is the leader, or forward the HTTP request to the leader.
+/// `local` returns `Ok(None)` when it found that this node is not the leader after all
+/// (nothing was applied), and the request is routed again.
+pub async fn on_leader<F, Fut>(
+    app: &Arc<App>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+    local: F,
+) -> ApiResult
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<Option<Response>>>,
+{
+    let (local, body) = (&local, &body);
+    retry_on_leader(app, |route, _| async move {
+        match route {
+            Route::Local => local().await,
+            Route::Remote { .. } if is_forwarded(headers) => Ok(Some(not_leader_response())),
+            Route::Remote { client_url, .. } => {
+                forward_once(app, &client_url, method, uri, headers, body.clone()).await
+            }
+        }
+    })
+    .await
+}
+
+/// Run a write on the leader: through the local batcher if this node leads, else through
+/// the batched forwarder. Writes that surely were not applied are routed again.
+pub async fn write_via_leader(app: &Arc<App>, cmd: Command) -> ApiResult<Result<Ack, WriteError>> {
+    let cmd = &cmd;
+    retry_on_leader(app, |route, _| async move {
+        let r = match route {
+            Route::Local => app.batcher.write(cmd.clone()).await,
+            Route::Remote { id, client_url } => {
+                app.forwarder.write(id, &client_url, cmd.clone()).await
+            }
+        };
+        Ok(match r {
+            Err(WriteError::NotLeader(_)) => None,
+            other => Some(other),
+        })
+    })
+    .await
+}
+
+/// Wait until this node may serve a linearizable read locally: on the leader after a
+/// (shared) read-index round, on a follower once it has applied the leader's read index.
+pub async fn linearizable_barrier(app: &Arc<App>) -> ApiResult<()> {
+    retry_on_leader(app, |route, deadline| async move {
+        let r = match route {
+            Route::Local => app.reads.wait().await,
+            Route::Remote { id, client_url } => {
+                match app.forwarder.read_index(id, &client_url).await {
+                    Ok(index) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        app.raft
+                            .wait(Some(left.max(Duration::from_millis(100))))
+                            .applied_index_at_least(Some(index), "read index applied")
+                            .await
+                            .map(|_| index)
+                            .map_err(|e| {
+                                ReadError::Unavailable(format!(
+                                    "this member is behind the leader: {e}"
+                                ))
+                            })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match r {
+            Ok(_) => Ok(Some(())),
+            Err(ReadError::NotLeader(_)) => Ok(None),
+            Err(ReadError::Unavailable(m)) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_quorum",
+                format!("cannot confirm a linearizable read ({m}); retry, or read with consistency=stale"),
+            )),
+        }
+    })
+    .await
 }

@@ -129,8 +129,7 @@ pub async fn read_body(
         return Err(too_large(Some(len)));
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util_limit::LengthLimitError>())
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
         {
             too_large(None)
         } else {
@@ -140,10 +139,6 @@ pub async fn read_body(
             )
         }
     })
-}
-
-mod http_body_util_limit {
-    pub use http_body_util::LengthLimitError;
 }
 
 fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {

@@ -274,27 +274,6 @@ impl TestNode {
         }
     }
 
-    /// Freeze the process (SIGSTOP): it keeps its sockets but answers nothing, like a
-    /// long GC pause or a hung disk. SIGKILL still works on a frozen process.
-    pub fn pause(&mut self) {
-        self.signal("STOP");
-    }
-
-    /// Thaw a process frozen by [`Self::pause`] (SIGCONT).
-    pub fn resume(&mut self) {
-        self.signal("CONT");
-    }
-
-    fn signal(&mut self, name: &str) {
-        let pid = self.child.as_ref().expect("node is running").id();
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} {pid} failed");
-    }
-
     /// SIGKILL the process (if running) and reap it.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
