@@ -2,17 +2,31 @@
 //!
 //! Reconcile is a pipeline (see DESIGN.md, "Operator"): observe the Kubernetes objects and
 //! every node's view of Raft, decide the next safe step with a pure function, then act and
-//! report status. This crate so far holds the parts that need no API server:
+//! report status.
 //!
 //! - [`crd`]: the `ReplicatedStore` types, from which the CRD YAML is generated;
+//! - [`resources`]: the owned objects (StatefulSet, Services, PDB), built without IO;
+//! - [`observe`]: Kubernetes objects and node answers, reduced to the planner's input;
 //! - [`planner`]: the pure step planner, which picks exactly one next step;
+//! - [`controller`]: the reconcile function (observe, plan, act, report) and the controller;
+//! - [`status`]: the status and conditions, computed without IO;
+//! - [`nodeapi`]: the typed client of the node's admin API;
+//! - [`metrics`]: Prometheus metrics and the health endpoints;
+//! - [`leader`]: leader election on a coordination Lease;
+//! - [`local`]: the local control plane (in-memory API server and a pod runner);
 //! - [`cli`]: the command line of the `operator` binary.
-//!
-//! The controller loop (observe, act, status) comes in a later step.
 
 pub mod cli;
+pub mod controller;
 pub mod crd;
+pub mod leader;
+pub mod local;
+pub mod metrics;
+pub mod nodeapi;
+pub mod observe;
 pub mod planner;
+pub mod resources;
+pub mod status;
 
 /// Errors of the operator crate.
 #[derive(Debug, thiserror::Error)]
@@ -29,12 +43,49 @@ pub enum Error {
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
 
-    /// `operator run` was asked for, but the controller does not exist yet.
-    #[error(
-        "`operator run` is not implemented yet: the controller loop is still being built; \
-         use `operator crd` to print the CRD"
-    )]
-    RunNotImplemented,
+    /// The Kubernetes API failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+
+    /// A node refused or could not be reached.
+    #[error("{0}")]
+    Node(#[from] nodeapi::NodeApiError),
+
+    /// What the step needs was not in the observation any more (it changed meanwhile).
+    #[error("observation out of date: {0}")]
+    Observation(String),
+
+    /// JSON encoding.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+
+    /// The local control plane failed.
+    #[error("local control plane: {0}")]
+    Local(String),
+
+    /// An IO error with what was being done.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::CrdSerialize(_) | Self::WriteOutput(_) | Self::Json(_) => "internal",
+            Self::InvalidSpec(_) => "invalid_spec",
+            Self::Kube(_) => "kube",
+            Self::Node(_) => "node",
+            Self::Observation(_) => "stale_observation",
+            Self::Local(_) | Self::Io { .. } => "local",
+        }
+    }
 }
 
 /// Result with the crate's [`Error`].

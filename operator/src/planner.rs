@@ -374,6 +374,19 @@ pub fn quorum(voters: usize) -> usize {
     voters / 2 + 1
 }
 
+/// A member is healthy when it leads, or the leader reached it within the contact timeout.
+pub fn member_healthy(m: &MemberObs, leader_id: u64, policy: &Policy) -> bool {
+    m.id == leader_id
+        || m.last_contact_ms
+            .is_some_and(|c| c <= policy.contact_timeout_ms)
+}
+
+/// A member is caught up when it is healthy and at most [`Policy::max_lag`] entries behind.
+pub fn member_caught_up(m: &MemberObs, leader_id: u64, policy: &Policy) -> bool {
+    member_healthy(m, leader_id, policy)
+        && (m.id == leader_id || m.lag.is_some_and(|l| l <= policy.max_lag))
+}
+
 /// Decides the one next step.
 pub fn plan(desired: &Desired, observed: &Observed, policy: &Policy) -> Step {
     let step = plan_unpaused(desired, observed, policy);
@@ -549,14 +562,11 @@ impl<'a> View<'a> {
     }
 
     fn healthy(&self, m: &MemberObs) -> bool {
-        m.id == self.cluster.leader_id
-            || m.last_contact_ms
-                .is_some_and(|c| c <= self.policy.contact_timeout_ms)
+        member_healthy(m, self.cluster.leader_id, self.policy)
     }
 
     fn caught_up(&self, m: &MemberObs) -> bool {
-        self.healthy(m)
-            && (m.id == self.cluster.leader_id || m.lag.is_some_and(|l| l <= self.policy.max_lag))
+        member_caught_up(m, self.cluster.leader_id, self.policy)
     }
 
     fn voters(&self) -> impl Iterator<Item = &'a MemberObs> {

@@ -1,0 +1,557 @@
+//! The reconcile pipeline for one `ReplicatedStore`: observe, plan, act, report.
+//!
+//! [`reconcile`] is the same function whether it runs under kube-runtime's `Controller`
+//! against a real API server ([`run`]) or under the local control plane against the in-memory
+//! one. Each call applies the owned Services and PDB (idempotent server-side apply), observes
+//! the StatefulSet, pods and nodes, asks the planner for exactly one step, performs it, emits
+//! an Event for it, and writes status only when it changed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::crd::{MemberRole, ReplicatedStore, ReplicatedStoreStatus};
+use crate::metrics::{MemberCounts, Metrics};
+use crate::nodeapi::NodeApi;
+use crate::observe::{HealthClock, Observation, observe};
+use crate::planner::{Desired, Policy, Step, member_caught_up, plan};
+use crate::resources::statefulset::{self, revision_of};
+use crate::resources::{FIELD_MANAGER, LABEL_INSTANCE, LABEL_NAME, Names, pdb, service};
+use crate::status::{self, step_reason};
+use crate::{Error, Result};
+
+/// Tunables of the reconcile loop.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Judgement thresholds of the planner.
+    pub policy: Policy,
+    /// Requeue after an action or while waiting for one.
+    pub requeue_busy: Duration,
+    /// Requeue when the cluster matches the spec (node health changes without API events).
+    pub requeue_idle: Duration,
+    /// Timeout of `GET /v1/node` and `GET /v1/cluster`.
+    pub node_read_timeout: Duration,
+    /// Timeout of membership changes (the node bounds a learner's catch-up itself).
+    pub node_change_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            requeue_busy: Duration::from_secs(1),
+            requeue_idle: Duration::from_secs(10),
+            node_read_timeout: Duration::from_secs(2),
+            node_change_timeout: Duration::from_secs(75),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The Kubernetes client (a real API server, or the in-memory one).
+    pub client: Client,
+    /// The node admin API client.
+    pub nodes: NodeApi,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Tunables.
+    pub settings: Settings,
+    clocks: Mutex<HashMap<String, HealthClock>>,
+}
+
+impl Context {
+    /// A context reporting Events as `reporter`.
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>, reporter: &str) -> Self {
+        Self {
+            nodes: NodeApi::new(settings.node_read_timeout, settings.node_change_timeout),
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "rstore-operator".into(),
+                    instance: Some(reporter.into()),
+                },
+            ),
+            client,
+            metrics,
+            settings,
+            clocks: Mutex::default(),
+        }
+    }
+}
+
+/// What one reconcile did, for callers that drive the loop themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The step the planner chose.
+    pub step: Step,
+    /// Whether status was written.
+    pub status_written: bool,
+}
+
+/// kube-runtime's entry point.
+pub async fn reconcile(rs: Arc<ReplicatedStore>, ctx: Arc<Context>) -> Result<Action> {
+    let outcome = reconcile_once(&rs, &ctx).await?;
+    Ok(match outcome.step {
+        Step::Done | Step::Refuse { .. } | Step::Degraded { .. } => {
+            Action::requeue(ctx.settings.requeue_idle)
+        }
+        _ => Action::requeue(ctx.settings.requeue_busy),
+    })
+}
+
+/// Requeue after a failed reconcile: the step is retried from a fresh observation.
+pub fn error_policy(rs: Arc<ReplicatedStore>, err: &Error, ctx: Arc<Context>) -> Action {
+    warn!(namespace = rs.namespace().unwrap_or_default(), name = rs.name_any(), error = %err, "reconcile failed");
+    Action::requeue(ctx.settings.requeue_busy * 2)
+}
+
+/// One pass of the pipeline.
+pub async fn reconcile_once(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome> {
+    let start = Instant::now();
+    let result = reconcile_inner(rs, ctx).await;
+    let seconds = start.elapsed().as_secs_f64();
+    match &result {
+        Ok(o) => {
+            let label = match o.step {
+                Step::Done => "done",
+                Step::Wait { .. } => "wait",
+                Step::Refuse { .. } => "refused",
+                Step::Degraded { .. } => "degraded",
+                _ => "action",
+            };
+            ctx.metrics.reconciled(label, seconds);
+        }
+        Err(e) => {
+            ctx.metrics.reconciled("error", seconds);
+            ctx.metrics.error(e.reason());
+        }
+    }
+    result
+}
+
+async fn reconcile_inner(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome> {
+    let names = Names::of(rs);
+    let key = format!("{}/{}", names.namespace, names.name);
+    if rs.metadata.deletion_timestamp.is_some() {
+        // Owner references delete the children; nothing of ours outlives the resource.
+        ctx.metrics
+            .cluster(&names.namespace, &names.name, MemberCounts::default(), None);
+        return Ok(Outcome {
+            step: Step::Done,
+            status_written: false,
+        });
+    }
+    let mut desired = match Desired::from_spec(&rs.spec) {
+        Ok(d) => d,
+        Err(e) => return invalid_spec(rs, ctx, &e.to_string()).await,
+    };
+    let template = statefulset::pod_template(rs);
+    // The planner compares template revisions (image and node settings), not only images.
+    desired.image = revision_of(template.metadata.as_ref()).unwrap_or_default();
+
+    let ns = &names.namespace;
+    apply(
+        &Api::<Service>::namespaced(ctx.client.clone(), ns),
+        &service::peer(rs),
+    )
+    .await?;
+    apply(
+        &Api::<Service>::namespaced(ctx.client.clone(), ns),
+        &service::client(rs),
+    )
+    .await?;
+    apply(
+        &Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), ns),
+        &pdb::build(rs),
+    )
+    .await?;
+
+    let obs = observe(&ctx.client, &ctx.nodes, rs).await?;
+    let sts_revision = obs
+        .statefulset
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| revision_of(s.template.metadata.as_ref()));
+    let known_cluster_id = rs.status.as_ref().and_then(|s| s.cluster_id.clone());
+    let observed = {
+        let mut clocks = ctx.clocks.lock().unwrap_or_else(|e| e.into_inner());
+        clocks.entry(key).or_default().to_planner(
+            &obs,
+            sts_revision,
+            known_cluster_id,
+            &ctx.settings.policy,
+            Instant::now(),
+        )
+    };
+    let step = plan(&desired, &observed, &ctx.settings.policy);
+
+    let acted = if step.is_action() {
+        info!(namespace = %names.namespace, name = %names.name, step = %step, "acting");
+        let r = act(rs, ctx, &obs, &step, template).await;
+        match &r {
+            Ok(()) => {
+                ctx.metrics.step(step_reason(&step));
+                event(
+                    ctx,
+                    rs,
+                    EventType::Normal,
+                    step_reason(&step),
+                    &step.to_string(),
+                )
+                .await;
+            }
+            Err(e) => {
+                event(
+                    ctx,
+                    rs,
+                    EventType::Warning,
+                    "StepFailed",
+                    &format!("{step}: {e}"),
+                )
+                .await;
+            }
+        }
+        r
+    } else {
+        Ok(())
+    };
+
+    let status = status::compute(
+        rs,
+        &desired,
+        &obs,
+        &observed,
+        &step,
+        &ctx.settings.policy,
+        &Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    report_refusal(ctx, rs, &step, &status).await;
+    let counts = member_counts(&observed, &ctx.settings.policy);
+    ctx.metrics
+        .cluster(&names.namespace, &names.name, counts, status.phase);
+    let status_written = write_status(rs, ctx, status).await?;
+    acted?;
+    Ok(Outcome {
+        step,
+        status_written,
+    })
+}
+
+/// A Warning Event when a refusal or a loss of quorum is new (not on every requeue).
+async fn report_refusal(
+    ctx: &Context,
+    rs: &ReplicatedStore,
+    step: &Step,
+    status: &ReplicatedStoreStatus,
+) {
+    let (reason, message) = match step {
+        Step::Refuse { reason } => ("StepRefused", reason.clone()),
+        Step::Degraded { .. } => (
+            "QuorumLost",
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == status::DEGRADED)
+                .map(|c| c.message.clone())
+                .unwrap_or_default(),
+        ),
+        _ => return,
+    };
+    let before = rs.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == status::PROGRESSING)
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    });
+    let now = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::PROGRESSING)
+        .map(|c| (c.reason.clone(), c.message.clone()));
+    if before != now {
+        warn!(namespace = rs.namespace().unwrap_or_default(), name = rs.name_any(), %message, "{reason}");
+        event(ctx, rs, EventType::Warning, reason, &message).await;
+    }
+}
+
+fn member_counts(observed: &crate::planner::Observed, policy: &Policy) -> MemberCounts {
+    let mut counts = MemberCounts::default();
+    if let Some(c) = &observed.cluster {
+        for m in &c.members {
+            match (member_caught_up(m, c.leader_id, policy), m.role) {
+                (false, _) => counts.unhealthy += 1,
+                (true, MemberRole::Voter) => counts.healthy += 1,
+                (true, MemberRole::Learner) => counts.learner += 1,
+            }
+        }
+    }
+    counts
+}
+
+async fn invalid_spec(rs: &ReplicatedStore, ctx: &Context, message: &str) -> Result<Outcome> {
+    let step = Step::Refuse {
+        reason: message.to_owned(),
+    };
+    let mut status = rs.status.clone().unwrap_or_default();
+    status.observed_generation = rs.metadata.generation;
+    status.phase = Some(crate::crd::Phase::Degraded);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    status.conditions.retain(|c| c.type_ != status::PROGRESSING);
+    status
+        .conditions
+        .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: status::PROGRESSING.into(),
+            status: "False".into(),
+            reason: "InvalidSpec".into(),
+            message: format!("{message}; fix the spec, nothing is changed until then"),
+            last_transition_time: now,
+            observed_generation: rs.metadata.generation,
+        });
+    if rs.status.as_ref() != Some(&status) {
+        event(ctx, rs, EventType::Warning, "InvalidSpec", message).await;
+    }
+    let status_written = write_status(rs, ctx, status).await?;
+    Ok(Outcome {
+        step,
+        status_written,
+    })
+}
+
+/// Performs one action step.
+async fn act(
+    rs: &ReplicatedStore,
+    ctx: &Context,
+    obs: &Observation,
+    step: &Step,
+    template: k8s_openapi::api::core::v1::PodTemplateSpec,
+) -> Result<()> {
+    let names = Names::of(rs);
+    let sts_api = Api::<StatefulSet>::namespaced(ctx.client.clone(), &names.namespace);
+    let current_template = || {
+        obs.statefulset
+            .as_ref()
+            .and_then(|s| s.spec.as_ref())
+            .map(|s| s.template.clone())
+            .ok_or_else(|| Error::Observation("the StatefulSet vanished".into()))
+    };
+    let current_replicas = || {
+        obs.statefulset
+            .as_ref()
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.replicas)
+            .and_then(|r| u32::try_from(r).ok())
+            .unwrap_or(0)
+    };
+    let leader_base = || {
+        obs.leader_id()
+            .and_then(|id| obs.member_base(id))
+            .or_else(|| obs.view_from.clone())
+            .ok_or_else(|| Error::Observation("no leader to send the change to".into()))
+    };
+    match step {
+        Step::CreateStatefulSet { replicas, .. } => {
+            apply(&sts_api, &statefulset::build(rs, *replicas, template)).await
+        }
+        Step::ScaleStatefulSet { replicas } => {
+            apply(
+                &sts_api,
+                &statefulset::build(rs, *replicas, current_template()?),
+            )
+            .await
+        }
+        Step::SetStatefulSetImage { .. } => {
+            apply(
+                &sts_api,
+                &statefulset::build(rs, current_replicas(), template),
+            )
+            .await
+        }
+        Step::InitCluster { pod } => {
+            let base = obs
+                .pods
+                .get(pod)
+                .and_then(|p| p.base_url())
+                .ok_or_else(|| Error::Observation(format!("pod {pod} has no IP")))?;
+            ctx.nodes.init(&base).await?;
+            Ok(())
+        }
+        Step::AddLearner { pod, id } => {
+            let node = obs
+                .pods
+                .get(pod)
+                .and_then(|p| p.node.as_ref())
+                .filter(|n| n.id == *id)
+                .ok_or_else(|| {
+                    Error::Observation(format!("pod {pod} no longer reports node {id}"))
+                })?;
+            ctx.nodes
+                .add_member(
+                    &leader_base()?,
+                    *id,
+                    &node.peer_url,
+                    &node.client_url,
+                    MemberRole::Learner,
+                )
+                .await?;
+            Ok(())
+        }
+        Step::PromoteVoter { id } => {
+            let member = obs
+                .view
+                .as_ref()
+                .and_then(|v| v.members.iter().find(|m| m.id == *id))
+                .ok_or_else(|| Error::Observation(format!("member {id} vanished")))?;
+            ctx.nodes
+                .add_member(
+                    &leader_base()?,
+                    *id,
+                    &member.peer_url,
+                    &member.client_url,
+                    MemberRole::Voter,
+                )
+                .await?;
+            Ok(())
+        }
+        Step::RemoveMember { id, .. } => {
+            ctx.nodes.remove_member(&leader_base()?, *id).await?;
+            Ok(())
+        }
+        Step::RestartPod { pod } => {
+            let api = Api::<Pod>::namespaced(ctx.client.clone(), &names.namespace);
+            match api.delete(&names.pod(*pod), &DeleteParams::default()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Step::SetConfig {
+            mode,
+            read_consistency,
+        } => {
+            ctx.nodes
+                .set_config(&leader_base()?, *mode, *read_consistency)
+                .await?;
+            Ok(())
+        }
+        Step::Wait { .. } | Step::Refuse { .. } | Step::Degraded { .. } | Step::Done => Ok(()),
+    }
+}
+
+/// Server-side apply of a whole owned object under the operator's field manager.
+async fn apply<K>(api: &Api<K>, obj: &K) -> Result<()>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes status when it differs from what the resource holds. A merge patch with explicit
+/// nulls, so that a field that went away (a leader, a term) is removed, not left stale.
+async fn write_status(
+    rs: &ReplicatedStore,
+    ctx: &Context,
+    status: ReplicatedStoreStatus,
+) -> Result<bool> {
+    if rs.status.as_ref() == Some(&status) {
+        return Ok(false);
+    }
+    let names = Names::of(rs);
+    let api = Api::<ReplicatedStore>::namespaced(ctx.client.clone(), &names.namespace);
+    let mut value = serde_json::to_value(&status)?;
+    if let Some(map) = value.as_object_mut() {
+        for key in [
+            "observedGeneration",
+            "phase",
+            "conditions",
+            "leader",
+            "term",
+            "clusterId",
+            "members",
+        ] {
+            map.entry(key).or_insert(serde_json::Value::Null);
+        }
+    }
+    api.patch_status(
+        &names.name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": value })),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Publishes an Event about `rs`; a failure to publish is logged, never fatal.
+async fn event(ctx: &Context, rs: &ReplicatedStore, type_: EventType, reason: &str, note: &str) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &rs.object_ref(&())).await {
+        warn!(error = %e, reason, "cannot publish an Event");
+    }
+}
+
+/// Runs the controller against a real API server until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (stores, stss, pods) = match &namespace {
+        Some(ns) => (
+            Api::<ReplicatedStore>::namespaced(client.clone(), ns),
+            Api::<StatefulSet>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::<ReplicatedStore>::all(client.clone()),
+            Api::<StatefulSet>::all(client.clone()),
+            Api::<Pod>::all(client.clone()),
+        ),
+    };
+    let pod_config = watcher::Config::default().labels(&format!("{LABEL_NAME}=rstore"));
+    Controller::new(stores, watcher::Config::default())
+        .owns(stss, watcher::Config::default())
+        // Pods belong to the StatefulSet, not to us: map them back by their instance label.
+        .watches(pods, pod_config, |pod: Pod| {
+            let name = pod.labels().get(LABEL_INSTANCE)?.clone();
+            let ns = pod.namespace()?;
+            Some(ObjectRef::<ReplicatedStore>::new(&name).within(&ns))
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "controller");
+            }
+        })
+        .await;
+}

@@ -1,0 +1,271 @@
+//! A typed client for the node's admin API (docs/api.md, "Admin API"): what the operator
+//! reads from every pod and the membership changes it asks the leader for.
+//!
+//! One pooled `reqwest` client for every node; short timeouts for reads, so that one
+//! unreachable pod never stalls a reconcile, and a longer one for membership changes, which
+//! the node bounds itself (a learner's catch-up).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crd::{MemberRole, ReadConsistency, ReplicationMode};
+
+/// Errors of a node API call.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeApiError {
+    /// The node could not be reached or did not answer in time.
+    #[error("node {url} unreachable: {source}")]
+    Unreachable {
+        /// Base URL called.
+        url: String,
+        /// Cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The node answered with an error.
+    #[error("node {url} answered {status} {code}: {message}")]
+    Refused {
+        /// Base URL called.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The stable error code of the JSON error body.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// The answer was not the documented JSON.
+    #[error("node {url} answered unexpected JSON: {source}")]
+    Decode {
+        /// Base URL called.
+        url: String,
+        /// Cause.
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+impl NodeApiError {
+    /// The stable error code, when the node answered one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Refused { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// `GET /v1/node`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct NodeInfo {
+    /// Raft node id.
+    pub id: u64,
+    /// Cluster id, `None` while uninitialized.
+    pub cluster_id: Option<String>,
+    /// leader, follower, candidate, learner or uninitialized.
+    pub role: String,
+    /// Current term.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub leader_id: Option<u64>,
+    /// Applied log index.
+    pub applied_index: Option<u64>,
+    /// URL clients reach this node at.
+    pub client_url: String,
+    /// URL peers reach this node at.
+    pub peer_url: String,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ClusterView {
+    /// Cluster id (`None` only from an uninitialized node).
+    pub cluster_id: Option<String>,
+    /// The leader that answered (followers forward the request).
+    pub leader_id: Option<u64>,
+    /// Its term.
+    pub term: u64,
+    /// Voters and learners.
+    pub members: Vec<MemberView>,
+    /// A joint-consensus change is in flight.
+    #[serde(default)]
+    pub membership_changing: bool,
+    /// Replication mode.
+    pub replication_mode: ReplicationMode,
+    /// Default read consistency.
+    pub read_consistency: ReadConsistency,
+}
+
+/// One member of [`ClusterView`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct MemberView {
+    /// Raft node id.
+    pub id: u64,
+    /// Voter or learner.
+    pub role: MemberRole,
+    /// Its client URL.
+    pub client_url: String,
+    /// Its peer URL.
+    pub peer_url: String,
+    /// Entries behind the leader (leader only).
+    pub lag: Option<u64>,
+    /// Milliseconds since the leader last reached it (leader only).
+    pub last_contact_ms: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct AddMember<'a> {
+    id: u64,
+    peer_url: &'a str,
+    client_url: &'a str,
+    role: MemberRole,
+}
+
+#[derive(Serialize)]
+struct SetConfig {
+    replication_mode: ReplicationMode,
+    read_consistency: ReadConsistency,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+/// The node admin API client.
+#[derive(Debug, Clone)]
+pub struct NodeApi {
+    http: reqwest::Client,
+    read_timeout: Duration,
+    change_timeout: Duration,
+}
+
+impl NodeApi {
+    /// A client with the given timeouts for reads and for membership changes.
+    pub fn new(read_timeout: Duration, change_timeout: Duration) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .connect_timeout(read_timeout)
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
+            read_timeout,
+            change_timeout,
+        }
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        base: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, NodeApiError> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| NodeApiError::Unreachable {
+                url: base.to_owned(),
+                source,
+            })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let (code, message) = match resp.json::<ErrorBody>().await {
+                Ok(b) => (b.error.code, b.error.message),
+                Err(_) => ("unknown".to_owned(), format!("HTTP {status}")),
+            };
+            return Err(NodeApiError::Refused {
+                url: base.to_owned(),
+                status: status.as_u16(),
+                code,
+                message,
+            });
+        }
+        resp.json().await.map_err(|source| NodeApiError::Decode {
+            url: base.to_owned(),
+            source,
+        })
+    }
+
+    /// `GET /v1/node`.
+    pub async fn node(&self, base: &str) -> Result<NodeInfo, NodeApiError> {
+        let req = self
+            .http
+            .get(format!("{base}/v1/node"))
+            .timeout(self.read_timeout);
+        self.call(base, req).await
+    }
+
+    /// `GET /v1/cluster` (the node forwards it to its leader).
+    pub async fn cluster(&self, base: &str) -> Result<ClusterView, NodeApiError> {
+        let req = self
+            .http
+            .get(format!("{base}/v1/cluster"))
+            .timeout(self.read_timeout);
+        self.call(base, req).await
+    }
+
+    /// `POST /v1/cluster/init`.
+    pub async fn init(&self, base: &str) -> Result<ClusterView, NodeApiError> {
+        let req = self
+            .http
+            .post(format!("{base}/v1/cluster/init"))
+            .timeout(self.change_timeout);
+        self.call(base, req).await
+    }
+
+    /// `POST /v1/cluster/members`.
+    pub async fn add_member(
+        &self,
+        base: &str,
+        id: u64,
+        peer_url: &str,
+        client_url: &str,
+        role: MemberRole,
+    ) -> Result<ClusterView, NodeApiError> {
+        let body = AddMember {
+            id,
+            peer_url,
+            client_url,
+            role,
+        };
+        let req = self
+            .http
+            .post(format!("{base}/v1/cluster/members"))
+            .json(&body)
+            .timeout(self.change_timeout);
+        self.call(base, req).await
+    }
+
+    /// `DELETE /v1/cluster/members/{id}`.
+    pub async fn remove_member(&self, base: &str, id: u64) -> Result<ClusterView, NodeApiError> {
+        let req = self
+            .http
+            .delete(format!("{base}/v1/cluster/members/{id}"))
+            .timeout(self.change_timeout);
+        self.call(base, req).await
+    }
+
+    /// `PUT /v1/cluster/config`.
+    pub async fn set_config(
+        &self,
+        base: &str,
+        mode: ReplicationMode,
+        read_consistency: ReadConsistency,
+    ) -> Result<serde_json::Value, NodeApiError> {
+        let req = self
+            .http
+            .put(format!("{base}/v1/cluster/config"))
+            .json(&SetConfig {
+                replication_mode: mode,
+                read_consistency,
+            })
+            .timeout(self.change_timeout);
+        self.call(base, req).await
+    }
+}

@@ -1,0 +1,468 @@
+//! Observe: read the Kubernetes objects a `ReplicatedStore` owns and every member's own view
+//! of Raft, and reduce them to the planner's [`Observed`].
+//!
+//! The operator asks each pod `GET /v1/node` on its pod IP (no DNS needed), then asks the
+//! node that claims to lead for `GET /v1/cluster`. A member is mapped to its pod by the
+//! stable host name its URL names (`<pod>.<name>-peer.<ns>.svc`), else by the pod IP it
+//! names, else by the pod that answers with its id, else by what the last status recorded:
+//! a member whose pod is gone for a moment is never mistaken for an orphan.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+
+use crate::crd::{MemberRole, ReplicatedStore};
+use crate::nodeapi::{ClusterView, NodeApi, NodeInfo};
+use crate::planner::{
+    ClusterObs, MemberObs, NodeObs, Observed, PodObs, Policy, StatefulSetObs, member_healthy,
+};
+use crate::resources::statefulset::revision_of;
+use crate::resources::{CLIENT_PORT, Names};
+
+/// One pod of the StatefulSet, and what its node said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodState {
+    /// Pod name.
+    pub name: String,
+    /// StatefulSet ordinal.
+    pub ordinal: u32,
+    /// Pod IP, once assigned.
+    pub ip: Option<String>,
+    /// The pod's Ready condition.
+    pub ready: bool,
+    /// Template revision the pod was created from.
+    pub revision: Option<String>,
+    /// The node's `GET /v1/node`, when it answered.
+    pub node: Option<NodeInfo>,
+}
+
+impl PodState {
+    /// Base URL of the node's client port.
+    pub fn base_url(&self) -> Option<String> {
+        let ip = self.ip.as_deref()?;
+        Some(if ip.contains(':') {
+            format!("http://[{ip}]:{CLIENT_PORT}")
+        } else {
+            format!("http://{ip}:{CLIENT_PORT}")
+        })
+    }
+}
+
+/// Everything observed in one reconcile.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    /// The StatefulSet, if it exists.
+    pub statefulset: Option<StatefulSet>,
+    /// Pods that exist and are not terminating, by ordinal.
+    pub pods: BTreeMap<u32, PodState>,
+    /// The leader's view of the cluster.
+    pub view: Option<ClusterView>,
+    /// Base URL of the node that answered `view` (the leader, or a node that forwarded).
+    pub view_from: Option<String>,
+    /// Pod ordinal of each member in `view`.
+    pub member_ordinals: BTreeMap<u64, Option<u32>>,
+}
+
+impl Observation {
+    /// The leader's id, when a view was obtained.
+    pub fn leader_id(&self) -> Option<u64> {
+        self.view.as_ref()?.leader_id
+    }
+
+    /// Pod name of the leader.
+    pub fn leader_pod(&self, names: &Names) -> Option<String> {
+        let leader = self.leader_id()?;
+        let ordinal = (*self.member_ordinals.get(&leader)?)?;
+        Some(names.pod(ordinal))
+    }
+
+    /// Base URL to send admin requests for member `id` to: its pod IP when a pod answers with
+    /// that id, else the URL it advertises.
+    pub fn member_base(&self, id: u64) -> Option<String> {
+        if let Some(pod) = self
+            .pods
+            .values()
+            .find(|p| p.node.as_ref().is_some_and(|n| n.id == id))
+        {
+            return pod.base_url();
+        }
+        let view = self.view.as_ref()?;
+        Some(view.members.iter().find(|m| m.id == id)?.client_url.clone())
+    }
+}
+
+/// Reads the StatefulSet, the pods and every node.
+pub async fn observe(
+    client: &Client,
+    nodes: &NodeApi,
+    rs: &ReplicatedStore,
+) -> Result<Observation, kube::Error> {
+    let names = Names::of(rs);
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
+    let statefulset = sts_api.get_opt(names.statefulset()).await?;
+    let pod_list = pod_api
+        .list(&ListParams::default().labels(&names.selector_string()))
+        .await?;
+    let mut pods: BTreeMap<u32, PodState> = pod_list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let name = p.name_any();
+            let ordinal = names.ordinal_of(&name)?;
+            let status = p.status.as_ref();
+            let ready = status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            Some((
+                ordinal,
+                PodState {
+                    name,
+                    ordinal,
+                    ip: status.and_then(|s| s.pod_ip.clone()),
+                    ready,
+                    revision: revision_of(Some(&p.metadata)),
+                    node: None,
+                },
+            ))
+        })
+        .collect();
+    let answers = futures::future::join_all(pods.values().map(|p| {
+        let base = p.base_url();
+        async move {
+            match base {
+                Some(base) => nodes.node(&base).await.ok(),
+                None => None,
+            }
+        }
+    }))
+    .await;
+    for (pod, answer) in pods.values_mut().zip(answers) {
+        pod.node = answer;
+    }
+    let (view, view_from) = cluster_view(nodes, &pods).await;
+    let previous: HashMap<u64, u32> = rs
+        .status
+        .iter()
+        .flat_map(|s| &s.members)
+        .filter_map(|m| {
+            let id = m.node_id.parse().ok()?;
+            Some((id, names.ordinal_of(m.pod.as_deref()?)?))
+        })
+        .collect();
+    let member_ordinals = view
+        .iter()
+        .flat_map(|v| &v.members)
+        .map(|m| {
+            let ordinal = ordinal_of_member(&names, &pods, &previous, m.id, &m.client_url);
+            (m.id, ordinal)
+        })
+        .collect();
+    Ok(Observation {
+        statefulset,
+        pods,
+        view,
+        view_from,
+        member_ordinals,
+    })
+}
+
+/// Asks the node that claims to lead (by most votes among the answers, highest term first),
+/// then any initialized node, for the cluster view; only a view whose answerer names a
+/// leader counts.
+async fn cluster_view(
+    nodes: &NodeApi,
+    pods: &BTreeMap<u32, PodState>,
+) -> (Option<ClusterView>, Option<String>) {
+    let mut candidates: Vec<(u64, bool, String)> = Vec::new();
+    for p in pods.values() {
+        let (Some(n), Some(base)) = (&p.node, p.base_url()) else {
+            continue;
+        };
+        if n.cluster_id.is_none() {
+            continue;
+        }
+        candidates.push((n.term, n.role == "leader", base));
+    }
+    // The self-declared leader with the highest term first; then the others, which forward.
+    candidates.sort_by_key(|c| std::cmp::Reverse((c.1, c.0)));
+    for (_, _, base) in candidates.into_iter().take(3) {
+        if let Ok(view) = nodes.cluster(&base).await
+            && view.leader_id.is_some()
+            && view.cluster_id.is_some()
+        {
+            return (Some(view), Some(base));
+        }
+    }
+    (None, None)
+}
+
+/// The pod ordinal a member runs on (see the module docs for the order of evidence).
+pub fn ordinal_of_member(
+    names: &Names,
+    pods: &BTreeMap<u32, PodState>,
+    previous: &HashMap<u64, u32>,
+    id: u64,
+    client_url: &str,
+) -> Option<u32> {
+    let host = host_of(client_url);
+    if let Some(host) = host {
+        let first = host.split('.').next().unwrap_or_default();
+        // Only a full stable name of our headless Service counts, not a look-alike.
+        if let Some(o) = names.ordinal_of(first)
+            && host.starts_with(&names.pod_host(o))
+        {
+            return Some(o);
+        }
+        if let Some(p) = pods.values().find(|p| p.ip.as_deref() == Some(host)) {
+            return Some(p.ordinal);
+        }
+    }
+    if let Some(p) = pods
+        .values()
+        .find(|p| p.node.as_ref().is_some_and(|n| n.id == id))
+    {
+        return Some(p.ordinal);
+    }
+    previous.get(&id).copied()
+}
+
+fn host_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next()?;
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next();
+    }
+    Some(authority.rsplit_once(':').map_or(authority, |(h, _)| h))
+}
+
+/// How long each member has been unhealthy, and how long no leader has been known, for one
+/// `ReplicatedStore`. Kept in memory: after an operator restart every clock starts again,
+/// which only delays a replacement, never hastens one.
+#[derive(Debug, Default)]
+pub struct HealthClock {
+    unhealthy_since: HashMap<u64, Instant>,
+    no_leader_since: Option<Instant>,
+}
+
+impl HealthClock {
+    /// Reduces the observation to the planner's input, advancing the clocks to `now`.
+    pub fn to_planner(
+        &mut self,
+        obs: &Observation,
+        revision_of_sts: Option<String>,
+        known_cluster_id: Option<String>,
+        policy: &Policy,
+        now: Instant,
+    ) -> Observed {
+        let statefulset = obs.statefulset.as_ref().map(|s| StatefulSetObs {
+            replicas: s
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .and_then(|r| u32::try_from(r).ok())
+                .unwrap_or(0),
+            image: revision_of_sts.clone().unwrap_or_default(),
+        });
+        let pods = obs
+            .pods
+            .values()
+            .map(|p| PodObs {
+                ordinal: p.ordinal,
+                ready: p.ready,
+                image: p.revision.clone().unwrap_or_default(),
+                node: p.node.as_ref().map(|n| NodeObs {
+                    id: n.id,
+                    cluster_id: n.cluster_id.clone(),
+                }),
+            })
+            .collect();
+        let cluster = obs.view.as_ref().and_then(|v| {
+            let leader_id = v.leader_id?;
+            let members: Vec<MemberObs> = v
+                .members
+                .iter()
+                .map(|m| MemberObs {
+                    id: m.id,
+                    ordinal: obs.member_ordinals.get(&m.id).copied().flatten(),
+                    role: m.role,
+                    lag: m.lag,
+                    last_contact_ms: m.last_contact_ms,
+                    unhealthy_for_ms: 0,
+                })
+                .collect();
+            Some(ClusterObs {
+                cluster_id: v.cluster_id.clone()?,
+                leader_id,
+                members,
+                membership_changing: v.membership_changing,
+                mode: v.replication_mode,
+                read_consistency: v.read_consistency,
+            })
+        });
+        let mut cluster = cluster;
+        match &mut cluster {
+            Some(c) => {
+                self.no_leader_since = None;
+                let leader = c.leader_id;
+                self.unhealthy_since
+                    .retain(|id, _| c.members.iter().any(|m| m.id == *id));
+                for m in &mut c.members {
+                    if member_healthy(m, leader, policy) {
+                        self.unhealthy_since.remove(&m.id);
+                    } else {
+                        let since = *self.unhealthy_since.entry(m.id).or_insert(now);
+                        m.unhealthy_for_ms = millis(now - since);
+                    }
+                }
+            }
+            None => {
+                self.no_leader_since.get_or_insert(now);
+            }
+        }
+        Observed {
+            statefulset,
+            pods,
+            cluster,
+            known_cluster_id,
+            no_leader_for_ms: self.no_leader_since.map_or(0, |s| millis(now - s)),
+        }
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Role names the planner's [`MemberRole`] maps to in status.
+pub fn role_name(role: MemberRole) -> &'static str {
+    match role {
+        MemberRole::Voter => "voter",
+        MemberRole::Learner => "learner",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Names {
+        Names {
+            name: "db".into(),
+            namespace: "prod".into(),
+        }
+    }
+
+    fn pod(ordinal: u32, ip: &str, id: Option<u64>) -> (u32, PodState) {
+        (
+            ordinal,
+            PodState {
+                name: names().pod(ordinal),
+                ordinal,
+                ip: Some(ip.into()),
+                ready: true,
+                revision: None,
+                node: id.map(|id| NodeInfo {
+                    id,
+                    cluster_id: Some("c".into()),
+                    role: "follower".into(),
+                    term: 1,
+                    leader_id: None,
+                    applied_index: None,
+                    client_url: String::new(),
+                    peer_url: String::new(),
+                }),
+            },
+        )
+    }
+
+    #[test]
+    fn members_map_to_pods_by_name_then_ip_then_id_then_memory() {
+        let n = names();
+        let pods: BTreeMap<u32, PodState> =
+            [pod(0, "10.0.0.5", Some(11)), pod(1, "10.0.0.6", None)].into();
+        let previous = HashMap::from([(33, 2)]);
+        let of = |id, url: &str| ordinal_of_member(&n, &pods, &previous, id, url);
+        assert_eq!(of(1, "http://db-4.db-peer.prod.svc:7379"), Some(4));
+        assert_eq!(
+            of(1, "http://db-4.db-peer.prod.svc.cluster.local:7379"),
+            Some(4)
+        );
+        // A look-alike host of another Service or namespace is not ours.
+        assert_eq!(of(1, "http://db-4.other.prod.svc:7379"), None);
+        assert_eq!(of(1, "http://db-4.db-peer.staging.svc:7379"), None);
+        assert_eq!(of(1, "http://10.0.0.6:7379"), Some(1));
+        assert_eq!(of(11, "http://somewhere:7379"), Some(0));
+        assert_eq!(of(33, "http://gone:7379"), Some(2));
+        assert_eq!(of(44, "http://gone:7379"), None);
+    }
+
+    #[test]
+    fn hosts_parse_from_urls() {
+        assert_eq!(host_of("http://a.b:1/x"), Some("a.b"));
+        assert_eq!(host_of("http://[::1]:7379"), Some("::1"));
+        assert_eq!(host_of("a:1"), Some("a"));
+        let p = pod(0, "fd00::1", None).1;
+        assert_eq!(p.base_url().unwrap(), "http://[fd00::1]:7379");
+    }
+
+    #[test]
+    fn clocks_track_unhealthy_members_and_a_missing_leader() {
+        use crate::nodeapi::MemberView;
+        let mut clock = HealthClock::default();
+        let policy = Policy::default();
+        let t0 = Instant::now();
+        let mut obs = Observation::default();
+        let none = clock.to_planner(&obs, None, None, &policy, t0);
+        assert_eq!(none.no_leader_for_ms, 0);
+        let later = clock.to_planner(
+            &obs,
+            None,
+            None,
+            &policy,
+            t0 + std::time::Duration::from_secs(3),
+        );
+        assert_eq!(later.no_leader_for_ms, 3000);
+        let member = |id, contact| MemberView {
+            id,
+            role: MemberRole::Voter,
+            client_url: String::new(),
+            peer_url: String::new(),
+            lag: Some(0),
+            last_contact_ms: contact,
+        };
+        obs.view = Some(ClusterView {
+            cluster_id: Some("c".into()),
+            leader_id: Some(1),
+            term: 2,
+            members: vec![member(1, None), member(2, Some(10)), member(3, None)],
+            membership_changing: false,
+            replication_mode: Default::default(),
+            read_consistency: Default::default(),
+        });
+        let t1 = t0 + std::time::Duration::from_secs(10);
+        let a = clock.to_planner(&obs, None, None, &policy, t1);
+        assert_eq!(a.no_leader_for_ms, 0);
+        let b = clock.to_planner(
+            &obs,
+            None,
+            None,
+            &policy,
+            t1 + std::time::Duration::from_secs(7),
+        );
+        let c = b.cluster.unwrap();
+        let by_id = |id| {
+            c.members
+                .iter()
+                .find(|m| m.id == id)
+                .unwrap()
+                .unhealthy_for_ms
+        };
+        assert_eq!((by_id(1), by_id(2), by_id(3)), (0, 0, 7000));
+    }
+}
