@@ -726,7 +726,7 @@ def main() -> int:
     @check("e2e script and workflow: shell syntax, shellcheck, references to real files")
     def _():
         problems = []
-        scripts = [E2E, ROOT / "tests" / "manifests" / "check.sh"]
+        scripts = [E2E, ROOT / "tests" / "manifests" / "check.sh", ROOT / "tests" / "manifests" / "mutations.sh"]
         for s in scripts:
             r = subprocess.run(["bash", "-n", str(s)], capture_output=True, text=True)
             if r.returncode:
