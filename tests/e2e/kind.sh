@@ -309,8 +309,24 @@ victim=$(k get rstore "$STORE" -o json |
   jq -r --arg l "$leader" '[.status.members[] | select(.role == "voter" and .pod != $l) | .pod] | first')
 old_id=$(k get rstore "$STORE" -o json | jq -r --arg p "$victim" '.status.members[] | select(.pod == $p) | .nodeId')
 [ -n "$old_id" ] && [ "$old_id" != null ] || fail "no node id for $victim"
+old_pvc=$(k get pvc "data-$victim" -o jsonpath='{.metadata.uid}')
 k delete pvc "data-$victim" --wait=false
 k delete pod "$victim" --wait=false
+# The StatefulSet controller may recreate the pod while the old PVC is still terminating; such
+# a pod stays Pending and the controller never makes a new claim (a Kubernetes race, not
+# rstore's). Nudge it the way a person would: delete the Pending pod again.
+pvc_replaced() {
+  local uid
+  uid=$(k get pvc "data-$victim" -o jsonpath='{.metadata.uid}' 2>/dev/null || true)
+  if [ -n "$uid" ] && [ "$uid" != "$old_pvc" ]; then
+    return 0
+  fi
+  if [ "$(k get pod "$victim" -o jsonpath='{.status.phase}' 2>/dev/null)" = Pending ] && [ -z "$uid" ]; then
+    k delete pod "$victim" --wait=false >/dev/null 2>&1 || true
+  fi
+  return 1
+}
+wait_until "a new PVC for $victim" pvc_replaced
 # The member comes back on an empty volume with a new Raft id; the operator adds the new
 # member and removes the stale one.
 new_member() {
