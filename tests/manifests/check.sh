@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Offline checks of the Helm chart, the CRD copy, examples/, the dashboard, the alerts and the
+# kind e2e script (see check.py). Needs python3 (3.11+) and make; no cluster, no Docker.
+#
+# The pinned tools go into a venv (default target/manifests-venv, override with
+# RSTORE_MANIFESTS_VENV), rebuilt whenever requirements.txt changes.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+# The cheapest check first, with no tools at all: the chart's CRD is crds/, byte for byte.
+if ! cmp -s crds/replicatedstore.yaml charts/rstore-operator/crds/replicatedstore.yaml; then
+  echo "FAIL charts/rstore-operator/crds/replicatedstore.yaml differs from crds/replicatedstore.yaml" >&2
+  echo "     run: make crds   (or: cp crds/replicatedstore.yaml charts/rstore-operator/crds/)" >&2
+  exit 1
+fi
+
+venv=${RSTORE_MANIFESTS_VENV:-target/manifests-venv}
+req=tests/manifests/requirements.txt
+want=$(sha256sum "$req" | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.requirements" 2>/dev/null)" != "$want" ]; then
+  echo "installing pinned tools into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  # --ignore-requires-python: helm-sdkpy declares Python >= 3.12 but works on 3.11.
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --ignore-requires-python -r "$req"
+  echo "$want" > "$venv/.requirements"
+fi
+
+PATH="$(pwd)/$venv/bin:$PATH" exec "$venv/bin/python" tests/manifests/check.py "$@"
