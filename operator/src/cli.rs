@@ -65,9 +65,16 @@ pub struct RunArgs {
         default_value = "0.0.0.0:8080"
     )]
     pub metrics_addr: SocketAddr,
-    /// Compete for a coordination Lease so that only one replica reconciles.
-    #[arg(long, env = "RSTORE_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Compete for a coordination Lease so that only one replica reconciles (the default).
+    #[arg(long, overrides_with = "no_leader_election")]
     pub leader_election: bool,
+    /// Reconcile without leader election: run exactly one replica.
+    #[arg(
+        long,
+        env = "RSTORE_OPERATOR_NO_LEADER_ELECTION",
+        overrides_with = "leader_election"
+    )]
+    pub no_leader_election: bool,
     /// Name of the leader election Lease.
     #[arg(
         long,
@@ -183,7 +190,7 @@ async fn run(args: &RunArgs) -> Result<()> {
     let holder = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| format!("operator-{}", std::process::id()));
-    let election = args.leader_election.then(|| {
+    let election = (!args.no_leader_election).then(|| {
         let ns = args
             .lease_namespace
             .clone()
@@ -422,13 +429,23 @@ mod tests {
 
     #[test]
     fn run_flags_have_defaults_and_env_names() {
-        let cli = Cli::try_parse_from(["operator", "run", "--leader-election", "false"]).unwrap();
-        let Command::Run(a) = cli.command else {
-            panic!("not run")
+        let parse = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Run(a) => a,
+            _ => panic!("not run"),
         };
-        assert!(!a.leader_election);
+        let a = parse(&["operator", "run"]);
+        assert!(!a.no_leader_election, "leader election is on by default");
         assert_eq!(a.metrics_addr.port(), 8080);
         assert_eq!(a.lease_name, "rstore-operator");
+        assert!(parse(&["operator", "run", "--no-leader-election"]).no_leader_election);
+        // The last of the pair wins, as the Helm chart may pass either.
+        let a = parse(&[
+            "operator",
+            "run",
+            "--no-leader-election",
+            "--leader-election",
+        ]);
+        assert!(!a.no_leader_election);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! Names (the Helm chart's alerts and the Grafana dashboard depend on them):
 //! `rstore_operator_reconcile_total{result}`, `rstore_operator_reconcile_errors_total{reason}`,
 //! `rstore_operator_reconcile_duration_seconds`, `rstore_operator_steps_total{step}`,
-//! `rstore_operator_members{rstore_namespace,rstore_name,state}`, `rstore_operator_clusters{phase}` and
+//! `rstore_operator_members{store_namespace,store,state}`, `rstore_operator_clusters{phase}` and
 //! `rstore_operator_leader`.
 
 use std::collections::HashMap;
@@ -43,9 +43,10 @@ struct StepLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MemberLabels {
-    // Not `namespace`/`name`: Prometheus sets `namespace` to the operator pod's own.
-    rstore_namespace: String,
-    rstore_name: String,
+    // Not `namespace`/`name`: Prometheus sets `namespace` to the operator pod's own. `store`
+    // is also the label the chart's PodMonitor puts on every member's own metrics.
+    store_namespace: String,
+    store: String,
     state: String,
 }
 
@@ -175,8 +176,8 @@ impl Metrics {
         ] {
             self.members
                 .get_or_create(&MemberLabels {
-                    rstore_namespace: namespace.into(),
-                    rstore_name: name.into(),
+                    store_namespace: namespace.into(),
+                    store: name.into(),
                     state: state.into(),
                 })
                 .set(value);
@@ -284,7 +285,7 @@ mod tests {
             "rstore_operator_reconcile_errors_total{reason=\"kube\"} 1",
             "rstore_operator_reconcile_duration_seconds_count 1",
             "rstore_operator_steps_total{step=\"AddingMember\"} 1",
-            "rstore_operator_members{rstore_namespace=\"ns\",rstore_name=\"db\",state=\"healthy\"} 3",
+            "rstore_operator_members{store_namespace=\"ns\",store=\"db\",state=\"healthy\"} 3",
             "rstore_operator_clusters{phase=\"Available\"} 1",
             "rstore_operator_leader 1",
         ] {

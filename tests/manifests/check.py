@@ -45,6 +45,9 @@ KUBE_VERSIONS = ["1.29.0", "latest"]
 OPERATOR_RBAC = {
     ("rstore.dev", "replicatedstores"): {"get", "list", "watch", "patch", "update"},
     ("rstore.dev", "replicatedstores/status"): {"get", "patch", "update"},
+    # Owner references with blockOwnerDeletion need it where OwnerReferencesPermissionEnforcement
+    # is on (OpenShift, hardened clusters).
+    ("rstore.dev", "replicatedstores/finalizers"): {"update"},
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
@@ -60,7 +63,7 @@ OPERATOR_METRICS = {
     "rstore_operator_reconcile_errors_total": ("counter", {"reason"}),
     "rstore_operator_reconcile_duration_seconds": ("histogram", set()),
     "rstore_operator_steps_total": ("counter", {"step"}),
-    "rstore_operator_members": ("gauge", {"state"}),
+    "rstore_operator_members": ("gauge", {"store_namespace", "store", "state"}),
     "rstore_operator_clusters": ("gauge", {"phase"}),
     "rstore_operator_leader": ("gauge", set()),
 }
