@@ -312,7 +312,15 @@ async fn invalid_spec(rs: &ReplicatedStore, ctx: &Context, message: &str) -> Res
     let mut status = rs.status.clone().unwrap_or_default();
     status.observed_generation = rs.metadata.generation;
     status.phase = Some(crate::crd::Phase::Degraded);
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    // The transition time stays while the condition does, so a repeat writes nothing.
+    let now = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::PROGRESSING && c.status == "False")
+        .map_or_else(
+            || Time(k8s_openapi::jiff::Timestamp::now()),
+            |c| c.last_transition_time.clone(),
+        );
     status.conditions.retain(|c| c.type_ != status::PROGRESSING);
     status
         .conditions
