@@ -208,22 +208,26 @@ async fn reconcile_inner(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome>
         match &r {
             Ok(()) => {
                 ctx.metrics.step(step_reason(&step));
-                event(
+                let pod = step_pod(&step, &obs).map(|o| names.pod(o));
+                publish(
                     ctx,
                     rs,
                     EventType::Normal,
                     step_reason(&step),
                     &step.to_string(),
+                    pod,
                 )
                 .await;
             }
             Err(e) => {
-                event(
+                let pod = step_pod(&step, &obs).map(|o| names.pod(o));
+                publish(
                     ctx,
                     rs,
                     EventType::Warning,
                     "StepFailed",
                     &format!("{step}: {e}"),
+                    pod,
                 )
                 .await;
             }
@@ -512,14 +516,47 @@ async fn write_status(
     Ok(true)
 }
 
+/// The pod a step concerns, when it concerns one.
+fn step_pod(step: &Step, obs: &Observation) -> Option<u32> {
+    match step {
+        Step::InitCluster { pod } | Step::AddLearner { pod, .. } | Step::RestartPod { pod } => {
+            Some(*pod)
+        }
+        Step::PromoteVoter { id } | Step::RemoveMember { id, .. } => {
+            obs.member_ordinals.get(id).copied().flatten()
+        }
+        _ => None,
+    }
+}
+
 /// Publishes an Event about `rs`; a failure to publish is logged, never fatal.
 async fn event(ctx: &Context, rs: &ReplicatedStore, type_: EventType, reason: &str, note: &str) {
+    publish(ctx, rs, type_, reason, note, None).await;
+}
+
+/// Publishes an Event about `rs`, naming the pod it concerns as the related object. The
+/// recorder folds repeats of one (reason, related object) into a series; naming the pod keeps
+/// a change to each member its own Event.
+async fn publish(
+    ctx: &Context,
+    rs: &ReplicatedStore,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+    pod: Option<String>,
+) {
     let ev = Event {
         type_,
         reason: reason.into(),
         note: Some(note.chars().take(1000).collect()),
         action: reason.into(),
-        secondary: None,
+        secondary: pod.map(|name| k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(name),
+            namespace: rs.namespace(),
+            ..Default::default()
+        }),
     };
     if let Err(e) = ctx.recorder.publish(&ev, &rs.object_ref(&())).await {
         warn!(error = %e, reason, "cannot publish an Event");

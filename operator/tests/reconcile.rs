@@ -60,8 +60,22 @@ async fn children(client: &Client) -> Vec<Value> {
         .iter()
         .map(content)
         .collect();
-    out.extend(svc.list(&ListParams::default()).await.unwrap().items.iter().map(content));
-    out.extend(pdb.list(&ListParams::default()).await.unwrap().items.iter().map(content));
+    out.extend(
+        svc.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(content),
+    );
+    out.extend(
+        pdb.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(content),
+    );
     out
 }
 
@@ -94,13 +108,21 @@ async fn creates_owned_objects_writes_status_and_events_then_settles() {
 
     let rs = api.get("db").await.unwrap();
     let first = reconcile_once(&rs, &ctx).await.unwrap();
-    assert!(matches!(first.step, Step::CreateStatefulSet { replicas: 3, .. }), "{first:?}");
+    assert!(
+        matches!(first.step, Step::CreateStatefulSet { replicas: 3, .. }),
+        "{first:?}"
+    );
     assert!(first.status_written);
 
     let objects = children(&client).await;
     let names: Vec<(&str, &str)> = objects
         .iter()
-        .map(|o| (o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()))
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap(),
+            )
+        })
         .collect();
     for want in [
         ("StatefulSet", "db"),
@@ -126,7 +148,8 @@ async fn creates_owned_objects_writes_status_and_events_then_settles() {
     assert_eq!(condition(&rs, "Progressing").1, "CreatingStatefulSet");
     let evs = events(&client).await;
     assert!(
-        evs.iter().any(|(reason, note)| reason == "CreatingStatefulSet" && note.contains("3 pods")),
+        evs.iter()
+            .any(|(reason, note)| reason == "CreatingStatefulSet" && note.contains("3 pods")),
         "{evs:?}"
     );
 
@@ -134,7 +157,10 @@ async fn creates_owned_objects_writes_status_and_events_then_settles() {
     let second = reconcile_once(&rs, &ctx).await.unwrap();
     assert!(matches!(second.step, Step::Wait { .. }), "{second:?}");
     let rs = api.get("db").await.unwrap();
-    assert_eq!(rs.status.as_ref().unwrap().phase, Some(Phase::Bootstrapping));
+    assert_eq!(
+        rs.status.as_ref().unwrap().phase,
+        Some(Phase::Bootstrapping)
+    );
     let (_, reason, message) = condition(&rs, "Progressing");
     assert_eq!(reason, "Waiting");
     assert!(message.contains("pod 0"), "{message}");
@@ -143,7 +169,10 @@ async fn creates_owned_objects_writes_status_and_events_then_settles() {
     let before = children(&client).await;
     let events_before = events(&client).await.len();
     let third = reconcile_once(&rs, &ctx).await.unwrap();
-    assert!(!third.status_written, "an unchanged cluster must not rewrite status");
+    assert!(
+        !third.status_written,
+        "an unchanged cluster must not rewrite status"
+    );
     assert_eq!(children(&client).await, before);
     assert_eq!(events(&client).await.len(), events_before);
     assert_eq!(api.get("db").await.unwrap().status, rs.status);
@@ -167,12 +196,21 @@ async fn an_impossible_spec_changes_nothing_and_says_why() {
     let (status, reason, message) = condition(&rs, "Progressing");
     assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
     assert!(message.contains("replicas is 0"), "{message}");
-    assert!(events(&client).await.iter().any(|(r, _)| r == "InvalidSpec"));
+    assert!(
+        events(&client)
+            .await
+            .iter()
+            .any(|(r, _)| r == "InvalidSpec")
+    );
     // Once: the refusal is not repeated on every requeue.
     let again = reconcile_once(&rs, &ctx).await.unwrap();
     assert!(!again.status_written);
     assert_eq!(
-        events(&client).await.iter().filter(|(r, _)| r == "InvalidSpec").count(),
+        events(&client)
+            .await
+            .iter()
+            .filter(|(r, _)| r == "InvalidSpec")
+            .count(),
         1
     );
 }
@@ -189,7 +227,10 @@ async fn paused_observes_but_takes_no_action() {
     let Step::Wait { reason } = &outcome.step else {
         panic!("{outcome:?}")
     };
-    assert!(reason.contains("paused") && reason.contains("create the StatefulSet"), "{reason}");
+    assert!(
+        reason.contains("paused") && reason.contains("create the StatefulSet"),
+        "{reason}"
+    );
     let objects = children(&client).await;
     assert!(
         objects.iter().all(|o| o["kind"] != "StatefulSet"),

@@ -1,0 +1,420 @@
+//! End to end through the operator's local control plane: the real reconcile loop against the
+//! in-memory API server, and the pod runner turning the StatefulSet into real `node`
+//! processes on loopback. A background writer runs throughout, and every write it got an
+//! acknowledgement for must read back at the end.
+//!
+//! One test walks a cluster through its life, as a user would: create 3 → Available, scale to
+//! 5 and back to 3, add 2 read replicas, kill the leader's process, delete a pod's volume
+//! (it comes back with a new id), change the image (a rolling restart, one pod at a time),
+//! and switch the replication mode. It prints the time to Available and the heal times.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{node_bin, wait_for};
+use kube::ResourceExt;
+use rstore_operator::crd::{
+    MemberRole, Phase, ReplicatedStore, ReplicatedStoreSpec, ReplicatedStoreStatus, ReplicationMode,
+};
+use rstore_operator::local::{Fault, LocalControlPlane, LocalOptions};
+use serde_json::Value;
+
+const NS: &str = "default";
+const NAME: &str = "db";
+/// Generous: a membership change waits for catch-up, and two cores run everything.
+const STEP: Duration = Duration::from_secs(90);
+
+struct Harness {
+    plane: LocalControlPlane,
+    spec: ReplicatedStoreSpec,
+}
+
+impl Harness {
+    async fn apply(&mut self, change: impl FnOnce(&mut ReplicatedStoreSpec)) {
+        change(&mut self.spec);
+        let mut rs = ReplicatedStore::new(NAME, self.spec.clone());
+        rs.metadata.namespace = Some(NS.into());
+        self.plane.apply(rs).await.expect("apply the spec");
+    }
+
+    async fn resource(&self) -> ReplicatedStore {
+        self.plane.get(NS, NAME).await.expect("get the resource")
+    }
+
+    /// Waits until the status reports the shape asked for, for the current generation, with
+    /// every member healthy; returns that status.
+    async fn settled(&self, voters: usize, learners: usize, what: &str) -> ReplicatedStoreStatus {
+        wait_for(STEP, what, async || {
+            let rs = self.resource().await;
+            let st = rs.status.clone().ok_or("no status yet")?;
+            let summary = summary(&rs);
+            let shape_ok = st.observed_generation == rs.metadata.generation
+                && st.phase == Some(Phase::Available)
+                && condition(&st, "Available") == Some("True")
+                && st.leader.is_some()
+                && st.members.len() == voters + learners
+                && count(&st, MemberRole::Voter) == voters
+                && count(&st, MemberRole::Learner) == learners
+                && st.members.iter().all(|m| m.healthy && m.pod.is_some());
+            if shape_ok { Ok(st) } else { Err(summary) }
+        })
+        .await
+    }
+
+    async fn client_url(&self, pod: &str) -> String {
+        self.plane
+            .runner
+            .lock()
+            .await
+            .client_url(NS, pod)
+            .unwrap_or_else(|| panic!("{pod} has no address"))
+    }
+}
+
+fn count(st: &ReplicatedStoreStatus, role: MemberRole) -> usize {
+    st.members.iter().filter(|m| m.role == role).count()
+}
+
+fn condition<'a>(st: &'a ReplicatedStoreStatus, type_: &str) -> Option<&'a str> {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.as_str())
+}
+
+fn summary(rs: &ReplicatedStore) -> String {
+    match &rs.status {
+        Some(st) => format!(
+            "{} (generation {:?}, observed {:?}, conditions {:?})",
+            rstore_operator::status::summary(rs, st),
+            rs.metadata.generation,
+            st.observed_generation,
+            st.conditions
+                .iter()
+                .map(|c| format!("{}={} {}: {}", c.type_, c.status, c.reason, c.message))
+                .collect::<Vec<_>>()
+        ),
+        None => "no status".into(),
+    }
+}
+
+/// Writes `w-<n>` = `v-<n>` round-robin through the first three pods until stopped; records
+/// every acknowledged write.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(String, String)>>,
+    failures: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn start(urls: Vec<String>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(AtomicU64::new(0));
+        let (stop2, failures2) = (stop.clone(), failures.clone());
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let mut acked = Vec::new();
+            let mut n = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                let (key, value) = (format!("w-{n}"), format!("v-{n}"));
+                let url = &urls[(n as usize) % urls.len()];
+                let ok = matches!(
+                    http.put(format!("{url}/v1/kv/{key}")).body(value.clone()).send().await,
+                    Ok(r) if r.status().is_success()
+                );
+                if ok {
+                    acked.push((key, value));
+                } else {
+                    failures2.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            acked
+        });
+        Self {
+            stop,
+            task,
+            failures,
+        }
+    }
+
+    async fn finish(self) -> (Vec<(String, String)>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let acked = self.task.await.expect("writer task");
+        (acked, self.failures.load(Ordering::Relaxed))
+    }
+}
+
+/// Prints the tail of every node's log when the test fails (before the volumes go).
+struct DumpLogsOnPanic(std::path::PathBuf);
+
+impl Drop for DumpLogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.0.join("logs")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!(
+                "==== {} (last {} lines)\n{}",
+                e.path().display(),
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lifecycle_with_a_background_writer_loses_nothing() {
+    let mut opts = LocalOptions::new(node_bin());
+    opts.tick = Duration::from_millis(200);
+    let plane = LocalControlPlane::start(opts)
+        .await
+        .expect("local control plane");
+    let root = plane.root().to_owned();
+    let mut h = Harness {
+        plane,
+        spec: ReplicatedStoreSpec::default(),
+    };
+    // Declared after `h`, so dropped before it: the logs are printed before the volumes go.
+    let _dump = DumpLogsOnPanic(root);
+
+    // Create 3 → Available.
+    let t0 = Instant::now();
+    h.apply(|s| s.replicas = 3).await;
+    let st = h.settled(3, 0, "3 voters Available").await;
+    let to_available = t0.elapsed();
+    let cluster_id = st.cluster_id.clone().expect("cluster id in status");
+
+    let urls = vec![
+        h.client_url("db-0").await,
+        h.client_url("db-1").await,
+        h.client_url("db-2").await,
+    ];
+    let writer = Writer::start(urls.clone());
+
+    // Scale out to 5, then in to 3: members leave Raft before their pods go.
+    h.apply(|s| s.replicas = 5).await;
+    h.settled(5, 0, "5 voters").await;
+    h.apply(|s| s.replicas = 3).await;
+    h.settled(3, 0, "back to 3 voters").await;
+    wait_for(STEP, "the StatefulSet's pods beyond 3 to go", async || {
+        let pods = h.plane.pods(NS).await.map_err(|e| e.to_string())?;
+        if pods.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{} pods", pods.len()))
+        }
+    })
+    .await;
+
+    // Two read replicas join as learners and stay learners.
+    h.apply(|s| s.read_replicas = 2).await;
+    let st = h.settled(3, 2, "3 voters and 2 learners").await;
+    for pod in ["db-3", "db-4"] {
+        let m = st
+            .members
+            .iter()
+            .find(|m| m.pod.as_deref() == Some(pod))
+            .unwrap();
+        assert_eq!(m.role, MemberRole::Learner, "{pod} must be a read replica");
+    }
+
+    // Kill the leader's process: it restarts on its volume (kubelet-style) with the same id
+    // and rejoins. (openraft lets a leader whose vote is committed restart as leader of the
+    // same term when it is back before the followers' election timeout.)
+    let leader = st.leader.clone().unwrap();
+    let leader_id = st
+        .members
+        .iter()
+        .find(|m| m.pod.as_deref() == Some(leader.as_str()))
+        .unwrap()
+        .node_id
+        .clone();
+    let leader_url = h.client_url(&leader).await;
+    let t_kill = Instant::now();
+    assert!(h.plane.runner.lock().await.inject(NS, &leader, Fault::Kill));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    wait_for(
+        STEP,
+        "the killed leader back, ready, and every member healthy",
+        async || {
+            // The old process is dead (inject waits for it), so a ready answer is the new one.
+            let ready = matches!(
+                http.get(format!("{leader_url}/readyz")).send().await,
+                Ok(r) if r.status().is_success()
+            );
+            let rs = h.resource().await;
+            let st = rs.status.clone().ok_or("no status")?;
+            let same_id = st
+                .members
+                .iter()
+                .any(|m| m.pod.as_deref() == Some(leader.as_str()) && m.node_id == leader_id);
+            if ready
+                && same_id
+                && st.leader.is_some()
+                && st.members.len() == 5
+                && st.members.iter().all(|m| m.healthy)
+            {
+                Ok(())
+            } else {
+                Err(format!("ready={ready} {}", summary(&rs)))
+            }
+        },
+    )
+    .await;
+    let heal_kill = t_kill.elapsed();
+    h.settled(3, 2, "healthy after the leader kill").await;
+
+    // Delete a voter's volume: its pod comes back with a new id; the stale member is removed
+    // and the new one added.
+    let st = h.resource().await.status.unwrap();
+    let victim = st
+        .members
+        .iter()
+        .find(|m| m.role == MemberRole::Voter && st.leader != m.pod)
+        .cloned()
+        .unwrap();
+    let victim_pod = victim.pod.clone().unwrap();
+    let volume = h.plane.runner.lock().await.volume(NS, &victim_pod);
+    let t_wipe = Instant::now();
+    std::fs::remove_dir_all(&volume).unwrap();
+    wait_for(STEP, "the wiped pod back as a new member", async || {
+        let rs = h.resource().await;
+        let st = rs.status.clone().ok_or("no status")?;
+        let back = st.members.iter().any(|m| {
+            m.pod.as_deref() == Some(victim_pod.as_str())
+                && m.node_id != victim.node_id
+                && m.healthy
+        });
+        let stale_gone = st.members.iter().all(|m| m.node_id != victim.node_id);
+        if back
+            && stale_gone
+            && count(&st, MemberRole::Voter) == 3
+            && st.members.iter().all(|m| m.healthy)
+        {
+            Ok(())
+        } else {
+            Err(summary(&rs))
+        }
+    })
+    .await;
+    let heal_wipe = t_wipe.elapsed();
+    h.settled(3, 2, "healthy after the volume loss").await;
+
+    // A new image: every pod restarts once, one at a time, and the cluster stays available.
+    let t_roll = Instant::now();
+    h.apply(|s| s.image = "ghcr.io/rstore/node:0.1.1".into())
+        .await;
+    h.settled(3, 2, "rolled to the new image").await;
+    let roll = t_roll.elapsed();
+    for pod in h.plane.pods(NS).await.unwrap() {
+        let image = &pod.spec.as_ref().unwrap().containers[0].image;
+        assert_eq!(
+            image.as_deref(),
+            Some("ghcr.io/rstore/node:0.1.1"),
+            "{}",
+            pod.name_any()
+        );
+    }
+    let mut restarted: Vec<String> = h
+        .plane
+        .events(NS)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("RestartingPod"))
+        .filter_map(|e| {
+            let repeats = e.series.map_or(1, |s| s.count);
+            assert_eq!(
+                repeats, 1,
+                "a pod was restarted more than once: {:?}",
+                e.note
+            );
+            e.related?.name
+        })
+        .collect();
+    restarted.sort();
+    assert_eq!(
+        restarted,
+        ["db-0", "db-1", "db-2", "db-3", "db-4"],
+        "each pod restarted once"
+    );
+
+    // Switch the mode live.
+    h.apply(|s| s.replication.mode = ReplicationMode::Sync)
+        .await;
+    h.settled(3, 2, "sync mode").await;
+    wait_for(STEP, "the nodes to report sync mode", async || {
+        let cfg: Value = reqwest::get(format!("{}/v1/cluster/config", urls[0]))
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if cfg["replication_mode"] == "sync" {
+            Ok(())
+        } else {
+            Err(cfg.to_string())
+        }
+    })
+    .await;
+
+    // Nothing acknowledged was lost, and the cluster is still the one it was.
+    let (acked, failures) = writer.finish().await;
+    assert!(
+        acked.len() > 100,
+        "the writer made progress: {} acked",
+        acked.len()
+    );
+    for (key, value) in &acked {
+        let url = format!("{}/v1/kv/{key}?consistency=linearizable", urls[0]);
+        let body = wait_for(Duration::from_secs(30), "an acknowledged key", async || {
+            let r = http.get(&url).send().await.map_err(|e| e.to_string())?;
+            if r.status().as_u16() == 404 {
+                return Ok(None);
+            }
+            if !r.status().is_success() {
+                return Err(format!("{}", r.status()));
+            }
+            Ok(Some(r.text().await.map_err(|e| e.to_string())?))
+        })
+        .await;
+        assert_eq!(
+            body.as_deref(),
+            Some(value.as_str()),
+            "acknowledged write of {key} lost"
+        );
+    }
+    let st = h.resource().await.status.unwrap();
+    assert_eq!(st.cluster_id.as_deref(), Some(cluster_id.as_str()));
+    println!(
+        "operator e2e: Available in {:.1}s; leader kill healed in {:.1}s; volume loss healed in \
+         {:.1}s; rolling restart of 5 pods in {:.1}s; {} writes acknowledged and read back, {} \
+         failed or unknown",
+        to_available.as_secs_f64(),
+        heal_kill.as_secs_f64(),
+        heal_wipe.as_secs_f64(),
+        roll.as_secs_f64(),
+        acked.len(),
+        failures
+    );
+    h.plane.shutdown().await;
+}
