@@ -7,6 +7,10 @@
 //! 5 and back to 3, add 2 read replicas, kill the leader's process, delete a pod's volume
 //! (it comes back with a new id), change the image (a rolling restart, one pod at a time),
 //! and switch the replication mode. It prints the time to Available and the heal times.
+//!
+//! Another, with short health timeouts, pauses nodes (SIGSTOP): two of three voters paused is
+//! a lost quorum, reported as Degraded with recovery steps and never forced; one voter paused
+//! beyond the replacement timeout is removed, and added back once it answers again.
 
 mod common;
 
@@ -20,6 +24,7 @@ use rstore_operator::crd::{
     MemberRole, Phase, ReplicatedStore, ReplicatedStoreSpec, ReplicatedStoreStatus, ReplicationMode,
 };
 use rstore_operator::local::{Fault, LocalControlPlane, LocalOptions};
+use rstore_operator::planner::Policy;
 use serde_json::Value;
 
 const NS: &str = "default";
@@ -415,6 +420,137 @@ async fn lifecycle_with_a_background_writer_loses_nothing() {
         roll.as_secs_f64(),
         acked.len(),
         failures
+    );
+    h.plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quorum_loss_is_reported_never_forced_and_unreachable_members_are_replaced() {
+    let mut opts = LocalOptions::new(node_bin());
+    opts.tick = Duration::from_millis(200);
+    opts.settings.policy = Policy {
+        contact_timeout_ms: 2_000,
+        replace_after_ms: 6_000,
+        degraded_after_ms: 3_000,
+        ..Policy::default()
+    };
+    let plane = LocalControlPlane::start(opts)
+        .await
+        .expect("local control plane");
+    let root = plane.root().to_owned();
+    let mut h = Harness {
+        plane,
+        spec: ReplicatedStoreSpec::default(),
+    };
+    let _dump = DumpLogsOnPanic(root);
+    let t = Instant::now();
+    h.apply(|s| s.replicas = 3).await;
+    let st = h.settled(3, 0, "3 voters Available").await;
+    let leader = st.leader.clone().unwrap();
+    let followers: Vec<String> = st
+        .members
+        .iter()
+        .filter_map(|m| m.pod.clone())
+        .filter(|p| *p != leader)
+        .collect();
+    let ids_before: Vec<String> = st.members.iter().map(|m| m.node_id.clone()).collect();
+
+    // Two of three voters hang: quorum is lost. The operator says so, with what to do, and
+    // changes nothing.
+    for f in &followers {
+        assert!(h.plane.runner.lock().await.inject(NS, f, Fault::Pause));
+    }
+    let degraded = wait_for(STEP, "Degraded after the quorum is lost", async || {
+        let rs = h.resource().await;
+        let st = rs.status.clone().ok_or("no status")?;
+        let c = st.conditions.iter().find(|c| c.type_ == "Degraded");
+        match c {
+            Some(c) if st.phase == Some(Phase::Degraded) && c.status == "True" => {
+                Ok((st.clone(), c.message.clone()))
+            }
+            _ => Err(summary(&rs)),
+        }
+    })
+    .await;
+    let (st, message) = degraded;
+    println!("degraded reported after {:?}", t.elapsed());
+    assert!(message.contains("Recovery:"), "{message}");
+    assert!(message.contains("restore from a backup"), "{message}");
+    assert_eq!(condition(&st, "Available"), Some("False"));
+    let ids: Vec<String> = st.members.iter().map(|m| m.node_id.clone()).collect();
+    assert_eq!(
+        ids, ids_before,
+        "no member may be removed while quorum is lost"
+    );
+    let warned = h.plane.events(NS).await.unwrap().into_iter().any(|e| {
+        e.reason.as_deref() == Some("QuorumLost") && e.type_.as_deref() == Some("Warning")
+    });
+    assert!(warned, "a Warning Event reports the lost quorum");
+
+    for f in &followers {
+        assert!(h.plane.runner.lock().await.inject(NS, f, Fault::Resume));
+    }
+    let st = h
+        .settled(3, 0, "Available again once the voters are back")
+        .await;
+    let ids: Vec<String> = st.members.iter().map(|m| m.node_id.clone()).collect();
+    assert_eq!(ids.len(), 3);
+    for id in &ids_before {
+        assert!(ids.contains(id), "the same members, none forced out");
+    }
+
+    // One voter hangs beyond the replacement timeout: removed while a healthy quorum remains,
+    // and added back (caught up, then promoted) when it answers again.
+    let st = h.resource().await.status.unwrap();
+    let leader = st.leader.clone().unwrap();
+    let victim = st
+        .members
+        .iter()
+        .find(|m| m.pod.as_deref() != Some(leader.as_str()))
+        .cloned()
+        .unwrap();
+    let victim_pod = victim.pod.clone().unwrap();
+    assert!(
+        h.plane
+            .runner
+            .lock()
+            .await
+            .inject(NS, &victim_pod, Fault::Pause)
+    );
+    wait_for(STEP, "the unreachable member removed", async || {
+        let rs = h.resource().await;
+        let st = rs.status.clone().ok_or("no status")?;
+        if st.members.len() == 2 && st.members.iter().all(|m| m.node_id != victim.node_id) {
+            Ok(())
+        } else {
+            Err(summary(&rs))
+        }
+    })
+    .await;
+    println!("unreachable member removed after {:?}", t.elapsed());
+    let removal = h.plane.events(NS).await.unwrap().into_iter().find(|e| {
+        e.reason.as_deref() == Some("RemovingMember")
+            && e.note.as_deref().is_some_and(|n| n.contains("unreachable"))
+    });
+    assert!(
+        removal.is_some(),
+        "an Event says why the member was removed"
+    );
+    assert!(
+        h.plane
+            .runner
+            .lock()
+            .await
+            .inject(NS, &victim_pod, Fault::Resume)
+    );
+    let st = h
+        .settled(3, 0, "the member back after it answers again")
+        .await;
+    assert!(
+        st.members
+            .iter()
+            .any(|m| m.pod.as_deref() == Some(victim_pod.as_str())),
+        "{victim_pod} is a member again"
     );
     h.plane.shutdown().await;
 }

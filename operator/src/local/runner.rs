@@ -51,6 +51,10 @@ struct Proc {
 pub enum Fault {
     /// SIGKILL the process; the runner restarts it on the same volume.
     Kill,
+    /// SIGSTOP the process: it stays, unresponsive (a hung node, a long GC pause).
+    Pause,
+    /// SIGCONT a paused process.
+    Resume,
 }
 
 /// The pod runner.
@@ -127,14 +131,22 @@ impl PodRunner {
     /// Injects a fault into a running pod.
     pub fn inject(&mut self, namespace: &str, pod: &str, fault: Fault) -> bool {
         let key = (namespace.to_owned(), pod.to_owned());
-        match (fault, self.procs.get_mut(&key)) {
-            (Fault::Kill, Some(p)) => {
+        let Some(p) = self.procs.get_mut(&key) else {
+            return false;
+        };
+        let signal = match fault {
+            Fault::Kill => {
                 let _ = p.child.kill();
                 let _ = p.child.wait();
-                true
+                return true;
             }
-            (_, None) => false,
-        }
+            Fault::Pause => "-STOP",
+            Fault::Resume => "-CONT",
+        };
+        Command::new("kill")
+            .args([signal, &p.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// One pass: bring processes and pod objects in line with the StatefulSets.
@@ -473,6 +485,10 @@ impl PodRunner {
         let Some(mut p) = self.procs.remove(&key) else {
             return;
         };
+        // A paused node must run again to handle SIGTERM.
+        let _ = Command::new("kill")
+            .args(["-CONT", &p.child.id().to_string()])
+            .status();
         let _ = Command::new("kill")
             .args(["-TERM", &p.child.id().to_string()])
             .status();
