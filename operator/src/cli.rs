@@ -39,6 +39,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the ReplicatedStore CustomResourceDefinition as YAML on stdout.
     Crd,
+    /// Print the ReplicatedStore field reference as Markdown (docs/crd.md).
+    CrdReference,
     /// Run the controller against a Kubernetes cluster.
     Run(RunArgs),
     /// Run a local control plane: the real reconcile loop against an in-memory API server,
@@ -119,7 +121,7 @@ impl Cli {
     /// The log format the command asks for (`crd` logs nothing).
     pub fn log_format(&self) -> Option<LogFormat> {
         match &self.command {
-            Command::Crd => None,
+            Command::Crd | Command::CrdReference => None,
             Command::Run(a) => Some(a.log_format),
             Command::Local(a) => Some(a.log_format),
         }
@@ -133,6 +135,9 @@ impl Cli {
                     .map_err(Error::WriteOutput)?;
                 Ok(())
             }
+            Command::CrdReference => out
+                .write_all(crd::reference_markdown().as_bytes())
+                .map_err(Error::WriteOutput),
             Command::Run(args) => runtime()?.block_on(run(args)),
             Command::Local(args) => runtime()?.block_on(local(args, out)),
         }
