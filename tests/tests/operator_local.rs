@@ -554,3 +554,123 @@ async fn quorum_loss_is_reported_never_forced_and_unreachable_members_are_replac
     );
     h.plane.shutdown().await;
 }
+
+/// Kills the `operator local` process if the test fails before it stops it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &self.0.id().to_string()])
+                .status();
+            std::thread::sleep(Duration::from_secs(3));
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_command_follows_edits_of_the_file_and_stops_cleanly() {
+    use std::io::BufRead;
+    let operator = node_bin().with_file_name("operator");
+    assert!(operator.is_file(), "{} not built", operator.display());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("store.yaml");
+    let yaml = |replicas: u32| {
+        format!(
+            "apiVersion: rstore.dev/v1alpha1\nkind: ReplicatedStore\nmetadata:\n  name: demo\n\
+             spec:\n  replicas: {replicas}\n"
+        )
+    };
+    std::fs::write(&file, yaml(1)).unwrap();
+    let child = std::process::Command::new(&operator)
+        .args(["local", "-f"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path().join("plane"))
+        .env("RSTORE_NODE_BIN", node_bin())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let stdout = child.0.stdout.take().unwrap();
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let seen = |pred: &dyn Fn(&str) -> bool| lines.lock().unwrap().iter().any(|l| pred(l));
+    wait_for(STEP, "one member Available", async || {
+        if seen(&|l| l.contains("demo is Available. Endpoints:")) {
+            Ok(())
+        } else {
+            Err(lines.lock().unwrap().join("\n"))
+        }
+    })
+    .await;
+
+    std::fs::write(&file, yaml(3)).unwrap();
+    let three_voters = |l: &str| l.contains(" Available ") && l.matches(":V").count() == 3;
+    wait_for(STEP, "the edit scaled it to 3 voters", async || {
+        if seen(&three_voters) {
+            Ok(())
+        } else {
+            Err(lines.lock().unwrap().join("\n"))
+        }
+    })
+    .await;
+    let endpoint = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.split("Endpoints: demo-0 ")
+                .nth(1)
+                .map(|r| r.split([',', ' ']).next().unwrap().to_owned())
+        })
+        .expect("endpoint of demo-0");
+
+    std::process::Command::new("kill")
+        .args(["-INT", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "operator local did not stop after SIGINT"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    // Let the reader thread drain the last lines.
+    wait_for(Duration::from_secs(5), "the last line", async || {
+        if seen(&|l| l == "stopped") {
+            Ok(())
+        } else {
+            Err(lines.lock().unwrap().join("\n"))
+        }
+    })
+    .await;
+    let gone = reqwest::Client::new()
+        .get(format!("{endpoint}/v1/node"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_err();
+    assert!(
+        gone,
+        "the nodes were stopped with the control plane ({endpoint} still answers)"
+    );
+}
