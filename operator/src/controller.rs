@@ -382,18 +382,12 @@ async fn act(
             apply(&sts_api, &statefulset::build(rs, *replicas, template)).await
         }
         Step::ScaleStatefulSet { replicas } => {
-            apply(
-                &sts_api,
-                &statefulset::build(rs, *replicas, current_template()?),
-            )
-            .await
+            let sts = statefulset::build(rs, *replicas, current_template()?);
+            apply(&sts_api, &keep_immutable(sts, obs)).await
         }
         Step::SetStatefulSetImage { .. } => {
-            apply(
-                &sts_api,
-                &statefulset::build(rs, current_replicas(), template),
-            )
-            .await
+            let sts = statefulset::build(rs, current_replicas(), template);
+            apply(&sts_api, &keep_immutable(sts, obs)).await
         }
         Step::InitCluster { pod } => {
             let base = obs
@@ -464,6 +458,18 @@ async fn act(
         }
         Step::Wait { .. } | Step::Refuse { .. } | Step::Degraded { .. } | Step::Done => Ok(()),
     }
+}
+
+/// Keeps the fields of an existing StatefulSet that Kubernetes forbids changing (its volume
+/// claim templates), so that a spec edit the CRD's rules missed cannot wedge every later apply.
+fn keep_immutable(mut sts: StatefulSet, obs: &Observation) -> StatefulSet {
+    let existing = obs.statefulset.as_ref().and_then(|s| s.spec.as_ref());
+    if let (Some(spec), Some(existing)) = (sts.spec.as_mut(), existing) {
+        spec.volume_claim_templates = existing.volume_claim_templates.clone();
+        spec.service_name = existing.service_name.clone();
+        spec.selector = existing.selector.clone();
+    }
+    sts
 }
 
 /// Server-side apply of a whole owned object under the operator's field manager.
@@ -599,4 +605,35 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    use super::*;
+    use crate::crd::ReplicatedStoreSpec;
+
+    #[test]
+    fn an_existing_statefulset_keeps_its_volume_claim_templates() {
+        let mut rs = ReplicatedStore::new("db", ReplicatedStoreSpec::default());
+        rs.metadata.namespace = Some("prod".into());
+        let existing = statefulset::build(&rs, 3, statefulset::pod_template(&rs));
+        rs.spec.storage.size = Quantity("5Gi".into());
+        rs.spec.image = "ghcr.io/rstore/node:0.2.0".into();
+        let wanted = statefulset::build(&rs, 3, statefulset::pod_template(&rs));
+        let obs = Observation {
+            statefulset: Some(existing.clone()),
+            ..Observation::default()
+        };
+        let applied = keep_immutable(wanted.clone(), &obs);
+        let claims = |s: &StatefulSet| s.spec.as_ref().unwrap().volume_claim_templates.clone();
+        assert_eq!(claims(&applied), claims(&existing), "sizes are immutable");
+        assert_ne!(claims(&wanted), claims(&existing));
+        assert_eq!(
+            applied.spec.as_ref().unwrap().template,
+            wanted.spec.as_ref().unwrap().template,
+            "the template still changes"
+        );
+    }
 }

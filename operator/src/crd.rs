@@ -260,8 +260,11 @@ impl ReadConsistency {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(oldSelf.storageClassName) || has(self.storageClassName)").message("storageClassName cannot be removed once set"))]
 pub struct StorageSpec {
-    /// Size of each member's volume, for example `1Gi`.
+    /// Size of each member's volume, for example `1Gi`. Fixed at creation: a StatefulSet's
+    /// volume claim templates cannot change (expand the PVCs themselves if their StorageClass
+    /// allows it).
     #[serde(default = "default_storage_size")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storage.size cannot change after creation: volume claim templates are immutable; expand each PVC instead if its StorageClass allows it"))]
     pub size: Quantity,
 
     /// StorageClass of the volumes. Left out, the cluster's default class is used. Immutable
@@ -838,6 +841,15 @@ mod tests {
         assert!(
             removed.iter().any(|m| m.contains("cannot be removed")),
             "{removed:?}"
+        );
+        let bigger = json!({"storage": {"size": "2Gi", "storageClassName": "fast"}});
+        let same = json!({"storage": {"size": "1Gi", "storageClassName": "fast"}});
+        let resized = rejections(bigger, Some(same));
+        assert!(
+            resized
+                .iter()
+                .any(|m| m.contains("storage.size cannot change")),
+            "{resized:?}"
         );
     }
 
