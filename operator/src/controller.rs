@@ -203,33 +203,23 @@ async fn reconcile_inner(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome>
     let step = plan(&desired, &observed, &ctx.settings.policy);
 
     let acted = if step.is_action() {
-        info!(namespace = %names.namespace, name = %names.name, step = %step, "acting");
+        let pod = step_pod(&step, &obs).map(|o| names.pod(o));
+        // Say when a step concerns the leader: the order of a rolling restart shows in Events.
+        let role = match &pod {
+            Some(p) if obs.leader_pod(&names).as_deref() == Some(p.as_str()) => " (the leader)",
+            _ => "",
+        };
+        let note = format!("{step}{role}");
+        info!(namespace = %names.namespace, name = %names.name, step = %note, "acting");
         let r = act(rs, ctx, &obs, &step, template).await;
         match &r {
             Ok(()) => {
                 ctx.metrics.step(step_reason(&step));
-                let pod = step_pod(&step, &obs).map(|o| names.pod(o));
-                publish(
-                    ctx,
-                    rs,
-                    EventType::Normal,
-                    step_reason(&step),
-                    &step.to_string(),
-                    pod,
-                )
-                .await;
+                publish(ctx, rs, EventType::Normal, step_reason(&step), &note, pod).await;
             }
             Err(e) => {
-                let pod = step_pod(&step, &obs).map(|o| names.pod(o));
-                publish(
-                    ctx,
-                    rs,
-                    EventType::Warning,
-                    "StepFailed",
-                    &format!("{step}: {e}"),
-                    pod,
-                )
-                .await;
+                let note = format!("{note}: {e}");
+                publish(ctx, rs, EventType::Warning, "StepFailed", &note, pod).await;
             }
         }
         r

@@ -339,28 +339,50 @@ async fn lifecycle_with_a_background_writer_loses_nothing() {
             pod.name_any()
         );
     }
-    let mut restarted: Vec<String> = h
+    let mut restarts: Vec<(Option<k8s_openapi::jiff::Timestamp>, String, String)> = h
         .plane
         .events(NS)
         .await
         .unwrap()
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some("RestartingPod"))
-        .filter_map(|e| {
-            let repeats = e.series.map_or(1, |s| s.count);
+        .map(|e| {
+            let repeats = e.series.as_ref().map_or(1, |s| s.count);
             assert_eq!(
                 repeats, 1,
                 "a pod was restarted more than once: {:?}",
                 e.note
             );
-            e.related?.name
+            let at = e.event_time.as_ref().map(|t| t.0);
+            (
+                at,
+                e.related.and_then(|r| r.name).unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
         })
         .collect();
+    restarts.sort();
+    let mut restarted: Vec<&str> = restarts.iter().map(|(_, pod, _)| pod.as_str()).collect();
     restarted.sort();
     assert_eq!(
         restarted,
         ["db-0", "db-1", "db-2", "db-3", "db-4"],
         "each pod restarted once"
+    );
+    // The leader goes last: a restart of the pod that leads at that moment can only be the
+    // final one (leadership may move to an already restarted pod before, so none at all is
+    // fine too).
+    let order: Vec<&str> = restarts.iter().map(|(_, _, note)| note.as_str()).collect();
+    println!("rolling restart order: {order:?}");
+    let leader_restarts: Vec<usize> = restarts
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, _, note))| note.contains("(the leader)"))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        leader_restarts.is_empty() || leader_restarts == [restarts.len() - 1],
+        "the leader was restarted before other pods: {restarts:?}"
     );
 
     // Switch the mode live.
