@@ -182,7 +182,9 @@ impl Node {
                 committed: committed.clone(),
             },
         );
+        // Members talk directly: an HTTP_PROXY set for the pod must not carry cluster traffic.
         let http = reqwest::Client::builder()
+            .no_proxy()
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))

@@ -151,7 +151,9 @@ impl NodeApi {
     /// A client with the given timeouts for reads and for membership changes.
     pub fn new(read_timeout: Duration, change_timeout: Duration) -> Self {
         Self {
+            // Pods are reached on their IPs, never through an HTTP_PROXY.
             http: reqwest::Client::builder()
+                .no_proxy()
                 .connect_timeout(read_timeout)
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build()

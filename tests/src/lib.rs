@@ -1,1 +1,8 @@
-//! Shared helpers for the cross-crate tests live in `tests/tests/common`.
+//! Shared code for the cross-crate tests. The process harness lives in `tests/tests/common`;
+//! this library holds what the fault-injection suite (`tests/faults/README.md`) needs and
+//! what can be tested on its own:
+//! - [`faultnet`]: a TCP proxy between node processes that cuts, delays and heals links;
+//! - [`linearizability`]: operation histories and their linearizability check.
+
+pub mod faultnet;
+pub mod linearizability;

@@ -77,7 +77,9 @@ impl PeerNetwork {
         match clients.get(&target) {
             Some((u, c)) if u == url => c.clone(),
             _ => {
+                // Raft RPC goes straight to the peer, never through an HTTP_PROXY.
                 let c = reqwest::Client::builder()
+                    .no_proxy()
                     .pool_max_idle_per_host(8)
                     .pool_idle_timeout(Duration::from_secs(60))
                     .tcp_nodelay(true)

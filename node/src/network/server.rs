@@ -275,6 +275,41 @@ mod tests {
             decode_all(&ident, &bytes)?;
         }
 
+        /// The forwarding RPC (`/internal/v1/forward` on the client port) through the same
+        /// decoder: a batch of writes cut short never decodes as a batch, and a damaged one
+        /// is refused or decoded without a panic; the sender's decoding of a damaged answer
+        /// never panics either.
+        #[test]
+        fn damaged_forward_batches_are_refused_or_decoded(
+            cut in any::<prop::sample::Index>(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..8), 1..4),
+            keys in proptest::collection::vec("[a-z/]{1,12}", 1..4),
+        ) {
+            let (_dir, ident) = identity();
+            let me = ident.node_id();
+            let writes = keys
+                .iter()
+                .map(|k| Command::Put { key: k.clone(), value: k.as_bytes().to_vec(), cond: Condition::Version(3) })
+                .collect();
+            let valid = bincode::serialize(&Envelope {
+                cluster_id: Some(ME.to_string()),
+                from: 42,
+                target: me,
+                body: ForwardRequest { writes, read_index: true },
+            })
+            .unwrap();
+            prop_assert!(open_envelope::<ForwardRequest>(&ident, &valid).is_ok());
+            let truncated = &valid[..cut.index(valid.len())];
+            prop_assert!(!decode_all(&ident, truncated)?.contains(&"ForwardRequest"));
+            let mut flipped = valid.clone();
+            for (i, bit) in &flips {
+                flipped[i.index(valid.len())] ^= 1 << bit;
+            }
+            decode_all(&ident, &flipped)?;
+            let _ = bincode::deserialize::<crate::forwarder::ForwardResponse>(&flipped);
+            let _ = bincode::deserialize::<crate::forwarder::ForwardResponse>(truncated);
+        }
+
         /// Valid envelopes, cut short or with bits flipped: a refusal or a decode, and a
         /// decode only when the envelope is still for this cluster and this node.
         #[test]

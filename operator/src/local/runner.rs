@@ -86,6 +86,7 @@ impl PodRunner {
             procs: HashMap::new(),
             ready: HashMap::new(),
             http: reqwest::Client::builder()
+                .no_proxy()
                 .timeout(Duration::from_millis(500))
                 .build()
                 .unwrap_or_default(),

@@ -11,6 +11,10 @@
 //! - [`Cluster`]: bootstrap through the admin API, leader lookup, membership helpers;
 //! - [`wait_until`], [`wait_for`]: poll a condition, never sleep a fixed time.
 //!
+//! An [`Interposer`] (the fault-injection suite's proxy, `tests/faults/README.md`) can stand
+//! between the nodes: each node then advertises the interposer's URLs to its peers, while
+//! the test's own [`NodeClient`]s still talk to the node directly.
+//!
 //! Set `RSTORE_NODE_BIN` to test another binary, and `RSTORE_TEST_KEEP=1` to keep the
 //! data dirs and logs of every cluster after the test.
 
@@ -23,7 +27,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -115,14 +119,27 @@ pub async fn wait_for<T>(
     }
 }
 
+/// Something that sits between the nodes on the network: it chooses the URLs node `index`
+/// advertises to its peers, and learns each process's pid and real ports at every start.
+pub trait Interposer: Send + Sync {
+    /// The (client, peer) URLs node `index` advertises.
+    fn advertise(&self, index: usize) -> (String, String);
+    /// Node `index` was spawned as `pid`, listening on these ports.
+    fn spawned(&self, index: usize, pid: u32, client_port: u16, peer_port: u16);
+}
+
 /// One `node serve` process and the directory it owns.
 pub struct TestNode {
     /// Index in [`Cluster::nodes`], used in log dumps.
     pub index: usize,
     /// The Raft id the process reported at its last start (a wiped node gets a new one).
     pub id: u64,
+    /// The client URL the node advertises (its own, or the interposer's).
     pub client_url: String,
+    /// The peer URL the node advertises (its own, or the interposer's).
     pub peer_url: String,
+    /// The node's own client URL, which [`TestNode::client`] uses.
+    pub direct_client_url: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     client_port: u16,
@@ -130,11 +147,18 @@ pub struct TestNode {
     env: Vec<(String, String)>,
     http: reqwest::Client,
     child: Option<Child>,
+    interposer: Option<Arc<dyn Interposer>>,
 }
 
 impl TestNode {
     /// A node that will live in `dir`, with fresh ports; not started yet.
-    fn new(index: usize, dir: &Path, env: &[(String, String)], http: reqwest::Client) -> TestNode {
+    fn new(
+        index: usize,
+        dir: &Path,
+        env: &[(String, String)],
+        http: reqwest::Client,
+        interposer: Option<Arc<dyn Interposer>>,
+    ) -> TestNode {
         let data_dir = dir.join("data");
         fs::create_dir_all(&data_dir).expect("create data dir");
         let mut node = TestNode {
@@ -142,6 +166,7 @@ impl TestNode {
             id: 0,
             client_url: String::new(),
             peer_url: String::new(),
+            direct_client_url: String::new(),
             data_dir,
             log_path: dir.join("node.log"),
             client_port: 0,
@@ -149,6 +174,7 @@ impl TestNode {
             env: env.to_vec(),
             http,
             child: None,
+            interposer,
         };
         node.pick_ports();
         node
@@ -157,16 +183,46 @@ impl TestNode {
     fn pick_ports(&mut self) {
         self.client_port = free_port();
         self.peer_port = free_port();
-        self.client_url = format!("http://127.0.0.1:{}", self.client_port);
-        self.peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        self.direct_client_url = format!("http://127.0.0.1:{}", self.client_port);
+        (self.client_url, self.peer_url) = match &self.interposer {
+            Some(i) => i.advertise(self.index),
+            None => (
+                self.direct_client_url.clone(),
+                format!("http://127.0.0.1:{}", self.peer_port),
+            ),
+        };
     }
 
     /// A client for this node's HTTP API.
     pub fn client(&self) -> NodeClient {
         NodeClient {
             http: self.http.clone(),
-            url: self.client_url.clone(),
+            url: self.direct_client_url.clone(),
         }
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Freeze the process (SIGSTOP). Its kernel still accepts and buffers TCP data.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaw a frozen process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.pid().expect("signal a running node");
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid} failed");
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -236,6 +292,9 @@ impl TestNode {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("spawn {}: {e}", node_bin().display()))?;
+        if let Some(i) = &self.interposer {
+            i.spawned(self.index, child.id(), self.client_port, self.peer_port);
+        }
         self.child = Some(child);
 
         let deadline = Instant::now() + STARTUP;
@@ -736,6 +795,7 @@ pub struct Cluster {
     pub tmp: TempDir,
     pub http: reqwest::Client,
     env: Vec<(String, String)>,
+    interposer: Option<Arc<dyn Interposer>>,
 }
 
 impl Cluster {
@@ -747,8 +807,15 @@ impl Cluster {
     /// As [`Cluster::start`], with extra environment for every node
     /// (e.g. `RSTORE_SNAPSHOT_LOGS=50` to force snapshots).
     pub async fn start_with_env(n: usize, env: &[(&str, &str)]) -> Cluster {
-        assert!(n >= 1);
         let mut cluster = Cluster::new(env);
+        cluster.bootstrap(n).await;
+        cluster
+    }
+
+    /// Start `n` processes and make them one cluster of `n` voters.
+    async fn bootstrap(&mut self, n: usize) {
+        assert!(n >= 1);
+        let cluster = self;
         for _ in 0..n {
             cluster.spawn_node().await;
         }
@@ -761,7 +828,6 @@ impl Cluster {
             cluster.add_member(0, i, "voter").await;
         }
         cluster.wait_for_voters(&cluster.ids()).await;
-        cluster
     }
 
     /// An empty cluster: no process yet.
@@ -782,14 +848,33 @@ impl Cluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            interposer: None,
         }
+    }
+
+    /// As [`Cluster::start_with_env`], with `interposer` between the nodes.
+    pub async fn start_interposed(
+        n: usize,
+        env: &[(&str, &str)],
+        interposer: Arc<dyn Interposer>,
+    ) -> Cluster {
+        let mut cluster = Cluster::new(env);
+        cluster.interposer = Some(interposer);
+        cluster.bootstrap(n).await;
+        cluster
     }
 
     /// Start a fresh, uninitialized process; returns its index. It is not a member yet.
     pub async fn spawn_node(&mut self) -> usize {
         let index = self.nodes.len();
         let dir = self.tmp.path().join(format!("node-{index}"));
-        let mut node = TestNode::new(index, &dir, &self.env, self.http.clone());
+        let mut node = TestNode::new(
+            index,
+            &dir,
+            &self.env,
+            self.http.clone(),
+            self.interposer.clone(),
+        );
         node.start().await;
         self.nodes.push(node);
         index
