@@ -52,7 +52,8 @@ pub struct Desired {
     pub voters: u32,
     /// Raft learners (read replicas).
     pub learners: u32,
-    /// Node image.
+    /// Pod template revision: the image and node settings, compared as an opaque string
+    /// (reconcile passes a checksum of the pod template; tests pass image names).
     pub image: String,
     /// Replication mode.
     pub mode: ReplicationMode,
@@ -341,17 +342,23 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::CreateStatefulSet { replicas, image } => {
-                write!(f, "create the StatefulSet with {replicas} pods of {image}")
+                write!(
+                    f,
+                    "create the StatefulSet with {replicas} pods (template revision {image})"
+                )
             }
             Self::ScaleStatefulSet { replicas } => write!(f, "scale the StatefulSet to {replicas}"),
             Self::SetStatefulSetImage { image } => {
-                write!(f, "set the pod template image to {image}")
+                write!(f, "update the pod template to revision {image}")
             }
             Self::InitCluster { pod } => write!(f, "initialize the cluster on pod {pod}"),
             Self::AddLearner { pod, id } => write!(f, "add pod {pod} (node {id}) as a learner"),
             Self::PromoteVoter { id } => write!(f, "promote node {id} to voter"),
             Self::RemoveMember { id, reason } => write!(f, "remove node {id}: {reason}"),
-            Self::RestartPod { pod } => write!(f, "restart pod {pod} on the new image"),
+            Self::RestartPod { pod } => write!(
+                f,
+                "restart pod {pod} on the new pod template (image or node settings)"
+            ),
             Self::SetConfig {
                 mode,
                 read_consistency,

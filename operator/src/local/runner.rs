@@ -503,7 +503,6 @@ impl PodRunner {
         warn!(pod, "node did not stop in time: killing it");
         let _ = p.child.kill();
         let _ = p.child.wait();
-        let _ = &p.data_dir;
     }
 
     /// Stops every node.
