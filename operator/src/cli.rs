@@ -177,6 +177,9 @@ pub async fn shutdown_signal() {
 }
 
 async fn run(args: &RunArgs) -> Result<()> {
+    // Two crypto providers are compiled in (kube enables one, a dependency the other), so
+    // rustls cannot pick one itself and would panic at the first TLS connection.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(Metrics::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
