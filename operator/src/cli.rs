@@ -254,7 +254,7 @@ async fn run(args: &RunArgs) -> Result<()> {
     if lost_lease {
         // Exit non-zero so that the pod restarts as a standby: a replica that lost its Lease
         // must not go on reconciling.
-        return Err(Error::Local("lost the leader election Lease".into()));
+        return Err(Error::LostLease);
     }
     Ok(())
 }

@@ -59,6 +59,10 @@ pub enum Error {
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
 
+    /// Another replica took the leader election Lease, or it could not be renewed in time.
+    #[error("lost the leader election Lease; exiting so that this replica restarts as a standby")]
+    LostLease,
+
     /// The local control plane failed.
     #[error("local control plane: {0}")]
     Local(String),
@@ -84,6 +88,7 @@ impl Error {
             Self::Node(_) => "node",
             Self::Observation(_) => "stale_observation",
             Self::Local(_) | Self::Io { .. } => "local",
+            Self::LostLease => "lease",
         }
     }
 }
