@@ -38,6 +38,26 @@ struct Harness {
 }
 
 impl Harness {
+    /// A local control plane with a fast loop (and `policy`, when given). The log dumper is
+    /// returned to be bound after the harness, so that it drops first: the node logs are
+    /// printed on failure before the volumes are removed.
+    async fn start(policy: Option<Policy>) -> (Harness, DumpLogsOnPanic) {
+        let mut opts = LocalOptions::new(node_bin());
+        opts.tick = Duration::from_millis(200);
+        if let Some(p) = policy {
+            opts.settings.policy = p;
+        }
+        let plane = LocalControlPlane::start(opts)
+            .await
+            .expect("local control plane");
+        let dump = DumpLogsOnPanic(plane.root().to_owned());
+        let h = Harness {
+            plane,
+            spec: ReplicatedStoreSpec::default(),
+        };
+        (h, dump)
+    }
+
     async fn apply(&mut self, change: impl FnOnce(&mut ReplicatedStoreSpec)) {
         change(&mut self.spec);
         let mut rs = ReplicatedStore::new(NAME, self.spec.clone());
@@ -185,18 +205,7 @@ impl Drop for DumpLogsOnPanic {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lifecycle_with_a_background_writer_loses_nothing() {
-    let mut opts = LocalOptions::new(node_bin());
-    opts.tick = Duration::from_millis(200);
-    let plane = LocalControlPlane::start(opts)
-        .await
-        .expect("local control plane");
-    let root = plane.root().to_owned();
-    let mut h = Harness {
-        plane,
-        spec: ReplicatedStoreSpec::default(),
-    };
-    // Declared after `h`, so dropped before it: the logs are printed before the volumes go.
-    let _dump = DumpLogsOnPanic(root);
+    let (mut h, _dump) = Harness::start(None).await;
 
     // Create 3 → Available.
     let t0 = Instant::now();
@@ -448,23 +457,13 @@ async fn lifecycle_with_a_background_writer_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quorum_loss_is_reported_never_forced_and_unreachable_members_are_replaced() {
-    let mut opts = LocalOptions::new(node_bin());
-    opts.tick = Duration::from_millis(200);
-    opts.settings.policy = Policy {
+    let (mut h, _dump) = Harness::start(Some(Policy {
         contact_timeout_ms: 2_000,
         replace_after_ms: 6_000,
         degraded_after_ms: 3_000,
         ..Policy::default()
-    };
-    let plane = LocalControlPlane::start(opts)
-        .await
-        .expect("local control plane");
-    let root = plane.root().to_owned();
-    let mut h = Harness {
-        plane,
-        spec: ReplicatedStoreSpec::default(),
-    };
-    let _dump = DumpLogsOnPanic(root);
+    }))
+    .await;
     let t = Instant::now();
     h.apply(|s| s.replicas = 3).await;
     let st = h.settled(3, 0, "3 voters Available").await;
