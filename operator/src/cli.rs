@@ -267,7 +267,8 @@ pub fn read_resources(path: &Path) -> Result<Vec<ReplicatedStore>> {
     })?;
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
-        let value = serde_yaml::Value::deserialize_from(doc)?;
+        let value = <serde_yaml::Value as serde::Deserialize>::deserialize(doc)
+            .map_err(|e| Error::InvalidSpec(format!("{}: YAML: {e}", path.display())))?;
         if value.is_null() {
             continue;
         }
@@ -283,17 +284,6 @@ pub fn read_resources(path: &Path) -> Result<Vec<ReplicatedStore>> {
         )));
     }
     Ok(out)
-}
-
-trait DeserializeFrom: Sized {
-    fn deserialize_from(doc: serde_yaml::Deserializer<'_>) -> Result<Self>;
-}
-
-impl DeserializeFrom for serde_yaml::Value {
-    fn deserialize_from(doc: serde_yaml::Deserializer<'_>) -> Result<Self> {
-        use serde::Deserialize;
-        serde_yaml::Value::deserialize(doc).map_err(|e| Error::InvalidSpec(format!("YAML: {e}")))
-    }
 }
 
 fn default_node_bin() -> PathBuf {

@@ -46,16 +46,6 @@ pub enum NodeApiError {
     },
 }
 
-impl NodeApiError {
-    /// The stable error code, when the node answered one.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            Self::Refused { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-}
-
 /// `GET /v1/node`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct NodeInfo {

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
-use crate::crd::{MemberRole, ReplicatedStore};
+use crate::crd::ReplicatedStore;
 use crate::nodeapi::{ClusterView, NodeApi, NodeInfo};
 use crate::planner::{
     ClusterObs, MemberObs, NodeObs, Observed, PodObs, Policy, StatefulSetObs, member_healthy,
@@ -282,7 +282,7 @@ impl HealthClock {
                 }),
             })
             .collect();
-        let cluster = obs.view.as_ref().and_then(|v| {
+        let mut cluster = obs.view.as_ref().and_then(|v| {
             let leader_id = v.leader_id?;
             let members: Vec<MemberObs> = v
                 .members
@@ -305,7 +305,6 @@ impl HealthClock {
                 read_consistency: v.read_consistency,
             })
         });
-        let mut cluster = cluster;
         match &mut cluster {
             Some(c) => {
                 self.no_leader_since = None;
@@ -337,14 +336,6 @@ impl HealthClock {
 
 fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Role names the planner's [`MemberRole`] maps to in status.
-pub fn role_name(role: MemberRole) -> &'static str {
-    match role {
-        MemberRole::Voter => "voter",
-        MemberRole::Learner => "learner",
-    }
 }
 
 #[cfg(test)]
@@ -430,7 +421,7 @@ mod tests {
         assert_eq!(later.no_leader_for_ms, 3000);
         let member = |id, contact| MemberView {
             id,
-            role: MemberRole::Voter,
+            role: crate::crd::MemberRole::Voter,
             client_url: String::new(),
             peer_url: String::new(),
             lag: Some(0),

@@ -585,7 +585,11 @@ impl Drop for KillOnDrop {
             let _ = std::process::Command::new("kill")
                 .args(["-INT", &self.0.id().to_string()])
                 .status();
-            std::thread::sleep(Duration::from_secs(3));
+            // Give it the chance to stop its nodes, then make sure.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = self.0.kill();
             let _ = self.0.wait();
         }

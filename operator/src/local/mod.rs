@@ -61,8 +61,7 @@ pub struct LocalControlPlane {
     pub runner: Arc<Mutex<PodRunner>>,
     /// Metrics of the reconcile loop.
     pub metrics: Arc<Metrics>,
-    /// Where volumes and logs are.
-    pub root: PathBuf,
+    root: PathBuf,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     _tmp: Option<tempfile::TempDir>,
@@ -228,7 +227,7 @@ impl LocalControlPlane {
         self.runner.lock().await.shutdown().await;
     }
 
-    /// Volume root.
+    /// Where volumes and logs are.
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -42,7 +42,6 @@ const GRACE: Duration = Duration::from_secs(10);
 
 struct Proc {
     child: Child,
-    data_dir: PathBuf,
     restarts: i32,
 }
 
@@ -378,9 +377,6 @@ impl PodRunner {
             source,
         })?;
         let env = self.environment(&container, ns, pod, ip, &volume);
-        let data_dir = env
-            .get("RSTORE_DATA_DIR")
-            .map_or_else(|| volume.clone(), PathBuf::from);
         let mut cmd = Command::new(&self.node_bin);
         cmd.args(container.args.clone().unwrap_or_default())
             .env_clear()
@@ -394,14 +390,8 @@ impl PodRunner {
             source,
         })?;
         info!(pod, address = %ip, image = container.image.as_deref().unwrap_or(""), pid = child.id(), "node started");
-        self.procs.insert(
-            (ns.to_owned(), pod.to_owned()),
-            Proc {
-                child,
-                data_dir,
-                restarts: 0,
-            },
-        );
+        self.procs
+            .insert((ns.to_owned(), pod.to_owned()), Proc { child, restarts: 0 });
         Ok(())
     }
 
@@ -511,14 +501,6 @@ impl PodRunner {
         for (ns, pod) in keys {
             self.stop(&ns, &pod).await;
         }
-    }
-
-    /// Pods with a running process, as `(namespace, pod, data dir)`.
-    pub fn running(&self) -> Vec<(String, String, PathBuf)> {
-        self.procs
-            .iter()
-            .map(|((ns, pod), p)| (ns.clone(), pod.clone(), p.data_dir.clone()))
-            .collect()
     }
 }
 
