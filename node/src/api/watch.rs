@@ -149,7 +149,7 @@ async fn catch_up(
                 let _ = tx.send(Bytes::from(l)).await;
                 return None;
             }
-            Err(HistoryError::Sled(e)) => {
+            Err(e @ (HistoryError::Sled(_) | HistoryError::Corrupt(_))) => {
                 tracing::error!(error = %e, "reading watch history failed");
                 return None;
             }

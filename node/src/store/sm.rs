@@ -1,8 +1,11 @@
 //! The key-value state machine and its snapshots.
 //!
-//! Data lives in sled tree `sm`: `k` + key → [`Record`], and `m`-prefixed metadata (last
-//! applied log id, membership, store revision) written in the same atomic batch as the data
-//! it describes. Apply does not wait for a barrier: the log is durable, sled recovers a
+//! Data lives in sled tree `sm`: `k` + key → [`Record`], `h` + first revision → the change
+//! history of one apply call (a [`HistoryChunk`], kept for watches), and `m`-prefixed
+//! metadata (last applied log id, membership, store revision), all written in the same atomic
+//! batch as the data it describes. History is one value per apply call rather than one per
+//! revision: under load an apply call carries a whole group commit, and each sled insert
+//! costs far more than its bytes. Apply does not wait for a barrier: the log is durable, sled recovers a
 //! prefix of its writes, and openraft re-applies from the last applied id up to the saved
 //! commit index at start-up.
 //!
@@ -42,18 +45,25 @@ const INSTALLING: &[u8] = b"m/installing";
 const CONFIG: &[u8] = b"m/config";
 const COMPACTED: &[u8] = b"m/compacted";
 const DATA_PREFIX: u8 = b'k';
-const EVENT_PREFIX: u8 = b'e';
+const HISTORY_PREFIX: u8 = b'h';
 /// Extra revisions of history kept beyond the retention before compacting, so that
 /// compaction runs in batches rather than on every write.
 const COMPACTION_SLACK: u64 = 1024;
 
-fn event_key(revision: u64, seq: u32) -> [u8; 13] {
-    let mut k = [0u8; 13];
-    k[0] = EVENT_PREFIX;
-    k[1..9].copy_from_slice(&revision.to_be_bytes());
-    k[9..].copy_from_slice(&seq.to_be_bytes());
+/// The key of the history chunk whose first revision is `revision`.
+fn chunk_key(revision: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = HISTORY_PREFIX;
+    k[1..].copy_from_slice(&revision.to_be_bytes());
     k
 }
+
+fn chunk_start(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[1..9].try_into().expect("history chunk key"))
+}
+
+/// The changes of consecutive revisions made by one apply call, in revision order.
+type HistoryChunk = Vec<(u64, Vec<Event>)>;
 
 fn data_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
@@ -153,6 +163,8 @@ pub enum HistoryError {
     Compacted { requested: u64, oldest: u64 },
     #[error(transparent)]
     Sled(#[from] sled::Error),
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 /// Read access to the applied state, shared with the HTTP handlers.
@@ -198,27 +210,25 @@ impl KvReader {
                 oldest,
             });
         }
+        // The chunk holding `from` starts at or before it.
+        let first = match self.tree.range(chunk_key(0)..=chunk_key(from)).next_back() {
+            Some(kv) => chunk_start(&kv?.0),
+            None => from,
+        };
         let mut out: Vec<RevisionEvents> = Vec::new();
-        for kv in self
-            .tree
-            .range(event_key(from, 0)..=event_key(u64::MAX, u32::MAX))
-        {
-            let (k, v) = kv?;
-            let revision = u64::from_be_bytes(k[1..9].try_into().expect("event key"));
-            let Ok(event) = bincode::deserialize::<Event>(&v) else {
-                continue;
-            };
-            match out.last_mut() {
-                Some(last) if last.revision == revision => last.events.push(event),
-                _ => {
-                    if out.len() == max {
-                        break;
-                    }
-                    out.push(RevisionEvents {
-                        revision,
-                        events: vec![event],
-                    });
+        'chunks: for kv in self.tree.range(chunk_key(first)..=chunk_key(u64::MAX)) {
+            let (_, v) = kv?;
+            let chunk: HistoryChunk = bincode::deserialize(&v).map_err(|e| {
+                HistoryError::Corrupt(format!("a history chunk cannot be decoded: {e}"))
+            })?;
+            for (revision, events) in chunk {
+                if revision < from {
+                    continue;
                 }
+                if out.len() == max {
+                    break 'chunks;
+                }
+                out.push(RevisionEvents { revision, events });
             }
         }
         // Compaction may have raced with the read.
@@ -451,7 +461,7 @@ impl StateMachineStore {
         let snap: SnapshotPayload = bincode::deserialize(payload).map_err(err_read)?;
 
         let mut batch = sled::Batch::default();
-        for prefix in [DATA_PREFIX, EVENT_PREFIX] {
+        for prefix in [DATA_PREFIX, HISTORY_PREFIX] {
             for kv in self.tree.scan_prefix([prefix]) {
                 let (k, _) = kv.map_err(err_read)?;
                 batch.remove(k);
@@ -473,6 +483,12 @@ impl StateMachineStore {
         batch.insert(
             REVISION,
             bincode::serialize(&snap.revision).map_err(err_write)?,
+        );
+        // No history before the snapshot survives the install; without this, a restart
+        // would read the old mark and serve a watch from the gap as if nothing happened.
+        batch.insert(
+            COMPACTED,
+            bincode::serialize(&(snap.revision + 1)).map_err(err_write)?,
         );
         batch.remove(INSTALLING);
         self.tree.apply_batch(batch).map_err(err_write)?;
@@ -693,25 +709,28 @@ impl StateMachineStore {
         })
     }
 
-    /// Drop history older than the retention, in the same batch as the new writes.
+    /// Drop history older than the retention, in the same batch as the new writes. Whole
+    /// chunks go: the chunk holding `keep_from` stays, so a little more than the retention
+    /// may be kept, and the oldest revision kept is exactly that chunk's first.
     fn compact(&self, batch: &mut sled::Batch, revision: u64) -> Result<Option<u64>, StorageError> {
         let oldest = self.reader.oldest_revision();
         if revision < oldest + self.history + COMPACTION_SLACK {
             return Ok(None);
         }
         let keep_from = revision + 1 - self.history;
-        for kv in self
-            .tree
-            .range(event_key(oldest, 0)..event_key(keep_from, 0))
-        {
+        let mut kept = keep_from;
+        let mut older: Option<sled::IVec> = None;
+        for kv in self.tree.range(chunk_key(0)..=chunk_key(keep_from)) {
             let (k, _) = kv.map_err(err_read)?;
-            batch.remove(k);
+            if let Some(prev) = older.replace(k) {
+                batch.remove(prev);
+            }
         }
-        batch.insert(
-            COMPACTED,
-            bincode::serialize(&keep_from).map_err(err_write)?,
-        );
-        Ok(Some(keep_from))
+        if let Some(k) = older {
+            kept = chunk_start(&k).max(oldest);
+        }
+        batch.insert(COMPACTED, bincode::serialize(&kept).map_err(err_write)?);
+        Ok(Some(kept))
     }
 }
 
@@ -825,13 +844,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 None => batch.remove(data_key(k.as_bytes())),
             }
         }
-        for change in &changes {
-            for (seq, e) in change.events.iter().enumerate() {
-                batch.insert(
-                    &event_key(change.revision, seq as u32),
-                    bincode::serialize(e).map_err(err_write)?,
-                );
-            }
+        if let Some(first) = changes.first() {
+            let chunk: Vec<(u64, &Vec<Event>)> =
+                changes.iter().map(|c| (c.revision, &c.events)).collect();
+            batch.insert(
+                &chunk_key(first.revision),
+                bincode::serialize(&chunk).map_err(err_write)?,
+            );
         }
         let compacted = self.compact(&mut batch, revision)?;
         batch.insert(
