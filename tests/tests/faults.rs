@@ -10,9 +10,9 @@
 //! unique keys, and meanwhile injects a schedule of faults: `kill -9` and restart of the
 //! leader and of a follower, SIGSTOP past the election timeout, an isolated leader, an
 //! isolated follower, an asymmetric partition, a bridge partition, slow links (proxy) or
-//! packet loss (namespaces), and the replacement of a dead member through the admin API. Then it heals everything, reads
-//! every key once more, checks each key's history with the WGL checker, and counts the
-//! acknowledged unique writes that are gone.
+//! packet loss (namespaces), and the replacement of a dead member through the admin API.
+//! Then it heals everything, reads every key once more, checks each key's history with the
+//! WGL checker, and counts the acknowledged unique writes that are gone.
 //!
 //! `quorum` and `sync` must show no violation and no loss; `async` reports what it loses.
 //! `RSTORE_FAULTS_SOAK_SECS=600` repeats the schedule (in random order) for that long.
