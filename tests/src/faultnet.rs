@@ -386,26 +386,35 @@ enum Opener {
 
 /// Who opened the loopback connection from `src_port` to `proxy_port`. The opener may
 /// close its socket while we look (an RPC that timed out): when no node holds it, the
-/// socket table is read once more to tell a closed socket from a stranger's.
+/// socket table is read once more to tell a closed socket from a stranger's. A node being
+/// killed has an empty fd table for a moment before the kernel closes its sockets (the
+/// final close is deferred to the end of its exit), so a socket nobody holds is looked
+/// at again a few times, briefly, before it counts as a stranger's.
 fn identify(src_port: u16, proxy_port: u16, pids: &[(usize, u32)]) -> Opener {
     let Some(inode) = socket_inode(src_port, proxy_port) else {
         return Opener::Gone;
     };
     let needle = format!("socket:[{inode}]");
-    for &(index, pid) in pids {
-        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for entry in dir.flatten() {
-            if std::fs::read_link(entry.path()).is_ok_and(|t| t.as_os_str() == needle.as_str()) {
-                return Opener::Node(index);
+    for attempt in 1..=3u64 {
+        for &(index, pid) in pids {
+            let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
+            for entry in dir.flatten() {
+                if std::fs::read_link(entry.path()).is_ok_and(|t| t.as_os_str() == needle.as_str())
+                {
+                    return Opener::Node(index);
+                }
             }
         }
+        match socket_inode(src_port, proxy_port) {
+            Some(again) if again == inode => {
+                std::thread::sleep(Duration::from_millis(20 * attempt))
+            }
+            _ => return Opener::Gone,
+        }
     }
-    match socket_inode(src_port, proxy_port) {
-        Some(again) if again == inode => Opener::Unknown,
-        _ => Opener::Gone,
-    }
+    Opener::Unknown
 }
 
 /// The inode of the established socket 127.0.0.1:`local` → 127.0.0.1:`remote`, from

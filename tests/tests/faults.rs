@@ -1,14 +1,18 @@
-//! Fault injection: real node processes behind a fault-injecting proxy, concurrent
-//! clients recording every operation, and a linearizability check of the histories.
+//! Fault injection: real node processes on an injectable network, concurrent clients
+//! recording every operation, and a linearizability check of the histories.
 //!
-//! Each mode test starts 3 nodes behind [`FaultNet`], runs 8 clients (linearizable reads,
+//! The network is one of two backends ([`Net`]): a network namespace per node with
+//! nftables rules ([`NetnsNet`], where the tests run as root and `ip netns` works), or the
+//! loopback proxy ([`FaultNet`]) elsewhere; `RSTORE_FAULTS_NET=proxy|netns|auto` forces one.
+//!
+//! Each mode test starts 3 nodes on that network, runs 8 clients (linearizable reads,
 //! writes and compare-and-set on a few keys, through random members) and one writer of
 //! unique keys, and meanwhile injects a schedule of faults: `kill -9` and restart of the
 //! leader and of a follower, SIGSTOP past the election timeout, an isolated leader, an
-//! isolated follower, an asymmetric partition, a bridge partition, slow links, and the
-//! replacement of a dead member through the admin API. Then it heals everything, reads
-//! every key once more, checks each key's history with the WGL checker, and counts the
-//! acknowledged unique writes that are gone.
+//! isolated follower, an asymmetric partition, a bridge partition, slow links (proxy) or
+//! packet loss (namespaces), and the replacement of a dead member through the admin API.
+//! Then it heals everything, reads every key once more, checks each key's history with the
+//! WGL checker, and counts the acknowledged unique writes that are gone.
 //!
 //! `quorum` and `sync` must show no violation and no loss; `async` reports what it loses.
 //! `RSTORE_FAULTS_SOAK_SECS=600` repeats the schedule (in random order) for that long.
@@ -17,6 +21,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -27,6 +33,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rstore_tests::faultnet::FaultNet;
 use rstore_tests::linearizability::{self, Input, Op, Output, Verdict};
+use rstore_tests::netns::{Mode, NetnsNet};
 use serde_json::{Value, json};
 
 /// Keys per round of the schedule; each round uses fresh keys, which bounds every history.
@@ -47,15 +54,128 @@ const NODE_ENV: &[(&str, &str)] = &[
     ("RSTORE_SNAPSHOT_LOGS", "2000"),
 ];
 
-/// The proxy as the harness's interposer.
-struct Net(FaultNet);
+/// The network between the nodes: one backend or the other, with the same faults.
+enum Net {
+    Proxy(FaultNet),
+    Netns(NetnsNet),
+}
+
+impl Net {
+    /// The backend `RSTORE_FAULTS_NET` asks for; `auto` takes namespaces when they work.
+    fn choose() -> Net {
+        let net = match Mode::from_env() {
+            Mode::Proxy => Net::Proxy(FaultNet::new()),
+            Mode::Netns => Net::Netns(
+                NetnsNet::new().unwrap_or_else(|why| panic!("RSTORE_FAULTS_NET=netns, but: {why}")),
+            ),
+            Mode::Auto => match NetnsNet::new() {
+                Ok(net) => Net::Netns(net),
+                Err(why) => {
+                    eprintln!("faults: network namespaces unavailable ({why}); using the proxy");
+                    Net::Proxy(FaultNet::new())
+                }
+            },
+        };
+        match &net {
+            Net::Netns(n) => eprintln!(
+                "faults: network namespaces {}-n* on {}/24",
+                n.prefix(),
+                n.root_ip()
+            ),
+            Net::Proxy(_) => eprintln!("faults: loopback proxy"),
+        }
+        net
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Net::Proxy(_) => "proxy",
+            Net::Netns(_) => "netns",
+        }
+    }
+
+    /// Why `fault` cannot be injected on this backend, if it cannot.
+    fn unavailable(&self, fault: Fault) -> Option<&'static str> {
+        match (self, fault) {
+            (Net::Netns(_), Fault::SlowLinks) => Some(NetnsNet::delay_unavailable()),
+            (Net::Proxy(_), Fault::LossyLinks) => {
+                Some("the proxy forwards byte streams: it cannot drop packets")
+            }
+            _ => None,
+        }
+    }
+
+    fn cut(&self, from: usize, to: usize) {
+        match self {
+            Net::Proxy(n) => n.cut(from, to),
+            Net::Netns(n) => n.cut(from, to),
+        }
+    }
+
+    fn cut_both(&self, a: usize, b: usize) {
+        self.cut(a, b);
+        self.cut(b, a);
+    }
+
+    fn isolate(&self, node: usize, all: &[usize]) {
+        for &other in all.iter().filter(|&&o| o != node) {
+            self.cut_both(node, other);
+        }
+    }
+
+    fn heal(&self) {
+        match self {
+            Net::Proxy(n) => n.heal(),
+            Net::Netns(n) => n.heal(),
+        }
+    }
+
+    /// What the network did, for the report.
+    fn report(&self) -> String {
+        match self {
+            Net::Proxy(n) => {
+                let stats = n.stats();
+                format!(
+                    "proxy: {} connections, {} cut while open or opened on a cut link, {} abandoned by their opener, {} unidentified",
+                    stats.connections, stats.swallowed, stats.abandoned, stats.unidentified
+                )
+            }
+            Net::Netns(n) => {
+                let stats = n.stats();
+                format!(
+                    "netns: {} packets dropped by cuts, {} by loss, {} rule updates",
+                    stats.cut_drops, stats.loss_drops, stats.updates
+                )
+            }
+        }
+    }
+}
 
 impl Interposer for Net {
-    fn advertise(&self, index: usize) -> (String, String) {
-        self.0.advertise(index)
+    fn host(&self, index: usize) -> String {
+        match self {
+            Net::Proxy(_) => "127.0.0.1".to_string(),
+            Net::Netns(n) => n.ip(index),
+        }
+    }
+    fn advertise(&self, index: usize, client_port: u16, peer_port: u16) -> (String, String) {
+        match self {
+            Net::Proxy(n) => n.advertise(index),
+            Net::Netns(n) => n.advertise(index, client_port, peer_port),
+        }
+    }
+    fn command(&self, index: usize, program: &Path) -> Command {
+        match self {
+            Net::Proxy(_) => Command::new(program),
+            Net::Netns(n) => n.command(index, program),
+        }
     }
     fn spawned(&self, index: usize, pid: u32, client_port: u16, peer_port: u16) {
-        self.0.spawned(index, pid, client_port, peer_port)
+        match self {
+            Net::Proxy(n) => n.spawned(index, pid, client_port, peer_port),
+            // The namespace is the node's identity: nothing to learn.
+            Net::Netns(_) => {}
+        }
     }
 }
 
@@ -211,7 +331,10 @@ enum Fault {
     Asymmetric,
     /// A–B–C: B sees both, A (the leader) and C do not see each other.
     Bridge,
+    /// 20 ms on every link (proxy only: namespaces have no netem here).
     SlowLinks,
+    /// 10% of the packets on every link dropped (namespaces only).
+    LossyLinks,
     /// A follower dies; a new node is added and the dead one removed, via the admin API.
     ReplaceMember,
 }
@@ -226,6 +349,7 @@ const SCHEDULE: &[Fault] = &[
     Fault::KillFollower,
     Fault::PauseFollower,
     Fault::SlowLinks,
+    Fault::LossyLinks,
     Fault::ReplaceMember,
 ];
 
@@ -239,12 +363,14 @@ struct Run {
     /// Short-timeout client for probing nodes (a frozen node must not stall the nemesis).
     probe: reqwest::Client,
     faults: Vec<String>,
+    /// Faults of the schedule this backend cannot inject.
+    skipped: BTreeSet<String>,
     started: Instant,
 }
 
 impl Run {
     async fn start(mode: &str) -> Run {
-        let net = Arc::new(Net(FaultNet::new()));
+        let net = Arc::new(Net::choose());
         let cluster = Cluster::start_interposed(3, NODE_ENV, net.clone()).await;
         let members = vec![0, 1, 2];
         if mode != "quorum" {
@@ -288,6 +414,7 @@ impl Run {
             work,
             probe,
             faults: Vec::new(),
+            skipped: BTreeSet::new(),
             started: Instant::now(),
         }
     }
@@ -376,6 +503,15 @@ impl Run {
     }
 
     async fn inject(&mut self, fault: Fault) {
+        if let Some(why) = self.net.unavailable(fault) {
+            if self.skipped.insert(format!("{fault:?}")) {
+                self.log(&format!(
+                    "skipping {fault:?} on the {} network: {why}",
+                    self.net.name()
+                ));
+            }
+            return;
+        }
         let leader = self.leader().await;
         let followers = self.followers(leader);
         let f = followers[0];
@@ -406,42 +542,59 @@ impl Run {
                 self.cluster.nodes[f].resume();
             }
             Fault::IsolateLeader => {
-                self.net.0.isolate(leader, &members);
+                self.net.isolate(leader, &members);
                 self.leader_among(&followers).await;
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                self.net.0.heal();
+                self.net.heal();
             }
             Fault::IsolateFollower => {
-                self.net.0.isolate(f, &members);
+                self.net.isolate(f, &members);
                 tokio::time::sleep(Duration::from_secs(3)).await;
-                self.net.0.heal();
+                self.net.heal();
             }
             Fault::Asymmetric => {
                 for &o in &followers {
-                    self.net.0.cut(leader, o);
+                    self.net.cut(leader, o);
                 }
                 self.leader_among(&followers).await;
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                self.net.0.heal();
+                self.net.heal();
             }
             Fault::Bridge => {
                 let (b, c) = (followers[0], followers[1]);
                 self.log(&format!("bridge: {leader} - {b} - {c}"));
-                self.net.0.cut_both(leader, c);
+                self.net.cut_both(leader, c);
                 tokio::time::sleep(Duration::from_secs(4)).await;
-                self.net.0.heal();
+                self.net.heal();
             }
             Fault::SlowLinks => {
+                let Net::Proxy(proxy) = &*self.net else {
+                    unreachable!("skipped above")
+                };
                 // Under the AppendEntries deadline (the 100 ms heartbeat) each round trip.
                 for &a in &members {
                     for &b in &members {
                         if a != b {
-                            self.net.0.set_delay(a, b, Duration::from_millis(20));
+                            proxy.set_delay(a, b, Duration::from_millis(20));
                         }
                     }
                 }
                 tokio::time::sleep(Duration::from_secs(3)).await;
-                self.net.0.heal();
+                self.net.heal();
+            }
+            Fault::LossyLinks => {
+                let Net::Netns(netns) = &*self.net else {
+                    unreachable!("skipped above")
+                };
+                for &a in &members {
+                    for &b in &members {
+                        if a != b {
+                            netns.set_loss(a, b, 10);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                self.net.heal();
             }
             Fault::ReplaceMember => {
                 self.cluster.nodes[f].kill9();
@@ -584,7 +737,7 @@ async fn run_mode(mode: &str) -> Outcome {
     for t in tasks {
         t.await.expect("client task");
     }
-    run.net.0.heal();
+    run.net.heal();
     run.wait_healthy().await;
     run.final_reads().await;
 
@@ -600,11 +753,12 @@ async fn run_mode(mode: &str) -> Outcome {
     let check_started = Instant::now();
     let report = linearizability::check_all(&ops, CHECK_BUDGET);
     let count = |f: fn(&Op) -> bool| ops.iter().filter(|o| f(o)).count();
-    let stats = run.net.0.stats();
+    let net_report = run.net.report();
     println!(
-        "faults [{mode}]: {} operations ({} reads, {} writes, {} compare-and-set; {} unknown outcomes, {} surely failed) \
-         in {:.0} s; {} faults injected ({}); {} keys checked in {:.1} s: {} violations {:?}, {} undecided {:?}; \
-         unique writes: {} acknowledged, {} lost {:?}; proxy: {} connections, {} cut while open or opened on a cut link, {} abandoned by their opener, {} unidentified",
+        "faults [{mode}, {}]: {} operations ({} reads, {} writes, {} compare-and-set; {} unknown outcomes, {} surely failed) \
+         in {:.0} s; {} faults injected ({}){}; {} keys checked in {:.1} s: {} violations {:?}, {} undecided {:?}; \
+         unique writes: {} acknowledged, {} lost {:?}; {net_report}",
+        run.net.name(),
         report.ops,
         count(|o| o.input == Input::Read),
         count(|o| matches!(o.input, Input::Write { .. })),
@@ -614,6 +768,11 @@ async fn run_mode(mode: &str) -> Outcome {
         run.started.elapsed().as_secs_f64(),
         run.faults.len(),
         run.faults.join(", "),
+        if run.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(", not on this network: {:?}", run.skipped)
+        },
         report.keys,
         check_started.elapsed().as_secs_f64(),
         report.violations.len(),
@@ -623,20 +782,29 @@ async fn run_mode(mode: &str) -> Outcome {
         acked.len(),
         lost.values().sum::<usize>(),
         lost,
-        stats.connections,
-        stats.swallowed,
-        stats.abandoned,
-        stats.unidentified,
     );
     // The workload must have done real work, or the checks prove nothing.
     assert!(report.ops > 200, "too few operations: {}", report.ops);
     assert!(acked.len() > 20, "too few unique writes acknowledged");
-    // Every live connection must be attributed, or cuts would not be applied to it.
-    assert_eq!(
-        stats.unidentified, 0,
-        "the proxy could not tell who opened {} of {} connections",
-        stats.unidentified, stats.connections
-    );
+    match &*run.net {
+        Net::Proxy(n) => {
+            // Every live connection must be attributed, or cuts would not apply to it.
+            let stats = n.stats();
+            assert_eq!(
+                stats.unidentified, 0,
+                "the proxy could not tell who opened {} of {} connections",
+                stats.unidentified, stats.connections
+            );
+        }
+        Net::Netns(n) => {
+            // Cuts and loss must have dropped packets, or they were not in the path.
+            let stats = n.stats();
+            assert!(stats.cut_drops > 0, "no packet dropped by a cut: {stats:?}");
+            if run.faults.iter().any(|f| f == "LossyLinks") {
+                assert!(stats.loss_drops > 0, "no packet dropped by loss: {stats:?}");
+            }
+        }
+    }
     Outcome {
         report,
         unique_acked: acked.len(),
@@ -737,7 +905,7 @@ async fn stale_reads_from_a_cut_off_follower_are_flagged() {
         record(&leader_url, Input::Write { value: 1 }, false).await,
         Output::Ok { version: Some(1) }
     );
-    run.net.0.isolate(follower, &run.members);
+    run.net.isolate(follower, &run.members);
     assert_eq!(
         record(&leader_url, Input::Write { value: 2 }, false).await,
         Output::Ok { version: Some(2) }
@@ -755,7 +923,7 @@ async fn stale_reads_from_a_cut_off_follower_are_flagged() {
         "the checker missed a stale read: {ops:#?}"
     );
     // Healed, the follower catches up and the same steps are linearizable.
-    run.net.0.heal();
+    run.net.heal();
     run.wait_healthy().await;
     let mut ops2 = ops[..2].to_vec();
     let invoked = w.tick();

@@ -11,9 +11,10 @@
 //! - [`Cluster`]: bootstrap through the admin API, leader lookup, membership helpers;
 //! - [`wait_until`], [`wait_for`]: poll a condition, never sleep a fixed time.
 //!
-//! An [`Interposer`] (the fault-injection suite's proxy, `tests/faults/README.md`) can stand
-//! between the nodes: each node then advertises the interposer's URLs to its peers, while
-//! the test's own [`NodeClient`]s still talk to the node directly.
+//! An [`Interposer`] (the fault-injection suite's proxy or network namespaces,
+//! `tests/faults/README.md`) can stand between the nodes: it decides where each node listens,
+//! what it advertises to its peers and how its process is started, while the test's own
+//! [`NodeClient`]s still talk to the node directly.
 //!
 //! Set `RSTORE_NODE_BIN` to test another binary, and `RSTORE_TEST_KEEP=1` to keep the
 //! data dirs and logs of every cluster after the test.
@@ -119,11 +120,21 @@ pub async fn wait_for<T>(
     }
 }
 
-/// Something that sits between the nodes on the network: it chooses the URLs node `index`
-/// advertises to its peers, and learns each process's pid and real ports at every start.
+/// Something that sits between the nodes on the network: it chooses the address node
+/// `index` listens on, the URLs it advertises to its peers and how its process is started,
+/// and learns each process's pid and real ports at every start.
 pub trait Interposer: Send + Sync {
-    /// The (client, peer) URLs node `index` advertises.
-    fn advertise(&self, index: usize) -> (String, String);
+    /// The IPv4 address node `index` listens on and the test reaches it at.
+    fn host(&self, _index: usize) -> String {
+        "127.0.0.1".to_string()
+    }
+    /// The (client, peer) URLs node `index` advertises, given the ports it listens on.
+    fn advertise(&self, index: usize, client_port: u16, peer_port: u16) -> (String, String);
+    /// The command that runs `program` as node `index` (e.g. in its network namespace).
+    /// The spawned child's pid must be the node's.
+    fn command(&self, _index: usize, program: &Path) -> Command {
+        Command::new(program)
+    }
     /// Node `index` was spawned as `pid`, listening on these ports.
     fn spawned(&self, index: usize, pid: u32, client_port: u16, peer_port: u16);
 }
@@ -183,14 +194,23 @@ impl TestNode {
     fn pick_ports(&mut self) {
         self.client_port = free_port();
         self.peer_port = free_port();
-        self.direct_client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let host = self.host();
+        self.direct_client_url = format!("http://{host}:{}", self.client_port);
         (self.client_url, self.peer_url) = match &self.interposer {
-            Some(i) => i.advertise(self.index),
+            Some(i) => i.advertise(self.index, self.client_port, self.peer_port),
             None => (
                 self.direct_client_url.clone(),
-                format!("http://127.0.0.1:{}", self.peer_port),
+                format!("http://{host}:{}", self.peer_port),
             ),
         };
+    }
+
+    /// The address this node listens on.
+    fn host(&self) -> String {
+        match &self.interposer {
+            Some(i) => i.host(self.index),
+            None => "127.0.0.1".to_string(),
+        }
     }
 
     /// A client for this node's HTTP API.
@@ -272,16 +292,18 @@ impl TestNode {
             .open(&self.log_path)
             .expect("open node log");
         writeln!(log, "===== harness: starting {} =====", self.client_url).expect("write log");
-        let child = Command::new(node_bin())
+        let host = self.host();
+        let mut command = match &self.interposer {
+            Some(i) => i.command(self.index, &node_bin()),
+            None => Command::new(node_bin()),
+        };
+        let child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args([
-                "--listen-client",
-                &format!("127.0.0.1:{}", self.client_port),
-            ])
+            .args(["--listen-client", &format!("{host}:{}", self.client_port)])
             .args(["--advertise-client", &self.client_url])
-            .args(["--listen-peer", &format!("127.0.0.1:{}", self.peer_port)])
+            .args(["--listen-peer", &format!("{host}:{}", self.peer_port)])
             .args(["--advertise-peer", &self.peer_url])
             .env("RSTORE_LOG_FORMAT", "text")
             .env("RUST_LOG", "info,openraft=warn")
