@@ -82,16 +82,7 @@ async fn run(groups: &[Vec<usize>], retention: u64, dir: &std::path::Path) {
     drop(s.db);
 
     // The same answers after a reopen, once the flusher thread has let go of the database.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let s = loop {
-        match store::open(dir, 8 << 20, retention, |_| {}).await {
-            Ok(s) => break s,
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await
-            }
-            Err(e) => panic!("reopen store: {e}"),
-        }
-    };
+    let s = reopen(dir, retention).await;
     let reader = s.sm.reader();
     assert_eq!(reader.revision(), last);
     check(&reader, &model, retention);
@@ -147,6 +138,83 @@ fn check(reader: &store::KvReader, model: &[Change], retention: u64) {
     if let Ok(revs) = reader.history(oldest, 3) {
         assert_eq!(revs.len(), 3.min((last + 1 - oldest) as usize));
     }
+}
+
+/// Open the store in `dir`, waiting for an earlier handle's flusher thread to let go.
+async fn reopen(dir: &std::path::Path, retention: u64) -> store::Storage {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match store::open(dir, 8 << 20, retention, |_| {}).await {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
+            Err(e) => panic!("reopen store: {e}"),
+        }
+    }
+}
+
+/// Regression: installing a snapshot drops all history before it, and that must hold after
+/// a restart too. The compaction mark was only set in memory, so a restarted member served
+/// a watch from inside the gap as an empty history instead of 410.
+#[test]
+fn history_before_an_installed_snapshot_stays_compacted_after_a_restart() {
+    block_on(async {
+        use openraft::RaftSnapshotBuilder;
+        // A member that wrote 20 revisions builds a snapshot.
+        let source_dir = tempfile::tempdir().expect("temp dir");
+        let source = store::open(source_dir.path(), 8 << 20, 1000, |_| {})
+            .await
+            .expect("open source");
+        let mut sm = source.sm;
+        let entries: Vec<Entry> = (1..=20u64)
+            .map(|i| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: EntryPayload::Normal(Request::Batch(Batch {
+                    id: i,
+                    cmds: vec![put(&format!("k{i}"), "v")],
+                })),
+            })
+            .collect();
+        sm.apply(entries).await.expect("apply");
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build snapshot");
+
+        // A fresh member installs it: it has no history before revision 21.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let target = store::open(dir.path(), 8 << 20, 1000, |_| {})
+            .await
+            .expect("open target");
+        let mut target_sm = target.sm;
+        target_sm
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .expect("install snapshot");
+        let gone = |reader: &store::KvReader, when: &str| {
+            assert_eq!(reader.revision(), 20, "{when}");
+            assert_eq!(reader.oldest_revision(), 21, "{when}");
+            match reader.history(5, usize::MAX) {
+                Err(HistoryError::Compacted { oldest: 21, .. }) => {}
+                other => panic!("{when}: history from 5 should be compacted, got {other:?}"),
+            }
+            assert!(
+                reader.get("k5").expect("get").is_some(),
+                "{when}: data kept"
+            );
+        };
+        gone(&target_sm.reader(), "after the install");
+        drop(target_sm);
+        drop(target.log);
+        drop(target.flusher);
+        drop(target.db);
+
+        let again = reopen(dir.path(), 1000).await;
+        gone(&again.sm.reader(), "after a restart");
+    });
 }
 
 fn block_on(f: impl std::future::Future<Output = ()>) {
