@@ -28,7 +28,7 @@ type Change = (String, Option<String>);
 
 /// Apply `groups` (one apply call each, several entries per call, several commands per
 /// entry), then check every `history(from)` against the model. Returns the store's dir.
-async fn run(groups: &[Vec<usize>], retention: u64, dir: &std::path::Path) {
+async fn run(groups: &[Vec<usize>], retention: u64, big: bool, dir: &std::path::Path) {
     let s = store::open(dir, 8 << 20, retention, |_| {})
         .await
         .expect("open store");
@@ -57,7 +57,13 @@ async fn run(groups: &[Vec<usize>], retention: u64, dir: &std::path::Path) {
                     }
                     batch.push(delete(&key));
                 } else {
-                    let value = format!("v{n}");
+                    // Now and then a large value, so that one apply call spans several
+                    // chunks (they are cut at 1 MiB).
+                    let value = if big && n % 5 == 1 {
+                        format!("v{n}{}", "x".repeat(400 << 10))
+                    } else {
+                        format!("v{n}")
+                    };
                     model.push((key.clone(), Some(value.clone())));
                     batch.push(put(&key, &value));
                 }
@@ -74,7 +80,19 @@ async fn run(groups: &[Vec<usize>], retention: u64, dir: &std::path::Path) {
     }
     let last = model.len() as u64 - 1;
     assert_eq!(reader.revision(), last);
-    check(&reader, &model, retention);
+    if big {
+        let chunks =
+            s.db.open_tree("sm")
+                .expect("sm tree")
+                .scan_prefix(b"h")
+                .count();
+        assert!(
+            chunks > groups.len(),
+            "{chunks} history chunks for {} apply calls: large values should split them",
+            groups.len()
+        );
+    }
+    check(&reader, &model, retention, big);
     drop(sm);
     drop(reader);
     drop(s.log);
@@ -85,10 +103,11 @@ async fn run(groups: &[Vec<usize>], retention: u64, dir: &std::path::Path) {
     let s = reopen(dir, retention).await;
     let reader = s.sm.reader();
     assert_eq!(reader.revision(), last);
-    check(&reader, &model, retention);
+    check(&reader, &model, retention, big);
 }
 
-fn check(reader: &store::KvReader, model: &[Change], retention: u64) {
+/// Check `history(from)` for every `from` (for a few when values are large).
+fn check(reader: &store::KvReader, model: &[Change], retention: u64, sample: bool) {
     let last = model.len() as u64 - 1;
     let oldest = reader.oldest_revision();
     assert!(oldest >= 1, "oldest revision {oldest}");
@@ -96,7 +115,12 @@ fn check(reader: &store::KvReader, model: &[Change], retention: u64) {
         oldest <= last.saturating_sub(retention) + 1,
         "oldest revision {oldest} drops history within the retention of {retention} (last {last})"
     );
-    for from in 1..=last + 1 {
+    let froms: Vec<u64> = if sample {
+        vec![1, 2, last / 3, last / 2, last - 1, last, last + 1]
+    } else {
+        (1..=last + 1).collect()
+    };
+    for from in froms {
         match reader.history(from, usize::MAX) {
             Ok(revs) => {
                 assert!(
@@ -231,7 +255,15 @@ fn history_spans_chunks_and_survives_compaction_and_reopen() {
     // twice, with chunks of many sizes straddling each cut.
     let groups: Vec<Vec<usize>> = (0..400).map(|i| vec![1 + i % 5, 1 + i % 3]).collect();
     let dir = tempfile::tempdir().expect("temp dir");
-    block_on(run(&groups, 50, dir.path()));
+    block_on(run(&groups, 50, false, dir.path()));
+}
+
+#[test]
+fn large_values_split_an_apply_call_into_several_chunks() {
+    // 25 commands per apply call, a fifth of them 400 KiB.
+    let groups: Vec<Vec<usize>> = (0..6).map(|_| vec![10, 15]).collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    block_on(run(&groups, 1000, true, dir.path()));
 }
 
 proptest! {
@@ -243,6 +275,6 @@ proptest! {
         retention in 1u64..200,
     ) {
         let dir = tempfile::tempdir().expect("temp dir");
-        block_on(run(&groups, retention, dir.path()));
+        block_on(run(&groups, retention, false, dir.path()));
     }
 }

@@ -62,6 +62,10 @@ fn chunk_start(key: &[u8]) -> u64 {
     u64::from_be_bytes(key[1..9].try_into().expect("history chunk key"))
 }
 
+/// Where a history chunk is cut, in bytes of keys and values (a chunk ends with the
+/// revision that reaches it, so one large transaction still stays in one chunk).
+const HISTORY_CHUNK_BYTES: usize = 1 << 20;
+
 /// The changes of consecutive revisions made by one apply call, in revision order.
 type HistoryChunk = Vec<(u64, Vec<Event>)>;
 
@@ -844,13 +848,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 None => batch.remove(data_key(k.as_bytes())),
             }
         }
-        if let Some(first) = changes.first() {
-            let chunk: Vec<(u64, &Vec<Event>)> =
-                changes.iter().map(|c| (c.revision, &c.events)).collect();
-            batch.insert(
-                &chunk_key(first.revision),
-                bincode::serialize(&chunk).map_err(err_write)?,
-            );
+        // One chunk per apply call, split where it passes HISTORY_CHUNK_BYTES of values so
+        // that one huge apply does not make one huge sled value.
+        let mut chunk: Vec<(u64, &Vec<Event>)> = Vec::new();
+        let mut chunk_bytes = 0;
+        for (i, c) in changes.iter().enumerate() {
+            chunk.push((c.revision, &c.events));
+            chunk_bytes += c
+                .events
+                .iter()
+                .map(|e| e.key.len() + e.value.len())
+                .sum::<usize>();
+            if chunk_bytes >= HISTORY_CHUNK_BYTES || i + 1 == changes.len() {
+                batch.insert(
+                    &chunk_key(chunk[0].0),
+                    bincode::serialize(&chunk).map_err(err_write)?,
+                );
+                chunk.clear();
+                chunk_bytes = 0;
+            }
         }
         let compacted = self.compact(&mut batch, revision)?;
         batch.insert(
