@@ -34,6 +34,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::CutLinks;
+
 /// Which of a node's listeners a proxy stands in front of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Port {
@@ -145,39 +147,6 @@ impl FaultNet {
         nodes[index].upstream = [client_port, peer_port];
     }
 
-    /// Cut the directed link `from → to`.
-    pub fn cut(&self, from: usize, to: usize) {
-        self.shared.links.send_modify(|l| {
-            l.cut.insert((from, to));
-        });
-    }
-
-    /// Cut both directions between `a` and `b`.
-    pub fn cut_both(&self, a: usize, b: usize) {
-        self.cut(a, b);
-        self.cut(b, a);
-    }
-
-    /// Cut every link between two different groups (a symmetric partition).
-    pub fn partition(&self, groups: &[&[usize]]) {
-        for (i, g) in groups.iter().enumerate() {
-            for h in &groups[i + 1..] {
-                for &a in *g {
-                    for &b in *h {
-                        self.cut_both(a, b);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Cut node `node` off from every other node of `all`, both ways.
-    pub fn isolate(&self, node: usize, all: &[usize]) {
-        for &other in all.iter().filter(|&&o| o != node) {
-            self.cut_both(node, other);
-        }
-    }
-
     /// Restore the directed link `from → to`.
     pub fn restore(&self, from: usize, to: usize) {
         self.shared.links.send_modify(|l| {
@@ -213,6 +182,15 @@ impl FaultNet {
 
     pub fn stats(&self) -> NetStats {
         self.shared.stats.lock().unwrap().clone()
+    }
+}
+
+impl CutLinks for FaultNet {
+    /// Cut the directed link `from → to`.
+    fn cut(&self, from: usize, to: usize) {
+        self.shared.links.send_modify(|l| {
+            l.cut.insert((from, to));
+        });
     }
 }
 

@@ -9,3 +9,24 @@
 pub mod faultnet;
 pub mod linearizability;
 pub mod netns;
+
+/// Cutting links between nodes, the part both fault networks share: a backend cuts one
+/// directed link (`from → to`: the connections `from` opens to `to`), and the partitions the
+/// scenarios use are built from that.
+pub trait CutLinks {
+    /// Cut the directed link `from → to`.
+    fn cut(&self, from: usize, to: usize);
+
+    /// Cut both directions between `a` and `b`.
+    fn cut_both(&self, a: usize, b: usize) {
+        self.cut(a, b);
+        self.cut(b, a);
+    }
+
+    /// Cut node `node` off from every other node of `all`, both ways.
+    fn isolate(&self, node: usize, all: &[usize]) {
+        for &other in all.iter().filter(|&&o| o != node) {
+            self.cut_both(node, other);
+        }
+    }
+}

@@ -43,6 +43,8 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::CutLinks;
+
 /// Prefix of every namespace this module creates.
 pub const NS_PREFIX: &str = "rstore-";
 /// Prefix of every interface this module creates in the root namespace.
@@ -217,39 +219,6 @@ impl NetnsNet {
         cmd
     }
 
-    /// Cut the directed link `from → to`: the connections `from` opens to `to` go silent.
-    pub fn cut(&self, from: usize, to: usize) {
-        self.change(from, |s| {
-            s.cut.insert((from, to));
-        });
-    }
-
-    /// Cut both directions between `a` and `b`.
-    pub fn cut_both(&self, a: usize, b: usize) {
-        self.cut(a, b);
-        self.cut(b, a);
-    }
-
-    /// Cut every link between two different groups (a symmetric partition).
-    pub fn partition(&self, groups: &[&[usize]]) {
-        for (i, g) in groups.iter().enumerate() {
-            for h in &groups[i + 1..] {
-                for &a in *g {
-                    for &b in *h {
-                        self.cut_both(a, b);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Cut node `node` off from every other node of `all`, both ways.
-    pub fn isolate(&self, node: usize, all: &[usize]) {
-        for &other in all.iter().filter(|&&o| o != node) {
-            self.cut_both(node, other);
-        }
-    }
-
     /// Restore the directed link `from → to`.
     pub fn restore(&self, from: usize, to: usize) {
         self.change(from, |s| {
@@ -399,6 +368,15 @@ impl NetnsNet {
         for f in failures {
             eprintln!("netns cleanup of {}: {f}", self.run);
         }
+    }
+}
+
+impl CutLinks for NetnsNet {
+    /// Cut the directed link `from → to`: the connections `from` opens to `to` go silent.
+    fn cut(&self, from: usize, to: usize) {
+        self.change(from, |s| {
+            s.cut.insert((from, to));
+        });
     }
 }
 

@@ -31,6 +31,7 @@ use common::{CATCH_UP, Cluster, ELECTION, Interposer, kv_path, wait_for};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use rstore_tests::CutLinks;
 use rstore_tests::faultnet::FaultNet;
 use rstore_tests::linearizability::{self, Input, Op, Output, Verdict};
 use rstore_tests::netns::{Mode, NetnsNet};
@@ -58,6 +59,15 @@ const NODE_ENV: &[(&str, &str)] = &[
 enum Net {
     Proxy(FaultNet),
     Netns(NetnsNet),
+}
+
+impl CutLinks for Net {
+    fn cut(&self, from: usize, to: usize) {
+        match self {
+            Net::Proxy(n) => n.cut(from, to),
+            Net::Netns(n) => n.cut(from, to),
+        }
+    }
 }
 
 impl Net {
@@ -102,24 +112,6 @@ impl Net {
                 Some("the proxy forwards byte streams: it cannot drop packets")
             }
             _ => None,
-        }
-    }
-
-    fn cut(&self, from: usize, to: usize) {
-        match self {
-            Net::Proxy(n) => n.cut(from, to),
-            Net::Netns(n) => n.cut(from, to),
-        }
-    }
-
-    fn cut_both(&self, a: usize, b: usize) {
-        self.cut(a, b);
-        self.cut(b, a);
-    }
-
-    fn isolate(&self, node: usize, all: &[usize]) {
-        for &other in all.iter().filter(|&&o| o != node) {
-            self.cut_both(node, other);
         }
     }
 
