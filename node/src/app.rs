@@ -198,7 +198,11 @@ impl Node {
                 http.clone(),
                 settings.write_timeout + Duration::from_secs(5),
             ),
-            reads: ReadIndex::start(raft.clone(), metrics.clone()),
+            reads: ReadIndex::start(
+                raft.clone(),
+                metrics.clone(),
+                Duration::from_millis(settings.election_max_ms),
+            ),
             raft,
             identity,
             kv,
