@@ -55,6 +55,14 @@ const NODE_ENV: &[(&str, &str)] = &[
     ("RSTORE_SNAPSHOT_LOGS", "2000"),
 ];
 
+/// Every directed link between two different members.
+fn ordered_pairs(members: &[usize]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    members
+        .iter()
+        .flat_map(move |&a| members.iter().map(move |&b| (a, b)))
+        .filter(|(a, b)| a != b)
+}
+
 /// The network between the nodes: one backend or the other, with the same faults.
 enum Net {
     Proxy(FaultNet),
@@ -564,12 +572,8 @@ impl Run {
                     unreachable!("skipped above")
                 };
                 // Under the AppendEntries deadline (the 100 ms heartbeat) each round trip.
-                for &a in &members {
-                    for &b in &members {
-                        if a != b {
-                            proxy.set_delay(a, b, Duration::from_millis(20));
-                        }
-                    }
+                for (a, b) in ordered_pairs(&members) {
+                    proxy.set_delay(a, b, Duration::from_millis(20));
                 }
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 self.net.heal();
@@ -578,12 +582,8 @@ impl Run {
                 let Net::Netns(netns) = &*self.net else {
                     unreachable!("skipped above")
                 };
-                for &a in &members {
-                    for &b in &members {
-                        if a != b {
-                            netns.set_loss(a, b, 10);
-                        }
-                    }
+                for (a, b) in ordered_pairs(&members) {
+                    netns.set_loss(a, b, 10);
                 }
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 self.net.heal();

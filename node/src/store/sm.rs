@@ -722,7 +722,6 @@ impl StateMachineStore {
             return Ok(None);
         }
         let keep_from = revision + 1 - self.history;
-        let mut kept = keep_from;
         let mut older: Option<sled::IVec> = None;
         for kv in self.tree.range(chunk_key(0)..=chunk_key(keep_from)) {
             let (k, _) = kv.map_err(err_read)?;
@@ -730,9 +729,7 @@ impl StateMachineStore {
                 batch.remove(prev);
             }
         }
-        if let Some(k) = older {
-            kept = chunk_start(&k).max(oldest);
-        }
+        let kept = older.map_or(keep_from, |k| chunk_start(&k).max(oldest));
         batch.insert(COMPACTED, bincode::serialize(&kept).map_err(err_write)?);
         Ok(Some(kept))
     }
