@@ -216,6 +216,11 @@ impl Node {
             membership_lock: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(watch_raft(app.clone()));
+        tokio::spawn(crate::watchdog::run(
+            app.raft.clone(),
+            Duration::from_millis(app.settings.election_max_ms),
+            app.metrics.clone(),
+        ));
         tracing::info!(
             node_id = id,
             cluster_id = ?app.identity.cluster_id(),

@@ -17,3 +17,4 @@ pub mod network;
 pub mod readindex;
 pub mod store;
 pub mod types;
+pub mod watchdog;

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub committed_index: Gauge<u64, AtomicU64>,
     pub snapshot_index: Gauge,
     pub leader_changes: Counter,
+    pub election_watchdog: Counter,
     pub voters: Gauge,
     pub learners: Gauge,
     pub storage_bytes: Gauge<u64, AtomicU64>,
@@ -77,6 +78,7 @@ impl Metrics {
             committed_index: Gauge::default(),
             snapshot_index: Gauge::default(),
             leader_changes: Counter::default(),
+            election_watchdog: Counter::default(),
             voters: Gauge::default(),
             learners: Gauge::default(),
             storage_bytes: Gauge::default(),
@@ -142,6 +144,11 @@ impl Metrics {
             "raft_leader_changes",
             "Times this node saw the leader change",
             m.leader_changes.clone(),
+        );
+        registry.register(
+            "raft_election_watchdog",
+            "Elections this node started because no leader was known for longer than openraft's own retries take (a repeating split vote)",
+            m.election_watchdog.clone(),
         );
         registry.register(
             "raft_voters",
