@@ -262,24 +262,7 @@ async fn send(
     Ok((status, body))
 }
 
-/// Replication modes that `--mode` asks the rstore cluster to switch to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReplicationMode {
-    Quorum,
-    Sync,
-    Async,
-}
-
-impl ReplicationMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Quorum => "quorum",
-            Self::Sync => "sync",
-            Self::Async => "async",
-        }
-    }
-}
+pub use rstore_api::ReplicationMode;
 
 /// What `--mode` led to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

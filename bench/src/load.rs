@@ -87,14 +87,12 @@ impl FromStr for Phase {
         let s = s.trim();
         let (s, mode) = match s.split_once('@') {
             None => (s, None),
-            Some((p, "quorum")) => (p, Some(ReplicationMode::Quorum)),
-            Some((p, "sync")) => (p, Some(ReplicationMode::Sync)),
-            Some((p, "async")) => (p, Some(ReplicationMode::Async)),
-            Some((_, m)) => {
-                return Err(format!(
-                    "phase {s:?}: unknown mode {m:?}; use quorum, sync or async"
-                ));
-            }
+            Some((p, m)) => (
+                p,
+                Some(m.parse::<ReplicationMode>().map_err(|_| {
+                    format!("phase {s:?}: unknown mode {m:?}; use quorum, sync or async")
+                })?),
+            ),
         };
         // Longest prefix first: "get-stale" must not be read as "get-s"...
         let (op, rest) = [

@@ -232,51 +232,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Response(pub Vec<Outcome>);
 
-/// How writes are acknowledged. A cluster-wide setting, changed through the Raft log.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ReplicationMode {
-    /// Once a majority of voters has the entry durable and the leader applied it.
-    #[default]
-    Quorum,
-    /// Once every voter has the entry durable.
-    Sync,
-    /// Once the leader's own log has the entry durable; a leader crash can lose it.
-    Async,
-}
-
-impl ReplicationMode {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Quorum => "quorum",
-            Self::Sync => "sync",
-            Self::Async => "async",
-        }
-    }
-}
-
-/// How reads are served when the request does not say.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ReadConsistency {
-    /// Read index on the leader: sees every write acknowledged before the read began.
-    #[default]
-    Linearizable,
-    /// The leader's local state, without a quorum round.
-    Leader,
-    /// The serving node's local state; may lag.
-    Stale,
-}
-
-impl ReadConsistency {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Linearizable => "linearizable",
-            Self::Leader => "leader",
-            Self::Stale => "stale",
-        }
-    }
-}
+pub use rstore_api::{ReadConsistency, ReplicationMode};
 
 /// Cluster-wide settings, stored in the state machine.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -207,53 +207,7 @@ pub struct ReplicationSpec {
     pub read_consistency: ReadConsistency,
 }
 
-/// When a write is acknowledged.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ReplicationMode {
-    /// A majority of voters has the write durable.
-    #[default]
-    Quorum,
-    /// Every voter has the write durable.
-    Sync,
-    /// The leader has the write durable; followers confirm later.
-    Async,
-}
-
-impl ReplicationMode {
-    /// The name used in the CRD and in the node's admin API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Quorum => "quorum",
-            Self::Sync => "sync",
-            Self::Async => "async",
-        }
-    }
-}
-
-/// Default consistency of reads.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ReadConsistency {
-    /// Read index on the leader.
-    #[default]
-    Linearizable,
-    /// The leader's local state, without a quorum round.
-    Leader,
-    /// The answering node's local state.
-    Stale,
-}
-
-impl ReadConsistency {
-    /// The name used in the CRD and in the node's admin API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Linearizable => "linearizable",
-            Self::Leader => "leader",
-            Self::Stale => "stale",
-        }
-    }
-}
+pub use rstore_api::{ReadConsistency, ReplicationMode};
 
 /// Persistent storage of each member.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -535,30 +535,20 @@ pub async fn put_config(
         r#"{"replication_mode":"quorum|sync|async","read_consistency":"linearizable|leader|stale"}"#,
     )
     .await?;
-    let mode = match change.replication_mode.as_deref() {
-        None => None,
-        Some("quorum") => Some(ReplicationMode::Quorum),
-        Some("sync") => Some(ReplicationMode::Sync),
-        Some("async") => Some(ReplicationMode::Async),
-        Some(m) => {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                format!("unknown replication_mode '{m}'; use quorum, sync or async"),
-            ));
-        }
-    };
-    let reads = match change.read_consistency.as_deref() {
-        None => None,
-        Some("linearizable") => Some(ReadConsistency::Linearizable),
-        Some("leader") => Some(ReadConsistency::Leader),
-        Some("stale") => Some(ReadConsistency::Stale),
-        Some(r) => {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                format!("unknown read_consistency '{r}'; use linearizable, leader or stale"),
-            ));
-        }
-    };
+    let invalid =
+        |e: rstore_api::UnknownName| ApiError::bad_request("invalid_request", e.to_string());
+    let mode: Option<ReplicationMode> = change
+        .replication_mode
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(invalid)?;
+    let reads: Option<ReadConsistency> = change
+        .read_consistency
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(invalid)?;
     on_leader(&app, &method, &uri, &headers, body.clone(), || {
         let app = app.clone();
         async move {

@@ -24,13 +24,12 @@ pub fn consistency(app: &App, s: Option<&String>) -> ApiResult<ReadConsistency> 
 fn parse_consistency(s: Option<&str>, default: ReadConsistency) -> ApiResult<ReadConsistency> {
     match s {
         None => Ok(default),
-        Some("linearizable") => Ok(ReadConsistency::Linearizable),
-        Some("leader") => Ok(ReadConsistency::Leader),
-        Some("stale") => Ok(ReadConsistency::Stale),
-        Some(other) => Err(ApiError::bad_request(
-            "invalid_request",
-            format!("unknown consistency '{other}'; use linearizable, leader or stale"),
-        )),
+        Some(name) => name.parse().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("unknown consistency '{name}'; use linearizable, leader or stale"),
+            )
+        }),
     }
 }
 
