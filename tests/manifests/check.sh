@@ -14,6 +14,20 @@ if ! cmp -s crds/replicatedstore.yaml charts/rstore-operator/crds/replicatedstor
   exit 1
 fi
 
+# The image build context (.dockerignore) must let in every workspace member's manifest and
+# sources: cargo resolves the whole workspace even for `-p node`, and there is no Docker here
+# to find out by building.
+members=$(sed -n 's/^members = \[\(.*\)\]/\1/p' Cargo.toml | tr -d '"' | tr ',' ' ')
+[ -n "$members" ] || { echo "FAIL cannot read the workspace members from Cargo.toml" >&2; exit 1; }
+for m in $members; do
+  for want in "!$m/Cargo.toml" "!$m/src/"; do
+    if ! grep -qxF -- "$want" .dockerignore; then
+      echo "FAIL .dockerignore lacks '$want': images would not build without workspace member $m" >&2
+      exit 1
+    fi
+  done
+done
+
 venv=${RSTORE_MANIFESTS_VENV:-target/manifests-venv}
 req=tests/manifests/requirements.txt
 want=$(sha256sum "$req" | cut -d' ' -f1)
