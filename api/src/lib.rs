@@ -87,31 +87,46 @@ impl fmt::Display for UnknownName {
 
 impl std::error::Error for UnknownName {}
 
+/// The value of `all` named `name`.
+fn by_name<T: Copy>(
+    all: [T; 3],
+    as_str: fn(T) -> &'static str,
+    name: &str,
+    what: &'static str,
+    expected: &'static str,
+) -> Result<T, UnknownName> {
+    all.into_iter()
+        .find(|v| as_str(*v) == name)
+        .ok_or_else(|| UnknownName {
+            what,
+            name: name.to_string(),
+            expected,
+        })
+}
+
 impl FromStr for ReplicationMode {
     type Err = UnknownName;
     fn from_str(s: &str) -> Result<Self, UnknownName> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| UnknownName {
-                what: "replication_mode",
-                name: s.to_string(),
-                expected: "quorum, sync or async",
-            })
+        by_name(
+            Self::ALL,
+            Self::as_str,
+            s,
+            "replication_mode",
+            "quorum, sync or async",
+        )
     }
 }
 
 impl FromStr for ReadConsistency {
     type Err = UnknownName;
     fn from_str(s: &str) -> Result<Self, UnknownName> {
-        Self::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| UnknownName {
-                what: "read_consistency",
-                name: s.to_string(),
-                expected: "linearizable, leader or stale",
-            })
+        by_name(
+            Self::ALL,
+            Self::as_str,
+            s,
+            "read_consistency",
+            "linearizable, leader or stale",
+        )
     }
 }
 

@@ -1008,29 +1008,24 @@ async fn a_leader_that_can_only_receive_is_replaced_even_when_timeouts_line_up()
                 })
             })
             .collect();
-        wait_for(ELECTION, "writes acknowledged by the leader", async || {
-            let n = acked.load(Ordering::SeqCst);
-            if n >= 20 {
-                Ok(())
-            } else {
-                Err(format!("{n} acknowledged"))
-            }
-        })
-        .await;
-        run.net.cut(a, c);
-        // `b` keeps replicating, so it gets entries `c` lacks.
-        let before = acked.load(Ordering::SeqCst);
-        wait_for(
-            ELECTION,
-            "writes committed by the leader and b",
-            async || {
-                let n = acked.load(Ordering::SeqCst) - before;
+        // 20 more acknowledgements than `from`.
+        let twenty_more = async |from: u64, what: &str| {
+            wait_for(ELECTION, what, async || {
+                let n = acked.load(Ordering::SeqCst) - from;
                 if n >= 20 {
                     Ok(())
                 } else {
                     Err(format!("{n} acknowledged"))
                 }
-            },
+            })
+            .await
+        };
+        twenty_more(0, "writes acknowledged by the leader").await;
+        run.net.cut(a, c);
+        // `b` keeps replicating, so it gets entries `c` lacks.
+        twenty_more(
+            acked.load(Ordering::SeqCst),
+            "writes committed by the leader and b",
         )
         .await;
         run.net.cut(a, b);

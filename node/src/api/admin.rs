@@ -535,20 +535,17 @@ pub async fn put_config(
         r#"{"replication_mode":"quorum|sync|async","read_consistency":"linearizable|leader|stale"}"#,
     )
     .await?;
-    let invalid =
-        |e: rstore_api::UnknownName| ApiError::bad_request("invalid_request", e.to_string());
-    let mode: Option<ReplicationMode> = change
-        .replication_mode
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(invalid)?;
-    let reads: Option<ReadConsistency> = change
-        .read_consistency
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(invalid)?;
+    fn named<T: std::str::FromStr<Err = rstore_api::UnknownName>>(
+        name: Option<&str>,
+    ) -> ApiResult<Option<T>> {
+        name.map(str::parse::<T>)
+            .transpose()
+            .map_err(|e: rstore_api::UnknownName| {
+                ApiError::bad_request("invalid_request", e.to_string())
+            })
+    }
+    let mode: Option<ReplicationMode> = named(change.replication_mode.as_deref())?;
+    let reads: Option<ReadConsistency> = named(change.read_consistency.as_deref())?;
     on_leader(&app, &method, &uri, &headers, body.clone(), || {
         let app = app.clone();
         async move {
