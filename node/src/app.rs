@@ -40,6 +40,9 @@ pub struct Settings {
     pub write_pipeline: usize,
     /// `async` mode: most acknowledged-but-uncommitted log entries on the leader.
     pub async_max_lag: u64,
+    /// `async` mode: how recently the leader must have heard from a quorum to acknowledge
+    /// before commit.
+    pub async_quorum_contact: Duration,
     pub catch_up_timeout: Duration,
     /// Revisions of change history kept for watches.
     pub watch_history: u64,
@@ -179,6 +182,7 @@ impl Node {
                 sync_timeout: settings.sync_timeout,
                 pipeline: settings.write_pipeline,
                 async_max_lag: settings.async_max_lag,
+                async_quorum_contact: settings.async_quorum_contact,
                 committed: committed.clone(),
             },
         );

@@ -12,12 +12,16 @@
 //! - `async`: unconditional writes once the leader's own log has them durable. Conditional
 //!   writes and transactions still wait to be applied, because their outcome depends on it.
 //!   The leader's acknowledged-but-uncommitted backlog is bounded (`async_max_lag` entries):
-//!   beyond it, async batches wait for commit, which bounds what a leader crash can lose.
+//!   beyond it, async batches wait for commit, which bounds what a leader crash can lose. And
+//!   only a leader that heard from a quorum of voters within `async_quorum_contact` (openraft's
+//!   `millis_since_quorum_ack`) acknowledges early: one cut off from the followers stops
+//!   acknowledging what it alone holds within that time, instead of until it is deposed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use openraft::ServerState;
 use openraft::error::ClientWriteError;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -67,8 +71,43 @@ struct Ctx {
     sync_timeout: Duration,
     pipeline: usize,
     async_max_lag: u64,
+    async_quorum_contact: Duration,
+    quorum_contact: Arc<QuorumContact>,
     committed: Arc<std::sync::atomic::AtomicU64>,
     next_id: AtomicU64,
+}
+
+/// When this node, as leader, last heard from a quorum of voters.
+#[derive(Default)]
+struct QuorumContact(std::sync::Mutex<Option<Instant>>);
+
+impl QuorumContact {
+    /// Whether that was at most `within` ago.
+    fn within(&self, within: Duration) -> bool {
+        self.0
+            .lock()
+            .expect("quorum contact lock")
+            .is_some_and(|at| at.elapsed() <= within)
+    }
+
+    /// Follow openraft's metrics. They are published when something changes, so the age
+    /// they carry is turned into an instant when it is seen, and grows from there.
+    async fn follow(self: Arc<Self>, raft: Raft) {
+        let mut rx = raft.metrics();
+        loop {
+            let age = {
+                let m = rx.borrow_and_update();
+                (m.state == ServerState::Leader)
+                    .then_some(m.millis_since_quorum_ack)
+                    .flatten()
+            };
+            *self.0.lock().expect("quorum contact lock") =
+                age.and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)));
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -82,6 +121,9 @@ pub struct BatcherConfig {
     /// `async` mode: most log entries the leader may hold acknowledged but uncommitted
     /// before async batches wait for commit again. This bounds what a leader crash loses.
     pub async_max_lag: u64,
+    /// `async` mode: acknowledge before commit only if the leader heard from a quorum of
+    /// voters at most this long ago.
+    pub async_quorum_contact: Duration,
     /// The commit index as openraft reports it.
     pub committed: Arc<std::sync::atomic::AtomicU64>,
     /// How many batches may be in the Raft pipeline at once.
@@ -98,6 +140,8 @@ impl Batcher {
         config: BatcherConfig,
     ) -> Self {
         let (tx, rx) = mpsc::channel(16 * 1024);
+        let quorum_contact = Arc::new(QuorumContact::default());
+        tokio::spawn(quorum_contact.clone().follow(raft.clone()));
         let ctx = Arc::new(Ctx {
             raft,
             kv,
@@ -108,6 +152,8 @@ impl Batcher {
             sync_timeout: config.sync_timeout,
             pipeline: config.pipeline,
             async_max_lag: config.async_max_lag,
+            async_quorum_contact: config.async_quorum_contact,
+            quorum_contact,
             committed: config.committed,
             // Unique per leader process, so that ids never collide across restarts.
             next_id: AtomicU64::new(rand::random::<u64>() >> 1),
@@ -167,10 +213,15 @@ async fn submit(ctx: &Ctx, batch: Vec<Pending>, permit: tokio::sync::OwnedSemaph
     let mut permit = Some(permit);
     let mode = ctx.kv.config().replication_mode;
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+    let asynchronous = mode == ReplicationMode::Async;
+    let in_contact = asynchronous && ctx.quorum_contact.within(ctx.async_quorum_contact);
     let early: Vec<bool> = batch
         .iter()
-        .map(|p| mode == ReplicationMode::Async && !p.cmd.is_conditional())
+        .map(|p| in_contact && !p.cmd.is_conditional())
         .collect();
+    if asynchronous && !in_contact {
+        ctx.metrics.async_held.inc_by(batch.len() as u64);
+    }
     let (cmds, txs): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, Some(p.tx))).unzip();
     let mut txs = txs;
     let ack_rx = early.iter().any(|e| *e).then(|| ctx.acks.register(id));

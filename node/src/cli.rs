@@ -95,6 +95,12 @@ pub struct ServeArgs {
     /// committed; beyond it async writes wait for commit. Bounds what a leader crash loses.
     #[arg(long, env = "RSTORE_ASYNC_MAX_LAG", default_value_t = 64)]
     pub async_max_lag: u64,
+    /// In async mode, how recently the leader must have heard from a quorum of voters to
+    /// acknowledge a write before it commits; otherwise async writes wait for commit. Bounds
+    /// what a leader cut off from the followers acknowledges, and so loses.
+    /// [default: 3 heartbeat intervals]
+    #[arg(long, env = "RSTORE_ASYNC_QUORUM_CONTACT_MS")]
+    pub async_quorum_contact_ms: Option<u64>,
     /// Async runtime worker threads [default: the CPUs available to the process].
     #[arg(long, env = "RSTORE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -143,6 +149,11 @@ impl ServeArgs {
             sync_timeout: Duration::from_millis(self.sync_timeout_ms),
             write_pipeline: self.write_pipeline.max(1),
             async_max_lag: self.async_max_lag.max(1),
+            async_quorum_contact: Duration::from_millis(
+                self.async_quorum_contact_ms
+                    .unwrap_or(self.heartbeat_ms * 3)
+                    .max(1),
+            ),
             watch_history: self.watch_history,
             catch_up_timeout: Duration::from_millis(self.catch_up_timeout_ms),
         })

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub peer_rpc_served: Family<RpcLabels, Histogram, fn() -> Histogram>,
     pub async_lost: Counter,
     pub async_unconfirmed: Counter,
+    pub async_held: Counter,
 }
 
 impl Default for Metrics {
@@ -87,6 +88,7 @@ impl Metrics {
             peer_rpc_served: Family::new_with_constructor(latency_histogram),
             async_lost: Counter::default(),
             async_unconfirmed: Counter::default(),
+            async_held: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -189,6 +191,11 @@ impl Metrics {
             "async_writes_unconfirmed",
             "Writes acknowledged in async mode whose commit was not seen before the write timeout",
             m.async_unconfirmed.clone(),
+        );
+        registry.register(
+            "async_writes_held",
+            "Async-mode writes not acknowledged before commit because the leader had not heard from a quorum of voters recently (RSTORE_ASYNC_QUORUM_CONTACT_MS)",
+            m.async_held.clone(),
         );
         Self { registry, ..m }
     }

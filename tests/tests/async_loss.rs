@@ -109,14 +109,22 @@ async fn async_mode_leader_crash_loses_only_the_latest_writes() {
 }
 
 /// The loss the docs promise, made deterministic: with both followers down, the leader
-/// still acknowledges async writes; when it then dies and the followers come back, they
+/// still acknowledges async writes (its quorum-contact window is widened to a minute here;
+/// see the next test for the default); when it then dies and the followers come back, they
 /// elect a leader that never saw them. The same steps in `quorum` mode acknowledge nothing.
 /// (Followers are killed rather than frozen: a frozen process's kernel still accepts the
 /// leader's TCP data, and it applies those entries once it thaws.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_loses_what_no_follower_saw_and_quorum_mode_acknowledges_nothing() {
     for mode in ["async", "quorum"] {
-        let mut cluster = Cluster::start_with_env(3, &[("RSTORE_WRITE_TIMEOUT_MS", "1500")]).await;
+        let mut cluster = Cluster::start_with_env(
+            3,
+            &[
+                ("RSTORE_WRITE_TIMEOUT_MS", "1500"),
+                ("RSTORE_ASYNC_QUORUM_CONTACT_MS", "60000"),
+            ],
+        )
+        .await;
         let leader = cluster.leader().await;
         let client = cluster.client(leader);
         let r = client.set_config(&json!({"replication_mode": mode})).await;
@@ -181,4 +189,78 @@ async fn async_mode_loses_what_no_follower_saw_and_quorum_mode_acknowledges_noth
             }
         }
     }
+}
+
+/// A leader that has not heard from a quorum for longer than its quorum-contact window (3
+/// heartbeats by default) stops acknowledging async writes before commit: they wait for a
+/// commit that cannot come and answer `outcome_unknown`, so a cut-off leader's acknowledged
+/// and lost writes are bounded by that window, not by how long it takes to be deposed. With
+/// the followers back, the same leader acknowledges async writes early again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_holds_writes_once_the_leader_has_no_quorum() {
+    let mut cluster = Cluster::start_with_env(3, &[("RSTORE_WRITE_TIMEOUT_MS", "1500")]).await;
+    let leader = cluster.leader().await;
+    let client = cluster.client(leader);
+    let r = client
+        .set_config(&json!({"replication_mode": "async"}))
+        .await;
+    assert_eq!(r.status, 200, "switching to async: {}", r.text());
+    let held = async || {
+        let text = client.get_path("/metrics").await.text();
+        common::metric_value(&text, "rstore_async_writes_held_total").expect("the held counter")
+    };
+    let r = client.put("contact/before", b"v").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let held_before = held().await;
+
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for f in &followers {
+        cluster.nodes[*f].kill9();
+    }
+    // The leader's own view: no follower heard from for well over the window.
+    common::wait_for(
+        common::ELECTION,
+        "the followers silent for 1 s",
+        async || {
+            let view = client.cluster_view().await.json();
+            let members = view["members"].as_array().cloned().unwrap_or_default();
+            let silent = members
+                .iter()
+                .filter(|m| m["last_contact_ms"].as_u64().is_some_and(|ms| ms >= 1000))
+                .count();
+            if silent == 2 {
+                Ok(())
+            } else {
+                Err(view.to_string())
+            }
+        },
+    )
+    .await;
+    for i in 0..3 {
+        let key = format!("contact/cut/{i}");
+        let r = client.put(&key, b"v").await;
+        assert_eq!(r.status, 503, "{key} without a quorum: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "outcome_unknown", "{}", r.text());
+    }
+    assert!(
+        held().await >= held_before + 3.0,
+        "the 3 writes were not counted as held"
+    );
+
+    for f in &followers {
+        cluster.nodes[*f].start().await;
+    }
+    common::wait_for(
+        common::CATCH_UP,
+        "an async write acknowledged again",
+        async || {
+            let r = client.put("contact/after", b"v").await;
+            if r.status == 200 {
+                Ok(())
+            } else {
+                Err(format!("{} {}", r.status, r.text()))
+            }
+        },
+    )
+    .await;
 }
