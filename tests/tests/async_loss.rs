@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, Consistency};
-use serde_json::json;
 
 /// Writes acknowledged this long before the crash must survive it.
 const SAFE_AGE: Duration = Duration::from_millis(1000);
@@ -24,10 +23,7 @@ async fn async_mode_leader_crash_loses_only_the_latest_writes() {
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.leader().await;
     let client = cluster.client(leader);
-    let r = client
-        .set_config(&json!({"replication_mode": "async"}))
-        .await;
-    assert_eq!(r.status, 200, "switching to async: {}", r.text());
+    client.set_mode("async").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
@@ -127,8 +123,7 @@ async fn async_mode_loses_what_no_follower_saw_and_quorum_mode_acknowledges_noth
         .await;
         let leader = cluster.leader().await;
         let client = cluster.client(leader);
-        let r = client.set_config(&json!({"replication_mode": mode})).await;
-        assert_eq!(r.status, 200, "switching to {mode}: {}", r.text());
+        client.set_mode(mode).await;
         let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
         for f in &followers {
             cluster.nodes[*f].kill9();
@@ -201,10 +196,7 @@ async fn async_mode_holds_writes_once_the_leader_has_no_quorum() {
     let mut cluster = Cluster::start_with_env(3, &[("RSTORE_WRITE_TIMEOUT_MS", "1500")]).await;
     let leader = cluster.leader().await;
     let client = cluster.client(leader);
-    let r = client
-        .set_config(&json!({"replication_mode": "async"}))
-        .await;
-    assert_eq!(r.status, 200, "switching to async: {}", r.text());
+    client.set_mode("async").await;
     let held = async || {
         let text = client.get_path("/metrics").await.text();
         common::metric_value(&text, "rstore_async_writes_held_total").expect("the held counter")

@@ -35,7 +35,7 @@ use rstore_tests::CutLinks;
 use rstore_tests::faultnet::FaultNet;
 use rstore_tests::linearizability::{self, Input, Op, Output, Verdict};
 use rstore_tests::netns::{Mode, NetnsNet};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Keys per round of the schedule; each round uses fresh keys, which bounds every history.
 const KEYS: usize = 6;
@@ -385,11 +385,7 @@ impl Run {
         let cluster = Cluster::start_interposed(3, &node_env, net.clone()).await;
         let members = vec![0, 1, 2];
         if mode != "quorum" {
-            let r = cluster
-                .client(0)
-                .set_config(&json!({"replication_mode": mode}))
-                .await;
-            assert_eq!(r.status, 200, "switching to {mode}: {}", r.text());
+            cluster.client(0).set_mode(mode).await;
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))

@@ -36,19 +36,6 @@ async fn wait_config_everywhere(cluster: &mut Cluster, field: &str, value: &str)
     }
 }
 
-/// Change the replication mode through `client` and check the answer.
-async fn set_mode(client: &NodeClient, mode: &str) {
-    let config = client
-        .set_config(&json!({"replication_mode": mode}))
-        .await
-        .ok_json();
-    assert_eq!(
-        config["replication_mode"], mode,
-        "answer to setting {mode} via {}: {config}",
-        client.url
-    );
-}
-
 /// A write that must be acknowledged at once (no retries) with a revision and version.
 async fn put_ok(client: &NodeClient, key: &str, value: &[u8]) {
     let ack = client.put(key, value).await.ok_json();
@@ -77,7 +64,7 @@ async fn sync_mode_fails_writes_while_a_voter_is_down() {
     let stopped_id = cluster.nodes[stopped].id;
 
     // Set through a follower, so that the change is forwarded to the leader.
-    set_mode(&cluster.client(survivor), "sync").await;
+    cluster.client(survivor).set_mode("sync").await;
     wait_config_everywhere(&mut cluster, "replication_mode", "sync").await;
 
     let mut expected = Expected::new();
@@ -267,7 +254,7 @@ async fn switching_modes_under_load_loses_no_write() {
     };
     each_writer_acks(10, "quorum").await;
     for (i, mode) in ["sync", "async", "quorum"].into_iter().enumerate() {
-        set_mode(&cluster.client(i % 3), mode).await;
+        cluster.client(i % 3).set_mode(mode).await;
         each_writer_acks(10, mode).await;
     }
     stop.store(true, Ordering::Relaxed);

@@ -624,6 +624,19 @@ impl NodeClient {
         self.put_json("/v1/cluster/config", change).await
     }
 
+    /// Change the replication mode through this member and check the answer.
+    pub async fn set_mode(&self, mode: &str) {
+        let config = self
+            .set_config(&json!({"replication_mode": mode}))
+            .await
+            .ok_json();
+        assert_eq!(
+            config["replication_mode"], mode,
+            "answer to setting {mode} via {}: {config}",
+            self.url
+        );
+    }
+
     /// `PUT /v1/kv/{key}` with extra headers (`If-Match`, `If-None-Match`).
     pub async fn put_with(&self, key: &str, value: &[u8], headers: &[(&str, &str)]) -> Resp {
         self.send(
