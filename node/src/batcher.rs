@@ -90,8 +90,9 @@ impl QuorumContact {
             .is_some_and(|at| at.elapsed() <= within)
     }
 
-    /// Follow openraft's metrics. They are published when something changes, so the age
-    /// they carry is turned into an instant when it is seen, and grows from there.
+    /// Follow openraft's metrics. They are published on each turn of its event loop, not on
+    /// a clock, so the age they carry is turned into an instant when it is seen, and grows
+    /// from there until the next publication.
     async fn follow(self: Arc<Self>, raft: Raft) {
         let mut rx = raft.metrics();
         loop {
@@ -220,7 +221,8 @@ async fn submit(ctx: &Ctx, batch: Vec<Pending>, permit: tokio::sync::OwnedSemaph
         .map(|p| in_contact && !p.cmd.is_conditional())
         .collect();
     if asynchronous && !in_contact {
-        ctx.metrics.async_held.inc_by(batch.len() as u64);
+        let held = batch.iter().filter(|p| !p.cmd.is_conditional()).count();
+        ctx.metrics.async_held.inc_by(held as u64);
     }
     let (cmds, txs): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, Some(p.tx))).unzip();
     let mut txs = txs;
