@@ -41,32 +41,6 @@ pub enum ReadConsistency {
     Stale,
 }
 
-impl ReplicationMode {
-    pub const ALL: [ReplicationMode; 3] = [Self::Quorum, Self::Sync, Self::Async];
-
-    /// The name in the admin API, the CRD and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Quorum => "quorum",
-            Self::Sync => "sync",
-            Self::Async => "async",
-        }
-    }
-}
-
-impl ReadConsistency {
-    pub const ALL: [ReadConsistency; 3] = [Self::Linearizable, Self::Leader, Self::Stale];
-
-    /// The name in the admin API, the CRD and the `consistency` query parameter.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Linearizable => "linearizable",
-            Self::Leader => "leader",
-            Self::Stale => "stale",
-        }
-    }
-}
-
 /// A name that is none of the values; its message lists the ones that are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownName {
@@ -87,60 +61,54 @@ impl fmt::Display for UnknownName {
 
 impl std::error::Error for UnknownName {}
 
-/// The value of `all` named `name`.
-fn by_name<T: Copy>(
-    all: [T; 3],
-    as_str: fn(T) -> &'static str,
-    name: &str,
-    what: &'static str,
-    expected: &'static str,
-) -> Result<T, UnknownName> {
-    all.into_iter()
-        .find(|v| as_str(*v) == name)
-        .ok_or_else(|| UnknownName {
-            what,
-            name: name.to_string(),
-            expected,
-        })
+/// The names of an enum's values, one list: `ALL`, `as_str`, `FromStr` and `Display`.
+macro_rules! named {
+    ($ty:ident, $what:literal, $expected:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            /// The name in the admin API, the CRD, the command line and query strings.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = UnknownName;
+            fn from_str(s: &str) -> Result<Self, UnknownName> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    _ => Err(UnknownName {
+                        what: $what,
+                        name: s.to_string(),
+                        expected: $expected,
+                    }),
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
 }
 
-impl FromStr for ReplicationMode {
-    type Err = UnknownName;
-    fn from_str(s: &str) -> Result<Self, UnknownName> {
-        by_name(
-            Self::ALL,
-            Self::as_str,
-            s,
-            "replication_mode",
-            "quorum, sync or async",
-        )
-    }
-}
+named!(ReplicationMode, "replication_mode", "quorum, sync or async", {
+    Quorum => "quorum",
+    Sync => "sync",
+    Async => "async",
+});
 
-impl FromStr for ReadConsistency {
-    type Err = UnknownName;
-    fn from_str(s: &str) -> Result<Self, UnknownName> {
-        by_name(
-            Self::ALL,
-            Self::as_str,
-            s,
-            "read_consistency",
-            "linearizable, leader or stale",
-        )
-    }
-}
-
-impl fmt::Display for ReplicationMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for ReadConsistency {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named!(ReadConsistency, "read_consistency", "linearizable, leader or stale", {
+    Linearizable => "linearizable",
+    Leader => "leader",
+    Stale => "stale",
+});
 
 #[cfg(test)]
 mod tests {
@@ -148,13 +116,13 @@ mod tests {
 
     #[test]
     fn names_round_trip_through_str_and_serde() {
-        for m in ReplicationMode::ALL {
+        for &m in ReplicationMode::ALL {
             assert_eq!(m.as_str().parse::<ReplicationMode>(), Ok(m));
             let json = serde_json::to_string(&m).unwrap();
             assert_eq!(json, format!("\"{m}\""));
             assert_eq!(serde_json::from_str::<ReplicationMode>(&json).unwrap(), m);
         }
-        for c in ReadConsistency::ALL {
+        for &c in ReadConsistency::ALL {
             assert_eq!(c.as_str().parse::<ReadConsistency>(), Ok(c));
             let json = serde_json::to_string(&c).unwrap();
             assert_eq!(json, format!("\"{c}\""));
