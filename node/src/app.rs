@@ -33,7 +33,8 @@ pub struct Settings {
     pub election_min_ms: u64,
     pub election_max_ms: u64,
     pub snapshot_logs: u64,
-    pub cache_bytes: u64,
+    /// Size of each write-ahead log segment.
+    pub wal_segment_bytes: u64,
     pub write_timeout: Duration,
     pub sync_timeout: Duration,
     /// Write batches in the Raft pipeline at once.
@@ -44,8 +45,8 @@ pub struct Settings {
     /// before commit.
     pub async_quorum_contact: Duration,
     pub catch_up_timeout: Duration,
-    /// Revisions of change history kept for watches.
-    pub watch_history: u64,
+    /// Change history kept for watches.
+    pub watch_history: store::Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] store::OpenError),
     #[error(
-        "this node is a member of cluster {cluster_id} (says {dir}/identity.json), but its database {dir}/db is gone. Starting empty under the same id would break Raft's safety. Restore the data directory from backup, or wipe it entirely (identity.json too) to rejoin as a new member"
+        "this node is a member of cluster {cluster_id} (says {dir}/identity.json), but its write-ahead log {dir}/wal is gone. Starting empty under the same id would break Raft's safety. Restore the data directory from backup, or wipe it entirely (identity.json too) to rejoin as a new member"
     )]
     DataLost { dir: String, cluster_id: String },
     #[error("invalid Raft settings: {0}")]
@@ -78,7 +79,8 @@ pub struct App {
     pub committed: Arc<std::sync::atomic::AtomicU64>,
     /// The highest commit index a leader announced to this node (followers and learners).
     pub leader_commit: Arc<std::sync::atomic::AtomicU64>,
-    pub db: sled::Db,
+    /// The log, for its size on disk.
+    pub log: store::LogStore,
     pub batcher: Batcher,
     pub forwarder: Forwarder,
     pub reads: ReadIndex,
@@ -117,9 +119,10 @@ impl Node {
         std::fs::create_dir_all(&settings.data_dir)
             .map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
         let identity = Arc::new(Identity::load_or_create(&settings.data_dir)?);
-        // A node joins a cluster only after its database exists, so a member without one
-        // lost it.
+        // A node joins a cluster only after its log exists, so a member without one lost
+        // it. (A log in the old format, `db/`, gets its own message from the store.)
         if let Some(cluster_id) = identity.cluster_id()
+            && !settings.data_dir.join("wal").exists()
             && !settings.data_dir.join("db").exists()
         {
             return Err(StartError::DataLost {
@@ -132,7 +135,7 @@ impl Node {
         let m = metrics.clone();
         let storage = store::open(
             &settings.data_dir,
-            settings.cache_bytes,
+            settings.wal_segment_bytes,
             settings.watch_history,
             move |s| {
                 m.fsync_seconds.observe(s.duration.as_secs_f64());
@@ -142,6 +145,7 @@ impl Node {
         .await?;
         let kv = storage.sm.reader();
         let committed = storage.log.committed_index();
+        let log_handle = storage.log.clone();
 
         let config = openraft::Config {
             cluster_name: "rstore".into(),
@@ -212,7 +216,7 @@ impl Node {
             kv,
             committed,
             leader_commit: Arc::default(),
-            db: storage.db,
+            log: log_handle,
             contact,
             metrics,
             http,
@@ -308,8 +312,6 @@ impl Node {
         if let Err(e) = app.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
-        let db = app.db.clone();
-        tokio::task::spawn_blocking(move || db.flush()).await??;
         if raft_died.load(std::sync::atomic::Ordering::SeqCst) {
             anyhow::bail!(
                 "the Raft core stopped unexpectedly (its error or panic is logged above). If it \

@@ -79,9 +79,11 @@ pub struct ServeArgs {
     /// Log entries between snapshots; the log is compacted after each snapshot.
     #[arg(long, env = "RSTORE_SNAPSHOT_LOGS", default_value_t = 10_000)]
     pub snapshot_logs: u64,
-    /// sled page cache size, in bytes. Size it from the pod's memory limit.
-    #[arg(long, env = "RSTORE_CACHE_BYTES", default_value_t = 16 << 20)]
-    pub cache_bytes: u64,
+    /// Size of each write-ahead log segment file, in bytes. Segments are zero-filled ahead
+    /// of use, one spare at a time.
+    #[arg(long, env = "RSTORE_WAL_SEGMENT_BYTES", default_value_t = crate::store::SEGMENT_BYTES,
+          value_parser = clap::value_parser!(u64).range(16 << 10..=1 << 30))]
+    pub wal_segment_bytes: u64,
     /// How long a write may wait to commit before the client gets 503 outcome_unknown.
     #[arg(long, env = "RSTORE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
@@ -107,6 +109,10 @@ pub struct ServeArgs {
     /// Revisions of change history kept for watches; older ones answer 410.
     #[arg(long, env = "RSTORE_WATCH_HISTORY", default_value_t = 100_000)]
     pub watch_history: u64,
+    /// Bytes of keys and values of change history kept for watches (it is kept in memory);
+    /// the oldest revisions go first once either bound is reached.
+    #[arg(long, env = "RSTORE_WATCH_HISTORY_BYTES", default_value_t = 64 << 20)]
+    pub watch_history_bytes: u64,
     /// How long adding a member waits for it to catch up before answering 504.
     #[arg(long, env = "RSTORE_CATCH_UP_TIMEOUT_MS", default_value_t = 60_000)]
     pub catch_up_timeout_ms: u64,
@@ -144,7 +150,7 @@ impl ServeArgs {
             election_min_ms: self.election_min_ms,
             election_max_ms: self.election_max_ms,
             snapshot_logs: self.snapshot_logs.max(2),
-            cache_bytes: self.cache_bytes,
+            wal_segment_bytes: self.wal_segment_bytes,
             write_timeout: Duration::from_millis(self.write_timeout_ms),
             sync_timeout: Duration::from_millis(self.sync_timeout_ms),
             write_pipeline: self.write_pipeline.max(1),
@@ -154,7 +160,10 @@ impl ServeArgs {
                     .unwrap_or(self.heartbeat_ms * 3)
                     .max(1),
             ),
-            watch_history: self.watch_history,
+            watch_history: crate::store::Retention {
+                revisions: self.watch_history,
+                bytes: self.watch_history_bytes,
+            },
             catch_up_timeout: Duration::from_millis(self.catch_up_timeout_ms),
         })
     }

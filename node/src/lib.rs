@@ -3,7 +3,8 @@
 //! Layout:
 //! - [`types`]: the openraft type configuration and the commands in the log;
 //! - [`identity`]: the persisted node id and cluster id;
-//! - [`store`]: the Raft log, vote and state machine in sled, with a true durability barrier.
+//! - [`store`]: the Raft log and vote in a write-ahead log with a true durability barrier, and
+//!   the state machine in memory with snapshot files as checkpoints.
 
 pub mod api;
 pub mod app;

@@ -2,9 +2,9 @@
 
 use clap::Parser;
 
-// glibc's malloc spent about a sixth of a loaded node's CPU (sled allocates and frees
-// large aligned I/O buffers on every flush, which trips `malloc_consolidate`). mimalloc
-// took put throughput up by a quarter. `no_thp` keeps idle memory where it was: with
+// glibc's malloc spent about a sixth of a loaded node's CPU when the log was in sled (which
+// allocates and frees large aligned I/O buffers on every flush, tripping
+// `malloc_consolidate`); mimalloc took put throughput up by a quarter then. `no_thp` keeps idle memory where it was: with
 // transparent huge pages, mimalloc's eagerly committed arenas took idle RSS from 12 to 55 MB.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -14,7 +14,7 @@ use rstore_node::cli::{Cli, Command, LogFormat};
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -164,7 +164,7 @@ impl Metrics {
         );
         registry.register(
             "storage_size_bytes",
-            "sled size on disk",
+            "Bytes on disk of the write-ahead log segments and the snapshot file",
             m.storage_bytes.clone(),
         );
         registry.register(

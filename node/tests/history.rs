@@ -1,11 +1,12 @@
-//! The watch history kept by the state machine: stored as one chunk per apply call, read
-//! back per revision, compacted by whole chunks. Checked against a model on the real sled
-//! store, across random group-commit sizes and retentions, and across a reopen.
+//! The watch history kept by the state machine: read back per revision, and bounded by a
+//! count of revisions and by bytes. Checked against a model on the real store, across random
+//! group-commit sizes and retentions; and what a snapshot and a reopen keep of it.
 
+use openraft::RaftSnapshotBuilder;
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload};
 use proptest::prelude::*;
-use rstore_node::store::{self, EventKind, HistoryError};
+use rstore_node::store::{self, EventKind, HistoryError, Retention};
 use rstore_node::types::{Batch, Command, Condition, Entry, LogId, Request};
 
 fn put(key: &str, value: &str) -> Command {
@@ -26,9 +27,17 @@ fn delete(key: &str) -> Command {
 /// What a revision changed: (key, Some(value)) for a put, (key, None) for a delete.
 type Change = (String, Option<String>);
 
+fn keep(revisions: u64) -> Retention {
+    Retention {
+        revisions,
+        bytes: u64::MAX,
+    }
+}
+
 /// Apply `groups` (one apply call each, several entries per call, several commands per
-/// entry), then check every `history(from)` against the model. Returns the store's dir.
-async fn run(groups: &[Vec<usize>], retention: u64, big: bool, dir: &std::path::Path) {
+/// entry), then check every `history(from)` against the model; then snapshot, reopen, and
+/// check the state and that history starts after the snapshot.
+async fn run(groups: &[Vec<usize>], retention: Retention, big: bool, dir: &std::path::Path) {
     let s = store::open(dir, 8 << 20, retention, |_| {})
         .await
         .expect("open store");
@@ -57,8 +66,7 @@ async fn run(groups: &[Vec<usize>], retention: u64, big: bool, dir: &std::path::
                     }
                     batch.push(delete(&key));
                 } else {
-                    // Now and then a large value, so that one apply call spans several
-                    // chunks (they are cut at 1 MiB).
+                    // Now and then a large value, so that the byte bound matters.
                     let value = if big && n % 5 == 1 {
                         format!("v{n}{}", "x".repeat(400 << 10))
                     } else {
@@ -80,40 +88,58 @@ async fn run(groups: &[Vec<usize>], retention: u64, big: bool, dir: &std::path::
     }
     let last = model.len() as u64 - 1;
     assert_eq!(reader.revision(), last);
-    if big {
-        let chunks =
-            s.db.open_tree("sm")
-                .expect("sm tree")
-                .scan_prefix(b"h")
-                .count();
-        assert!(
-            chunks > groups.len(),
-            "{chunks} history chunks for {} apply calls: large values should split them",
-            groups.len()
-        );
-    }
     check(&reader, &model, retention, big);
+    let data: Vec<(String, Option<store::Record>)> = (0..7)
+        .map(|i| format!("k{i}"))
+        .map(|k| (k.clone(), reader.get(&k)))
+        .collect();
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build snapshot");
     drop(sm);
     drop(reader);
     drop(s.log);
     drop(s.flusher);
-    drop(s.db);
 
-    // The same answers after a reopen, once the flusher thread has let go of the database.
+    // After a reopen (once the flusher thread has stopped), the state comes
+    // from the snapshot, and history starts after it.
     let s = reopen(dir, retention).await;
     let reader = s.sm.reader();
     assert_eq!(reader.revision(), last);
-    check(&reader, &model, retention, big);
+    assert_eq!(reader.oldest_revision(), last + 1);
+    for (k, v) in data {
+        assert_eq!(reader.get(&k), v, "{k} after the reopen");
+    }
+    match reader.history(last, usize::MAX) {
+        Err(HistoryError::Compacted { oldest, .. }) if oldest == last + 1 => {}
+        other => panic!("history from {last} after the reopen: {other:?}"),
+    }
+    assert!(reader.history(last + 1, usize::MAX).unwrap().is_empty());
 }
 
 /// Check `history(from)` for every `from` (for a few when values are large).
-fn check(reader: &store::KvReader, model: &[Change], retention: u64, sample: bool) {
+fn check(reader: &store::KvReader, model: &[Change], retention: Retention, sample: bool) {
     let last = model.len() as u64 - 1;
     let oldest = reader.oldest_revision();
-    assert!(oldest >= 1, "oldest revision {oldest}");
-    assert!(
-        oldest <= last.saturating_sub(retention) + 1,
-        "oldest revision {oldest} drops history within the retention of {retention} (last {last})"
+    // Exactly the newest revisions within both bounds are kept.
+    let bytes = |r: u64| {
+        let (k, v) = &model[r as usize];
+        (k.len() + v.as_ref().map_or(0, |v| v.len())) as u64
+    };
+    let mut want_oldest = last + 1;
+    let mut kept_bytes = 0;
+    while want_oldest > 1
+        && last + 1 - want_oldest < retention.revisions
+        && kept_bytes + bytes(want_oldest - 1) <= retention.bytes
+    {
+        want_oldest -= 1;
+        kept_bytes += bytes(want_oldest);
+    }
+    assert_eq!(
+        oldest, want_oldest,
+        "oldest revision kept, for {retention:?} at revision {last}"
     );
     let froms: Vec<u64> = if sample {
         vec![1, 2, last / 3, last / 2, last - 1, last, last + 1]
@@ -155,7 +181,6 @@ fn check(reader: &store::KvReader, model: &[Change], retention: u64, sample: boo
                     "history from {from} >= oldest {oldest} refused"
                 );
             }
-            Err(e) => panic!("history from {from}: {e}"),
         }
     }
     // A page limit cuts whole revisions.
@@ -165,7 +190,7 @@ fn check(reader: &store::KvReader, model: &[Change], retention: u64, sample: boo
 }
 
 /// Open the store in `dir`, waiting for an earlier handle's flusher thread to let go.
-async fn reopen(dir: &std::path::Path, retention: u64) -> store::Storage {
+async fn reopen(dir: &std::path::Path, retention: Retention) -> store::Storage {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match store::open(dir, 8 << 20, retention, |_| {}).await {
@@ -184,10 +209,9 @@ async fn reopen(dir: &std::path::Path, retention: u64) -> store::Storage {
 #[test]
 fn history_before_an_installed_snapshot_stays_compacted_after_a_restart() {
     block_on(async {
-        use openraft::RaftSnapshotBuilder;
         // A member that wrote 20 revisions builds a snapshot.
         let source_dir = tempfile::tempdir().expect("temp dir");
-        let source = store::open(source_dir.path(), 8 << 20, 1000, |_| {})
+        let source = store::open(source_dir.path(), 8 << 20, keep(1000), |_| {})
             .await
             .expect("open source");
         let mut sm = source.sm;
@@ -210,7 +234,7 @@ fn history_before_an_installed_snapshot_stays_compacted_after_a_restart() {
 
         // A fresh member installs it: it has no history before revision 21.
         let dir = tempfile::tempdir().expect("temp dir");
-        let target = store::open(dir.path(), 8 << 20, 1000, |_| {})
+        let target = store::open(dir.path(), 8 << 20, keep(1000), |_| {})
             .await
             .expect("open target");
         let mut target_sm = target.sm;
@@ -225,18 +249,14 @@ fn history_before_an_installed_snapshot_stays_compacted_after_a_restart() {
                 Err(HistoryError::Compacted { oldest: 21, .. }) => {}
                 other => panic!("{when}: history from 5 should be compacted, got {other:?}"),
             }
-            assert!(
-                reader.get("k5").expect("get").is_some(),
-                "{when}: data kept"
-            );
+            assert!(reader.get("k5").is_some(), "{when}: data kept");
         };
         gone(&target_sm.reader(), "after the install");
         drop(target_sm);
         drop(target.log);
         drop(target.flusher);
-        drop(target.db);
 
-        let again = reopen(dir.path(), 1000).await;
+        let again = reopen(dir.path(), keep(1000)).await;
         gone(&again.sm.reader(), "after a restart");
     });
 }
@@ -250,20 +270,23 @@ fn block_on(f: impl std::future::Future<Output = ()>) {
 }
 
 #[test]
-fn history_spans_chunks_and_survives_compaction_and_reopen() {
-    // Enough revisions past the retention (plus the compaction slack of 1024) to compact
-    // twice, with chunks of many sizes straddling each cut.
+fn history_is_trimmed_to_the_newest_revisions_and_starts_after_a_snapshot_on_reopen() {
     let groups: Vec<Vec<usize>> = (0..400).map(|i| vec![1 + i % 5, 1 + i % 3]).collect();
     let dir = tempfile::tempdir().expect("temp dir");
-    block_on(run(&groups, 50, false, dir.path()));
+    block_on(run(&groups, keep(50), false, dir.path()));
 }
 
 #[test]
-fn large_values_split_an_apply_call_into_several_chunks() {
-    // 25 commands per apply call, a fifth of them 400 KiB.
+fn history_is_bounded_in_bytes() {
+    // 25 commands per apply call, a fifth of them 400 KiB: a 1 MiB bound keeps only the
+    // last two or three large ones and what lies between.
     let groups: Vec<Vec<usize>> = (0..6).map(|_| vec![10, 15]).collect();
     let dir = tempfile::tempdir().expect("temp dir");
-    block_on(run(&groups, 1000, true, dir.path()));
+    let retention = Retention {
+        revisions: 1000,
+        bytes: 1 << 20,
+    };
+    block_on(run(&groups, retention, true, dir.path()));
 }
 
 proptest! {
@@ -272,9 +295,11 @@ proptest! {
     #[test]
     fn history_matches_the_model(
         groups in prop::collection::vec(prop::collection::vec(1usize..40, 1..4), 1..60),
-        retention in 1u64..200,
+        revisions in 1u64..200,
+        bytes in prop::option::of(1u64..2000),
     ) {
         let dir = tempfile::tempdir().expect("temp dir");
+        let retention = Retention { revisions, bytes: bytes.unwrap_or(u64::MAX) };
         block_on(run(&groups, retention, false, dir.path()));
     }
 }

@@ -1,4 +1,4 @@
-//! openraft's storage conformance suite, run against our sled log and state machine.
+//! openraft's storage conformance suite, run against our log store (sled) and state machine (in memory).
 //!
 //! Also guarantees that `cargo test --workspace` builds the `node` binary, which the
 //! process-level tests in the `tests` crate start.
@@ -15,9 +15,17 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let s = store::open(dir.path(), 8 << 20, 1000, |_| {})
-            .await
-            .expect("open store");
+        let s = store::open(
+            dir.path(),
+            8 << 20,
+            store::Retention {
+                revisions: 1000,
+                bytes: 1 << 20,
+            },
+            |_| {},
+        )
+        .await
+        .expect("open store");
         Ok((dir, s.log, s.sm))
     }
 }

@@ -596,42 +596,90 @@ async fn try_start(node: &TestNode, env: &[(&str, &str)], attempt_no: usize) -> 
 
 #[derive(Debug, Clone, Copy)]
 enum Damage {
-    TruncateDbHalf,
-    /// As a node from before the watermark file, or one that lost only that file.
-    TruncateDbHalfWithoutWatermark,
-    GarbageInDb,
+    /// Cut the log's newest segment to half its records, as a lost file tail would.
+    TruncateLogHalf,
+    /// As a node that lost only its watermark file too.
+    TruncateLogHalfWithoutWatermark,
+    /// Overwrite a third of the way into the newest segment's records.
+    GarbageInLog,
+    /// Flip a byte inside a segment that was sealed (not the newest).
+    FlipSealedSegment,
     DeleteIdentity,
     CorruptIdentity,
     FlipSnapshotBits,
     TruncateSnapshot,
-    DeleteDb,
+    DeleteLog,
+}
+
+/// The log's segment files, oldest first.
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut s: Vec<_> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    s.sort();
+    s
+}
+
+/// Where a segment's records end (it is zero-filled beyond).
+fn data_end(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1)
+}
+
+/// The newest segment that holds records.
+fn newest_written(dir: &Path) -> (std::path::PathBuf, u64) {
+    segments(dir)
+        .into_iter()
+        .rev()
+        .map(|p| {
+            let end = data_end(&p);
+            (p, end)
+        })
+        .find(|(_, end)| *end > 0)
+        .expect("a segment with records")
 }
 
 fn damage(dir: &Path, what: Damage) {
     use std::io::{Seek, SeekFrom, Write};
-    let db = dir.join("db").join("db");
     let snapshot = dir.join("snapshot").join("current");
     match what {
-        Damage::TruncateDbHalfWithoutWatermark => {
+        Damage::TruncateLogHalfWithoutWatermark => {
             std::fs::remove_file(dir.join("watermark")).unwrap();
-            damage(dir, Damage::TruncateDbHalf);
+            damage(dir, Damage::TruncateLogHalf);
         }
-        Damage::TruncateDbHalf => {
-            let len = std::fs::metadata(&db).unwrap().len();
+        Damage::TruncateLogHalf => {
+            let (segment, end) = newest_written(dir);
             std::fs::OpenOptions::new()
                 .write(true)
-                .open(&db)
+                .open(&segment)
                 .unwrap()
-                .set_len(len / 2)
+                .set_len(end / 2)
                 .unwrap();
         }
-        Damage::GarbageInDb => {
-            let len = std::fs::metadata(&db).unwrap().len();
-            let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
-            f.seek(SeekFrom::Start(len / 3)).unwrap();
+        Damage::GarbageInLog => {
+            let (segment, end) = newest_written(dir);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&segment)
+                .unwrap();
+            f.seek(SeekFrom::Start(end / 3)).unwrap();
             let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 131 + 7) as u8).collect();
             f.write_all(&garbage).unwrap();
             f.sync_all().unwrap();
+        }
+        Damage::FlipSealedSegment => {
+            let all = segments(dir);
+            assert!(all.len() >= 2, "several segments: {all:?}");
+            let sealed = &all[0];
+            let at = data_end(sealed) / 2;
+            let mut bytes = std::fs::read(sealed).unwrap();
+            bytes[at as usize] ^= 0x5a;
+            std::fs::write(sealed, bytes).unwrap();
         }
         Damage::DeleteIdentity => std::fs::remove_file(dir.join("identity.json")).unwrap(),
         Damage::CorruptIdentity => {
@@ -643,7 +691,7 @@ fn damage(dir: &Path, what: Damage) {
             bytes[at] ^= 0x5a;
             std::fs::write(&snapshot, bytes).unwrap();
         }
-        Damage::DeleteDb => std::fs::remove_dir_all(dir.join("db")).unwrap(),
+        Damage::DeleteLog => std::fs::remove_dir_all(dir.join("wal")).unwrap(),
         Damage::TruncateSnapshot => {
             let bytes = std::fs::read(&snapshot).expect("a snapshot file");
             std::fs::write(&snapshot, &bytes[..bytes.len() / 2]).unwrap();
@@ -655,11 +703,15 @@ fn damage(dir: &Path, what: Damage) {
 /// containing every string of `refusal` (or, if `may_recover`, a rejoin that serves only
 /// what the cluster acknowledged). What happened is printed (`--nocapture`).
 async fn damaged_follower(what: Damage, snapshots: bool, refusal: &[&str], may_recover: bool) {
-    let env: &[(&str, &str)] = if snapshots {
-        &[("RSTORE_SNAPSHOT_LOGS", "20")]
-    } else {
-        &[]
-    };
+    let mut env: Vec<(&str, &str)> = Vec::new();
+    if snapshots {
+        env.push(("RSTORE_SNAPSHOT_LOGS", "20"));
+    }
+    if matches!(what, Damage::FlipSealedSegment) {
+        // Small segments, so that the writes span several.
+        env.push(("RSTORE_WAL_SEGMENT_BYTES", "16384"));
+    }
+    let env = env.as_slice();
     let mut cluster = Cluster::start_with_env(3, env).await;
     let (leader, follower) = cluster.leader_and_follower().await;
     // One write at a time: one log entry each, so that snapshots are taken.
@@ -677,7 +729,7 @@ async fn damaged_follower(what: Damage, snapshots: bool, refusal: &[&str], may_r
         })
         .await;
     }
-    // The watermark (a durable commit index kept outside sled) trails the database by
+    // The watermark (a durable commit index kept outside the log) trails the log by
     // about a second; let it cover the writes, as it does on any node that ran a while.
     let applied = cluster.client(follower).node_info().await["applied_index"]
         .as_u64()
@@ -749,9 +801,9 @@ async fn damaged_follower(what: Damage, snapshots: bool, refusal: &[&str], may_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn truncated_db_behind_its_snapshot_is_refused() {
+async fn truncated_log_behind_its_snapshot_is_refused() {
     damaged_follower(
-        Damage::TruncateDbHalfWithoutWatermark,
+        Damage::TruncateLogHalfWithoutWatermark,
         true,
         &["lost writes", "snapshot"],
         false,
@@ -760,26 +812,44 @@ async fn truncated_db_behind_its_snapshot_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_in_db_is_refused_or_recovered_consistently() {
-    damaged_follower(Damage::GarbageInDb, true, &["db"], true).await;
+async fn garbage_in_the_log_is_refused() {
+    // It reads as a torn tail a third of the way in; the watermark says more was durable.
+    damaged_follower(Damage::GarbageInLog, true, &["lost writes"], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn truncated_db_without_snapshot_is_refused() {
+async fn truncated_log_without_snapshot_is_refused() {
     // No snapshot file to compare with: the watermark file (a durable commit index kept
-    // outside sled) is what tells that sled recovered an older prefix.
+    // outside the log) is what tells a cut log from a torn tail.
     damaged_follower(
-        Damage::TruncateDbHalf,
+        Damage::TruncateLogHalf,
         false,
-        &["watermark", "truncated or damaged"],
+        &["watermark", "lost writes"],
         false,
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleted_db_of_a_member_is_refused() {
-    damaged_follower(Damage::DeleteDb, false, &["database", "is gone"], false).await;
+async fn damage_in_a_sealed_log_segment_is_refused() {
+    damaged_follower(
+        Damage::FlipSealedSegment,
+        false,
+        &["segment", "is damaged"],
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_log_of_a_member_is_refused() {
+    damaged_follower(
+        Damage::DeleteLog,
+        false,
+        &["write-ahead log", "is gone"],
+        false,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

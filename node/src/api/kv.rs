@@ -346,7 +346,7 @@ pub async fn get(
     let q = parse_query(&uri, &["consistency"])?;
     let consistency = consistency(&app, q.get("consistency"))?;
     read(&app, consistency, &method, &uri, &headers, || {
-        let record = app.kv.get(&key).map_err(ApiError::internal)?;
+        let record = app.kv.get(&key);
         let rev = revision_header(&app);
         match record {
             Some(Record {
@@ -451,10 +451,7 @@ pub async fn list(
     let consistency = parse_consistency(consistency.as_deref(), app.kv.config().read_consistency)?;
     read(&app, consistency, &method, &uri, &headers, || {
         let revision = app.kv.revision();
-        let (items, more) = app
-            .kv
-            .list(&prefix, start_after.as_deref(), limit)
-            .map_err(ApiError::internal)?;
+        let (items, more) = app.kv.list(&prefix, start_after.as_deref(), limit);
         let items = items
             .into_iter()
             .map(|i| ListItem {

@@ -150,9 +150,11 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    if let Ok(size) = app.db.size_on_disk() {
-        app.metrics.storage_bytes.set(size);
-    }
+    let snapshot = std::fs::metadata(app.settings.data_dir.join("snapshot").join("current"))
+        .map_or(0, |m| m.len());
+    app.metrics
+        .storage_bytes
+        .set(app.log.size_on_disk() + snapshot);
     app.metrics.revision.set(app.kv.revision());
     app.metrics
         .committed_index

@@ -149,10 +149,6 @@ async fn catch_up(
                 let _ = tx.send(Bytes::from(l)).await;
                 return None;
             }
-            Err(e @ (HistoryError::Sled(_) | HistoryError::Corrupt(_))) => {
-                tracing::error!(error = %e, "reading watch history failed");
-                return None;
-            }
         };
         let done = revs.len() < 256;
         for rev in revs {
@@ -186,6 +182,16 @@ async fn stream(
                 Ok(rev) => {
                     if rev.revision < next {
                         continue; // already delivered from history
+                    }
+                    if rev.revision > next {
+                        // The state jumped past `next` (a snapshot from the leader was
+                        // installed): deliver the gap from history, which answers 410 if
+                        // it is not kept, rather than skip it silently.
+                        match catch_up(&kv, &tx, next, &prefix).await {
+                            Some(n) => next = n,
+                            None => return,
+                        }
+                        continue;
                     }
                     if let Some(l) = line(&rev, &prefix)
                         && tx.send(l).await.is_err()

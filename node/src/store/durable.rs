@@ -1,34 +1,33 @@
-//! The durability barrier for sled, and a flusher thread that shares one barrier among
-//! every write waiting for it (group commit at the disk).
+//! The durability barrier for the write-ahead log, and a flusher thread that shares one
+//! barrier among every write waiting for it (group commit at the disk).
 //!
-//! sled 0.34's `flush()` ends in `sync_file_range`, which is not a durability barrier, and
-//! sled never fsyncs the files it writes for large values (`blobs/`). So a barrier here is:
-//! `flush()`, then `fdatasync` of the `db` file, then `fsync` of any blob file written since
-//! the last barrier and of the blob directory. Nothing is acknowledged before that.
+//! A barrier is `fdatasync` of every log segment written since the last one (segments
+//! are preallocated, so that writes data only), and `fsync` of the log directory if a
+//! segment was created or removed. Nothing is acknowledged before that.
 //!
-//! The barrier also keeps a [`Watermark`] outside sled: a commit index that sled had made
-//! durable, rewritten at most once a second. sled recovers whatever prefix of its file it
-//! can read and says nothing, so a truncated or damaged `db` file would otherwise come
-//! back as a node that silently forgot log entries and votes it had acknowledged.
+//! The barrier also keeps a [`Watermark`] outside the log: a commit index the log had made
+//! durable, rewritten at most once a second. A log cut short by damage that looks like a
+//! torn tail (a truncated segment) would otherwise come back as a node that silently
+//! forgot log entries and votes it had acknowledged.
 
-use std::collections::{HashMap, HashSet};
-use std::fs::File;
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+pub use super::wal::Dirty;
 use crate::types::TypeConfig;
 
 /// A commit index that the database is known to hold durably, kept in its own file
 /// (`DATA_DIR/watermark`), so that start-up can tell a database that lost durable writes.
 pub struct Watermark {
     path: PathBuf,
-    /// The commit index as last saved to sled (updated by the log store after the insert).
+    /// The commit index as last written to the log (updated by the log store after the write).
     committed: Arc<AtomicU64>,
-    /// The newest index known durable in sled.
+    /// The newest index known durable in the log.
     durable: u64,
     written: u64,
     written_at: Option<Instant>,
@@ -64,7 +63,7 @@ impl Watermark {
         }
     }
 
-    /// Note `durable`, an index sled holds durably, and write it if the last write is
+    /// Note `durable`, an index the log holds durably, and write it if the last write is
     /// old enough.
     fn advance(&mut self, durable: u64) -> io::Result<()> {
         self.durable = self.durable.max(durable);
@@ -89,41 +88,46 @@ impl Watermark {
     }
 }
 
-/// Owns the sled handle and the file handles needed to make its writes durable.
+/// Syncs what the log wrote since the last barrier.
 pub struct Barrier {
-    db: sled::Db,
-    db_file: File,
-    blobs_dir: PathBuf,
-    blobs_seen: Option<SystemTime>,
-    blobs_synced: HashSet<std::ffi::OsString>,
+    dirty: Arc<Mutex<Dirty>>,
+    dir: PathBuf,
     watermark: Option<Watermark>,
 }
 
 impl Barrier {
-    pub fn new(db: sled::Db, dir: &Path, watermark: Option<Watermark>) -> io::Result<Self> {
-        let db_file = File::open(dir.join("db"))?;
-        // The files were possibly just created: make their directory entries durable.
-        crate::identity::sync_dir(dir)?;
-        Ok(Self {
-            db,
-            db_file,
-            blobs_dir: dir.join("blobs"),
-            blobs_seen: None,
-            blobs_synced: HashSet::new(),
+    pub fn new(dirty: Arc<Mutex<Dirty>>, dir: &Path, watermark: Option<Watermark>) -> Self {
+        Self {
+            dirty,
+            dir: dir.to_path_buf(),
             watermark,
-        })
+        }
     }
 
-    /// Make every write issued to sled before this call durable.
+    /// Make every write issued to the log before this call durable.
     pub fn sync(&mut self) -> io::Result<()> {
-        // Saved to sled before this barrier, so durable once it succeeds.
+        // Written to the log before this barrier, so durable once it succeeds.
         let committed = self
             .watermark
             .as_ref()
             .map(|w| w.committed.load(Ordering::Acquire));
-        self.db.flush().map_err(io::Error::other)?;
-        self.db_file.sync_data()?;
-        self.sync_blobs()?;
+        let dirty = std::mem::take(&mut *self.dirty.lock().expect("dirty lock"));
+        let result = (|| {
+            for f in &dirty.files {
+                f.sync_data()?;
+            }
+            if dirty.dir {
+                crate::identity::sync_dir(&self.dir)?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            // Still not known durable: the next barrier tries again.
+            let mut d = self.dirty.lock().expect("dirty lock");
+            d.files.extend(dirty.files);
+            d.dir |= dirty.dir;
+            return result;
+        }
         if let (Some(w), Some(c)) = (self.watermark.as_mut(), committed)
             && let Err(e) = w.advance(c)
         {
@@ -140,45 +144,6 @@ impl Barrier {
         {
             tracing::warn!(error = %e, "cannot update the durability watermark");
         }
-    }
-
-    fn sync_blobs(&mut self) -> io::Result<()> {
-        let mtime = match std::fs::metadata(&self.blobs_dir) {
-            Ok(m) => m.modified()?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        // A directory modified twice within one timestamp tick shows the same mtime, so
-        // recently modified directories are always rescanned.
-        let recent = SystemTime::now()
-            .duration_since(mtime)
-            .map(|d| d < Duration::from_secs(2))
-            .unwrap_or(true);
-        if self.blobs_seen == Some(mtime) && !recent {
-            return Ok(());
-        }
-        self.blobs_seen = Some(mtime);
-        let mut present = HashSet::new();
-        let mut synced_any = false;
-        for entry in std::fs::read_dir(&self.blobs_dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            if !self.blobs_synced.contains(&name) {
-                match File::open(entry.path()) {
-                    Ok(f) => f.sync_all()?,
-                    // sled removes blobs it no longer needs; that is fine.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                }
-                synced_any = true;
-            }
-            present.insert(name);
-        }
-        if synced_any {
-            crate::identity::sync_dir(&self.blobs_dir)?;
-        }
-        self.blobs_synced = present;
-        Ok(())
     }
 }
 

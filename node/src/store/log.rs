@@ -1,34 +1,28 @@
-//! The Raft log and vote, in sled tree `raft`.
+//! The Raft log and vote, in the write-ahead log of [`super::wal`].
 //!
-//! Layout: `l` + big-endian index → bincode entry (so sled's key order is log order),
-//! plus the keys `vote`, `committed` and `purged`. Appends are made readable at once and
-//! acknowledged to openraft by the [`Flusher`] after a durability barrier; votes and
-//! truncations wait for their own barrier before returning, as openraft requires.
+//! Entries, votes, commit indexes, truncations and purges are records, appended in the
+//! order openraft makes them; at start-up they are read back in that order, and the last
+//! of each kind wins. Entries stay on disk: memory holds only where each one is. Appends
+//! are readable at once and acknowledged to openraft by the [`Flusher`] after a barrier
+//! (one `fdatasync` shared by every append waiting for it); votes and truncations wait for
+//! their own barrier before returning, as openraft requires.
+//!
+//! A new segment starts with the current vote, commit index and purge point, so a segment
+//! whose entries are all purged can be removed without losing any of them.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
+use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
 
-use std::sync::Arc;
-
-use openraft::EntryPayload;
-
-use super::durable::{AckRegistry, Flusher};
+use super::durable::{AckRegistry, Dirty, Flusher};
+use super::wal::{self, Kind, Location, Wal};
 use crate::types::{Entry, LogId, NodeId, Request, StorageError, TypeConfig, Vote};
-
-const VOTE: &[u8] = b"vote";
-const COMMITTED: &[u8] = b"committed";
-const PURGED: &[u8] = b"purged";
-const ENTRY_PREFIX: u8 = b'l';
-
-fn entry_key(index: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = ENTRY_PREFIX;
-    k[1..].copy_from_slice(&index.to_be_bytes());
-    k
-}
 
 fn err_read(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::<NodeId>::read_logs(AnyError::new(&e)).into()
@@ -38,62 +32,239 @@ fn err_write(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::<NodeId>::write_logs(AnyError::new(&e)).into()
 }
 
-fn get_json<T: serde::de::DeserializeOwned>(
-    tree: &sled::Tree,
-    key: &[u8],
-) -> Result<Option<T>, StorageError> {
-    match tree.get(key).map_err(err_read)? {
-        Some(v) => Ok(Some(bincode::deserialize(&v).map_err(err_read)?)),
-        None => Ok(None),
+fn damaged(dir: &Path, what: String) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "the write-ahead log in {} is damaged: {what}. Starting would forget log entries or votes this node acknowledged, which breaks Raft's safety. Restore the data directory from backup, or wipe it entirely to rejoin as a new member",
+            dir.display()
+        ),
+    )
+}
+
+/// The log as read back, and as kept up to date.
+struct Inner {
+    wal: Wal,
+    /// Where each entry is, by index.
+    entries: BTreeMap<u64, (LogId, Location)>,
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    purged: Option<LogId>,
+    /// The highest entry index written to each segment.
+    segment_last: BTreeMap<u64, u64>,
+}
+
+impl Inner {
+    /// Write encoded records, starting a new segment first if they do not fit. Returns
+    /// the file and offset they were written at.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<(Arc<std::fs::File>, u64, u64)> {
+        if !self.wal.fits(buf.len() as u64) {
+            self.wal.rotate()?;
+            self.write_state()?;
+        }
+        let (file, at) = self.wal.write(buf)?;
+        Ok((file, at, self.wal.seq()))
+    }
+
+    /// Write the vote, commit index and purge point, which start every segment.
+    fn write_state(&mut self) -> std::io::Result<()> {
+        let mut header = Vec::new();
+        if let Some(v) = &self.vote {
+            wal::encode(&mut header, Kind::Vote, &encode(v));
+        }
+        if let Some(c) = &self.committed {
+            wal::encode(&mut header, Kind::Committed, &encode(c));
+        }
+        if let Some(p) = &self.purged {
+            wal::encode(&mut header, Kind::Purge, &encode(p));
+        }
+        if !header.is_empty() {
+            self.wal.write(&header)?;
+        }
+        Ok(())
+    }
+
+    /// Write one record.
+    fn record(&mut self, kind: Kind, payload: &[u8]) -> Result<(), StorageError> {
+        let mut buf = Vec::with_capacity(payload.len() + wal::HEADER as usize);
+        wal::encode(&mut buf, kind, payload);
+        self.write(&buf).map_err(err_write)?;
+        Ok(())
+    }
+
+    /// Segments, other than the current one, holding no entry after the purge point.
+    fn removable(&self) -> Vec<u64> {
+        let purged = self.purged.map(|p| p.index);
+        self.wal
+            .segments()
+            .into_iter()
+            .filter(|&s| s != self.wal.seq())
+            .filter(|s| {
+                self.segment_last
+                    .get(s)
+                    .is_none_or(|&last| Some(last) <= purged)
+            })
+            .collect()
     }
 }
 
-/// The commit index saved in the `raft` tree, for checks at start-up.
-pub fn saved_committed(tree: &sled::Tree) -> Result<Option<LogId>, StorageError> {
-    Ok(get_json::<Option<LogId>>(tree, COMMITTED)?.flatten())
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).expect("log records encode")
 }
 
-/// The log store. Clones share the same tree; openraft uses clones as log readers.
+/// The log store. Clones share the same log; openraft uses clones as log readers.
 #[derive(Clone)]
 pub struct LogStore {
-    tree: sled::Tree,
+    inner: Arc<Mutex<Inner>>,
     flusher: Flusher,
     acks: Arc<AckRegistry>,
-    /// The last commit index openraft reported, for metrics (openraft 0.9 exposes none).
-    committed: Arc<std::sync::atomic::AtomicU64>,
+    /// The commit index as written to the log, for metrics and the watermark.
+    committed: Arc<AtomicU64>,
 }
 
-impl LogStore {
-    /// `committed` is shared with the durability barrier's watermark: it must only ever
-    /// hold an index already written to sled.
-    pub fn new(
-        tree: sled::Tree,
+/// The log read back at start-up, before the flusher exists.
+pub struct Opened {
+    inner: Inner,
+}
+
+impl Opened {
+    /// Read the log in `dir`. Fails with a message saying what to do if it is damaged.
+    pub fn read(dir: &Path, segment_bytes: u64) -> std::io::Result<Self> {
+        let mut entries = BTreeMap::new();
+        let mut vote = None;
+        let mut committed: Option<LogId> = None;
+        let mut purged: Option<LogId> = None;
+        let mut segment_last = BTreeMap::new();
+        let undecodable = |what: &str, e: bincode::Error| {
+            damaged(
+                dir,
+                format!("a {what} record passes its checksum but cannot be decoded ({e})"),
+            )
+        };
+        let wal = Wal::open(dir, segment_bytes, |kind, payload, at| {
+            match kind {
+                Kind::Entry => {
+                    // An entry starts with its log id; the rest is read when asked for.
+                    let log_id: LogId =
+                        bincode::deserialize(payload).map_err(|e| undecodable("log entry", e))?;
+                    let last = segment_last.entry(at.seq).or_insert(log_id.index);
+                    *last = (*last).max(log_id.index);
+                    entries.insert(log_id.index, (log_id, at));
+                }
+                Kind::Vote => {
+                    vote = Some(bincode::deserialize(payload).map_err(|e| undecodable("vote", e))?)
+                }
+                Kind::Committed => {
+                    let c: LogId = bincode::deserialize(payload)
+                        .map_err(|e| undecodable("commit index", e))?;
+                    committed = committed.max(Some(c));
+                }
+                Kind::Truncate => {
+                    let from: u64 =
+                        bincode::deserialize(payload).map_err(|e| undecodable("truncation", e))?;
+                    entries.split_off(&from);
+                }
+                Kind::Purge => {
+                    let p: LogId =
+                        bincode::deserialize(payload).map_err(|e| undecodable("purge", e))?;
+                    purged = purged.max(Some(p));
+                    entries = entries.split_off(&(p.index + 1));
+                }
+                Kind::Seal => {}
+            }
+            Ok(())
+        })?;
+        let mut inner = Inner {
+            wal,
+            entries,
+            vote,
+            committed,
+            purged,
+            segment_last,
+        };
+        // What is left must be one run of indexes, right after the purge point.
+        let mut expect = inner.purged.map(|p| p.index + 1);
+        for &index in inner.entries.keys() {
+            if expect.is_some_and(|e| e != index) {
+                return Err(damaged(
+                    dir,
+                    format!(
+                        "entry {} is missing (the next one kept is {index})",
+                        expect.unwrap_or_default()
+                    ),
+                ));
+            }
+            expect = Some(index + 1);
+        }
+        // The fresh segment starts with the state, like every segment after a rotation.
+        inner.write_state()?;
+        Ok(Self { inner })
+    }
+
+    /// The commit index the log holds.
+    pub fn committed(&self) -> Option<LogId> {
+        self.inner.committed
+    }
+
+    /// What the flusher must sync.
+    pub fn dirty(&self) -> Arc<Mutex<Dirty>> {
+        self.inner.wal.dirty()
+    }
+
+    /// `committed` starts at the log's commit index; the watermark shares it.
+    pub fn into_store(
+        self,
         flusher: Flusher,
         acks: Arc<AckRegistry>,
-        committed: Arc<std::sync::atomic::AtomicU64>,
-    ) -> Self {
-        Self {
-            tree,
+        committed: Arc<AtomicU64>,
+    ) -> LogStore {
+        LogStore {
+            inner: Arc::new(Mutex::new(self.inner)),
             flusher,
             acks,
             committed,
         }
     }
+}
 
-    /// Shared view of the commit index, updated as openraft reports it.
-    pub fn committed_index(&self) -> Arc<std::sync::atomic::AtomicU64> {
+impl LogStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("log lock")
+    }
+
+    /// Shared view of the commit index, updated as openraft reports it. It only ever holds
+    /// an index already written to the log (the durability watermark relies on that).
+    pub fn committed_index(&self) -> Arc<AtomicU64> {
         self.committed.clone()
     }
 
-    fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
-        match self.tree.scan_prefix([ENTRY_PREFIX]).next_back() {
-            Some(kv) => {
-                let (_, v) = kv.map_err(err_read)?;
-                let entry: Entry = bincode::deserialize(&v).map_err(err_read)?;
-                Ok(Some(entry.log_id))
-            }
-            None => Ok(None),
+    /// Bytes of the log's segments on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.lock().wal.size_on_disk()
+    }
+
+    /// Raise the saved commit index to `snapshot` (a snapshot holds only committed
+    /// entries) and make the log durable, before a snapshot file covering it is written:
+    /// so the saved commit index always covers the snapshot file, and start-up can tell a
+    /// log that lost durable writes (see [`super::open`]).
+    pub async fn cover_snapshot(&self, snapshot: Option<LogId>) -> Result<(), StorageError> {
+        if let Some(s) = snapshot {
+            self.raise_committed(s)?;
         }
+        self.barrier(ErrorSubject::Logs).await
+    }
+
+    /// Save `log_id` as the commit index unless a later one is saved. The commit index
+    /// only grows, but a snapshot install raises it from another task than openraft's.
+    fn raise_committed(&self, log_id: LogId) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        if inner.committed.is_some_and(|c| c.index >= log_id.index) {
+            return Ok(());
+        }
+        inner.record(Kind::Committed, &encode(&log_id))?;
+        inner.committed = Some(log_id);
+        self.committed.fetch_max(log_id.index, Ordering::AcqRel);
+        Ok(())
     }
 
     async fn barrier(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
@@ -109,20 +280,38 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let start = match range.start_bound() {
-            Bound::Included(i) => *i,
-            Bound::Excluded(i) => i + 1,
-            Bound::Unbounded => 0,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(entry_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(entry_key(*i)),
-            Bound::Unbounded => Bound::Included(entry_key(u64::MAX)),
-        };
-        let mut out = Vec::new();
-        for kv in self.tree.range((Bound::Included(entry_key(start)), end)) {
-            let (_, v) = kv.map_err(err_read)?;
-            out.push(bincode::deserialize(&v).map_err(err_read)?);
+        let at: Vec<Location> = self
+            .lock()
+            .entries
+            .range(range)
+            .map(|(_, (_, at))| at.clone())
+            .collect();
+        let mut out = Vec::with_capacity(at.len());
+        // Entries next to each other in one segment are read with one call.
+        let mut i = 0;
+        while i < at.len() {
+            let mut j = i + 1;
+            while j < at.len()
+                && at[j].seq == at[i].seq
+                && at[j].offset == at[j - 1].offset + u64::from(at[j - 1].len) + wal::HEADER
+            {
+                j += 1;
+            }
+            let span = Location {
+                file: at[i].file.clone(),
+                seq: at[i].seq,
+                offset: at[i].offset,
+                len: u32::try_from(at[j - 1].offset + u64::from(at[j - 1].len) - at[i].offset)
+                    .map_err(err_read)?,
+            };
+            let bytes = wal::read(&span).map_err(err_read)?;
+            for a in &at[i..j] {
+                let from = (a.offset - span.offset) as usize;
+                let entry =
+                    bincode::deserialize(&bytes[from..from + a.len as usize]).map_err(err_read)?;
+                out.push(entry);
+            }
+            i = j;
         }
         Ok(out)
     }
@@ -132,10 +321,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = get_json(&self.tree, PURGED)?;
-        let last = self.last_entry_id()?.or(last_purged);
+        let inner = self.lock();
+        let last = inner
+            .entries
+            .last_key_value()
+            .map(|(_, (id, _))| *id)
+            .or(inner.purged);
         Ok(LogState {
-            last_purged_log_id: last_purged,
+            last_purged_log_id: inner.purged,
             last_log_id: last,
         })
     }
@@ -145,30 +338,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let bytes = bincode::serialize(vote).map_err(err_write)?;
-        self.tree.insert(VOTE, bytes).map_err(err_write)?;
+        {
+            let mut inner = self.lock();
+            inner.record(Kind::Vote, &encode(vote))?;
+            inner.vote = Some(*vote);
+        }
         self.barrier(ErrorSubject::Vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        get_json(&self.tree, VOTE)
+        Ok(self.lock().vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not awaited: made durable by the next barrier. On restart, openraft re-applies
-        // entries up to this point, and sled recovers a prefix of its writes, so a stale
-        // value only means less is re-applied at once.
-        let bytes = bincode::serialize(&committed).map_err(err_write)?;
-        self.tree.insert(COMMITTED, bytes).map_err(err_write)?;
-        if let Some(c) = committed {
-            self.committed
-                .store(c.index, std::sync::atomic::Ordering::Release);
+        // entries up to the saved commit index, so a stale one only means less is
+        // re-applied at once (the rest comes with the leader's next commit index).
+        match committed {
+            Some(c) => self.raise_committed(c),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(get_json::<Option<LogId>>(&self.tree, COMMITTED)?.flatten())
+        Ok(self.lock().committed)
     }
 
     async fn append<I>(
@@ -180,45 +373,65 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = sled::Batch::default();
+        let mut buf = Vec::new();
+        let mut written = Vec::new();
         let mut acks = Vec::new();
         for entry in entries {
             let bytes = bincode::serialize(&entry).map_err(err_write)?;
-            batch.insert(&entry_key(entry.log_id.index), bytes);
+            let offset = wal::encode(&mut buf, Kind::Entry, &bytes);
+            written.push((entry.log_id, offset, bytes.len() as u32));
             if let EntryPayload::Normal(Request::Batch(b)) = &entry.payload
                 && let Some(ack) = self.acks.take(b.id)
             {
                 acks.push(ack);
             }
         }
-        self.tree.apply_batch(batch).map_err(err_write)?;
+        {
+            let mut inner = self.lock();
+            let (file, at, seq) = inner.write(&buf).map_err(err_write)?;
+            for (log_id, offset, len) in written {
+                let location = Location {
+                    file: file.clone(),
+                    seq,
+                    offset: at + offset,
+                    len,
+                };
+                inner.entries.insert(log_id.index, (log_id, location));
+                let last = inner.segment_last.entry(seq).or_insert(log_id.index);
+                *last = (*last).max(log_id.index);
+            }
+        }
         self.flusher.submit_log(callback, acks).map_err(err_write)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for kv in self
-            .tree
-            .range(entry_key(log_id.index)..=entry_key(u64::MAX))
         {
-            let (k, _) = kv.map_err(err_read)?;
-            batch.remove(k);
+            let mut inner = self.lock();
+            inner.record(Kind::Truncate, &encode(&log_id.index))?;
+            inner.entries.split_off(&log_id.index);
         }
-        self.tree.apply_batch(batch).map_err(err_write)?;
         self.barrier(ErrorSubject::Logs).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // The marker goes first: sled recovers a prefix of its writes, so after a crash
-        // either the marker is there (and stale entries below it are ignored) or nothing is.
-        let bytes = bincode::serialize(&log_id).map_err(err_write)?;
-        self.tree.insert(PURGED, bytes).map_err(err_write)?;
-        let mut batch = sled::Batch::default();
-        for kv in self.tree.range(entry_key(0)..=entry_key(log_id.index)) {
-            let (k, _) = kv.map_err(err_read)?;
-            batch.remove(k);
+        let removable = {
+            let mut inner = self.lock();
+            inner.record(Kind::Purge, &encode(&log_id))?;
+            inner.purged = inner.purged.max(Some(log_id));
+            inner.entries = inner.entries.split_off(&(log_id.index + 1));
+            inner.removable()
+        };
+        if removable.is_empty() {
+            return Ok(());
         }
-        self.tree.apply_batch(batch).map_err(err_write)?;
+        // The purge record must be durable before the entries it drops leave the disk:
+        // else a crash could leave a log that starts after a gap.
+        self.barrier(ErrorSubject::Logs).await?;
+        let mut inner = self.lock();
+        for seq in removable {
+            inner.wal.remove(seq).map_err(err_write)?;
+            inner.segment_last.remove(&seq);
+        }
         Ok(())
     }
 }

@@ -1,6 +1,9 @@
-//! Persistent storage of a node: the Raft log and vote ([`log`]) and the key-value state
-//! machine with its snapshots ([`sm`]), both in one sled database, made durable by the
-//! barrier in [`durable`].
+//! Storage of a node: the Raft log and vote in a write-ahead log ([`log`] over [`wal`]),
+//! made durable by the barrier in [`durable`]; and the key-value state machine ([`sm`]), in
+//! memory, with the snapshot file as its checkpoint.
+//!
+//! `DATA_DIR` holds `identity.json`, `wal/` (log segments), `snapshot/current` and
+//! `watermark` (a commit index known durable, checked at start-up).
 
 // openraft's storage traits fix `StorageError` (a large type) as the error of every call.
 #![allow(clippy::result_large_err)]
@@ -8,28 +11,36 @@
 pub mod durable;
 pub mod log;
 pub mod sm;
+pub mod wal;
 
 use std::path::Path;
 use std::sync::Arc;
 
 pub use durable::{AckRegistry, FlushStats, Flusher};
 pub use log::LogStore;
-pub use sm::{Event, EventKind, HistoryError, KvReader, Record, RevisionEvents, StateMachineStore};
+pub use sm::{
+    Event, EventKind, HistoryError, KvReader, Record, Retention, RevisionEvents, StateMachineStore,
+};
+
+/// Log segment size unless `RSTORE_WAL_SEGMENT_BYTES` says otherwise.
+pub const SEGMENT_BYTES: u64 = 16 << 20;
 
 /// Errors opening the store. The messages say what to do, because a node that cannot
 /// open its data must never silently start empty.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error(
-        "cannot open the database in {dir}: {source}. If the files are corrupt, restore the data directory from backup, or wipe it entirely to rejoin as a new member"
-    )]
-    Sled { dir: String, source: sled::Error },
+    #[error("cannot open the write-ahead log in {dir}: {source}")]
+    Log { dir: String, source: std::io::Error },
     #[error("cannot set up durable writes in {dir}: {source}")]
     Io { dir: String, source: std::io::Error },
     #[error("cannot load the state machine: {0}")]
     StateMachine(String),
     #[error(
-        "the database in {dir} holds the log only up to commit index {found}, but {watermark} says index {durable} was durable: the db file was truncated or damaged, and sled silently recovered an older prefix. Starting would forget log entries and votes this node acknowledged, which breaks Raft's safety. Restore the data directory from backup, or wipe it entirely to rejoin as a new member"
+        "{dir} holds a database in the format of earlier development builds of rstore (sled, in {dir}/db), which this version does not read. Wipe the data directory entirely to rejoin as a new member (the cluster still has the data), or run the previous version"
+    )]
+    OldFormat { dir: String },
+    #[error(
+        "the write-ahead log in {dir} holds the log only up to commit index {found}, but {watermark} says index {durable} was durable: the log lost writes it had made durable (it was truncated or damaged). Starting would forget log entries and votes this node acknowledged, which breaks Raft's safety. Restore the data directory from backup, or wipe it entirely to rejoin as a new member"
     )]
     LostWrites {
         dir: String,
@@ -37,11 +48,19 @@ pub enum OpenError {
         durable: u64,
         found: String,
     },
+    #[error(
+        "the snapshot file {snapshot} covers the log up to index {covered}, but the write-ahead log in {dir} holds it only up to commit index {found}: the log lost writes it had made durable (a segment was truncated, damaged or removed). Starting would forget votes and log entries this node acknowledged, which breaks Raft's safety. Restore the data directory from backup, or wipe it entirely to rejoin as a new member"
+    )]
+    BehindSnapshot {
+        dir: String,
+        snapshot: String,
+        covered: u64,
+        found: String,
+    },
 }
 
 /// The opened storage of one node.
 pub struct Storage {
-    pub db: sled::Db,
     pub log: LogStore,
     pub sm: StateMachineStore,
     pub flusher: Flusher,
@@ -51,38 +70,27 @@ pub struct Storage {
 /// Open (or create) the storage under `data_dir`.
 pub async fn open(
     data_dir: &Path,
-    cache_bytes: u64,
-    history: u64,
+    segment_bytes: u64,
+    retention: Retention,
     observe: impl Fn(FlushStats) + Send + 'static,
 ) -> Result<Storage, OpenError> {
-    let db_dir = data_dir.join("db");
-    let dir = db_dir.display().to_string();
-    let db = sled::Config::new()
-        .path(&db_dir)
-        .cache_capacity(cache_bytes)
-        .flush_every_ms(Some(500))
-        .open()
-        .map_err(|source| OpenError::Sled {
-            dir: dir.clone(),
-            source,
-        })?;
-    let tree = |name: &str| {
-        db.open_tree(name).map_err(|source| OpenError::Sled {
-            dir: dir.clone(),
-            source,
-        })
-    };
-    let raft_tree = tree("raft")?;
-    let sm_tree = tree("sm")?;
+    let wal_dir = data_dir.join("wal");
+    let dir = wal_dir.display().to_string();
+    if data_dir.join("db").exists() && !wal_dir.exists() {
+        return Err(OpenError::OldFormat {
+            dir: data_dir.display().to_string(),
+        });
+    }
+    let opened = log::Opened::read(&wal_dir, segment_bytes).map_err(|source| OpenError::Log {
+        dir: dir.clone(),
+        source,
+    })?;
     let io = |source| OpenError::Io {
         dir: dir.clone(),
         source,
     };
-    // Check the database against the watermark before anything writes to it.
-    let committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let saved = log::saved_committed(&raft_tree)
-        .map_err(|e| OpenError::StateMachine(e.to_string()))?
-        .map(|l| l.index);
+    // Check the log against the watermark before anything is acknowledged from it.
+    let saved = opened.committed().map(|l| l.index);
     if let Some(durable) = durable::Watermark::read(data_dir).map_err(io)?
         && saved.is_none_or(|s| s < durable)
     {
@@ -93,22 +101,33 @@ pub async fn open(
             found: saved.map_or("none".into(), |s| s.to_string()),
         });
     }
-    committed.store(saved.unwrap_or(0), std::sync::atomic::Ordering::Release);
-    let watermark = durable::Watermark::new(data_dir, committed.clone()).map_err(io)?;
-    let barrier = durable::Barrier::new(db.clone(), &db_dir, Some(watermark)).map_err(io)?;
-    let flusher = Flusher::start(barrier, observe).map_err(io)?;
     let acks = Arc::new(AckRegistry::default());
-    let log = LogStore::new(raft_tree, flusher.clone(), acks.clone(), committed);
-    let sm = StateMachineStore::open(
-        sm_tree,
-        &data_dir.join("snapshot"),
-        flusher.clone(),
-        history,
-    )
-    .await
-    .map_err(|e| OpenError::StateMachine(e.to_string()))?;
+    let committed = Arc::new(std::sync::atomic::AtomicU64::new(saved.unwrap_or(0)));
+    let watermark = durable::Watermark::new(data_dir, committed.clone()).map_err(io)?;
+    let barrier = durable::Barrier::new(opened.dirty(), &wal_dir, Some(watermark));
+    let flusher = Flusher::start(barrier, observe).map_err(io)?;
+    let log = opened.into_store(flusher.clone(), acks.clone(), committed);
+    let sm = StateMachineStore::open(&data_dir.join("snapshot"), log.clone(), retention)
+        .map_err(|e| OpenError::StateMachine(e.to_string()))?;
+    // The saved commit index always covers the snapshot file (`LogStore::cover_snapshot`).
+    let snapshot = sm
+        .snapshot_index()
+        .map_err(|e| OpenError::StateMachine(e.to_string()))?;
+    if let Some(covered) = snapshot
+        && saved.is_none_or(|s| s < covered)
+    {
+        return Err(OpenError::BehindSnapshot {
+            dir,
+            snapshot: data_dir
+                .join("snapshot")
+                .join("current")
+                .display()
+                .to_string(),
+            covered,
+            found: saved.map_or("none".into(), |s| s.to_string()),
+        });
+    }
     Ok(Storage {
-        db,
         log,
         sm,
         flusher,

@@ -1,99 +1,47 @@
 //! The key-value state machine and its snapshots.
 //!
-//! Data lives in sled tree `sm`: `k` + key → [`Record`], `h` + first revision → the change
-//! history of one apply call (a [`HistoryChunk`], kept for watches), and `m`-prefixed
-//! metadata (last applied log id, membership, store revision), all written in the same atomic
-//! batch as the data it describes. History is one value per apply call rather than one per
-//! revision: under load an apply call carries a whole group commit, and each sled insert
-//! costs far more than its bytes. Apply does not wait for a barrier: the log is durable, sled recovers a
-//! prefix of its writes, and openraft re-applies from the last applied id up to the saved
-//! commit index at start-up.
+//! The state lives in memory: a sorted map of records and a bounded history of changes for
+//! watches, behind one lock that `apply` takes once per call (one group commit), so readers
+//! see whole apply calls. Applying writes nothing to disk: the Raft log is the durable
+//! record, and the snapshot file is the state machine's checkpoint.
 //!
 //! The current snapshot is a file, `snapshot/current`, written durably (temp, fsync,
-//! rename, fsync dir) because a leader must be able to send it after a restart. Installing a
-//! snapshot replaces the whole state: an `m/installing` marker, naming the snapshot and made
-//! durable before the file is replaced, makes a crash in the middle redo the install from the
-//! snapshot file at the next start instead of leaving a mix.
+//! rename, fsync dir) before openraft may purge the log it covers. At start-up the state is
+//! loaded from that file, and openraft re-applies the log from the snapshot up to the saved
+//! commit index (`read_committed`), which brings back everything applied before the stop.
 //!
-//! The state a snapshot file describes is made durable in sled before the file is written,
-//! so the file is never ahead of the database. A file that is ahead at start-up therefore
-//! means the database lost data it had made durable (a truncated or damaged `db` file, from
-//! which sled silently recovers a prefix): the node refuses to start rather than rejoin
-//! with a forgotten log and vote.
+//! Before a snapshot file is written, the log (with the commit index) is made durable and
+//! the commit index is raised to the snapshot's, so the log always covers its snapshot. A
+//! snapshot ahead of the log's commit index at start-up therefore means the log lost data
+//! it had made durable, and the node refuses to start (see [`super::open`]).
+//!
+//! Watch history is kept from the last snapshot on: a node that restarted, or installed a
+//! snapshot from its leader, keeps the revisions it applied since, and an older
+//! `start_revision` gets a clear 410 naming the oldest one kept.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Cursor;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::durable::Flusher;
+use super::log::LogStore;
 use crate::types::{
     ClusterConfig, Command, Compare, CompareOp, CompareTarget, Condition, Entry, KeyValue, LogId,
     NodeId, Outcome, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     Txn, TxnOp, TxnOpResult, TypeConfig,
 };
 
-const APPLIED: &[u8] = b"m/applied";
-const MEMBERSHIP: &[u8] = b"m/membership";
-const REVISION: &[u8] = b"m/revision";
-const INSTALLING: &[u8] = b"m/installing";
-const CONFIG: &[u8] = b"m/config";
-const COMPACTED: &[u8] = b"m/compacted";
-const DATA_PREFIX: u8 = b'k';
-const HISTORY_PREFIX: u8 = b'h';
-/// Extra revisions of history kept beyond the retention before compacting, so that
-/// compaction runs in batches rather than on every write.
-const COMPACTION_SLACK: u64 = 1024;
-
-/// The key of the history chunk whose first revision is `revision`.
-fn chunk_key(revision: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = HISTORY_PREFIX;
-    k[1..].copy_from_slice(&revision.to_be_bytes());
-    k
-}
-
-fn chunk_start(key: &[u8]) -> u64 {
-    u64::from_be_bytes(key[1..9].try_into().expect("history chunk key"))
-}
-
-/// Where a history chunk is cut, in bytes of keys and values (a chunk ends with the
-/// revision that reaches it, so one large transaction still stays in one chunk).
-const HISTORY_CHUNK_BYTES: usize = 1 << 20;
-
-/// The changes of consecutive revisions made by one apply call, in revision order.
-type HistoryChunk = Vec<(u64, Vec<Event>)>;
-
-fn data_key(key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key.len() + 1);
-    k.push(DATA_PREFIX);
-    k.extend_from_slice(key);
-    k
-}
-
 fn err_read(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::<NodeId>::read_state_machine(AnyError::new(&e)).into()
 }
-fn err_write(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::<NodeId>::write_state_machine(AnyError::new(&e)).into()
-}
 fn err_snapshot(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::<NodeId>::write_snapshot(None, AnyError::new(&e)).into()
-}
-
-fn read_meta<T: serde::de::DeserializeOwned>(
-    tree: &sled::Tree,
-    key: &[u8],
-) -> Result<Option<T>, StorageError> {
-    match tree.get(key).map_err(err_read)? {
-        Some(b) => Ok(Some(bincode::deserialize(&b).map_err(err_read)?)),
-        None => Ok(None),
-    }
 }
 
 /// A stored value with its revisions.
@@ -111,6 +59,7 @@ pub struct Record {
 impl Record {
     const HEADER: usize = 24;
 
+    /// The encoding in snapshot payloads.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::HEADER + self.value.len());
         out.extend_from_slice(&self.create_revision.to_be_bytes());
@@ -160,25 +109,65 @@ pub struct RevisionEvents {
     pub events: Vec<Event>,
 }
 
+impl RevisionEvents {
+    /// Bytes of keys and values, what the history's byte bound counts.
+    fn bytes(&self) -> u64 {
+        self.events
+            .iter()
+            .map(|e| (e.key.len() + e.value.len()) as u64)
+            .sum()
+    }
+}
+
 /// Why history cannot be read from a revision.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("revision {requested} is compacted; the oldest revision kept is {oldest}")]
     Compacted { requested: u64, oldest: u64 },
-    #[error(transparent)]
-    Sled(#[from] sled::Error),
-    #[error("{0}")]
-    Corrupt(String),
+}
+
+/// How much change history is kept for watches: at most `revisions` revisions, and at
+/// most `bytes` bytes of keys and values; the older ones go first.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub revisions: u64,
+    pub bytes: u64,
+}
+
+/// The applied state.
+#[derive(Default)]
+struct State {
+    data: BTreeMap<String, Record>,
+    /// The revision of the last applied write.
+    revision: u64,
+    /// The newest revisions, contiguous and ending at `revision`.
+    history: VecDeque<Arc<RevisionEvents>>,
+    history_bytes: u64,
+}
+
+impl State {
+    /// The oldest revision whose events are kept (`revision + 1` when none are).
+    fn oldest(&self) -> u64 {
+        self.revision + 1 - self.history.len() as u64
+    }
+
+    fn record(&mut self, change: Arc<RevisionEvents>, keep: Retention) {
+        self.history_bytes += change.bytes();
+        self.history.push_back(change);
+        while self.history.len() as u64 > keep.revisions.max(1) || self.history_bytes > keep.bytes {
+            let Some(old) = self.history.pop_front() else {
+                break;
+            };
+            self.history_bytes -= old.bytes();
+        }
+    }
 }
 
 /// Read access to the applied state, shared with the HTTP handlers.
 #[derive(Clone)]
 pub struct KvReader {
-    tree: sled::Tree,
-    revision: Arc<AtomicU64>,
-    /// The oldest revision whose events are kept.
-    compacted: Arc<AtomicU64>,
-    config: Arc<std::sync::RwLock<ClusterConfig>>,
+    state: Arc<RwLock<State>>,
+    config: Arc<RwLock<ClusterConfig>>,
     events: tokio::sync::broadcast::Sender<Arc<RevisionEvents>>,
 }
 
@@ -190,6 +179,10 @@ pub struct ListedItem {
 }
 
 impl KvReader {
+    fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().expect("state lock")
+    }
+
     /// Cluster-wide settings as of the applied state.
     pub fn config(&self) -> ClusterConfig {
         *self.config.read().expect("config lock")
@@ -197,7 +190,7 @@ impl KvReader {
 
     /// The oldest revision whose events are still kept.
     pub fn oldest_revision(&self) -> u64 {
-        self.compacted.load(Ordering::Acquire)
+        self.state().oldest()
     }
 
     /// Live changes, one item per revision, as they are applied.
@@ -206,56 +199,35 @@ impl KvReader {
     }
 
     /// Kept history from revision `from` on, at most `max` revisions.
-    pub fn history(&self, from: u64, max: usize) -> Result<Vec<RevisionEvents>, HistoryError> {
-        let oldest = self.oldest_revision();
+    pub fn history(&self, from: u64, max: usize) -> Result<Vec<Arc<RevisionEvents>>, HistoryError> {
+        let state = self.state();
+        let oldest = state.oldest();
         if from < oldest {
             return Err(HistoryError::Compacted {
                 requested: from,
                 oldest,
             });
         }
-        // The chunk holding `from` starts at or before it.
-        let first = match self.tree.range(chunk_key(0)..=chunk_key(from)).next_back() {
-            Some(kv) => chunk_start(&kv?.0),
-            None => from,
-        };
-        let mut out: Vec<RevisionEvents> = Vec::new();
-        'chunks: for kv in self.tree.range(chunk_key(first)..=chunk_key(u64::MAX)) {
-            let (_, v) = kv?;
-            let chunk: HistoryChunk = bincode::deserialize(&v).map_err(|e| {
-                HistoryError::Corrupt(format!("a history chunk cannot be decoded: {e}"))
-            })?;
-            for (revision, events) in chunk {
-                if revision < from {
-                    continue;
-                }
-                if out.len() == max {
-                    break 'chunks;
-                }
-                out.push(RevisionEvents { revision, events });
-            }
-        }
-        // Compaction may have raced with the read.
-        let oldest = self.oldest_revision();
-        if from < oldest {
-            return Err(HistoryError::Compacted {
-                requested: from,
-                oldest,
-            });
-        }
-        Ok(out)
+        let skip = usize::try_from(from - oldest).unwrap_or(usize::MAX);
+        Ok(state.history.iter().skip(skip).take(max).cloned().collect())
     }
 
     /// The store revision: the revision of the last applied write.
     pub fn revision(&self) -> u64 {
-        self.revision.load(Ordering::Acquire)
+        self.state().revision
     }
 
-    pub fn get(&self, key: &str) -> Result<Option<Record>, sled::Error> {
-        Ok(self
-            .tree
-            .get(data_key(key.as_bytes()))?
-            .and_then(|v| Record::decode(&v)))
+    pub fn get(&self, key: &str) -> Option<Record> {
+        self.state().data.get(key).cloned()
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.state().data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Keys with `prefix`, strictly after `start_after`, at most `limit`; and whether more exist.
@@ -264,43 +236,39 @@ impl KvReader {
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<ListedItem>, bool), sled::Error> {
+    ) -> (Vec<ListedItem>, bool) {
         let start = match start_after {
-            Some(s) if s >= prefix => {
-                let mut k = data_key(s.as_bytes());
-                k.push(0); // the smallest key strictly greater than `s`
-                k
-            }
-            _ => data_key(prefix.as_bytes()),
+            Some(s) if s >= prefix => Bound::Excluded(s),
+            _ => Bound::Included(prefix),
         };
-        let full_prefix = data_key(prefix.as_bytes());
+        let state = self.state();
         let mut items = Vec::new();
-        for kv in self.tree.range(start..) {
-            let (k, v) = kv?;
-            if !k.starts_with(&full_prefix) {
-                break;
-            }
+        for (key, record) in state
+            .data
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
             if items.len() == limit {
-                return Ok((items, true));
+                return (items, true);
             }
-            let (Ok(key), Some(record)) = (String::from_utf8(k[1..].to_vec()), Record::decode(&v))
-            else {
-                continue;
-            };
-            items.push(ListedItem { key, record });
+            items.push(ListedItem {
+                key: key.clone(),
+                record: record.clone(),
+            });
         }
-        Ok((items, false))
+        (items, false)
     }
 }
 
-/// The serialized form of a snapshot: the whole state machine.
+/// The serialized form of a snapshot: the whole state machine. (The same format as
+/// before the state moved to memory, so snapshots pass between versions.)
 #[derive(Serialize, Deserialize)]
 struct SnapshotPayload {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     revision: u64,
     config: ClusterConfig,
-    /// (key without prefix, encoded record)
+    /// (key, encoded record)
     data: Vec<(ByteBuf, ByteBuf)>,
 }
 
@@ -314,92 +282,48 @@ struct SnapshotFile {
 
 /// The state machine store.
 pub struct StateMachineStore {
-    tree: sled::Tree,
     snapshot_dir: PathBuf,
-    flusher: Flusher,
+    /// The log, made durable (and its commit index raised) before a snapshot file is written.
+    log: LogStore,
     reader: KvReader,
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    /// Revisions of change history kept for watches.
-    history: u64,
+    retention: Retention,
 }
 
 impl StateMachineStore {
-    pub async fn open(
-        tree: sled::Tree,
+    /// Load the state from the snapshot file in `snapshot_dir`, if there is one.
+    pub fn open(
         snapshot_dir: &Path,
-        flusher: Flusher,
-        history: u64,
+        log: LogStore,
+        retention: Retention,
     ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(snapshot_dir).map_err(err_snapshot)?;
-        let last_applied: Option<LogId> = read_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
-        let membership: StoredMembership = read_meta(&tree, MEMBERSHIP)?.unwrap_or_default();
-        let revision: u64 = read_meta(&tree, REVISION)?.unwrap_or(0);
-        let config: ClusterConfig = read_meta(&tree, CONFIG)?.unwrap_or_default();
-        let compacted: u64 = read_meta(&tree, COMPACTED)?.unwrap_or(1);
-        let installing = tree.get(INSTALLING).map_err(err_read)?;
         let mut sm = Self {
             reader: KvReader {
-                tree: tree.clone(),
-                revision: Arc::new(AtomicU64::new(revision)),
-                compacted: Arc::new(AtomicU64::new(compacted)),
-                config: Arc::new(std::sync::RwLock::new(config)),
+                state: Arc::default(),
+                config: Arc::default(),
                 events: tokio::sync::broadcast::channel(4096).0,
             },
-            tree,
             snapshot_dir: snapshot_dir.to_path_buf(),
-            flusher,
-            last_applied,
-            membership,
-            history: history.max(1),
+            log,
+            last_applied: None,
+            membership: StoredMembership::default(),
+            retention,
         };
-        if let Some(marker) = installing {
-            let file = sm.read_snapshot_file()?;
-            match file {
-                // The marker names the snapshot being installed (a legacy marker is `[1]`,
-                // written only once the file was in place).
-                Some(file) if *marker == [1u8] || *marker == *file.meta.snapshot_id.as_bytes() => {
-                    tracing::warn!(
-                        snapshot = %file.meta.snapshot_id,
-                        "a snapshot install was interrupted; redoing it from the snapshot file"
-                    );
-                    sm.replace_state(&file.payload).await?;
-                }
-                // The crash came before the new file was in place, so before any data
-                // was touched: the install never happened.
-                _ => {
-                    tracing::warn!(
-                        "a snapshot install was interrupted before its file was written; the state is unchanged"
-                    );
-                    sm.tree.remove(INSTALLING).map_err(err_write)?;
-                    sm.flusher.sync().await.map_err(err_write)?;
-                }
-            }
+        if let Some(file) = sm.read_snapshot_file()? {
+            let path = sm.snapshot_path();
+            sm.replace_state(&file.payload)
+                .map_err(|e| corrupt_snapshot(&path, &format!("its payload is invalid: {e}")))?;
         }
-        sm.check_snapshot_not_ahead()?;
         Ok(sm)
     }
 
-    /// Refuse a database that is behind its own snapshot file: it lost durable writes.
-    fn check_snapshot_not_ahead(&self) -> Result<(), StorageError> {
-        let Some(meta) = self.read_snapshot_meta()? else {
-            return Ok(());
-        };
-        let snap = meta.last_log_id.map(|l| l.index);
-        let applied = self.last_applied.map(|l| l.index);
-        if snap > applied {
-            return Err(err_read(std::io::Error::other(format!(
-                "the snapshot file {} covers the log up to index {}, but the database has applied only up to {}: \
-                 the database lost writes it had made durable (its db file was truncated or damaged, and sled \
-                 silently recovered an older prefix). Starting would forget votes and log entries this node \
-                 acknowledged, which breaks Raft's safety. Restore the data directory from backup, or wipe it \
-                 entirely to rejoin as a new member",
-                self.snapshot_path().display(),
-                snap.unwrap_or(0),
-                applied.map_or("nothing".to_string(), |a| a.to_string()),
-            ))));
-        }
-        Ok(())
+    /// The log index the snapshot file covers, read without loading the payload.
+    pub fn snapshot_index(&self) -> Result<Option<u64>, StorageError> {
+        Ok(self
+            .read_snapshot_meta()?
+            .and_then(|m| m.last_log_id.map(|l| l.index)))
     }
 
     /// Just the metadata of the snapshot file, read without loading the payload.
@@ -459,60 +383,33 @@ impl StateMachineStore {
         crate::identity::write_durably(&dir.join("current"), &bytes).map_err(err_snapshot)
     }
 
-    /// Replace the whole state with a snapshot payload, crash-safely.
-    async fn replace_state(&mut self, payload: &[u8]) -> Result<(), StorageError> {
-        // The caller has made the `INSTALLING` marker durable.
+    /// Replace the whole state with a snapshot payload. History before it is gone.
+    fn replace_state(&mut self, payload: &[u8]) -> Result<(), StorageError> {
         let snap: SnapshotPayload = bincode::deserialize(payload).map_err(err_read)?;
-
-        let mut batch = sled::Batch::default();
-        for prefix in [DATA_PREFIX, HISTORY_PREFIX] {
-            for kv in self.tree.scan_prefix([prefix]) {
-                let (k, _) = kv.map_err(err_read)?;
-                batch.remove(k);
-            }
+        let mut data = BTreeMap::new();
+        for (k, v) in snap.data {
+            let key = String::from_utf8(k.into_vec()).map_err(err_read)?;
+            let record = Record::decode(&v).ok_or_else(|| {
+                err_read(std::io::Error::other(format!(
+                    "a short record for key {key:?}"
+                )))
+            })?;
+            data.insert(key, record);
         }
-        self.tree.apply_batch(batch).map_err(err_write)?;
-        let mut batch = sled::Batch::default();
-        for (k, v) in &snap.data {
-            batch.insert(data_key(k), v.as_ref());
-        }
-        batch.insert(
-            APPLIED,
-            bincode::serialize(&snap.last_applied).map_err(err_write)?,
-        );
-        batch.insert(
-            MEMBERSHIP,
-            bincode::serialize(&snap.membership).map_err(err_write)?,
-        );
-        batch.insert(
-            REVISION,
-            bincode::serialize(&snap.revision).map_err(err_write)?,
-        );
-        // No history before the snapshot survives the install; without this, a restart
-        // would read the old mark and serve a watch from the gap as if nothing happened.
-        batch.insert(
-            COMPACTED,
-            bincode::serialize(&(snap.revision + 1)).map_err(err_write)?,
-        );
-        batch.remove(INSTALLING);
-        self.tree.apply_batch(batch).map_err(err_write)?;
-        self.flusher.sync().await.map_err(err_write)?;
-
+        *self.reader.state.write().expect("state lock") = State {
+            data,
+            revision: snap.revision,
+            history: VecDeque::new(),
+            history_bytes: 0,
+        };
         self.last_applied = snap.last_applied;
         self.membership = snap.membership;
-        self.reader.revision.store(snap.revision, Ordering::Release);
-        self.reader
-            .compacted
-            .store(snap.revision + 1, Ordering::Release);
         *self.reader.config.write().expect("config lock") = snap.config;
         Ok(())
     }
 
-    fn current(&self, overlay: &Overlay, key: &str) -> Result<Option<Record>, StorageError> {
-        match overlay.get(key) {
-            Some(r) => Ok(r.clone()),
-            None => self.reader.get(key).map_err(err_read),
-        }
+    fn current(overlay: &Overlay, key: &str) -> Result<Option<Record>, StorageError> {
+        Ok(overlay.get(key).cloned())
     }
 
     fn check(cond: Condition, cur: &Option<Record>) -> Result<(), Outcome> {
@@ -588,7 +485,7 @@ impl StateMachineStore {
             version,
             create_revision: rec.create_revision,
         });
-        overlay.insert(key, Some(rec));
+        overlay.insert(key, rec);
         version
     }
 
@@ -600,11 +497,10 @@ impl StateMachineStore {
             version: 0,
             create_revision: cur.create_revision,
         });
-        overlay.insert(key, None);
+        overlay.remove(&key);
     }
 
     fn apply_txn(
-        &self,
         overlay: &mut Overlay,
         changes: &mut Vec<RevisionEvents>,
         revision: &mut u64,
@@ -612,7 +508,7 @@ impl StateMachineStore {
     ) -> Result<Outcome, StorageError> {
         let mut succeeded = true;
         for c in &txn.compare {
-            let cur = self.current(overlay, &c.key)?;
+            let cur = Self::current(overlay, &c.key)?;
             if !Self::compare_holds(c, &cur) {
                 succeeded = false;
                 break;
@@ -626,12 +522,12 @@ impl StateMachineStore {
         for op in ops {
             results.push(match op {
                 TxnOp::Put { key, value } => {
-                    let cur = self.current(overlay, &key)?;
+                    let cur = Self::current(overlay, &key)?;
                     TxnOpResult::Put {
                         version: Self::put(overlay, &mut events, cur, key, value, rev),
                     }
                 }
-                TxnOp::Delete { key } => match self.current(overlay, &key)? {
+                TxnOp::Delete { key } => match Self::current(overlay, &key)? {
                     Some(cur) => {
                         Self::delete(overlay, &mut events, &cur, key);
                         TxnOpResult::Delete { deleted: true }
@@ -639,7 +535,7 @@ impl StateMachineStore {
                     None => TxnOpResult::Delete { deleted: false },
                 },
                 TxnOp::Get { key } => {
-                    TxnOpResult::Get(self.current(overlay, &key)?.map(|r| KeyValue {
+                    TxnOpResult::Get(Self::current(overlay, &key)?.map(|r| KeyValue {
                         key,
                         value: r.value,
                         version: r.version,
@@ -664,7 +560,6 @@ impl StateMachineStore {
     }
 
     fn apply_command(
-        &self,
         overlay: &mut Overlay,
         changes: &mut Vec<RevisionEvents>,
         revision: &mut u64,
@@ -672,7 +567,7 @@ impl StateMachineStore {
     ) -> Result<Outcome, StorageError> {
         Ok(match cmd {
             Command::Put { key, value, cond } => {
-                let cur = self.current(overlay, &key)?;
+                let cur = Self::current(overlay, &key)?;
                 match Self::check(cond, &cur) {
                     Err(o) => o,
                     Ok(()) => {
@@ -691,7 +586,7 @@ impl StateMachineStore {
                 }
             }
             Command::Delete { key, cond } => {
-                let cur = self.current(overlay, &key)?;
+                let cur = Self::current(overlay, &key)?;
                 match (&cur, Self::check(cond, &cur)) {
                     (None, _) => Outcome::NotFound,
                     (Some(_), Err(o)) => o,
@@ -709,29 +604,8 @@ impl StateMachineStore {
                     }
                 }
             }
-            Command::Txn(txn) => self.apply_txn(overlay, changes, revision, txn)?,
+            Command::Txn(txn) => Self::apply_txn(overlay, changes, revision, txn)?,
         })
-    }
-
-    /// Drop history older than the retention, in the same batch as the new writes. Whole
-    /// chunks go: the chunk holding `keep_from` stays, so a little more than the retention
-    /// may be kept, and the oldest revision kept is exactly that chunk's first.
-    fn compact(&self, batch: &mut sled::Batch, revision: u64) -> Result<Option<u64>, StorageError> {
-        let oldest = self.reader.oldest_revision();
-        if revision < oldest + self.history + COMPACTION_SLACK {
-            return Ok(None);
-        }
-        let keep_from = revision + 1 - self.history;
-        let mut older: Option<sled::IVec> = None;
-        for kv in self.tree.range(chunk_key(0)..=chunk_key(keep_from)) {
-            let (k, _) = kv.map_err(err_read)?;
-            if let Some(prev) = older.replace(k) {
-                batch.remove(prev);
-            }
-        }
-        let kept = older.map_or(keep_from, |k| chunk_start(&k).max(oldest));
-        batch.insert(COMPACTED, bincode::serialize(&kept).map_err(err_write)?);
-        Ok(Some(kept))
     }
 }
 
@@ -743,30 +617,39 @@ fn corrupt_snapshot(path: &Path, what: &str) -> StorageError {
     )))
 }
 
-type Overlay = std::collections::HashMap<String, Option<Record>>;
+/// The data as `apply` changes it (under the state's write lock).
+type Overlay = BTreeMap<String, Record>;
 
-/// Takes a consistent copy of the state when created (in order with `apply`), and
-/// serializes it off the apply path.
+/// A consistent copy of the state, taken in order with `apply`, and serialized, written
+/// and returned off the apply path.
 pub struct SnapshotBuilder {
-    payload: Option<SnapshotPayload>,
+    copy: Option<(SnapshotMeta, u64, ClusterConfig, Overlay)>,
     snapshot_dir: PathBuf,
-    flusher: Flusher,
+    log: LogStore,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let payload = self
-            .payload
+        let (mut meta, revision, config, data) = self
+            .copy
             .take()
             .ok_or_else(|| err_snapshot(std::io::Error::other("snapshot builder used twice")))?;
-        let last_applied = payload.last_applied;
-        let membership = payload.membership.clone();
+        // The log must cover the snapshot durably before the file exists (see the module doc).
+        self.log.cover_snapshot(meta.last_log_id).await?;
         let dir = self.snapshot_dir.clone();
-        // The file must never be ahead of the database's durable state (see the module doc).
-        self.flusher.sync().await.map_err(err_write)?;
         let (meta, bytes) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+            let payload = SnapshotPayload {
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+                revision,
+                config,
+                data: data
+                    .into_iter()
+                    .map(|(k, r)| (ByteBuf::from(k.into_bytes()), ByteBuf::from(r.encode())))
+                    .collect(),
+            };
             let bytes = bincode::serialize(&payload).map_err(err_snapshot)?;
-            let snapshot_id = match last_applied {
+            meta.snapshot_id = match meta.last_log_id {
                 Some(l) => format!(
                     "{}-{}-{}",
                     l.leader_id.term,
@@ -774,11 +657,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     crc32fast::hash(&bytes)
                 ),
                 None => format!("0-0-{}", crc32fast::hash(&bytes)),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: last_applied,
-                last_membership: membership,
-                snapshot_id,
             };
             StateMachineStore::write_snapshot_file(&dir, &meta, &bytes)?;
             Ok((meta, bytes))
@@ -805,85 +683,46 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut overlay = Overlay::new();
         let mut changes: Vec<RevisionEvents> = Vec::new();
-        let mut revision = self.reader.revision();
         let mut responses = Vec::new();
-        let mut membership_changed = false;
         let mut new_config = None;
-        for entry in entries {
-            self.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => responses.push(Response::default()),
-                EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(entry.log_id), m);
-                    membership_changed = true;
-                    responses.push(Response::default());
-                }
-                EntryPayload::Normal(Request::SetConfig(c)) => {
-                    new_config = Some(c);
-                    responses.push(Response::default());
-                }
-                EntryPayload::Normal(Request::Batch(batch)) => {
-                    let mut outcomes = Vec::with_capacity(batch.cmds.len());
-                    for cmd in batch.cmds {
-                        outcomes.push(self.apply_command(
-                            &mut overlay,
-                            &mut changes,
-                            &mut revision,
-                            cmd,
-                        )?);
+        let mut live = Vec::new();
+        {
+            let mut guard = self.reader.state.write().expect("state lock");
+            let state = &mut *guard;
+            let mut revision = state.revision;
+            for entry in entries {
+                self.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => responses.push(Response::default()),
+                    EntryPayload::Membership(m) => {
+                        self.membership = StoredMembership::new(Some(entry.log_id), m);
+                        responses.push(Response::default());
                     }
-                    responses.push(Response(outcomes));
+                    EntryPayload::Normal(Request::SetConfig(c)) => {
+                        new_config = Some(c);
+                        responses.push(Response::default());
+                    }
+                    EntryPayload::Normal(Request::Batch(batch)) => {
+                        let mut outcomes = Vec::with_capacity(batch.cmds.len());
+                        for cmd in batch.cmds {
+                            outcomes.push(Self::apply_command(
+                                &mut state.data,
+                                &mut changes,
+                                &mut revision,
+                                cmd,
+                            )?);
+                        }
+                        responses.push(Response(outcomes));
+                    }
                 }
             }
-        }
-        let mut batch = sled::Batch::default();
-        for (k, v) in overlay {
-            match v {
-                Some(rec) => batch.insert(data_key(k.as_bytes()), rec.encode()),
-                None => batch.remove(data_key(k.as_bytes())),
+            state.revision = revision;
+            for change in changes {
+                let change = Arc::new(change);
+                state.record(change.clone(), self.retention);
+                live.push(change);
             }
-        }
-        // One chunk per apply call, split where it passes HISTORY_CHUNK_BYTES of values so
-        // that one huge apply does not make one huge sled value.
-        let mut chunk: Vec<(u64, &Vec<Event>)> = Vec::new();
-        let mut chunk_bytes = 0;
-        for (i, c) in changes.iter().enumerate() {
-            chunk.push((c.revision, &c.events));
-            chunk_bytes += c
-                .events
-                .iter()
-                .map(|e| e.key.len() + e.value.len())
-                .sum::<usize>();
-            if chunk_bytes >= HISTORY_CHUNK_BYTES || i + 1 == changes.len() {
-                batch.insert(
-                    &chunk_key(chunk[0].0),
-                    bincode::serialize(&chunk).map_err(err_write)?,
-                );
-                chunk.clear();
-                chunk_bytes = 0;
-            }
-        }
-        let compacted = self.compact(&mut batch, revision)?;
-        batch.insert(
-            APPLIED,
-            bincode::serialize(&self.last_applied).map_err(err_write)?,
-        );
-        batch.insert(REVISION, bincode::serialize(&revision).map_err(err_write)?);
-        if membership_changed {
-            batch.insert(
-                MEMBERSHIP,
-                bincode::serialize(&self.membership).map_err(err_write)?,
-            );
-        }
-        if let Some(c) = &new_config {
-            batch.insert(CONFIG, bincode::serialize(c).map_err(err_write)?);
-        }
-        self.tree.apply_batch(batch).map_err(err_write)?;
-        self.reader.revision.store(revision, Ordering::Release);
-        if let Some(c) = compacted {
-            self.reader.compacted.store(c, Ordering::Release);
         }
         if let Some(c) = new_config {
             tracing::info!(
@@ -893,39 +732,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             );
             *self.reader.config.write().expect("config lock") = c;
         }
-        for change in changes {
+        for change in live {
             // No receivers is fine; slow receivers lag and catch up from history.
-            let _ = self.reader.events.send(Arc::new(change));
+            let _ = self.reader.events.send(change);
         }
         Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // This runs in order with `apply`, so the copy below is a consistent view.
-        let mut data = Vec::new();
-        let mut failed = false;
-        for kv in self.tree.scan_prefix([DATA_PREFIX]) {
-            match kv {
-                Ok((k, v)) => {
-                    data.push((ByteBuf::from(k[1..].to_vec()), ByteBuf::from(v.to_vec())))
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "reading state for a snapshot failed");
-                    failed = true;
-                    break;
-                }
-            }
-        }
+        let (revision, data) = {
+            let state = self.reader.state();
+            (state.revision, state.data.clone())
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id: String::new(),
+        };
         SnapshotBuilder {
-            payload: (!failed).then(|| SnapshotPayload {
-                last_applied: self.last_applied,
-                membership: self.membership.clone(),
-                revision: self.reader.revision(),
-                config: self.reader.config(),
-                data,
-            }),
+            copy: Some((meta, revision, self.reader.config(), data)),
             snapshot_dir: self.snapshot_dir.clone(),
-            flusher: self.flusher.clone(),
+            log: self.log.clone(),
         }
     }
 
@@ -941,17 +769,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let payload = snapshot.into_inner();
         // Validate before touching anything.
         bincode::deserialize::<SnapshotPayload>(&payload).map_err(err_read)?;
-        self.tree
-            .insert(INSTALLING, meta.snapshot_id.as_bytes())
-            .map_err(err_write)?;
-        self.flusher.sync().await.map_err(err_write)?;
+        self.log.cover_snapshot(meta.last_log_id).await?;
         let dir = self.snapshot_dir.clone();
         let meta2 = meta.clone();
         let payload2 = payload.clone();
         tokio::task::spawn_blocking(move || Self::write_snapshot_file(&dir, &meta2, &payload2))
             .await
             .map_err(err_snapshot)??;
-        self.replace_state(&payload).await?;
+        self.replace_state(&payload)?;
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
