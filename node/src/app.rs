@@ -45,6 +45,8 @@ pub struct Settings {
     /// before commit.
     pub async_quorum_contact: Duration,
     pub catch_up_timeout: Duration,
+    /// Writes that add data are refused (507) while the keys and values hold this many bytes.
+    pub max_data_bytes: u64,
     /// Change history kept for watches.
     pub watch_history: store::Retention,
 }
@@ -185,6 +187,7 @@ impl Node {
                 write_timeout: settings.write_timeout,
                 sync_timeout: settings.sync_timeout,
                 pipeline: settings.write_pipeline,
+                max_data_bytes: settings.max_data_bytes,
                 async_max_lag: settings.async_max_lag,
                 async_quorum_contact: settings.async_quorum_contact,
                 committed: committed.clone(),

@@ -53,6 +53,9 @@ pub enum WriteError {
     /// `sync` mode: committed on a quorum, but not every voter confirmed it in time.
     #[error("{0}")]
     SyncTimeout(String),
+    /// The data is at its quota; the write was not appended.
+    #[error("{0}")]
+    QuotaExceeded(String),
 }
 
 struct Pending {
@@ -114,6 +117,8 @@ impl QuorumContact {
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<Pending>,
+    kv: KvReader,
+    max_data_bytes: u64,
 }
 
 pub struct BatcherConfig {
@@ -129,6 +134,9 @@ pub struct BatcherConfig {
     pub committed: Arc<std::sync::atomic::AtomicU64>,
     /// How many batches may be in the Raft pipeline at once.
     pub pipeline: usize,
+    /// Writes that add data are refused while the applied keys and values hold this many
+    /// bytes (the state machine is in memory).
+    pub max_data_bytes: u64,
 }
 
 impl Batcher {
@@ -143,6 +151,7 @@ impl Batcher {
         let (tx, rx) = mpsc::channel(16 * 1024);
         let quorum_contact = Arc::new(QuorumContact::default());
         tokio::spawn(quorum_contact.clone().follow(raft.clone()));
+        let batcher_kv = kv.clone();
         let ctx = Arc::new(Ctx {
             raft,
             kv,
@@ -160,11 +169,26 @@ impl Batcher {
             next_id: AtomicU64::new(rand::random::<u64>() >> 1),
         });
         tokio::spawn(run(rx, ctx));
-        Self { tx }
+        Self {
+            tx,
+            kv: batcher_kv,
+            max_data_bytes: config.max_data_bytes,
+        }
     }
 
     /// Submit one command and wait for its acknowledgement.
     pub async fn write(&self, cmd: Command) -> Result<Ack, WriteError> {
+        // Like etcd's backend quota: checked against the applied state before the write
+        // enters the log, so it bounds memory, not exactly; deletes always pass.
+        let held = self.kv.data_bytes();
+        if held >= self.max_data_bytes && cmd.adds_data() {
+            return Err(WriteError::QuotaExceeded(format!(
+                "the store holds {held} bytes of keys and values, at its quota of {} \
+                 (RSTORE_MAX_DATA_BYTES); delete keys to make room, or raise the quota on every \
+                 member along with its memory (the data is kept in memory)",
+                self.max_data_bytes
+            )));
+        }
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Pending { cmd, tx })

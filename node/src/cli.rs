@@ -21,6 +21,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start-up: the size of the `serve` arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run one cluster member.
@@ -106,6 +108,16 @@ pub struct ServeArgs {
     /// Async runtime worker threads [default: the CPUs available to the process].
     #[arg(long, env = "RSTORE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// Quota on the bytes of keys and values held. The data is kept in memory: size the
+    /// memory limit at about 4 times this (building a snapshot copies and encodes it). At the
+    /// quota, writes that add data answer 507 `quota_exceeded`; deletes still work.
+    /// [default: a quarter of --memory-limit-bytes if given, else 1 GiB]
+    #[arg(long, env = "RSTORE_MAX_DATA_BYTES")]
+    pub max_data_bytes: Option<u64>,
+    /// The memory this process may use (the operator passes the container's limit); sets
+    /// the default data quota.
+    #[arg(long, env = "RSTORE_MEMORY_LIMIT_BYTES")]
+    pub memory_limit_bytes: Option<u64>,
     /// Revisions of change history kept for watches; older ones answer 410.
     #[arg(long, env = "RSTORE_WATCH_HISTORY", default_value_t = 100_000)]
     pub watch_history: u64,
@@ -151,6 +163,10 @@ impl ServeArgs {
             election_max_ms: self.election_max_ms,
             snapshot_logs: self.snapshot_logs.max(2),
             wal_segment_bytes: self.wal_segment_bytes,
+            max_data_bytes: self
+                .max_data_bytes
+                .or(self.memory_limit_bytes.map(|m| m / 4))
+                .unwrap_or(1 << 30),
             write_timeout: Duration::from_millis(self.write_timeout_ms),
             sync_timeout: Duration::from_millis(self.sync_timeout_ms),
             write_pipeline: self.write_pipeline.max(1),

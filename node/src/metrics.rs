@@ -50,6 +50,7 @@ pub struct Metrics {
     pub learners: Gauge,
     pub storage_bytes: Gauge<u64, AtomicU64>,
     pub revision: Gauge<u64, AtomicU64>,
+    pub data_bytes: Gauge<u64, AtomicU64>,
     pub peer_rpc_sent: Family<RpcLabels, Histogram, fn() -> Histogram>,
     pub peer_rpc_served: Family<RpcLabels, Histogram, fn() -> Histogram>,
     pub async_lost: Counter,
@@ -84,6 +85,7 @@ impl Metrics {
             learners: Gauge::default(),
             storage_bytes: Gauge::default(),
             revision: Gauge::default(),
+            data_bytes: Gauge::default(),
             peer_rpc_sent: Family::new_with_constructor(latency_histogram),
             peer_rpc_served: Family::new_with_constructor(latency_histogram),
             async_lost: Counter::default(),
@@ -171,6 +173,11 @@ impl Metrics {
             "kv_revision",
             "Store revision of the applied state",
             m.revision.clone(),
+        );
+        registry.register(
+            "kv_data_bytes",
+            "Bytes of keys and values in the applied state (held in memory; see RSTORE_MAX_DATA_BYTES)",
+            m.data_bytes.clone(),
         );
         registry.register(
             "peer_rpc_duration_seconds",

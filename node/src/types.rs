@@ -90,6 +90,19 @@ impl Command {
         }
     }
 
+    /// Whether it may add keys or bytes (so the data quota applies to it).
+    pub fn adds_data(&self) -> bool {
+        match self {
+            Command::Put { .. } => true,
+            Command::Delete { .. } => false,
+            Command::Txn(t) => t
+                .success
+                .iter()
+                .chain(&t.failure)
+                .any(|o| matches!(o, TxnOp::Put { .. })),
+        }
+    }
+
     /// Whether the outcome depends on the state it is applied to (and so cannot be
     /// acknowledged before it is applied).
     pub fn is_conditional(&self) -> bool {

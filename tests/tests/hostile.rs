@@ -331,6 +331,71 @@ fn host_port(url: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_past_the_data_quota_get_507_and_deletes_make_room() {
+    // 1000-byte values with 3-byte keys: 8 fit under 8192 bytes, the 9th reaches it.
+    let mut cluster = Cluster::start_with_env(3, &[("RSTORE_MAX_DATA_BYTES", "8192")]).await;
+    let (leader, follower) = cluster.leader_and_follower().await;
+    let value = vec![b'q'; 1000];
+    let mut acked = Expected::new();
+    let mut refused = None;
+    for i in 0..20 {
+        // Through a follower: the leader checks the quota of the forwarded write.
+        let key = format!("q/{i}");
+        let resp = cluster.client(follower).put(&key, &value).await;
+        if resp.status == 200 {
+            acked.insert(key, value.clone());
+        } else {
+            refused = Some((i, resp));
+            break;
+        }
+    }
+    let (i, resp) = refused.expect("the quota refused a write");
+    resp.assert_error(507, "quota_exceeded");
+    let message = resp.json()["error"]["message"].to_string();
+    assert!(
+        message.contains("RSTORE_MAX_DATA_BYTES") && message.contains("delete keys"),
+        "{message}"
+    );
+    assert_eq!(i, 9, "refused after {i} writes: {message}");
+    let client = cluster.client(leader);
+    // A transaction that may put is refused; one that only deletes and reads is not.
+    client
+        .txn(&serde_json::json!({
+            "compare": [],
+            "success": [{"op": "put", "key": "q/txn", "value": "x"}],
+            "failure": [],
+        }))
+        .await
+        .assert_error(507, "quota_exceeded");
+    let freed = client
+        .txn(&serde_json::json!({
+            "compare": [],
+            "success": [{"op": "delete", "key": "q/0"}, {"op": "get", "key": "q/1"}],
+            "failure": [],
+        }))
+        .await
+        .ok_json();
+    assert_eq!(freed["succeeded"], true, "{freed}");
+    acked.remove("q/0");
+    client.delete("q/1").await.ok_json();
+    acked.remove("q/1");
+    // Room again.
+    client.put_acked("q/again", &value).await;
+    acked.insert("q/again".into(), value.clone());
+    let view = client.get_path("/metrics").await.text();
+    assert!(
+        view.lines()
+            .any(|l| l == format!("rstore_kv_data_bytes {}", 7 * 1003 + 7 + 1000)),
+        "rstore_kv_data_bytes: {}",
+        view.lines()
+            .filter(|l| l.contains("data_bytes"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    cluster.assert_everywhere(&acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_bodies_get_4xx_and_the_cluster_keeps_serving() {
     const MAX_VALUE: usize = 64 << 10;
     let mut cluster =

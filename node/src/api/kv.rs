@@ -222,6 +222,13 @@ pub fn write_response(key: &str, r: Result<Ack, WriteError>) -> ApiResult {
         Err(WriteError::NotLeader(_)) => {
             return Err(ApiError::no_leader("the leader kept moving; retry shortly"));
         }
+        Err(WriteError::QuotaExceeded(msg)) => {
+            return Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "quota_exceeded",
+                msg,
+            ));
+        }
         Err(WriteError::Unknown(msg)) => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -156,6 +156,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         .storage_bytes
         .set(app.log.size_on_disk() + snapshot);
     app.metrics.revision.set(app.kv.revision());
+    app.metrics.data_bytes.set(app.kv.data_bytes());
     app.metrics
         .committed_index
         .set(app.committed.load(std::sync::atomic::Ordering::Relaxed));

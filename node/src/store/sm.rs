@@ -137,12 +137,44 @@ pub struct Retention {
 /// The applied state.
 #[derive(Default)]
 struct State {
-    data: BTreeMap<String, Record>,
+    data: Data,
     /// The revision of the last applied write.
     revision: u64,
     /// The newest revisions, contiguous and ending at `revision`.
     history: VecDeque<Arc<RevisionEvents>>,
     history_bytes: u64,
+}
+
+fn record_bytes(key: &str, r: &Record) -> u64 {
+    (key.len() + r.value.len()) as u64
+}
+
+/// The records, and how many bytes of keys and values they hold (for the data quota).
+#[derive(Default, Clone)]
+struct Data {
+    map: BTreeMap<String, Record>,
+    bytes: u64,
+}
+
+impl Data {
+    fn get(&self, key: &str) -> Option<&Record> {
+        self.map.get(key)
+    }
+
+    fn insert(&mut self, key: String, record: Record) {
+        let added = record_bytes(&key, &record);
+        let key_bytes = key.len() as u64;
+        self.bytes += added;
+        if let Some(old) = self.map.insert(key, record) {
+            self.bytes -= key_bytes + old.value.len() as u64;
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.map.remove(key) {
+            self.bytes -= record_bytes(key, &old);
+        }
+    }
 }
 
 impl State {
@@ -221,9 +253,14 @@ impl KvReader {
         self.state().data.get(key).cloned()
     }
 
+    /// Bytes of the keys and values held.
+    pub fn data_bytes(&self) -> u64 {
+        self.state().data.bytes
+    }
+
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.state().data.len()
+        self.state().data.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -245,6 +282,7 @@ impl KvReader {
         let mut items = Vec::new();
         for (key, record) in state
             .data
+            .map
             .range::<str, _>((start, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
         {
@@ -386,7 +424,7 @@ impl StateMachineStore {
     /// Replace the whole state with a snapshot payload. History before it is gone.
     fn replace_state(&mut self, payload: &[u8]) -> Result<(), StorageError> {
         let snap: SnapshotPayload = bincode::deserialize(payload).map_err(err_read)?;
-        let mut data = BTreeMap::new();
+        let mut data = Data::default();
         for (k, v) in snap.data {
             let key = String::from_utf8(k.into_vec()).map_err(err_read)?;
             let record = Record::decode(&v).ok_or_else(|| {
@@ -618,7 +656,7 @@ fn corrupt_snapshot(path: &Path, what: &str) -> StorageError {
 }
 
 /// The data as `apply` changes it (under the state's write lock).
-type Overlay = BTreeMap<String, Record>;
+type Overlay = Data;
 
 /// A consistent copy of the state, taken in order with `apply`, and serialized, written
 /// and returned off the apply path.
@@ -644,6 +682,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 revision,
                 config,
                 data: data
+                    .map
                     .into_iter()
                     .map(|(k, r)| (ByteBuf::from(k.into_bytes()), ByteBuf::from(r.encode())))
                     .collect(),

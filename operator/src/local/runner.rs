@@ -414,6 +414,9 @@ impl PodRunner {
                         Some("metadata.name") => pod.to_owned(),
                         Some("metadata.namespace") => ns.to_owned(),
                         Some("status.podIP") => ip.to_string(),
+                        // Resource references (the memory limit) have no local meaning: the
+                        // node falls back to its own default.
+                        _ if from.resource_field_ref.is_some() => continue,
                         _ => String::new(),
                     }
                 }

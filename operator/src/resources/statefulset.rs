@@ -18,8 +18,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, VolumeMount,
-    VolumeResourceRequirements,
+    PodSpec, PodTemplateSpec, Probe, ResourceFieldSelector, SeccompProfile, SecurityContext,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -126,6 +126,20 @@ pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
             format!("http://{host}:{PEER_PORT}"),
         ),
         env_value("RSTORE_LOG_FORMAT", "json".into()),
+        // The node keeps its data in memory and sizes its data quota from this (the
+        // container's memory limit, or the node's allocatable memory without one).
+        EnvVar {
+            name: "RSTORE_MEMORY_LIMIT_BYTES".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                resource_field_ref: Some(ResourceFieldSelector {
+                    container_name: None,
+                    resource: "limits.memory".into(),
+                    divisor: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
     ];
     if let Some(raft) = &spec.raft {
         let timing = [
@@ -307,6 +321,15 @@ mod tests {
         );
         assert_eq!(env["RSTORE_DATA_DIR"], "/data/rstore");
         let pod = spec.template.spec.as_ref().unwrap();
+        let memory = pod.containers[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "RSTORE_MEMORY_LIMIT_BYTES")
+            .and_then(|e| e.value_from.as_ref()?.resource_field_ref.as_ref())
+            .expect("the memory limit is passed to the node");
+        assert_eq!(memory.resource, "limits.memory");
         let c = &pod.containers[0];
         let probe_path =
             |p: &Option<Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();

@@ -308,6 +308,9 @@ impl TestNode {
             .env("RSTORE_LOG_FORMAT", "text")
             .env("RUST_LOG", "info,openraft=warn")
             .env("NO_COLOR", "1")
+            // Small log segments, so that rotation, sealed segments and their removal after
+            // a snapshot happen in every test, not only past 16 MiB of log.
+            .env("RSTORE_WAL_SEGMENT_BYTES", "65536")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
