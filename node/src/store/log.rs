@@ -198,6 +198,16 @@ impl Opened {
         }
         // The fresh segment starts with the state, like every segment after a rotation.
         inner.write_state()?;
+        // Segments left with no entries (all purged, or none: a node restarted without
+        // writes) go now, once that state is durable: else every restart would leave one.
+        let removable = inner.removable();
+        if !removable.is_empty() {
+            inner.wal.sync()?;
+            for seq in removable {
+                inner.wal.remove(seq)?;
+                inner.segment_last.remove(&seq);
+            }
+        }
         Ok(Self { inner })
     }
 

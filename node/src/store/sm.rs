@@ -258,15 +258,6 @@ impl KvReader {
         self.state().data.bytes
     }
 
-    /// Number of keys.
-    pub fn len(&self) -> usize {
-        self.state().data.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Keys with `prefix`, strictly after `start_after`, at most `limit`; and whether more exist.
     pub fn list(
         &self,
@@ -446,8 +437,8 @@ impl StateMachineStore {
         Ok(())
     }
 
-    fn current(overlay: &Overlay, key: &str) -> Result<Option<Record>, StorageError> {
-        Ok(overlay.get(key).cloned())
+    fn current(overlay: &Overlay, key: &str) -> Option<Record> {
+        overlay.get(key).cloned()
     }
 
     fn check(cond: Condition, cur: &Option<Record>) -> Result<(), Outcome> {
@@ -543,10 +534,10 @@ impl StateMachineStore {
         changes: &mut Vec<RevisionEvents>,
         revision: &mut u64,
         txn: Txn,
-    ) -> Result<Outcome, StorageError> {
+    ) -> Outcome {
         let mut succeeded = true;
         for c in &txn.compare {
-            let cur = Self::current(overlay, &c.key)?;
+            let cur = Self::current(overlay, &c.key);
             if !Self::compare_holds(c, &cur) {
                 succeeded = false;
                 break;
@@ -560,12 +551,12 @@ impl StateMachineStore {
         for op in ops {
             results.push(match op {
                 TxnOp::Put { key, value } => {
-                    let cur = Self::current(overlay, &key)?;
+                    let cur = Self::current(overlay, &key);
                     TxnOpResult::Put {
                         version: Self::put(overlay, &mut events, cur, key, value, rev),
                     }
                 }
-                TxnOp::Delete { key } => match Self::current(overlay, &key)? {
+                TxnOp::Delete { key } => match Self::current(overlay, &key) {
                     Some(cur) => {
                         Self::delete(overlay, &mut events, &cur, key);
                         TxnOpResult::Delete { deleted: true }
@@ -573,7 +564,7 @@ impl StateMachineStore {
                     None => TxnOpResult::Delete { deleted: false },
                 },
                 TxnOp::Get { key } => {
-                    TxnOpResult::Get(Self::current(overlay, &key)?.map(|r| KeyValue {
+                    TxnOpResult::Get(Self::current(overlay, &key).map(|r| KeyValue {
                         key,
                         value: r.value,
                         version: r.version,
@@ -590,11 +581,11 @@ impl StateMachineStore {
                 events,
             });
         }
-        Ok(Outcome::Txn {
+        Outcome::Txn {
             succeeded,
             revision: *revision,
             results,
-        })
+        }
     }
 
     fn apply_command(
@@ -602,10 +593,10 @@ impl StateMachineStore {
         changes: &mut Vec<RevisionEvents>,
         revision: &mut u64,
         cmd: Command,
-    ) -> Result<Outcome, StorageError> {
-        Ok(match cmd {
+    ) -> Outcome {
+        match cmd {
             Command::Put { key, value, cond } => {
-                let cur = Self::current(overlay, &key)?;
+                let cur = Self::current(overlay, &key);
                 match Self::check(cond, &cur) {
                     Err(o) => o,
                     Ok(()) => {
@@ -624,7 +615,7 @@ impl StateMachineStore {
                 }
             }
             Command::Delete { key, cond } => {
-                let cur = Self::current(overlay, &key)?;
+                let cur = Self::current(overlay, &key);
                 match (&cur, Self::check(cond, &cur)) {
                     (None, _) => Outcome::NotFound,
                     (Some(_), Err(o)) => o,
@@ -642,8 +633,8 @@ impl StateMachineStore {
                     }
                 }
             }
-            Command::Txn(txn) => Self::apply_txn(overlay, changes, revision, txn)?,
-        })
+            Command::Txn(txn) => Self::apply_txn(overlay, changes, revision, txn),
+        }
     }
 }
 
@@ -750,7 +741,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 &mut changes,
                                 &mut revision,
                                 cmd,
-                            )?);
+                            ));
                         }
                         responses.push(Response(outcomes));
                     }

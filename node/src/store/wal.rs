@@ -276,6 +276,17 @@ impl Wal {
         Ok((file, at))
     }
 
+    /// Make what was written to the current segment, and the directory, durable now (at
+    /// start-up, before the flusher runs).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.files[&self.seq].sync_data()?;
+        crate::identity::sync_dir(&self.dir)?;
+        let mut dirty = self.dirty.lock().expect("dirty lock");
+        dirty.files.clear();
+        dirty.dir = false;
+        Ok(())
+    }
+
     /// Remove segment `seq` (never the current one).
     pub fn remove(&mut self, seq: u64) -> io::Result<()> {
         if seq == self.seq {
