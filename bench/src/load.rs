@@ -7,9 +7,9 @@
 //! per-task HDR histogram (microseconds), merged at the end.
 //!
 //! The driver is generic over [`Target`], with one implementation per system:
-//! [`RstoreTarget`] (HTTP/1.1 keep-alive through one shared, pooling
-//! `reqwest::Client`) and [`EtcdTarget`] (etcd's gRPC API, one HTTP/2 connection per
-//! client task). Task `i` talks to member `i % members`, for both systems.
+//! [`RstoreTarget`] (its HTTP API, one HTTP/1.1 keep-alive connection per client task,
+//! through hyper) and [`EtcdTarget`] (etcd's gRPC API, one HTTP/2 connection per client
+//! task). Task `i` talks to member `i % members`, for both systems.
 
 use crate::cluster::ReplicationMode;
 use std::fmt;
@@ -172,68 +172,112 @@ pub trait Conn: Send + 'static {
 
 /// rstore over its HTTP API.
 pub struct RstoreTarget {
-    http: reqwest::Client,
-    urls: Vec<String>,
+    /// `host:port` of each node's client listener.
+    addrs: Vec<String>,
 }
 
 impl RstoreTarget {
-    /// `urls` are the nodes' client URLs. All tasks share one pooling client, so a
-    /// task reuses a keep-alive connection to its node for every request.
-    pub fn new(urls: Vec<String>, request_timeout: Duration) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .timeout(request_timeout)
-            .build()?;
-        Ok(Self { http, urls })
+    /// `urls` are the nodes' client URLs (`http://host:port`).
+    pub fn new(urls: Vec<String>) -> Result<Self, OpError> {
+        let addrs = urls
+            .iter()
+            .map(|u| {
+                u.strip_prefix("http://")
+                    .map(|a| a.trim_end_matches('/').to_string())
+                    .ok_or_else(|| OpError::Transport(format!("not an http:// URL: {u}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { addrs })
     }
 }
 
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>;
+
+/// One client task's own HTTP/1.1 keep-alive connection, driven through hyper directly (no
+/// pool, URL parser or redirect layer per request), as lean per request as etcd's gRPC
+/// client over its HTTP/2 connection, so that the client's CPU share does not skew the
+/// comparison on a small machine.
 pub struct RstoreConn {
-    http: reqwest::Client,
-    base: String,
+    addr: String,
+    /// `None` after a failed or abandoned request: the next request opens a new connection,
+    /// since an HTTP/1.1 connection with an unread answer cannot carry another request.
+    sender: Option<Sender>,
+}
+
+async fn open_connection(addr: &str) -> Result<Sender, OpError> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| OpError::Transport(format!("connect to {addr}: {e}")))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| OpError::Transport(e.to_string()))?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| OpError::Transport(format!("handshake with {addr}: {e}")))?;
+    tokio::spawn(conn);
+    Ok(sender)
 }
 
 impl Target for RstoreTarget {
     type Conn = RstoreConn;
 
     async fn connect(&self, index: usize) -> Result<RstoreConn, OpError> {
-        Ok(RstoreConn {
-            http: self.http.clone(),
-            base: self.urls[index % self.urls.len()].clone(),
-        })
+        let addr = self.addrs[index % self.addrs.len()].clone();
+        let sender = Some(open_connection(&addr).await?);
+        Ok(RstoreConn { addr, sender })
     }
 }
 
-/// Reads the whole answer (so that the connection goes back to the pool) and turns
-/// anything but a 2xx into an error.
-async fn rstore_answer(resp: Result<reqwest::Response, reqwest::Error>) -> Result<Bytes, OpError> {
-    let resp = resp.map_err(reqwest_err)?;
-    let status = resp.status();
-    let body = resp.bytes().await.map_err(reqwest_err)?;
-    if status.is_success() {
-        Ok(body)
-    } else {
-        let mut text = String::from_utf8_lossy(&body).into_owned();
-        text.truncate(200);
-        Err(OpError::Status {
-            status: status.as_u16(),
-            body: text,
-        })
-    }
-}
-
-fn reqwest_err(e: reqwest::Error) -> OpError {
-    if e.is_timeout() {
-        OpError::Timeout
-    } else {
-        OpError::Transport(e.to_string())
+impl RstoreConn {
+    /// Sends one request and reads the whole answer; anything but a 2xx is an error.
+    async fn call(
+        &mut self,
+        method: hyper::Method,
+        path_and_query: String,
+        body: Bytes,
+    ) -> Result<Bytes, OpError> {
+        let mut sender = match self.sender.take() {
+            Some(s) if !s.is_closed() => s,
+            _ => open_connection(&self.addr).await?,
+        };
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(hyper::header::HOST, &self.addr)
+            .body(http_body_util::Full::new(body))
+            .map_err(|e| OpError::Transport(e.to_string()))?;
+        sender
+            .ready()
+            .await
+            .map_err(|e| OpError::Transport(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| OpError::Transport(e.to_string()))?;
+        let status = resp.status();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map_err(|e| OpError::Transport(e.to_string()))?
+            .to_bytes();
+        self.sender = Some(sender);
+        if status.is_success() {
+            Ok(body)
+        } else {
+            let mut text = String::from_utf8_lossy(&body).into_owned();
+            text.truncate(200);
+            Err(OpError::Status {
+                status: status.as_u16(),
+                body: text,
+            })
+        }
     }
 }
 
 impl Conn for RstoreConn {
     async fn put(&mut self, key: &str, value: &Bytes) -> Result<(), OpError> {
-        let url = format!("{}/v1/kv/{key}", self.base);
-        rstore_answer(self.http.put(url).body(value.clone()).send().await).await?;
+        self.call(hyper::Method::PUT, format!("/v1/kv/{key}"), value.clone())
+            .await?;
         Ok(())
     }
 
@@ -242,8 +286,11 @@ impl Conn for RstoreConn {
             Op::GetStale => "stale",
             _ => "linearizable",
         };
-        let url = format!("{}/v1/kv/{key}?consistency={consistency}", self.base);
-        Ok(rstore_answer(self.http.get(url).send().await).await?.len())
+        let path = format!("/v1/kv/{key}?consistency={consistency}");
+        Ok(self
+            .call(hyper::Method::GET, path, Bytes::new())
+            .await?
+            .len())
     }
 }
 

@@ -381,8 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let rstore_target = match &rstore {
         Some(c) => Some(Arc::new(
-            RstoreTarget::new(c.client_urls().to_vec(), shape.request_timeout)
-                .context("build the rstore client")?,
+            RstoreTarget::new(c.client_urls().to_vec()).context("build the rstore client")?,
         )),
         None => None,
     };
