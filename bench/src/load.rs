@@ -470,7 +470,7 @@ pub async fn run_phase<T: Target>(
     target: &Arc<T>,
     phase: &Phase,
     shape: &LoadShape,
-) -> Result<PhaseStats, OpError> {
+) -> Result<Measured, OpError> {
     let mut conns = Vec::with_capacity(phase.clients);
     for i in 0..phase.clients {
         conns.push(target.connect(i).await?);
@@ -513,8 +513,29 @@ pub async fn run_phase<T: Target>(
         });
     }
 
-    let total = join_tallies(&mut tasks, "client").await?;
-    Ok(stats(total, shape.measure))
+    let tally = join_tallies(&mut tasks, "client").await?;
+    Ok(Measured {
+        tally,
+        window: shape.measure,
+    })
+}
+
+/// What one or more measured windows of a phase saw, before it is summarized.
+pub struct Measured {
+    tally: TaskTally,
+    window: Duration,
+}
+
+impl Measured {
+    /// Add another window of the same phase (another round).
+    pub fn merge(&mut self, other: Measured) {
+        self.tally.merge(other.tally);
+        self.window += other.window;
+    }
+
+    pub fn stats(self) -> PhaseStats {
+        stats(self.tally, self.window)
+    }
 }
 
 fn stats(tally: TaskTally, window: Duration) -> PhaseStats {

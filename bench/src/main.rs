@@ -3,8 +3,9 @@
 //!
 //! It starts both clusters itself on free loopback ports with temporary data
 //! directories, reports the idle memory of every process, then runs each phase
-//! (closed-loop clients, 256-byte values, uniform keys out of 10,000) against rstore
-//! and then etcd, and prints one table row per phase. All child processes are killed
+//! (closed-loop clients, 256-byte values, uniform keys out of 10,000) against both, in
+//! alternating rounds (rstore, etcd, etcd, rstore, ...) so that drift in the machine's
+//! speed weighs on both alike, and prints one table row per phase. All child processes are killed
 //! when the bench ends, fails, panics or gets Ctrl-C / SIGTERM.
 //!
 //! System requirements:
@@ -37,7 +38,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use cluster::{ChildGuard, EtcdCluster, ModeOutcome, ReplicationMode, RstoreCluster, RstoreConfig};
-use load::{EtcdTarget, LoadShape, Phase, PhaseStats, Populated, RstoreTarget, Target};
+use load::{EtcdTarget, LoadShape, Measured, Phase, PhaseStats, Populated, RstoreTarget, Target};
 
 /// Benchmark a 3-node rstore cluster against a 3-member etcd cluster on loopback.
 #[derive(Debug, Parser)]
@@ -47,9 +48,15 @@ struct Cli {
     #[arg(long, env = "RSTORE_BENCH_SECONDS", default_value_t = 10.0)]
     seconds: f64,
 
-    /// Warmup seconds per phase; requests started during the warmup are not counted.
+    /// Warmup seconds per round; requests started during the warmup are not counted.
     #[arg(long, env = "RSTORE_BENCH_WARMUP", default_value_t = 2.0)]
     warmup: f64,
+
+    /// Rounds per phase. The measured seconds are split into this many slices per system,
+    /// run alternately (rstore, etcd, etcd, rstore, ...), so that the machine's speed drifting
+    /// during a run weighs on both systems alike.
+    #[arg(long, env = "RSTORE_BENCH_ROUNDS", default_value_t = 2)]
+    rounds: u32,
 
     /// Seconds to let both idle clusters settle before reading their memory use.
     #[arg(long, env = "RSTORE_BENCH_SETTLE", default_value_t = 3.0)]
@@ -185,6 +192,7 @@ impl PhaseRow {
 struct RunConfig {
     seconds: f64,
     warmup_seconds: f64,
+    rounds: u32,
     keys: usize,
     value_bytes: usize,
     phases: Vec<String>,
@@ -258,6 +266,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if measure.is_zero() {
         bail!("--seconds must be positive");
     }
+    if cli.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let measure = measure / cli.rounds;
     let shape = LoadShape::new(
         cli.keys,
         cli.value_bytes,
@@ -273,6 +285,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = RunConfig {
         seconds: cli.seconds,
         warmup_seconds: cli.warmup,
+        rounds: cli.rounds,
         keys: cli.keys,
         value_bytes: cli.value_bytes,
         phases: cli.phases.iter().map(ToString::to_string).collect(),
@@ -402,30 +415,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             populated_done = true;
         }
-        let rstore_stats = match (&rstore_target, &rstore) {
-            (Some(t), Some(cluster)) => {
-                if let Some(mode) = phase.mode {
-                    cluster
-                        .set_mode(&admin, mode)
-                        .await
-                        .context("switch the replication mode for a phase")?;
+        let mut rstore_measured: Option<Measured> = None;
+        let mut etcd_measured: Option<Measured> = None;
+        for round in 0..cli.rounds {
+            // rstore first in even rounds, etcd first in odd ones (ABBA): a linear drift of
+            // the machine's speed cancels out over each pair of rounds.
+            let order = if round % 2 == 0 {
+                [System::Rstore, System::Etcd]
+            } else {
+                [System::Etcd, System::Rstore]
+            };
+            for system in order {
+                let (measured, slot) = match system {
+                    System::Rstore => {
+                        let (Some(t), Some(cluster)) = (&rstore_target, &rstore) else {
+                            continue;
+                        };
+                        (
+                            run_rstore(t, cluster, &admin, phase, &shape, cli.mode, round).await?,
+                            &mut rstore_measured,
+                        )
+                    }
+                    System::Etcd => {
+                        let Some(t) = &etcd_target else { continue };
+                        (
+                            run_one("etcd", t, phase, &shape, round).await?,
+                            &mut etcd_measured,
+                        )
+                    }
+                };
+                match slot {
+                    Some(m) => m.merge(measured),
+                    None => *slot = Some(measured),
                 }
-                let stats = run_one("rstore", t, phase, &shape).await?;
-                if phase.mode.is_some() {
-                    let back = cli.mode.unwrap_or(ReplicationMode::Quorum);
-                    cluster
-                        .set_mode(&admin, back)
-                        .await
-                        .context("restore the replication mode")?;
-                }
-                Some(stats)
             }
-            _ => None,
-        };
-        let etcd_stats = match &etcd_target {
-            Some(t) => Some(run_one("etcd", t, phase, &shape).await?),
-            None => None,
-        };
+        }
+        let rstore_stats = rstore_measured.map(|m| summarize("rstore", phase, m.stats()));
+        let etcd_stats = etcd_measured.map(|m| summarize("etcd", phase, m.stats()));
         rows.push(PhaseRow {
             phase: phase.to_string(),
             op: phase.op,
@@ -506,16 +532,55 @@ async fn populate_one<T: Target>(
     Ok(p)
 }
 
+#[derive(Clone, Copy)]
+enum System {
+    Rstore,
+    Etcd,
+}
+
+/// One round of a phase on rstore, in the phase's replication mode if it names one (switched
+/// live, and back afterwards).
+async fn run_rstore(
+    target: &Arc<RstoreTarget>,
+    cluster: &RstoreCluster,
+    admin: &reqwest::Client,
+    phase: &Phase,
+    shape: &LoadShape,
+    default_mode: Option<ReplicationMode>,
+    round: u32,
+) -> anyhow::Result<Measured> {
+    if let Some(mode) = phase.mode {
+        cluster
+            .set_mode(admin, mode)
+            .await
+            .context("switch the replication mode for a phase")?;
+    }
+    let measured = run_one("rstore", target, phase, shape, round).await?;
+    if phase.mode.is_some() {
+        cluster
+            .set_mode(admin, default_mode.unwrap_or(ReplicationMode::Quorum))
+            .await
+            .context("restore the replication mode")?;
+    }
+    Ok(measured)
+}
+
+/// One round of a phase on one system.
 async fn run_one<T: Target>(
     system: &str,
     target: &Arc<T>,
     phase: &Phase,
     shape: &LoadShape,
-) -> anyhow::Result<PhaseStats> {
-    info!(system, %phase, "running phase");
-    let s = load::run_phase(target, phase, shape)
+    round: u32,
+) -> anyhow::Result<Measured> {
+    info!(system, %phase, round = round + 1, "running phase");
+    load::run_phase(target, phase, shape)
         .await
-        .with_context(|| format!("{system} phase {phase}"))?;
+        .with_context(|| format!("{system} phase {phase}"))
+}
+
+/// Log a phase's result over all its rounds.
+fn summarize(system: &str, phase: &Phase, s: PhaseStats) -> PhaseStats {
     info!(
         system,
         %phase,
@@ -528,7 +593,7 @@ async fn run_one<T: Target>(
     if s.errors > 0 {
         warn!(system, %phase, errors = s.errors, samples = ?s.error_samples, "phase had errors");
     }
-    Ok(s)
+    s
 }
 
 fn print_memory(m: &MemoryReport) {
