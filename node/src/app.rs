@@ -206,7 +206,6 @@ impl Node {
             batcher,
             forwarder: Forwarder::start(
                 identity.clone(),
-                http.clone(),
                 settings.write_timeout + Duration::from_secs(5),
             ),
             reads: ReadIndex::start(

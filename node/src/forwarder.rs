@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::batcher::{Ack, WriteError};
 use crate::identity::Identity;
 use crate::network::Envelope;
+use crate::network::http::{self, HttpClient};
 use crate::readindex::ReadError;
 use crate::types::{Command, NodeId};
 
@@ -57,9 +58,10 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn start(identity: Arc<Identity>, http: reqwest::Client, timeout: Duration) -> Self {
+    pub fn start(identity: Arc<Identity>, timeout: Duration) -> Self {
         let (tx, rx) = mpsc::channel(16 * 1024);
-        tokio::spawn(run(rx, identity, http, timeout));
+        // Up to PIPELINE requests at once to the leader, so that many idle connections.
+        tokio::spawn(run(rx, identity, http::client(PIPELINE), timeout));
         Self { tx }
     }
 
@@ -94,7 +96,7 @@ impl Forwarder {
 async fn run(
     mut rx: mpsc::Receiver<Queued>,
     identity: Arc<Identity>,
-    http: reqwest::Client,
+    http: HttpClient,
     timeout: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(PIPELINE));
@@ -131,7 +133,7 @@ async fn run(
 
 async fn send(
     identity: &Identity,
-    http: &reqwest::Client,
+    http: &HttpClient,
     timeout: Duration,
     leader: NodeId,
     url: &str,
@@ -202,23 +204,17 @@ async fn send(
 /// `Err((sent, message))`: `sent` is false when the request surely did not reach the leader,
 /// or the leader answered that it did nothing (it is not the leader).
 async fn call(
-    http: &reqwest::Client,
+    http: &HttpClient,
     timeout: Duration,
     url: &str,
     env: &Envelope<ForwardRequest>,
 ) -> Result<ForwardResponse, (bool, String)> {
+    let uri = http::uri(url, PATH).map_err(|e| (false, e))?;
     let body = bincode::serialize(env).map_err(|e| (false, e.to_string()))?;
-    let resp = http
-        .post(format!("{}{PATH}", url.trim_end_matches('/')))
-        .header("content-type", "application/octet-stream")
-        .timeout(timeout)
-        .body(body)
-        .send()
+    let (status, bytes) = http::post(http, &uri, body, timeout)
         .await
-        .map_err(|e| (!e.is_connect(), e.to_string()))?;
-    let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|e| (true, e.to_string()))?;
-    if status == reqwest::StatusCode::MISDIRECTED_REQUEST {
+        .map_err(|e| (e.maybe_sent(), e.to_string()))?;
+    if status == axum::http::StatusCode::MISDIRECTED_REQUEST {
         // Not the leader (or not the node we meant): it did nothing.
         return Err((false, String::from_utf8_lossy(&bytes).to_string()));
     }

@@ -21,10 +21,12 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::http::{self, HttpClient};
 use super::{Envelope, MAX_RPC_BYTES, REFUSED_STATUS};
 use crate::identity::Identity;
 use crate::metrics::{Metrics, RpcLabels};
 use crate::types::{Member, NodeId, TypeConfig};
+use axum::http::Uri;
 
 /// When each peer last answered an AppendEntries successfully.
 #[derive(Default)]
@@ -55,7 +57,7 @@ pub struct PeerNetwork {
     identity: Arc<Identity>,
     metrics: Arc<Metrics>,
     contact: Arc<ContactTracker>,
-    clients: Arc<Mutex<HashMap<NodeId, (String, reqwest::Client)>>>,
+    clients: Arc<Mutex<HashMap<NodeId, (String, HttpClient)>>>,
 }
 
 impl PeerNetwork {
@@ -72,20 +74,12 @@ impl PeerNetwork {
         }
     }
 
-    fn client_for(&self, target: NodeId, url: &str) -> reqwest::Client {
+    fn client_for(&self, target: NodeId, url: &str) -> HttpClient {
         let mut clients = self.clients.lock().expect("clients lock");
         match clients.get(&target) {
             Some((u, c)) if u == url => c.clone(),
             _ => {
-                // Raft RPC goes straight to the peer, never through an HTTP_PROXY.
-                let c = reqwest::Client::builder()
-                    .no_proxy()
-                    .pool_max_idle_per_host(8)
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .tcp_nodelay(true)
-                    .connect_timeout(Duration::from_secs(2))
-                    .build()
-                    .expect("HTTP client builds");
+                let c = http::client(8);
                 clients.insert(target, (url.to_string(), c.clone()));
                 c
             }
@@ -97,9 +91,16 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        let uri = |path: &str| http::uri(&node.peer_url, path);
         PeerClient {
             target,
-            base: node.peer_url.trim_end_matches('/').to_string(),
+            uris: uri("/raft/append").and_then(|append| {
+                Ok(Uris {
+                    append,
+                    snapshot: uri("/raft/snapshot")?,
+                    vote: uri("/raft/vote")?,
+                })
+            }),
             http: self.client_for(target, &node.peer_url),
             identity: self.identity.clone(),
             contact: self.contact.clone(),
@@ -112,10 +113,35 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 pub struct PeerClient {
     target: NodeId,
     metrics: Arc<Metrics>,
-    base: String,
-    http: reqwest::Client,
+    /// Parsed once per client; an unparsable peer URL makes every RPC fail as unreachable.
+    uris: Result<Uris, String>,
+    http: HttpClient,
     identity: Arc<Identity>,
     contact: Arc<ContactTracker>,
+}
+
+/// Where each RPC goes on one peer.
+struct Uris {
+    append: Uri,
+    snapshot: Uri,
+    vote: Uri,
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Snapshot,
+    Vote,
+}
+
+impl Rpc {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Append => "append",
+            Self::Snapshot => "snapshot",
+            Self::Vote => "vote",
+        }
+    }
 }
 
 /// A transport-level failure, before any Raft answer.
@@ -144,10 +170,19 @@ struct Refused(String);
 impl PeerClient {
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
-        path: &str,
+        rpc: Rpc,
         body: Req,
         timeout: Duration,
     ) -> Result<Resp, Transport> {
+        let uris = self
+            .uris
+            .as_ref()
+            .map_err(|e| Transport::Unreachable(Unreachable::new(&Refused(e.clone()))))?;
+        let uri = match rpc {
+            Rpc::Append => &uris.append,
+            Rpc::Snapshot => &uris.snapshot,
+            Rpc::Vote => &uris.vote,
+        };
         let env = Envelope {
             cluster_id: self.identity.cluster_id(),
             from: self.identity.node_id(),
@@ -160,26 +195,15 @@ impl PeerClient {
         if bytes.len() > MAX_RPC_BYTES {
             return Err(Transport::TooLarge);
         }
-        let resp = self
-            .http
-            .post(format!("{}{}", self.base, path))
-            .header("content-type", "application/octet-stream")
-            .timeout(timeout)
-            .body(bytes)
-            .send()
+        let (status, body) = http::post(&self.http, uri, bytes, timeout)
             .await
             .map_err(|e| {
-                if e.is_connect() {
-                    Transport::Unreachable(Unreachable::new(&e))
-                } else {
+                if e.maybe_sent() {
                     Transport::Network(NetworkError::new(&e))
+                } else {
+                    Transport::Unreachable(Unreachable::new(&e))
                 }
             })?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| Transport::Network(NetworkError::new(&e)))?;
         if status.as_u16() == REFUSED_STATUS {
             // The process at that address is not the member we want (wrong cluster or id):
             // back off as if it were down.
@@ -195,7 +219,7 @@ impl PeerClient {
         self.metrics
             .peer_rpc_sent
             .get_or_create(&RpcLabels {
-                rpc: path.trim_start_matches("/raft/").to_string(),
+                rpc: rpc.name().to_string(),
             })
             .observe(start.elapsed().as_secs_f64());
         out
@@ -210,7 +234,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let n = rpc.entries.len() as u64;
         let res: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-            match self.call("/raft/append", rpc, option.hard_ttl()).await {
+            match self.call(Rpc::Append, rpc, option.hard_ttl()).await {
                 Ok(r) => r,
                 // Ask openraft to send fewer entries per request.
                 Err(Transport::TooLarge) if n > 1 => {
@@ -234,7 +258,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
         let res: Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> =
-            self.call("/raft/snapshot", rpc, option.hard_ttl()).await?;
+            self.call(Rpc::Snapshot, rpc, option.hard_ttl()).await?;
         let resp = res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))?;
         self.contact.record(self.target);
         Ok(resp)
@@ -246,7 +270,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let res: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
-            self.call("/raft/vote", rpc, option.hard_ttl()).await?;
+            self.call(Rpc::Vote, rpc, option.hard_ttl()).await?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 

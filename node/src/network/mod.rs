@@ -1,8 +1,9 @@
 //! Raft RPC between peers: a compact binary (bincode) encoding over HTTP/1.1 on the peer
-//! port. [`client`] sends; [`server`] receives and checks every envelope's cluster id and
+//! port. [`client`] sends (through [`http`], also used to forward to the leader); [`server`] receives and checks every envelope's cluster id and
 //! target node id before openraft sees it.
 
 pub mod client;
+pub mod http;
 pub mod server;
 
 use serde::{Deserialize, Serialize};
