@@ -527,10 +527,15 @@ pub struct Measured {
 }
 
 impl Measured {
-    /// Add another window of the same phase (another round).
-    pub fn merge(&mut self, other: Measured) {
-        self.tally.merge(other.tally);
-        self.window += other.window;
+    /// Add a window of a phase (one round) to what `total` holds so far.
+    pub fn add(total: &mut Option<Measured>, round: Measured) {
+        match total {
+            Some(t) => {
+                t.tally.merge(round.tally);
+                t.window += round.window;
+            }
+            None => *total = Some(round),
+        }
     }
 
     pub fn stats(self) -> PhaseStats {
@@ -655,6 +660,31 @@ mod tests {
         ] {
             assert!(bad.parse::<Phase>().is_err(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn rounds_add_up_to_one_phase() {
+        let round = |ops: u64, latency_us: u64| {
+            let mut tally = TaskTally::new();
+            for _ in 0..ops {
+                tally.hist.saturating_record(latency_us);
+            }
+            tally.ops = ops;
+            Measured {
+                tally,
+                window: Duration::from_secs(1),
+            }
+        };
+        let mut total = None;
+        Measured::add(&mut total, round(100, 1_000));
+        Measured::add(&mut total, round(300, 3_000));
+        let s = total.expect("two rounds").stats();
+        assert_eq!(s.ops, 400);
+        assert_eq!(s.seconds, 2.0);
+        assert_eq!(s.ops_per_sec, 200.0);
+        // Percentiles come from the merged histogram, not from either round alone.
+        assert!((2.9..=3.1).contains(&s.p50_ms), "{}", s.p50_ms);
+        assert!((2.45..=2.55).contains(&s.mean_ms), "{}", s.mean_ms);
     }
 
     #[test]

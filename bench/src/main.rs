@@ -426,27 +426,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 [System::Etcd, System::Rstore]
             };
             for system in order {
-                let (measured, slot) = match system {
+                match system {
                     System::Rstore => {
-                        let (Some(t), Some(cluster)) = (&rstore_target, &rstore) else {
-                            continue;
-                        };
-                        (
-                            run_rstore(t, cluster, &admin, phase, &shape, cli.mode, round).await?,
-                            &mut rstore_measured,
-                        )
+                        if let (Some(t), Some(cluster)) = (&rstore_target, &rstore) {
+                            let m = run_rstore(t, cluster, &admin, phase, &shape, cli.mode, round)
+                                .await?;
+                            Measured::add(&mut rstore_measured, m);
+                        }
                     }
                     System::Etcd => {
-                        let Some(t) = &etcd_target else { continue };
-                        (
-                            run_one("etcd", t, phase, &shape, round).await?,
-                            &mut etcd_measured,
-                        )
+                        if let Some(t) = &etcd_target {
+                            let m = run_one("etcd", t, phase, &shape, round).await?;
+                            Measured::add(&mut etcd_measured, m);
+                        }
                     }
-                };
-                match slot {
-                    Some(m) => m.merge(measured),
-                    None => *slot = Some(measured),
                 }
             }
         }
