@@ -7,10 +7,11 @@
 //! (one `fdatasync` shared by every append waiting for it); votes and truncations wait for
 //! their own barrier before returning, as openraft requires.
 //!
-//! A new segment starts with the current vote, commit index and purge point, so a segment
-//! whose entries are all purged can be removed without losing any of them.
+//! A new segment starts with the current vote, commit index and purge point, so the oldest
+//! segments whose entries are all purged can be removed without losing any of them (only
+//! those: see [`Inner::removable`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
@@ -52,6 +53,8 @@ struct Inner {
     purged: Option<LogId>,
     /// The highest entry index written to each segment.
     segment_last: BTreeMap<u64, u64>,
+    /// Segments holding a truncation.
+    truncations: BTreeSet<u64>,
 }
 
 impl Inner {
@@ -84,27 +87,51 @@ impl Inner {
         Ok(())
     }
 
-    /// Write one record.
-    fn record(&mut self, kind: Kind, payload: &[u8]) -> Result<(), StorageError> {
+    /// Write one record; returns the segment it is in.
+    fn record(&mut self, kind: Kind, payload: &[u8]) -> Result<u64, StorageError> {
         let mut buf = Vec::with_capacity(payload.len() + wal::HEADER as usize);
         wal::encode(&mut buf, kind, payload);
-        self.write(&buf).map_err(err_write)?;
-        Ok(())
+        let (_, _, seq) = self.write(&buf).map_err(err_write)?;
+        Ok(seq)
     }
 
-    /// Segments, other than the current one, holding no entry after the purge point.
+    /// Segments, other than the current one, that can be removed without changing what
+    /// the log reads back as:
+    ///
+    /// - the leading run, oldest first, of segments holding no entry after the purge
+    ///   point. Records apply in order, so a truncation in one of them only cuts entries
+    ///   of it or of older segments, all purged too;
+    /// - after the first segment kept, only segments holding neither entries nor a
+    ///   truncation: their vote, commit index and purge point are in the state that every
+    ///   later segment starts with (a restart without writes leaves such a segment).
+    ///
+    /// A segment after the first one kept whose entries are all purged must stay: it may
+    /// hold the truncation of entries of an older, kept segment, which without it would
+    /// come back at the next start.
     fn removable(&self) -> Vec<u64> {
         let purged = self.purged.map(|p| p.index);
-        self.wal
-            .segments()
-            .into_iter()
-            .filter(|&s| s != self.wal.seq())
-            .filter(|s| {
-                self.segment_last
-                    .get(s)
-                    .is_none_or(|&last| Some(last) <= purged)
-            })
-            .collect()
+        let mut leading = true;
+        let mut removable = Vec::new();
+        for seq in self.wal.segments() {
+            if seq == self.wal.seq() {
+                break;
+            }
+            let last = self.segment_last.get(&seq);
+            leading &= last.is_none_or(|&last| Some(last) <= purged);
+            let state_only = last.is_none() && !self.truncations.contains(&seq);
+            if leading || state_only {
+                removable.push(seq);
+            }
+        }
+        removable
+    }
+
+    /// Forget segment `seq`, removed.
+    fn remove(&mut self, seq: u64) -> std::io::Result<()> {
+        self.wal.remove(seq)?;
+        self.segment_last.remove(&seq);
+        self.truncations.remove(&seq);
+        Ok(())
     }
 }
 
@@ -135,6 +162,7 @@ impl Opened {
         let mut committed: Option<LogId> = None;
         let mut purged: Option<LogId> = None;
         let mut segment_last = BTreeMap::new();
+        let mut truncations = BTreeSet::new();
         let undecodable = |what: &str, e: bincode::Error| {
             damaged(
                 dir,
@@ -163,6 +191,7 @@ impl Opened {
                     let from: u64 =
                         bincode::deserialize(payload).map_err(|e| undecodable("truncation", e))?;
                     entries.split_off(&from);
+                    truncations.insert(at.seq);
                 }
                 Kind::Purge => {
                     let p: LogId =
@@ -181,6 +210,7 @@ impl Opened {
             committed,
             purged,
             segment_last,
+            truncations,
         };
         // What is left must be one run of indexes, right after the purge point.
         let mut expect = inner.purged.map(|p| p.index + 1);
@@ -204,8 +234,7 @@ impl Opened {
         if !removable.is_empty() {
             inner.wal.sync()?;
             for seq in removable {
-                inner.wal.remove(seq)?;
-                inner.segment_last.remove(&seq);
+                inner.remove(seq)?;
             }
         }
         Ok(Self { inner })
@@ -275,6 +304,41 @@ impl LogStore {
         inner.committed = Some(log_id);
         self.committed.fetch_max(log_id.index, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Write `entries` (readable at once, durable after the next barrier); returns the
+    /// async-mode waiters of the batches among them.
+    fn write_entries(
+        &self,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<Vec<tokio::sync::oneshot::Sender<()>>, StorageError> {
+        let mut buf = Vec::new();
+        let mut written = Vec::new();
+        let mut acks = Vec::new();
+        for entry in entries {
+            let bytes = bincode::serialize(&entry).map_err(err_write)?;
+            let offset = wal::encode(&mut buf, Kind::Entry, &bytes);
+            written.push((entry.log_id, offset, bytes.len() as u32));
+            if let EntryPayload::Normal(Request::Batch(b)) = &entry.payload
+                && let Some(ack) = self.acks.take(b.id)
+            {
+                acks.push(ack);
+            }
+        }
+        let mut inner = self.lock();
+        let (file, at, seq) = inner.write(&buf).map_err(err_write)?;
+        for (log_id, offset, len) in written {
+            let location = Location {
+                file: file.clone(),
+                seq,
+                offset: at + offset,
+                len,
+            };
+            inner.entries.insert(log_id.index, (log_id, location));
+            let last = inner.segment_last.entry(seq).or_insert(log_id.index);
+            *last = (*last).max(log_id.index);
+        }
+        Ok(acks)
     }
 
     async fn barrier(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
@@ -383,41 +447,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut buf = Vec::new();
-        let mut written = Vec::new();
-        let mut acks = Vec::new();
-        for entry in entries {
-            let bytes = bincode::serialize(&entry).map_err(err_write)?;
-            let offset = wal::encode(&mut buf, Kind::Entry, &bytes);
-            written.push((entry.log_id, offset, bytes.len() as u32));
-            if let EntryPayload::Normal(Request::Batch(b)) = &entry.payload
-                && let Some(ack) = self.acks.take(b.id)
-            {
-                acks.push(ack);
-            }
-        }
-        {
-            let mut inner = self.lock();
-            let (file, at, seq) = inner.write(&buf).map_err(err_write)?;
-            for (log_id, offset, len) in written {
-                let location = Location {
-                    file: file.clone(),
-                    seq,
-                    offset: at + offset,
-                    len,
-                };
-                inner.entries.insert(log_id.index, (log_id, location));
-                let last = inner.segment_last.entry(seq).or_insert(log_id.index);
-                *last = (*last).max(log_id.index);
-            }
-        }
+        let acks = self.write_entries(entries)?;
         self.flusher.submit_log(callback, acks).map_err(err_write)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         {
             let mut inner = self.lock();
-            inner.record(Kind::Truncate, &encode(&log_id.index))?;
+            let seq = inner.record(Kind::Truncate, &encode(&log_id.index))?;
+            inner.truncations.insert(seq);
             inner.entries.split_off(&log_id.index);
         }
         self.barrier(ErrorSubject::Logs).await
@@ -439,9 +477,166 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.barrier(ErrorSubject::Logs).await?;
         let mut inner = self.lock();
         for seq in removable {
-            inner.wal.remove(seq).map_err(err_write)?;
-            inner.segment_last.remove(&seq);
+            inner.remove(seq).map_err(err_write)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::durable::Barrier;
+    use crate::types::{Batch, Command, Condition};
+    use openraft::CommittedLeaderId;
+
+    const SEGMENT: u64 = 4096;
+
+    fn open(dir: &Path) -> LogStore {
+        let opened = Opened::read(dir, SEGMENT).unwrap();
+        let barrier = Barrier::new(opened.dirty(), dir, None);
+        let flusher = Flusher::start(barrier, |_| {}).unwrap();
+        opened.into_store(flusher, Arc::default(), Arc::new(AtomicU64::new(0)))
+    }
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    /// An entry whose value is `pad` bytes.
+    fn entry(term: u64, index: u64, pad: usize) -> Entry {
+        Entry {
+            log_id: log_id(term, index),
+            payload: EntryPayload::Normal(Request::Batch(Batch {
+                id: 0,
+                cmds: vec![Command::Put {
+                    key: String::new(),
+                    value: vec![0; pad],
+                    cond: Condition::None,
+                }],
+            })),
+        }
+    }
+
+    /// Append entries and wait until they are durable (openraft's callback cannot be made
+    /// outside openraft).
+    async fn append(log: &LogStore, entries: Vec<Entry>) {
+        assert!(log.write_entries(entries).unwrap().is_empty());
+        log.flusher.sync().await.unwrap();
+    }
+
+    /// Append the entry `(term, index)`, padded so that it fills the current segment: the
+    /// next record starts a new one.
+    async fn append_filling(log: &LogStore, term: u64, index: u64) {
+        let room = {
+            let inner = log.lock();
+            (0..SEGMENT).rev().find(|&x| inner.wal.fits(x)).unwrap()
+        };
+        let base = bincode::serialize(&entry(term, index, 0)).unwrap().len() as u64 + wal::HEADER;
+        append(log, vec![entry(term, index, (room - base) as usize)]).await;
+        assert!(!log.lock().wal.fits(1), "the segment is full");
+    }
+
+    async fn read_back(log: &mut LogStore) -> Vec<LogId> {
+        log.try_get_log_entries(..)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.log_id)
+            .collect()
+    }
+
+    /// A segment whose entries are all purged, but that comes after a segment still
+    /// holding entries past the purge point, holds the truncation that removed those: it
+    /// must stay, or the truncated entries come back at the next start.
+    #[tokio::test(flavor = "current_thread")]
+    async fn truncated_entries_do_not_come_back_after_purge_and_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+        // Segment A: term-1 entries 1..=10, the last one filling it.
+        append(&log, (1..10).map(|i| entry(1, i, 8)).collect()).await;
+        append_filling(&log, 1, 10).await;
+        let a = log.lock().wal.seq();
+        // Segment B: the truncation of 5.. (it does not fit in A), term-2 entries 5..=7.
+        log.truncate(log_id(1, 5)).await.unwrap();
+        let b = log.lock().wal.seq();
+        assert_ne!(a, b);
+        append(&log, vec![entry(2, 5, 8), entry(2, 6, 8)]).await;
+        append_filling(&log, 2, 7).await;
+        // Segment C: the purge up to 7. B holds nothing past it; A holds 8..=10, truncated.
+        log.purge(log_id(2, 7)).await.unwrap();
+        assert_ne!(log.lock().wal.seq(), b);
+        let expect = |log: &LogStore, when: &str| {
+            let inner = log.lock();
+            assert_eq!(inner.purged, Some(log_id(2, 7)), "{when}");
+            let kept: Vec<_> = inner.entries.values().map(|(id, _)| *id).collect();
+            assert!(kept.is_empty(), "{when}: entries {kept:?} are back");
+        };
+        expect(&log, "before any restart");
+        assert_eq!(read_back(&mut log).await, vec![]);
+        for restart in 0..3 {
+            drop(log);
+            log = open(dir.path());
+            expect(&log, &format!("after restart {restart}"));
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(
+                state.last_purged_log_id,
+                Some(log_id(2, 7)),
+                "restart {restart}"
+            );
+            assert_eq!(state.last_log_id, Some(log_id(2, 7)), "restart {restart}");
+            assert_eq!(read_back(&mut log).await, vec![], "restart {restart}");
+        }
+        // The log goes on from the purge point, and reads back exactly.
+        append(&log, (8..12).map(|i| entry(3, i, 8)).collect()).await;
+        drop(log);
+        let mut log = open(dir.path());
+        let want: Vec<_> = (8..12).map(|i| log_id(3, i)).collect();
+        assert_eq!(read_back(&mut log).await, want);
+        // Once the purge passes everything A and B held, they go.
+        log.purge(log_id(3, 10)).await.unwrap();
+        let segments = log.lock().wal.segments();
+        assert!(
+            !segments.contains(&a) && !segments.contains(&b),
+            "{segments:?}"
+        );
+        drop(log);
+        let mut log = open(dir.path());
+        assert_eq!(read_back(&mut log).await, vec![log_id(3, 11)]);
+    }
+
+    /// A segment that holds no entries, but a truncation of entries in an older segment
+    /// that is kept, must stay too (it used to go at the next start).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_segment_holding_only_a_truncation_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+        // Segment A: term-1 entries 1..=10, the last one filling it.
+        append(&log, (1..10).map(|i| entry(1, i, 8)).collect()).await;
+        append_filling(&log, 1, 10).await;
+        // Segment B: the truncation of 5.. only, as the next entry is too large for the
+        // rest of it; segment C: that entry.
+        log.truncate(log_id(1, 5)).await.unwrap();
+        let b = log.lock().wal.seq();
+        let room = {
+            let inner = log.lock();
+            (0..SEGMENT).rev().find(|&x| inner.wal.fits(x)).unwrap()
+        };
+        let base = bincode::serialize(&entry(2, 5, 0)).unwrap().len() as u64 + wal::HEADER;
+        append(&log, vec![entry(2, 5, (room + 1 - base) as usize)]).await;
+        assert_ne!(log.lock().wal.seq(), b);
+        let mut want: Vec<_> = (1..5).map(|i| log_id(1, i)).collect();
+        want.push(log_id(2, 5));
+        assert_eq!(read_back(&mut log).await, want);
+        for restart in 0..3 {
+            drop(log);
+            log = open(dir.path());
+            assert_eq!(read_back(&mut log).await, want, "after restart {restart}");
+            // Restarts without writes do not leave segments behind even so.
+            let segments = log.lock().wal.segments();
+            assert!(segments.len() <= 4, "after restart {restart}: {segments:?}");
+        }
     }
 }
