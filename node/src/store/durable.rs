@@ -3,7 +3,9 @@
 //!
 //! A barrier is `fdatasync` of every log segment written since the last one (segments
 //! are preallocated, so that writes data only), and `fsync` of the log directory if a
-//! segment was created or removed. Nothing is acknowledged before that.
+//! segment was created or removed. Nothing is acknowledged before that. A sync that fails
+//! aborts the process ([`super::fsync`]): it is never retried, nor returned for later
+//! barriers to get past.
 //!
 //! The barrier also keeps a [`Watermark`] outside the log: a commit index the log had made
 //! durable, rewritten at most once a second. A log cut short by damage that looks like a
@@ -81,7 +83,7 @@ impl Watermark {
         {
             return Ok(());
         }
-        crate::identity::write_durably(&self.path, self.durable.to_string().as_bytes())?;
+        super::fsync::write_durably(&self.path, self.durable.to_string().as_bytes())?;
         self.written = self.durable;
         self.written_at = Some(Instant::now());
         Ok(())
@@ -112,21 +114,18 @@ impl Barrier {
             .as_ref()
             .map(|w| w.committed.load(Ordering::Acquire));
         let dirty = std::mem::take(&mut *self.dirty.lock().expect("dirty lock"));
-        let result = (|| {
-            for f in &dirty.files {
-                f.sync_data()?;
-            }
-            if dirty.dir {
-                crate::identity::sync_dir(&self.dir)?;
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            // Still not known durable: the next barrier tries again.
-            let mut d = self.dirty.lock().expect("dirty lock");
-            d.files.extend(dirty.files);
-            d.dir |= dirty.dir;
-            return result;
+        // A failed sync aborts: after one, the kernel may have dropped the data, and a
+        // retry that succeeds would acknowledge writes standing on it (see `fsync`).
+        for f in &dirty.files {
+            super::fsync::sync_data(f, &self.dir);
+        }
+        if dirty.dir
+            && let Err(e) = super::fsync::sync_dir(&self.dir)
+        {
+            // The directory could not be opened, so it was not synced (nothing failed to
+            // reach the disk): the next barrier syncs it.
+            self.dirty.lock().expect("dirty lock").dir = true;
+            return Err(e);
         }
         if let (Some(w), Some(c)) = (self.watermark.as_mut(), committed)
             && let Err(e) = w.advance(c)
@@ -288,5 +287,88 @@ impl Flusher {
         rx.await
             .map_err(|_| io::Error::other("flusher thread stopped"))?
             .map_err(io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    /// Set in the child process that runs a test's body.
+    const CHILD: &str = "RSTORE_TEST_FSYNC_CHILD";
+
+    /// Run `body` in a child process (this test binary, running only `test`), as aborting
+    /// ends the process; returns how the child ended, or `None` in the child itself.
+    fn in_child(test: &str, body: impl FnOnce()) -> Option<std::process::Output> {
+        if std::env::var_os(CHILD).is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .try_init();
+            body();
+            return None;
+        }
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        Some(output)
+    }
+
+    /// A file whose `fsync` fails (with `EINVAL`): the write end of a pipe.
+    fn unsyncable() -> std::fs::File {
+        let (_read, write) = std::io::pipe().unwrap();
+        std::fs::File::from(std::os::fd::OwnedFd::from(write))
+    }
+
+    #[test]
+    fn a_failed_fsync_in_a_barrier_aborts_instead_of_being_retried() {
+        let output = in_child(
+            "store::durable::tests::a_failed_fsync_in_a_barrier_aborts_instead_of_being_retried",
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let dirty = Arc::new(Mutex::new(Dirty {
+                    files: vec![Arc::new(unsyncable())],
+                    dir: false,
+                }));
+                let mut barrier = Barrier::new(dirty, dir.path(), None);
+                // Neither call may return: the first failed fsync ends the process.
+                let first = barrier.sync();
+                let second = barrier.sync();
+                eprintln!("the barrier returned {first:?}, then {second:?}");
+            },
+        );
+        let Some(output) = output else { return };
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.signal(),
+            Some(6),
+            "the child did not abort (SIGABRT): {}; stderr: {stderr}",
+            output.status
+        );
+        assert!(stderr.contains("fsync"), "{stderr}");
+    }
+
+    /// The only error a barrier returns: the directory cannot be opened to sync it. The
+    /// files were synced and are not synced again; the directory is, by the next barrier.
+    #[test]
+    fn a_directory_that_cannot_be_opened_is_synced_by_the_next_barrier() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("wal");
+        let file = Arc::new(std::fs::File::create(dir.path().join("segment")).unwrap());
+        let dirty = Arc::new(Mutex::new(Dirty {
+            files: vec![file],
+            dir: true,
+        }));
+        let mut barrier = Barrier::new(dirty.clone(), &wal, None);
+        assert!(barrier.sync().is_err());
+        {
+            let d = dirty.lock().unwrap();
+            assert!(d.dir && d.files.is_empty());
+        }
+        std::fs::create_dir(&wal).unwrap();
+        barrier.sync().unwrap();
+        assert!(!dirty.lock().unwrap().dir);
     }
 }

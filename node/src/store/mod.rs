@@ -1,6 +1,7 @@
 //! Storage of a node: the Raft log and vote in a write-ahead log ([`log`] over [`wal`]),
-//! made durable by the barrier in [`durable`]; and the key-value state machine ([`sm`]), in
-//! memory, with the snapshot file as its checkpoint.
+//! made durable by the barrier in [`durable`] (a failed fsync aborts the process:
+//! [`fsync`]); and the key-value state machine ([`sm`]), in memory, with the snapshot file
+//! as its checkpoint.
 //!
 //! `DATA_DIR` holds `identity.json`, `wal/` (log segments), `snapshot/current` and
 //! `watermark` (a commit index known durable, checked at start-up).
@@ -9,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod durable;
+pub mod fsync;
 pub mod log;
 pub mod sm;
 pub mod wal;

@@ -409,7 +409,8 @@ impl StateMachineStore {
             crc: crc32fast::hash(payload),
         };
         let bytes = bincode::serialize(&file).map_err(err_snapshot)?;
-        crate::identity::write_durably(&dir.join("current"), &bytes).map_err(err_snapshot)
+        // A failed fsync aborts the process (see `super::fsync`).
+        super::fsync::write_durably(&dir.join("current"), &bytes).map_err(err_snapshot)
     }
 
     /// Replace the whole state with a snapshot payload. History before it is gone.

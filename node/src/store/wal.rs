@@ -14,6 +14,8 @@
 //! Anything else (a bad record in a sealed segment, a missing seal) is damage, and opening
 //! fails with a message that says what to do. A segment is never written again after a
 //! restart: the last one is sealed, and writing goes on in a fresh one.
+//!
+//! Every sync goes through [`super::fsync`]: one that fails aborts the process.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -22,6 +24,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+use super::fsync;
 
 /// Bytes before each record's payload.
 pub const HEADER: u64 = 9;
@@ -174,7 +178,7 @@ impl Wal {
             let mut buf = Vec::new();
             encode(&mut buf, Kind::Seal, &[]);
             file.write_all_at(&buf, end)?;
-            file.sync_data()?;
+            fsync::sync_data(file, &dir.join(segment_name(last_seq)));
         }
         let seq = last_seq + 1;
         let first = prepare(dir, seq, segment_bytes)?;
@@ -189,7 +193,7 @@ impl Wal {
             _lock: lock,
         };
         wal.install(first)?;
-        crate::identity::sync_dir(dir)?;
+        fsync::sync_dir(dir)?;
         wal.dirty.lock().expect("dirty lock").dir = false;
         Ok(wal)
     }
@@ -249,7 +253,7 @@ impl Wal {
         current.write_all_at(&buf, self.offset)?;
         // Durable before anything is written to the next segment: a segment without its
         // seal that is not the last reads as damage.
-        current.sync_data()?;
+        fsync::sync_data(&current, &self.dir.join(segment_name(self.seq)));
         let file = match self.next.take() {
             Some(h) => h
                 .join()
@@ -279,8 +283,11 @@ impl Wal {
     /// Make what was written to the current segment, and the directory, durable now (at
     /// start-up, before the flusher runs).
     pub fn sync(&mut self) -> io::Result<()> {
-        self.files[&self.seq].sync_data()?;
-        crate::identity::sync_dir(&self.dir)?;
+        fsync::sync_data(
+            &self.files[&self.seq],
+            &self.dir.join(segment_name(self.seq)),
+        );
+        fsync::sync_dir(&self.dir)?;
         let mut dirty = self.dirty.lock().expect("dirty lock");
         dirty.files.clear();
         dirty.dir = false;
@@ -323,7 +330,7 @@ fn prepare(dir: &Path, seq: u64, bytes: u64) -> io::Result<File> {
         file.write_all_at(&zeros[..n], at)?;
         at += n as u64;
     }
-    file.sync_all()?;
+    fsync::sync_all(&file, &tmp);
     Ok(file)
 }
 
