@@ -9,7 +9,7 @@
 //!
 //! A new segment starts with the current vote, commit index and purge point, so the oldest
 //! segments whose entries are all purged can be removed without losing any of them (only
-//! those: see [`Inner::removable`]).
+//! those: see `Inner::removable`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
