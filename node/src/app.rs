@@ -51,6 +51,15 @@ pub struct Settings {
     pub watch_history: store::Retention,
 }
 
+impl Settings {
+    pub fn write_limits(&self) -> crate::types::WriteLimits {
+        crate::types::WriteLimits {
+            max_key_bytes: self.max_key_bytes,
+            max_value_bytes: self.max_value_bytes,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot create data directory {0}: {1}")]
@@ -133,6 +142,8 @@ impl Node {
             });
         }
         let id = identity.node_id();
+        let limits = settings.write_limits();
+        limits.check().map_err(StartError::Config)?;
         let metrics = Arc::new(Metrics::new());
         let m = metrics.clone();
         let storage = store::open(
@@ -184,6 +195,7 @@ impl Node {
             storage.flusher.clone(),
             metrics.clone(),
             BatcherConfig {
+                limits,
                 write_timeout: settings.write_timeout,
                 sync_timeout: settings.sync_timeout,
                 pipeline: settings.write_pipeline,

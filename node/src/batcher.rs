@@ -27,10 +27,14 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::metrics::Metrics;
 use crate::store::{AckRegistry, Flusher, KvReader};
-use crate::types::{Batch, Command, NodeId, Outcome, Raft, ReplicationMode, Request};
+use crate::types::{
+    Batch, Command, Invalid, NodeId, Outcome, Raft, ReplicationMode, Request, WriteLimits,
+};
 
 const MAX_BATCH_COMMANDS: usize = 1024;
-const MAX_BATCH_BYTES: usize = 4 << 20;
+/// A batch stops growing past this many bytes of commands (so one entry is at most this
+/// plus one command; see [`crate::types::MAX_COMMAND_BYTES`]).
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// How a write was acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -56,6 +60,9 @@ pub enum WriteError {
     /// The data is at its quota; the write was not appended.
     #[error("{0}")]
     QuotaExceeded(String),
+    /// The command breaks a size or shape limit; it was not appended.
+    #[error("{}", .0.message)]
+    Invalid(Invalid),
 }
 
 struct Pending {
@@ -119,9 +126,12 @@ pub struct Batcher {
     tx: mpsc::Sender<Pending>,
     kv: KvReader,
     max_data_bytes: u64,
+    limits: WriteLimits,
 }
 
 pub struct BatcherConfig {
+    /// Size limits every command is checked against before it is batched.
+    pub limits: WriteLimits,
     pub write_timeout: Duration,
     pub sync_timeout: Duration,
     /// `async` mode: most log entries the leader may hold acknowledged but uncommitted
@@ -173,11 +183,15 @@ impl Batcher {
             tx,
             kv: batcher_kv,
             max_data_bytes: config.max_data_bytes,
+            limits: config.limits,
         }
     }
 
     /// Submit one command and wait for its acknowledgement.
     pub async fn write(&self, cmd: Command) -> Result<Ack, WriteError> {
+        // The one check every write path shares: the client API, transactions and batches
+        // forwarded by other members all end here.
+        self.limits.validate(&cmd).map_err(WriteError::Invalid)?;
         // Like etcd's backend quota: checked against the applied state before the write
         // enters the log, so it bounds memory, not exactly; deletes always pass.
         let held = self.kv.data_bytes();
@@ -201,15 +215,28 @@ impl Batcher {
 
 async fn run(mut rx: mpsc::Receiver<Pending>, ctx: Arc<Ctx>) {
     let slots = Arc::new(Semaphore::new(ctx.pipeline));
+    let mut carry: Option<Pending> = None;
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else { return };
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
         let mut bytes = first.cmd.size();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
+        // Bounded in bytes, not only in count: a command that would take the batch past
+        // MAX_BATCH_BYTES starts the next batch instead.
+        while batch.len() < MAX_BATCH_COMMANDS {
             match rx.try_recv() {
+                Ok(p) if bytes + p.cmd.size() > MAX_BATCH_BYTES => {
+                    carry = Some(p);
+                    break;
+                }
                 Ok(p) => {
                     bytes += p.cmd.size();
                     batch.push(p);

@@ -27,6 +27,21 @@ pub const PATH: &str = "/internal/v1/forward";
 /// Round trips to the leader in flight at once.
 const PIPELINE: usize = 8;
 const MAX_BATCH: usize = 1024;
+/// A forwarded batch stops growing past this many bytes of commands, so that it stays well
+/// within what the leader reads ([`MAX_BODY_BYTES`]) however many large writes queue up.
+const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Largest forwarded batch the leader reads: one batch at its byte bound, plus one command
+/// at its limit, plus room for the envelope.
+pub const MAX_BODY_BYTES: usize = MAX_BATCH_BYTES + crate::types::MAX_COMMAND_BYTES + (1 << 20);
+
+impl Item {
+    fn size(&self) -> usize {
+        match self {
+            Item::Write(c, _) => c.size(),
+            Item::Read(_) => 0,
+        }
+    }
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ForwardRequest {
@@ -100,15 +115,30 @@ async fn run(
     timeout: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(PIPELINE));
+    let mut carry: Option<Queued> = None;
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else { return };
+        let first = match carry.take() {
+            Some(q) => q,
+            None => match rx.recv().await {
+                Some(q) => q,
+                None => return,
+            },
+        };
+        let mut bytes = first.item.size();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(q) => batch.push(q),
+                Ok(q) if bytes + q.item.size() > MAX_BATCH_BYTES => {
+                    carry = Some(q);
+                    break;
+                }
+                Ok(q) => {
+                    bytes += q.item.size();
+                    batch.push(q);
+                }
                 Err(_) => break,
             }
         }

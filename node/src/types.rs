@@ -124,6 +124,157 @@ pub enum Condition {
     Absent,
 }
 
+/// Most comparisons or operations in one list of a transaction.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// Largest command (by [`Command::size`]) the batcher takes. Every route a write can come in
+/// on ends in the batcher, and a batch is at most [`crate::batcher::MAX_BATCH_BYTES`] plus one
+/// command, so no log entry can grow past what one peer RPC carries
+/// ([`crate::network::MAX_RPC_BYTES`]): an entry that could not be replicated would stall the
+/// cluster for good.
+pub const MAX_COMMAND_BYTES: usize = 8 << 20;
+
+/// The size limits every write is checked against, whatever port or route it came in on.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteLimits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+/// Why a command was refused before it reached the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invalid {
+    /// 413 rather than 400.
+    pub too_large: bool,
+    pub code: String,
+    pub message: String,
+}
+
+impl Invalid {
+    fn bad(code: &str, message: String) -> Self {
+        Self {
+            too_large: false,
+            code: code.into(),
+            message,
+        }
+    }
+    fn large(code: &str, message: String) -> Self {
+        Self {
+            too_large: true,
+            code: code.into(),
+            message,
+        }
+    }
+}
+
+impl WriteLimits {
+    /// The settings themselves must let every accepted write fit in one log entry.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_key_bytes == 0 {
+            return Err("the key size limit must be at least 1 byte".into());
+        }
+        if self.max_key_bytes + self.max_value_bytes + 16 > MAX_COMMAND_BYTES {
+            return Err(format!(
+                "RSTORE_MAX_KEY_BYTES ({}) plus RSTORE_MAX_VALUE_BYTES ({}) must stay below {} \
+                 bytes, the largest write one Raft entry may carry",
+                self.max_key_bytes,
+                self.max_value_bytes,
+                MAX_COMMAND_BYTES - 16
+            ));
+        }
+        Ok(())
+    }
+
+    fn key(&self, what: &str, key: &str) -> Result<(), Invalid> {
+        if key.is_empty() {
+            return Err(Invalid::bad(
+                "invalid_key",
+                format!("{what}: the key is empty; keys are 1 or more bytes"),
+            ));
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(Invalid::large(
+                "key_too_large",
+                format!(
+                    "{what}: the key is {} bytes; the limit is {} bytes",
+                    key.len(),
+                    self.max_key_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn value(&self, what: &str, value: &[u8]) -> Result<(), Invalid> {
+        if value.len() > self.max_value_bytes {
+            return Err(Invalid::large(
+                "value_too_large",
+                format!(
+                    "{what}: the value is {} bytes; the limit is {} bytes",
+                    value.len(),
+                    self.max_value_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Check one command: keys, values, transaction lengths, and its total size.
+    pub fn validate(&self, cmd: &Command) -> Result<(), Invalid> {
+        match cmd {
+            Command::Put { key, value, .. } => {
+                self.key("put", key)?;
+                self.value("put", value)?;
+            }
+            Command::Delete { key, .. } => self.key("delete", key)?,
+            Command::Txn(t) => {
+                for (name, n) in [
+                    ("compare", t.compare.len()),
+                    ("success", t.success.len()),
+                    ("failure", t.failure.len()),
+                ] {
+                    if n > MAX_TXN_OPS {
+                        return Err(Invalid::bad(
+                            "invalid_request",
+                            format!("{name} has {n} entries; the limit is {MAX_TXN_OPS}"),
+                        ));
+                    }
+                }
+                for (i, c) in t.compare.iter().enumerate() {
+                    let what = format!("compare[{i}]");
+                    self.key(&what, &c.key)?;
+                    if let CompareTarget::Value(v) = &c.target {
+                        self.value(&what, v)?;
+                    }
+                }
+                for (list, ops) in [("success", &t.success), ("failure", &t.failure)] {
+                    for (i, o) in ops.iter().enumerate() {
+                        let what = format!("{list}[{i}]");
+                        match o {
+                            TxnOp::Put { key, value } => {
+                                self.key(&what, key)?;
+                                self.value(&what, value)?;
+                            }
+                            TxnOp::Delete { key } | TxnOp::Get { key } => self.key(&what, key)?,
+                        }
+                    }
+                }
+            }
+        }
+        let size = cmd.size();
+        if size > MAX_COMMAND_BYTES {
+            return Err(Invalid::large(
+                "request_too_large",
+                format!(
+                    "the write is {size} bytes; one write may carry at most {MAX_COMMAND_BYTES} \
+                     bytes: split it into smaller writes"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// An atomic multi-key transaction: if every compare holds, run `success`, else `failure`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Txn {

@@ -960,3 +960,158 @@ async fn truncated_snapshot_is_refused() {
     )
     .await;
 }
+
+/// A batch posted straight to the leader's forwarding endpoint skips the client API's
+/// parsers. The batcher checks every command itself, so an empty key, an oversized key or
+/// an oversized value is refused (nothing reaches the log), a body past the forwarding
+/// bound is refused with 413 before it is read, and the cluster keeps committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_forwarded_past_the_client_api_are_checked_by_the_batcher() {
+    use rstore_node::batcher::{Ack, WriteError};
+    use rstore_node::forwarder::{ForwardRequest, ForwardResponse, MAX_BODY_BYTES, PATH};
+    use rstore_node::types::{Command as Cmd, Condition};
+
+    let mut cluster = Cluster::start(3).await;
+    let (leader, _) = cluster.leader_and_follower().await;
+    let client = cluster.client(leader);
+    let info = client.node_info().await;
+    let cluster_id = info["cluster_id"].as_str().unwrap().to_string();
+    let before = info["revision"].as_u64();
+    let put = |key: String, len: usize| Cmd::Put {
+        key,
+        value: vec![b'v'; len],
+        cond: Condition::None,
+    };
+    let writes = vec![
+        put(String::new(), 1),
+        put("k".repeat(10_000), 1),
+        put("big".into(), 3 << 20),
+        Cmd::Delete {
+            key: String::new(),
+            cond: Condition::None,
+        },
+    ];
+    let n = writes.len();
+    let body = envelope(
+        Some(&cluster_id),
+        cluster.nodes[leader].id,
+        ForwardRequest {
+            writes,
+            read_index: false,
+        },
+    );
+    let http = reqwest::Client::new();
+    let url = format!("{}{PATH}", cluster.nodes[leader].direct_client_url);
+    let resp = http.post(&url).body(body).send().await.expect("forward");
+    assert_eq!(resp.status().as_u16(), 200);
+    let answer: ForwardResponse =
+        bincode::deserialize(&resp.bytes().await.unwrap()).expect("forward response");
+    assert_eq!(answer.writes.len(), n);
+    let expected = [
+        ("invalid_key", false),
+        ("key_too_large", true),
+        ("value_too_large", true),
+        ("invalid_key", false),
+    ];
+    for (r, (code, too_large)) in answer.writes.iter().zip(expected) {
+        match r {
+            Err(WriteError::Invalid(inv)) => {
+                assert_eq!(
+                    (inv.code.as_str(), inv.too_large),
+                    (code, too_large),
+                    "{inv:?}"
+                );
+                assert!(!inv.message.is_empty());
+            }
+            other => panic!("expected {code}, got {other:?}"),
+        }
+    }
+    // Nothing reached the log, and nothing is readable under those keys.
+    let after = client.node_info().await["revision"].as_u64();
+    assert_eq!(
+        before, after,
+        "a refused forwarded write changed the revision"
+    );
+    assert_eq!(
+        client.get("big", Consistency::Linearizable).await.status,
+        404
+    );
+
+    // A body past the forwarding bound is refused before it is read, declared or chunked.
+    let addr = host_port(&cluster.nodes[leader].direct_client_url);
+    let over = MAX_BODY_BYTES + 1;
+    for chunked in [false, true] {
+        let head = if chunked {
+            format!("POST {PATH} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+        } else {
+            format!("POST {PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: {over}\r\n\r\n")
+        };
+        let a = raw_exchange(&addr, head, over, chunked).await;
+        assert_eq!(
+            a.status, 413,
+            "forward, {over} bytes, chunked {chunked}: {a:?}"
+        );
+    }
+    // The cluster still commits, and a legitimate forwarded write still works.
+    assert_eq!(client.put("after", b"x").await.status, 200);
+    let body = envelope(
+        Some(&cluster_id),
+        cluster.nodes[leader].id,
+        ForwardRequest {
+            writes: vec![put("fine".into(), 10)],
+            read_index: false,
+        },
+    );
+    let resp = http.post(&url).body(body).send().await.expect("forward");
+    let answer: ForwardResponse = bincode::deserialize(&resp.bytes().await.unwrap()).unwrap();
+    assert!(
+        matches!(answer.writes[0], Ok(Ack::Applied(_))),
+        "{:?}",
+        answer.writes
+    );
+}
+
+/// A 64 MiB write is refused with 413 on every route that takes writes (a put, a
+/// transaction, a forwarded batch), on the leader and on a follower, declared or chunked,
+/// and the cluster keeps committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_mib_write_gets_413_on_every_route_and_the_cluster_keeps_committing() {
+    let mut cluster = Cluster::start(3).await;
+    let (leader, follower) = cluster.leader_and_follower().await;
+    let size = 64 << 20;
+    for node in [leader, follower] {
+        let addr = host_port(&cluster.nodes[node].direct_client_url);
+        for (method, path) in [
+            ("PUT", "/v1/kv/huge"),
+            ("POST", "/v1/txn"),
+            ("POST", rstore_node::forwarder::PATH),
+        ] {
+            for chunked in [false, true] {
+                let framing = if chunked {
+                    "transfer-encoding: chunked".to_string()
+                } else {
+                    format!("content-length: {size}")
+                };
+                let head = format!("{method} {path} HTTP/1.1\r\nhost: x\r\n{framing}\r\n\r\n");
+                let a = raw_exchange(&addr, head, size, chunked).await;
+                assert_eq!(
+                    a.status, 413,
+                    "node {node} {method} {path} chunked {chunked}: {a:?}"
+                );
+                assert!(a.body.contains("\"error\""), "{a:?}");
+            }
+        }
+    }
+    assert_eq!(
+        cluster.client(follower).put("small", b"ok").await.status,
+        200
+    );
+    assert_eq!(
+        cluster
+            .client(leader)
+            .get("small", Consistency::Linearizable)
+            .await
+            .status,
+        200
+    );
+}

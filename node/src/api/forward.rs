@@ -186,8 +186,8 @@ pub async fn forwarded_batch(
     let bytes = match super::kv::read_body(
         &headers,
         body,
-        crate::network::MAX_RPC_BYTES,
-        "request body",
+        crate::forwarder::MAX_BODY_BYTES,
+        "forwarded batch",
     )
     .await
     {

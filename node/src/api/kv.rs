@@ -202,6 +202,26 @@ pub fn write_response_txn(r: Result<Ack, WriteError>) -> ApiResult {
 }
 
 /// Turn a write's result into a response.
+/// The answer to a write the batcher refused before it reached the log.
+fn invalid(inv: crate::types::Invalid) -> ApiError {
+    // The codes the batcher's checks use, as the static strings the API's errors carry.
+    let code = [
+        "invalid_key",
+        "key_too_large",
+        "value_too_large",
+        "request_too_large",
+    ]
+    .into_iter()
+    .find(|c| *c == inv.code)
+    .unwrap_or("invalid_request");
+    let status = if inv.too_large {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    ApiError::new(status, code, inv.message)
+}
+
 pub fn write_response(key: &str, r: Result<Ack, WriteError>) -> ApiResult {
     let outcome = match r {
         Ok(Ack::Applied(o)) => o,
@@ -222,6 +242,7 @@ pub fn write_response(key: &str, r: Result<Ack, WriteError>) -> ApiResult {
         Err(WriteError::NotLeader(_)) => {
             return Err(ApiError::no_leader("the leader kept moving; retry shortly"));
         }
+        Err(WriteError::Invalid(inv)) => return Err(invalid(inv)),
         Err(WriteError::QuotaExceeded(msg)) => {
             return Err(ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,

@@ -18,8 +18,7 @@ use super::{ApiError, ApiResult, parse_query};
 use crate::app::App;
 use crate::types::{Command, Compare, CompareOp, CompareTarget, Txn, TxnOp};
 
-/// Most compares, and most operations per branch, in one transaction.
-pub const MAX_TXN_OPS: usize = 128;
+pub use crate::types::MAX_TXN_OPS;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
