@@ -1115,3 +1115,46 @@ async fn a_64_mib_write_gets_413_on_every_route_and_the_cluster_keeps_committing
         200
     );
 }
+
+/// Requests with made-up methods are counted under one `other` label: they cannot add
+/// metrics series without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_methods_add_no_metrics_series() {
+    let cluster = Cluster::start(1).await;
+    let base = cluster.nodes[0].direct_client_url.clone();
+    let http = reqwest::Client::new();
+    let scrape = || async {
+        http.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    };
+    let series = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("rstore_http_request"))
+            .count()
+    };
+    // One junk request first, so its `other` series exist before the count.
+    let junk = |i: usize| reqwest::Method::from_bytes(format!("JUNK{i}").as_bytes()).unwrap();
+    let r = http
+        .request(junk(0), format!("{base}/v1/kv/a"))
+        .send()
+        .await;
+    assert!(r.is_ok(), "{r:?}");
+    // The first scrape records its own series, which the second then shows.
+    scrape().await;
+    let before = series(&scrape().await);
+    for i in 1..=20 {
+        let _ = http
+            .request(junk(i), format!("{base}/v1/kv/a"))
+            .send()
+            .await;
+    }
+    let text = scrape().await;
+    assert!(!text.contains("JUNK"), "a junk method became a label");
+    assert!(text.contains("method=\"other\""), "no `other` series");
+    assert_eq!(series(&text), before, "junk methods added series");
+}

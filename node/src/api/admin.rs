@@ -308,15 +308,35 @@ fn default_role() -> String {
     "voter".into()
 }
 
+/// A member URL must be a bare `http://host:port`: the scheme the node speaks, and no path,
+/// query, fragment or userinfo, which would let an added member point the leader's Raft
+/// traffic at some other endpoint.
 fn check_url(field: &str, url: &str) -> ApiResult<()> {
-    if (url.starts_with("http://") || url.starts_with("https://")) && url.len() > 8 {
-        Ok(())
-    } else {
+    let refuse = |why: &str| {
         Err(ApiError::bad_request(
             "invalid_request",
-            format!("{field} must be an http:// or https:// URL; got '{url}'"),
+            format!("{field} must be a bare http://host:port URL ({why}); got '{url}'"),
         ))
+    };
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return refuse("it does not parse as a URL");
+    };
+    if u.scheme() != "http" {
+        return refuse("the node speaks plain http on its ports");
     }
+    if u.host_str().is_none_or(str::is_empty) {
+        return refuse("it names no host");
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return refuse("it has userinfo");
+    }
+    if u.path() != "/" {
+        return refuse("it has a path");
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return refuse("it has a query or fragment");
+    }
+    Ok(())
 }
 
 pub async fn add_member(
@@ -570,4 +590,40 @@ pub async fn put_config(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_url;
+
+    #[test]
+    fn member_urls_must_be_bare_http_host_and_port() {
+        for ok in [
+            "http://127.0.0.1:7380",
+            "http://basic-0.basic:7380/",
+            "http://[::1]:1",
+        ] {
+            assert!(check_url("peer_url", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://127.0.0.1:27499/anything?x=",
+            "http://127.0.0.1:27499/raft",
+            "http://127.0.0.1:27499?x=1",
+            "http://127.0.0.1:27499/#frag",
+            "http://user:pw@127.0.0.1:7380",
+            "https://127.0.0.1:7380",
+            "ftp://127.0.0.1:7380",
+            "http://",
+            "127.0.0.1:7380",
+            "",
+        ] {
+            let e = check_url("peer_url", bad).expect_err(bad);
+            assert_eq!(
+                (e.status.as_u16(), e.code),
+                (400, "invalid_request"),
+                "{bad}"
+            );
+            assert!(e.message.contains("peer_url"), "{}", e.message);
+        }
+    }
 }

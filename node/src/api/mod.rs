@@ -136,7 +136,7 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    let method = method_label(req.method()).to_string();
     let resp = next.run(req).await;
     app.metrics
         .http_requests
@@ -147,6 +147,20 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         })
         .observe(start.elapsed().as_secs_f64());
     resp
+}
+
+/// The method as a metrics label: the methods the API serves, and `other` for the rest, so
+/// that junk methods cannot add series without bound.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    }
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
@@ -184,6 +198,19 @@ mod tests {
         let ok = parse_query(&uri, &["consistency", "bogus"]).unwrap();
         assert_eq!(ok["consistency"], "stale");
         assert_eq!(ok["bogus"], "1");
+    }
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        use axum::http::Method;
+        assert_eq!(method_label(&Method::PUT), "PUT");
+        for junk in ["FOO", "BAR1", "PROPFIND"] {
+            assert_eq!(
+                method_label(&Method::from_bytes(junk.as_bytes()).unwrap()),
+                "other"
+            );
+        }
+        assert_eq!(method_label(&Method::OPTIONS), "other");
     }
 
     #[test]
