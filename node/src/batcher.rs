@@ -220,36 +220,56 @@ async fn run(mut rx: mpsc::Receiver<Pending>, ctx: Arc<Ctx>) {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let first = match carry.take() {
-            Some(p) => p,
-            None => match rx.recv().await {
-                Some(p) => p,
-                None => return,
-            },
+        let Some(batch) = take_batch(
+            &mut rx,
+            &mut carry,
+            MAX_BATCH_COMMANDS,
+            MAX_BATCH_BYTES,
+            |p| p.cmd.size(),
+        )
+        .await
+        else {
+            return;
         };
-        let mut bytes = first.cmd.size();
-        let mut batch = vec![first];
-        // Bounded in bytes, not only in count: a command that would take the batch past
-        // MAX_BATCH_BYTES starts the next batch instead.
-        while batch.len() < MAX_BATCH_COMMANDS {
-            match rx.try_recv() {
-                Ok(p) if bytes + p.cmd.size() > MAX_BATCH_BYTES => {
-                    carry = Some(p);
-                    break;
-                }
-                Ok(p) => {
-                    bytes += p.cmd.size();
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
         ctx.metrics.batch_commands.observe(batch.len() as f64);
         let ctx = ctx.clone();
         tokio::spawn(async move {
             submit(&ctx, batch, permit).await;
         });
     }
+}
+
+/// The next group of queued items: the one carried over from the last call (or the next
+/// to arrive), then whatever is already queued, up to `max_count` items and `max_bytes` by
+/// `size`. An item that would pass `max_bytes` is carried over to start the next group, so
+/// a group is at most `max_bytes` plus one item. `None` once the queue is closed.
+pub(crate) async fn take_batch<T>(
+    rx: &mut mpsc::Receiver<T>,
+    carry: &mut Option<T>,
+    max_count: usize,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Option<Vec<T>> {
+    let first = match carry.take() {
+        Some(p) => p,
+        None => rx.recv().await?,
+    };
+    let mut bytes = size(&first);
+    let mut batch = vec![first];
+    while batch.len() < max_count {
+        match rx.try_recv() {
+            Ok(p) if bytes + size(&p) > max_bytes => {
+                *carry = Some(p);
+                break;
+            }
+            Ok(p) => {
+                bytes += size(&p);
+                batch.push(p);
+            }
+            Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 fn fail(txs: &mut [Option<oneshot::Sender<Result<Ack, WriteError>>>], e: WriteError) {
@@ -413,4 +433,26 @@ async fn wait_all_voters(ctx: &Ctx, index: u64) -> Result<(), String> {
         missing.join(", "),
         ctx.sync_timeout.as_millis()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_are_bounded_in_count_and_bytes_and_carry_the_overflow() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for n in [3usize, 3, 5, 1, 1, 1] {
+            tx.send(n).await.unwrap();
+        }
+        drop(tx);
+        let mut carry = None;
+        let mut groups = Vec::new();
+        while let Some(b) = take_batch(&mut rx, &mut carry, 3, 8, |n| *n).await {
+            groups.push(b);
+        }
+        // 3+3 fits 8 bytes and 5 more would not, so 5 starts the next group; that one
+        // stops at 3 items; the last 1 is left.
+        assert_eq!(groups, vec![vec![3, 3], vec![5, 1, 1], vec![1]]);
+    }
 }

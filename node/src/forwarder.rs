@@ -120,28 +120,17 @@ async fn run(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let first = match carry.take() {
-            Some(q) => q,
-            None => match rx.recv().await {
-                Some(q) => q,
-                None => return,
-            },
+        let Some(mut batch) = crate::batcher::take_batch(
+            &mut rx,
+            &mut carry,
+            MAX_BATCH,
+            MAX_BATCH_BYTES,
+            |q: &Queued| q.item.size(),
+        )
+        .await
+        else {
+            return;
         };
-        let mut bytes = first.item.size();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(q) if bytes + q.item.size() > MAX_BATCH_BYTES => {
-                    carry = Some(q);
-                    break;
-                }
-                Ok(q) => {
-                    bytes += q.item.size();
-                    batch.push(q);
-                }
-                Err(_) => break,
-            }
-        }
         // Leadership rarely changes within a batch; group by target anyway. The first
         // group holds the pipeline slot.
         let mut permit = Some(permit);
