@@ -151,19 +151,18 @@ pub struct Invalid {
 }
 
 impl Invalid {
-    fn bad(code: &str, message: String) -> Self {
+    fn new(too_large: bool, code: &str, message: String) -> Self {
         Self {
-            too_large: false,
+            too_large,
             code: code.into(),
             message,
         }
     }
+    fn bad(code: &str, message: String) -> Self {
+        Self::new(false, code, message)
+    }
     fn large(code: &str, message: String) -> Self {
-        Self {
-            too_large: true,
-            code: code.into(),
-            message,
-        }
+        Self::new(true, code, message)
     }
 }
 
