@@ -333,6 +333,7 @@ impl RstoreCluster {
                 .arg(format!("127.0.0.1:{peer_port}"))
                 .arg("--advertise-peer")
                 .arg(&peer_url)
+                .arg("--insecure-plaintext")
                 .envs(cfg.env.iter().map(|(k, v)| (k, v)));
             nodes.push(ChildGuard::spawn(&format!("rstore-{}", i + 1), cmd, dir)?);
             client_urls.push(client_url);

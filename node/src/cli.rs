@@ -128,10 +128,81 @@ pub struct ServeArgs {
     /// How long adding a member waits for it to catch up before answering 504.
     #[arg(long, env = "RSTORE_CATCH_UP_TIMEOUT_MS", default_value_t = 60_000)]
     pub catch_up_timeout_ms: u64,
+    /// The cluster CA certificate (PEM): peers' and clients' certificates must chain to it.
+    #[arg(long, env = "RSTORE_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// This member's certificate (PEM), signed by the cluster CA, with its peer URL as a URI
+    /// name (see `node cert member`). Serves both ports; re-read when it changes.
+    #[arg(long, env = "RSTORE_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// This member's private key (PEM).
+    #[arg(long, env = "RSTORE_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Bearer tokens for the client port, stored hashed: lines of `NAME ROLE sha256:HEX`
+    /// (see `node cert token`). Re-read when it changes.
+    #[arg(long, env = "RSTORE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Run without TLS on either port. Anyone who can reach the peer port can then send
+    /// Raft traffic, and without --token-file anyone who can reach the client port can read,
+    /// write and reconfigure. For tests and trusted networks only.
+    #[arg(long, env = "RSTORE_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+    /// Who may read /metrics: `open` (anyone who reaches the client port) or
+    /// `authenticated` (the read role).
+    #[arg(
+        long,
+        env = "RSTORE_METRICS_ACCESS",
+        value_enum,
+        default_value = "open"
+    )]
+    pub metrics_access: MetricsAccess,
+    /// Open connections per listener; more are closed at once.
+    #[arg(long, env = "RSTORE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Time a connection has for its TLS handshake and for each request head; a keep-alive
+    /// connection idle this long is closed too.
+    #[arg(long, env = "RSTORE_HEADER_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub header_timeout_ms: u64,
+    /// Concurrent watches on this member; more answer 429.
+    #[arg(long, env = "RSTORE_MAX_WATCHES", default_value_t = 1024)]
+    pub max_watches: usize,
+    /// Bytes of events a watch may have waiting for a slow watcher before it is cut off
+    /// (with an error naming the revision to resume from).
+    #[arg(long, env = "RSTORE_WATCH_BUFFER_BYTES", default_value_t = 8 << 20)]
+    pub watch_buffer_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum MetricsAccess {
+    Open,
+    Authenticated,
 }
 
 impl ServeArgs {
     pub fn settings(&self) -> anyhow::Result<Settings> {
+        let tls = match (
+            &self.tls_ca_file,
+            &self.tls_cert_file,
+            &self.tls_key_file,
+            self.insecure_plaintext,
+        ) {
+            (Some(ca), Some(cert), Some(key), false) => Some(crate::tls::TlsPaths {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None, None, true) => None,
+            (_, _, _, true) => {
+                bail!("--insecure-plaintext cannot be combined with --tls-* files: choose one")
+            }
+            _ => bail!(
+                "TLS is required: give --tls-ca-file, --tls-cert-file and --tls-key-file \
+                 (`node cert` makes them; `node dev` does it all), or run with \
+                 --insecure-plaintext on a trusted network"
+            ),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let advertise =
             |given: &Option<String>, listen: &str, flag: &str| -> anyhow::Result<String> {
                 match given {
@@ -139,9 +210,10 @@ impl ServeArgs {
                     None if listen.starts_with("0.0.0.0") || listen.starts_with("[::]") => {
                         bail!("{flag} is required when listening on all interfaces ({listen})")
                     }
-                    None => Ok(format!("http://{listen}")),
+                    None => Ok(format!("{scheme}://{listen}")),
                 }
             };
+
         if self.election_min_ms <= self.heartbeat_ms || self.election_max_ms <= self.election_min_ms
         {
             bail!("timeouts must satisfy heartbeat < election-min < election-max");
@@ -181,6 +253,13 @@ impl ServeArgs {
                 bytes: self.watch_history_bytes,
             },
             catch_up_timeout: Duration::from_millis(self.catch_up_timeout_ms),
+            tls,
+            token_file: self.token_file.clone(),
+            metrics_open: self.metrics_access == MetricsAccess::Open,
+            max_connections: self.max_connections.max(1),
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            max_watches: self.max_watches,
+            watch_buffer_bytes: self.watch_buffer_bytes.max(64 << 10),
         })
     }
 }
@@ -191,10 +270,60 @@ pub struct Endpoint {
     #[arg(
         long,
         env = "RSTORE_ENDPOINT",
-        default_value = "http://127.0.0.1:7379",
+        default_value = "https://127.0.0.1:7379",
         global = true
     )]
     pub endpoint: String,
+    /// The cluster CA certificate (PEM) to verify the member's certificate with.
+    #[arg(long, env = "RSTORE_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// A client certificate (PEM) to authenticate with (its organization is its role).
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        env = "RSTORE_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long = "key",
+        id = "client_key",
+        env = "RSTORE_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub key: Option<PathBuf>,
+    /// A bearer token to authenticate with.
+    #[arg(long, env = "RSTORE_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl Endpoint {
+    /// An HTTP client with these credentials.
+    pub fn client(&self) -> anyhow::Result<reqwest::Client> {
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let ca = self.cacert.as_ref().map(read).transpose()?;
+        let identity = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        let mut b = crate::tls::reqwest_client(
+            ca.as_deref(),
+            identity.as_ref().map(|(c, k)| (&c[..], &k[..])),
+        )?;
+        if let Some(t) = &self.token {
+            let mut h = reqwest::header::HeaderMap::new();
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+                .context("the token is not a valid header value")?;
+            v.set_sensitive(true);
+            h.insert(reqwest::header::AUTHORIZATION, v);
+            b = b.default_headers(h);
+        }
+        Ok(b.build()?)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -360,8 +489,33 @@ fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+impl KvCommand {
+    fn endpoint(&self) -> &Endpoint {
+        match self {
+            KvCommand::Put { ep, .. }
+            | KvCommand::Get { ep, .. }
+            | KvCommand::Del { ep, .. }
+            | KvCommand::Txn { ep, .. }
+            | KvCommand::Watch { ep, .. }
+            | KvCommand::List { ep, .. } => ep,
+        }
+    }
+}
+
+impl ClusterCommand {
+    fn endpoint(&self) -> &Endpoint {
+        match self {
+            ClusterCommand::Status { ep }
+            | ClusterCommand::Init { ep }
+            | ClusterCommand::Add { ep, .. }
+            | ClusterCommand::Config { ep, .. }
+            | ClusterCommand::Remove { ep, .. } => ep,
+        }
+    }
+}
+
 pub async fn run_kv(cmd: KvCommand) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
+    let http = cmd.endpoint().client()?;
     match cmd {
         KvCommand::Put {
             key,
@@ -495,7 +649,7 @@ pub async fn run_kv(cmd: KvCommand) -> anyhow::Result<()> {
 }
 
 pub async fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
+    let http = cmd.endpoint().client()?;
     let v: serde_json::Value = match cmd {
         ClusterCommand::Status { ep } => {
             let c: serde_json::Value =
@@ -573,4 +727,37 @@ pub async fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
     };
     print_json(&v);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serving_needs_tls_files_or_an_explicit_plaintext_flag() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["node", "serve"];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).unwrap().command {
+                Command::Serve(a) => a.settings(),
+                _ => unreachable!(),
+            }
+        };
+        let err = parse(&[]).unwrap_err().to_string();
+        assert!(err.contains("TLS is required"), "{err}");
+        let s = parse(&["--insecure-plaintext"]).unwrap();
+        assert!(s.tls.is_none() && s.advertise_client.starts_with("http://"));
+        let s = parse(&["--tls-ca-file=a", "--tls-cert-file=b", "--tls-key-file=c"]).unwrap();
+        assert!(s.tls.is_some() && s.advertise_peer.starts_with("https://"));
+        let err = parse(&["--tls-ca-file=a", "--insecure-plaintext"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot be combined"), "{err}");
+    }
 }

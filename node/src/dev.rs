@@ -3,6 +3,12 @@
 //! It starts N `node serve` children on consecutive ports, initializes the first, adds the
 //! others through the admin API (as the operator does), prints the endpoints, and on
 //! Ctrl-C stops every child with SIGTERM.
+//!
+//! Secure by default, like a deployed cluster: it makes a cluster CA (`DATA_DIR/ca.crt`,
+//! `ca.key`), a member certificate per member, bearer tokens for each role
+//! (`DATA_DIR/admin.token`, `write.token`, `read.token`; the members get only their hashes,
+//! in `DATA_DIR/tokens`) and an admin client certificate (`DATA_DIR/admin.crt`, `admin.key`).
+//! With a kept `--data-dir` they are reused. `--insecure-plaintext` runs without any of it.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -23,6 +29,85 @@ pub struct DevArgs {
     /// Keep data here (one subdirectory per member) instead of a temporary directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// No TLS and no authentication (see `node serve --insecure-plaintext`).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+}
+
+/// The credentials of a dev cluster, in its data directory.
+struct Creds {
+    root: PathBuf,
+    ca: crate::pki::Ca,
+    admin_token: String,
+}
+
+const ROLES: [&str; 3] = ["admin", "write", "read"];
+
+impl Creds {
+    /// Make (or, in a kept data directory, reuse) the CA, the tokens and the admin
+    /// certificate.
+    fn prepare(root: &std::path::Path) -> anyhow::Result<Self> {
+        use crate::pki::{Ca, Pem, new_token, token_line, write_file};
+        let ca = match Pem::read(root, "ca") {
+            Ok(pem) => Ca::from_pem(pem)?,
+            Err(_) => {
+                let ca = Ca::generate("dev")?;
+                ca.pem().write(root, "ca")?;
+                ca
+            }
+        };
+        let mut lines = String::from("# NAME ROLE sha256:HEX (written by node dev)\n");
+        for role in ROLES {
+            let path = root.join(format!("{role}.token"));
+            let token = match std::fs::read_to_string(&path) {
+                Ok(t) => t.trim().to_string(),
+                Err(_) => {
+                    let t = new_token();
+                    write_file(&path, &t, true)?;
+                    t
+                }
+            };
+            lines.push_str(&token_line(role, role, &token));
+        }
+        write_file(&root.join("tokens"), &lines, true)?;
+        if Pem::read(root, "admin").is_err() {
+            ca.client("dev-admin", "admin")?.write(root, "admin")?;
+        }
+        let admin_token = std::fs::read_to_string(root.join("admin.token"))?
+            .trim()
+            .to_string();
+        Ok(Self {
+            root: root.to_path_buf(),
+            ca,
+            admin_token,
+        })
+    }
+
+    /// The certificate files of the member whose peer URL is `peer_url`.
+    fn member(&self, i: usize, peer_url: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let dir = self.root.join("certs");
+        let stem = format!("node-{i}");
+        self.ca
+            .member(&["127.0.0.1".into(), "localhost".into()], peer_url)?
+            .write(&dir, &stem)?;
+        Ok((
+            dir.join(format!("{stem}.crt")),
+            dir.join(format!("{stem}.key")),
+        ))
+    }
+
+    fn client(&self) -> anyhow::Result<reqwest::Client> {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", self.admin_token).parse()?,
+        );
+        Ok(
+            crate::tls::reqwest_client(Some(self.ca.pem().cert.as_bytes()), None)?
+                .default_headers(h)
+                .build()?,
+        )
+    }
 }
 
 struct Member {
@@ -72,7 +157,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     };
     let exe = std::env::current_exe().context("cannot find the node binary")?;
-    let http = reqwest::Client::new();
+    std::fs::create_dir_all(&root)?;
+    let creds = if args.insecure_plaintext {
+        None
+    } else {
+        Some(Creds::prepare(&root)?)
+    };
+    let http = match &creds {
+        Some(c) => c.client()?,
+        None => reqwest::Client::new(),
+    };
+    let scheme = if creds.is_some() { "https" } else { "http" };
     let mut members = Vec::new();
     for i in 0..args.nodes {
         let client_port = args.base_port + 2 * i as u16;
@@ -81,10 +176,30 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let dir = root.join(format!("node-{i}"));
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::File::create(dir.join("node.log"))?;
-        let child = Command::new(&exe)
-            .args(["serve", "--data-dir"])
-            .arg(&dir)
-            .args(["--listen-client", &client, "--listen-peer", &peer])
+        let mut cmd = Command::new(&exe);
+        cmd.args(["serve", "--data-dir"]).arg(&dir).args([
+            "--listen-client",
+            &client,
+            "--listen-peer",
+            &peer,
+        ]);
+        match &creds {
+            Some(c) => {
+                let (cert, key) = c.member(i, &format!("https://{peer}"))?;
+                cmd.arg("--tls-ca-file")
+                    .arg(root.join("ca.crt"))
+                    .arg("--tls-cert-file")
+                    .arg(cert)
+                    .arg("--tls-key-file")
+                    .arg(key)
+                    .arg("--token-file")
+                    .arg(root.join("tokens"));
+            }
+            None => {
+                cmd.arg("--insecure-plaintext");
+            }
+        }
+        let child = cmd
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
@@ -92,8 +207,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .context("cannot start a member")?;
         members.push(Member {
             child,
-            client: format!("http://{client}"),
-            peer: format!("http://{peer}"),
+            client: format!("{scheme}://{client}"),
+            peer: format!("{scheme}://{peer}"),
         });
     }
     let result = bootstrap(&http, &members).await;
@@ -118,11 +233,41 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let ep = &members[0].client;
     println!();
-    println!("Try:");
-    println!("  curl -X PUT --data-binary 'world' {ep}/v1/kv/hello");
-    println!("  curl {ep}/v1/kv/hello");
-    println!("  curl {ep}/v1/cluster");
-    println!("  node kv get hello --endpoint {ep}");
+    match &creds {
+        Some(_) => {
+            let r = root.display();
+            println!("TLS on both ports; CA certificate {r}/ca.crt. Credentials:");
+            println!("  tokens {r}/admin.token, {r}/write.token, {r}/read.token (one per role)");
+            println!("  admin client certificate {r}/admin.crt, key {r}/admin.key");
+            println!();
+            println!("Try:");
+            let auth =
+                format!("--cacert {r}/ca.crt -H \"Authorization: Bearer $(cat {r}/admin.token)\"");
+            println!("  curl {auth} -X PUT --data-binary 'world' {ep}/v1/kv/hello");
+            println!("  curl {auth} {ep}/v1/kv/hello");
+            println!("  curl {auth} {ep}/v1/cluster");
+            println!(
+                "  curl --cacert {r}/ca.crt --cert {r}/admin.crt --key {r}/admin.key {ep}/v1/kv/hello"
+            );
+            println!(
+                "  node kv get hello --endpoint {ep} --cacert {r}/ca.crt --token \"$(cat {r}/admin.token)\""
+            );
+            println!(
+                "or set RSTORE_ENDPOINT={ep} RSTORE_CACERT={r}/ca.crt RSTORE_TOKEN=$(cat {r}/admin.token) and run: node kv get hello"
+            );
+        }
+        None => {
+            println!(
+                "PLAINTEXT: no TLS and no authentication; anyone who reaches these ports has full access."
+            );
+            println!();
+            println!("Try:");
+            println!("  curl -X PUT --data-binary 'world' {ep}/v1/kv/hello");
+            println!("  curl {ep}/v1/kv/hello");
+            println!("  curl {ep}/v1/cluster");
+            println!("  node kv get hello --endpoint {ep}");
+        }
+    }
     println!();
     println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c().await?;

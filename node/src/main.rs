@@ -9,8 +9,8 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use rstore_node::app::Node;
 use rstore_node::cli::{Cli, Command, LogFormat};
+use rstore_node::node::Node;
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

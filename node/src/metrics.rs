@@ -22,6 +22,11 @@ pub struct RpcLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabels {
     pub role: String,
 }
@@ -56,6 +61,11 @@ pub struct Metrics {
     pub async_lost: Counter,
     pub async_unconfirmed: Counter,
     pub async_held: Counter,
+    pub connections: Family<ListenerLabels, Gauge>,
+    pub connections_refused: Family<ListenerLabels, Counter>,
+    pub watches: Gauge,
+    pub watches_refused: Counter,
+    pub watches_cut_off: Counter,
 }
 
 impl Default for Metrics {
@@ -91,6 +101,11 @@ impl Metrics {
             async_lost: Counter::default(),
             async_unconfirmed: Counter::default(),
             async_held: Counter::default(),
+            connections: Family::default(),
+            connections_refused: Family::default(),
+            watches: Gauge::default(),
+            watches_refused: Counter::default(),
+            watches_cut_off: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -117,6 +132,27 @@ impl Metrics {
             "fsync_batch_waiters",
             "Writers sharing one durability barrier",
             m.fsync_waiters.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open connections by listener",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because the listener was at its connection cap",
+            m.connections_refused.clone(),
+        );
+        registry.register("watches", "Open watch streams", m.watches.clone());
+        registry.register(
+            "watches_refused",
+            "Watches refused (429) at the cap on concurrent watches",
+            m.watches_refused.clone(),
+        );
+        registry.register(
+            "watches_cut_off",
+            "Watches ended because the watcher fell behind its buffer bound",
+            m.watches_cut_off.clone(),
         );
         registry.register("raft_term", "Current Raft term", m.term.clone());
         registry.register(

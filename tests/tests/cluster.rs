@@ -489,7 +489,7 @@ async fn watch_configs(client: &NodeClient, known: &[u64], done: &AtomicBool) ->
             let role_ok = m["role"] == "voter" || m["role"] == "learner";
             let urls_ok = ["client_url", "peer_url"]
                 .iter()
-                .all(|k| m[k].as_str().is_some_and(|u| u.starts_with("http://")));
+                .all(|k| m[k].as_str().is_some_and(|u| u.starts_with("https://")));
             let id_ok = m["id"].as_u64().is_some_and(|id| known.contains(&id));
             assert!(
                 role_ok && urls_ok && id_ok,

@@ -387,7 +387,8 @@ impl Run {
         if mode != "quorum" {
             cluster.client(0).set_mode(mode).await;
         }
-        let http = reqwest::Client::builder()
+        let http = cluster
+            .http_builder()
             .connect_timeout(Duration::from_secs(1))
             .timeout(CLIENT_TIMEOUT)
             .build()
@@ -409,7 +410,8 @@ impl Run {
             fault: RwLock::new("none".into()),
             mode: mode.to_string(),
         });
-        let probe = reqwest::Client::builder()
+        let probe = cluster
+            .http_builder()
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(1))
             .build()

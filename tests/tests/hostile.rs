@@ -22,15 +22,22 @@ use rstore_node::network::{Envelope, MAX_RPC_BYTES, REFUSED_STATUS};
 use rstore_node::types::{NodeId, TypeConfig};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// A node id no member has (ids are below 2^53).
 const STRANGER: NodeId = (1 << 60) + 7;
 
-fn envelope<T: Serialize>(cluster_id: Option<&str>, target: NodeId, body: T) -> Vec<u8> {
+/// An envelope from `from`. Peer ports take RPCs only from members presenting their own
+/// member certificate, so the tests that reach the envelope checks send as a real member
+/// ([`member_http`]); RPCs from an unknown id are refused before (see security.rs).
+fn envelope_from<T: Serialize>(
+    from: NodeId,
+    cluster_id: Option<&str>,
+    target: NodeId,
+    body: T,
+) -> Vec<u8> {
     bincode::serialize(&Envelope {
         cluster_id: cluster_id.map(str::to_string),
-        from: STRANGER,
+        from,
         target,
         body,
     })
@@ -51,6 +58,53 @@ fn append_request(term: u64) -> AppendEntriesRequest<TypeConfig> {
         entries: Vec::new(),
         leader_commit: None,
     }
+}
+
+/// A client presenting the member certificate of node `index`, for its peers' ports.
+fn member_http(cluster: &Cluster, index: usize) -> reqwest::Client {
+    cluster.creds().member_http(&cluster.nodes[index].peer_url)
+}
+
+/// Where a raw exchange goes, and with which credentials.
+struct Dest {
+    url: String,
+    creds: Option<std::sync::Arc<common::Creds>>,
+    identity: Option<rstore_node::pki::Pem>,
+    token: Option<String>,
+}
+
+/// Node `index`'s client port, with the admin token.
+fn client_dest(cluster: &Cluster, index: usize) -> Dest {
+    Dest {
+        url: cluster.nodes[index].direct_client_url.clone(),
+        creds: cluster.creds.clone(),
+        identity: None,
+        token: cluster.creds.as_ref().map(|c| c.admin_token.clone()),
+    }
+}
+
+/// Node `index`'s peer port, as member `as_member` (with its member certificate).
+fn peer_dest(cluster: &Cluster, index: usize, as_member: usize) -> Dest {
+    let creds = cluster.creds.clone();
+    let identity = creds.as_ref().map(|c| {
+        c.ca.member(
+            &["127.0.0.1".to_string()],
+            &cluster.nodes[as_member].peer_url,
+        )
+        .expect("member certificate")
+    });
+    Dest {
+        url: cluster.nodes[index].peer_url.clone(),
+        creds,
+        identity,
+        token: None,
+    }
+}
+
+/// A vote or an append, to build either with one closure.
+enum VoteOrAppend {
+    Vote(VoteRequest<NodeId>),
+    Append(AppendEntriesRequest<TypeConfig>),
 }
 
 /// POST raw bytes; transport errors fail the test.
@@ -98,6 +152,16 @@ async fn peer_rpcs_for_another_cluster_or_node_are_refused_and_have_no_effect() 
     let huge = term + (1 << 40);
     let other_cluster = format!("{cluster_id}-other");
     let peer = cluster.nodes[follower].peer_url.clone();
+    // Sent as the leader (its id, a certificate naming its peer URL): what reaches the
+    // envelope checks is a member's RPC meant for someone else.
+    let me = cluster.nodes[leader].id;
+    let as_leader = member_http(&cluster, leader);
+    let envelope = |c: Option<&str>, target: NodeId, body: VoteOrAppend| match body {
+        VoteOrAppend::Vote(v) => envelope_from(me, c, target, v),
+        VoteOrAppend::Append(a) => envelope_from(me, c, target, a),
+    };
+    let vote_request = |t| VoteOrAppend::Vote(vote_request(t));
+    let append_request = |t| VoteOrAppend::Append(append_request(t));
     let cases: Vec<(&str, &str, Vec<u8>)> = vec![
         (
             "vote from another cluster",
@@ -135,22 +199,27 @@ async fn peer_rpcs_for_another_cluster_or_node_are_refused_and_have_no_effect() 
         ),
     ];
     for (what, path, body) in &cases {
-        let (status, text) = post(&cluster.http, &format!("{peer}{path}"), body.clone()).await;
+        let (status, text) = post(&as_leader, &format!("{peer}{path}"), body.clone()).await;
         assert_eq!(status, REFUSED_STATUS, "{what}: {text}");
         assert!(
             text.contains("cluster") || text.contains("node"),
             "{what}: the refusal should say why: {text}"
         );
     }
-    // The same envelopes to the internal forwarding endpoint on the client port.
-    let forward = format!("{}/internal/v1/forward", cluster.nodes[leader].client_url);
+    // The same envelopes to the forwarding endpoint on the peer port, as a follower.
+    let forward = format!(
+        "{}{}",
+        cluster.nodes[leader].peer_url,
+        rstore_node::network::forwarder::PATH
+    );
     let (status, text) = post(
-        &cluster.http,
+        &member_http(&cluster, follower),
         &forward,
-        envelope(
+        envelope_from(
+            cluster.nodes[follower].id,
             Some(&other_cluster),
             cluster.nodes[leader].id,
-            rstore_node::forwarder::ForwardRequest {
+            rstore_node::network::forwarder::ForwardRequest {
                 writes: Vec::new(),
                 read_index: true,
             },
@@ -178,7 +247,7 @@ async fn peer_rpcs_for_another_cluster_or_node_are_refused_and_have_no_effect() 
     // ignored while the follower's leader lease runs), so the refusals above are what
     // protected the cluster, not broken requests.
     let (status, text) = post(
-        &cluster.http,
+        &as_leader,
         &format!("{peer}/raft/append"),
         envelope(Some(&cluster_id), target, append_request(term + 1000)),
     )
@@ -214,9 +283,16 @@ struct RawAnswer {
 /// Send `head` and then the body from `chunk`, `total` bytes of it (chunk-encoded if
 /// `chunked`), reading the answer while writing: a server may answer 413 before the body
 /// is complete. Then check the connection: either closed, or usable for `GET /healthz`.
-async fn raw_exchange(addr: &str, head: String, total: usize, chunked: bool) -> RawAnswer {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut rd, mut wr) = stream.into_split();
+async fn raw_exchange(dest: &Dest, head: String, total: usize, chunked: bool) -> RawAnswer {
+    let addr = dest.url.as_str();
+    let stream = common::raw_connect(addr, dest.creds.as_deref(), dest.identity.as_ref())
+        .await
+        .expect("connect");
+    let head = match (&dest.token, head.split_once("\r\n")) {
+        (Some(t), Some((line, rest))) => format!("{line}\r\nauthorization: Bearer {t}\r\n{rest}"),
+        _ => head,
+    };
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let writer = tokio::spawn(async move {
         let chunk = vec![b'x'; 64 << 10];
         wr.write_all(head.as_bytes()).await?;
@@ -326,10 +402,6 @@ async fn raw_exchange(addr: &str, head: String, total: usize, chunked: bool) -> 
     }
 }
 
-fn host_port(url: &str) -> String {
-    url.trim_start_matches("http://").to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_past_the_data_quota_get_507_and_deletes_make_room() {
     // 1000-byte values with 3-byte keys: 8 fit under 8192 bytes, the 9th reaches it.
@@ -412,10 +484,15 @@ async fn malformed_and_oversized_bodies_get_4xx_and_the_cluster_keeps_serving() 
         rng_bytes.push((i.wrapping_mul(2_654_435_761) >> 13) as u8);
     }
     for node in [follower, leader] {
+        // Sent as the other member of the pair, with its certificate.
+        let sender = if node == leader { follower } else { leader };
+        let from = cluster.nodes[sender].id;
+        let as_member = member_http(&cluster, sender);
         let target = cluster.nodes[node].id;
-        let vote = envelope(Some(&cluster_id), target, vote_request(term));
-        let append = envelope(Some(&cluster_id), target, append_request(term));
-        let snapshot = envelope(
+        let vote = envelope_from(from, Some(&cluster_id), target, vote_request(term));
+        let append = envelope_from(from, Some(&cluster_id), target, append_request(term));
+        let snapshot = envelope_from(
+            from,
             Some(&cluster_id),
             target,
             InstallSnapshotRequest::<TypeConfig> {
@@ -449,7 +526,7 @@ async fn malformed_and_oversized_bodies_get_4xx_and_the_cluster_keeps_serving() 
         for path in ["/raft/append", "/raft/vote", "/raft/snapshot"] {
             for (what, body) in &bodies {
                 let url = format!("{}{path}", cluster.nodes[node].peer_url);
-                let (status, text) = post(&cluster.http, &url, body.clone()).await;
+                let (status, text) = post(&as_member, &url, body.clone()).await;
                 assert!(
                     (400..500).contains(&status),
                     "{what} to {url}: expected 4xx, got {status} {text}"
@@ -458,12 +535,16 @@ async fn malformed_and_oversized_bodies_get_4xx_and_the_cluster_keeps_serving() 
         }
         // A well-formed envelope for the wrong endpoint is malformed there.
         let url = format!("{}/raft/append", cluster.nodes[node].peer_url);
-        let (status, text) = post(&cluster.http, &url, vote.clone()).await;
+        let (status, text) = post(&as_member, &url, vote.clone()).await;
         assert_eq!(status, 400, "a vote sent to /raft/append: {text}");
-        // The internal forwarding endpoint on the client port.
-        let forward = format!("{}/internal/v1/forward", cluster.nodes[node].client_url);
+        // The forwarding endpoint on the peer port.
+        let forward = format!(
+            "{}{}",
+            cluster.nodes[node].peer_url,
+            rstore_node::network::forwarder::PATH
+        );
         for (what, body) in &bodies {
-            let (status, text) = post(&cluster.http, &forward, body.clone()).await;
+            let (status, text) = post(&as_member, &forward, body.clone()).await;
             assert!(
                 (400..500).contains(&status),
                 "{what} to {forward}: expected 4xx, got {status} {text}"
@@ -472,7 +553,7 @@ async fn malformed_and_oversized_bodies_get_4xx_and_the_cluster_keeps_serving() 
     }
 
     // Oversized RPC bodies: declared, and streamed without a length.
-    let peer = host_port(&cluster.nodes[follower].peer_url);
+    let peer = peer_dest(&cluster, follower, leader);
     let over = MAX_RPC_BYTES + (1 << 20);
     for path in ["/raft/append", "/raft/vote", "/raft/snapshot"] {
         let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {over}\r\n\r\n");
@@ -487,16 +568,18 @@ async fn malformed_and_oversized_bodies_get_4xx_and_the_cluster_keeps_serving() 
         "/raft/append with {over} bytes chunked: {a:?}"
     );
     assert!(a.announced_close && a.closed, "{a:?}");
-    let client = host_port(&cluster.nodes[leader].client_url);
-    let head =
-        format!("POST /internal/v1/forward HTTP/1.1\r\nhost: x\r\ncontent-length: {over}\r\n\r\n");
-    let a = raw_exchange(&client, head, over, false).await;
+    let forward = peer_dest(&cluster, leader, follower);
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: x\r\ncontent-length: {over}\r\n\r\n",
+        rstore_node::network::forwarder::PATH
+    );
+    let a = raw_exchange(&forward, head, over, false).await;
     assert_eq!(a.status, 413, "forward with {over} bytes declared: {a:?}");
     assert!(a.announced_close && a.closed, "{a:?}");
 
     // Oversized values: declared and chunked, to the leader and to a follower.
     for node in [leader, follower] {
-        let addr = host_port(&cluster.nodes[node].client_url);
+        let addr = client_dest(&cluster, node);
         for chunked in [false, true] {
             let size = if chunked { 16 * MAX_VALUE } else { 100 << 20 };
             let framing = if chunked {
@@ -608,6 +691,7 @@ async fn try_start(node: &TestNode, env: &[(&str, &str)], attempt_no: usize) -> 
             &format!("127.0.0.1:{}", port(&node.peer_url)),
         ])
         .args(["--advertise-peer", &node.peer_url])
+        .args(node.tls_args())
         .env("RSTORE_LOG_FORMAT", "text")
         .env("NO_COLOR", "1")
         .env("RUST_BACKTRACE", "0")
@@ -968,11 +1052,13 @@ async fn truncated_snapshot_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_forwarded_past_the_client_api_are_checked_by_the_batcher() {
     use rstore_node::batcher::{Ack, WriteError};
-    use rstore_node::forwarder::{ForwardRequest, ForwardResponse, MAX_BODY_BYTES, PATH};
+    use rstore_node::network::forwarder::{ForwardRequest, ForwardResponse, MAX_BODY_BYTES, PATH};
     use rstore_node::types::{Command as Cmd, Condition};
 
     let mut cluster = Cluster::start(3).await;
-    let (leader, _) = cluster.leader_and_follower().await;
+    let (leader, follower) = cluster.leader_and_follower().await;
+    // Sent as a follower would (a compromised member): its id, its certificate.
+    let from = cluster.nodes[follower].id;
     let client = cluster.client(leader);
     let info = client.node_info().await;
     let cluster_id = info["cluster_id"].as_str().unwrap().to_string();
@@ -992,7 +1078,8 @@ async fn writes_forwarded_past_the_client_api_are_checked_by_the_batcher() {
         },
     ];
     let n = writes.len();
-    let body = envelope(
+    let body = envelope_from(
+        from,
         Some(&cluster_id),
         cluster.nodes[leader].id,
         ForwardRequest {
@@ -1000,8 +1087,8 @@ async fn writes_forwarded_past_the_client_api_are_checked_by_the_batcher() {
             read_index: false,
         },
     );
-    let http = reqwest::Client::new();
-    let url = format!("{}{PATH}", cluster.nodes[leader].direct_client_url);
+    let http = member_http(&cluster, follower);
+    let url = format!("{}{PATH}", cluster.nodes[leader].peer_url);
     let resp = http.post(&url).body(body).send().await.expect("forward");
     assert_eq!(resp.status().as_u16(), 200);
     let answer: ForwardResponse =
@@ -1038,7 +1125,7 @@ async fn writes_forwarded_past_the_client_api_are_checked_by_the_batcher() {
     );
 
     // A body past the forwarding bound is refused before it is read, declared or chunked.
-    let addr = host_port(&cluster.nodes[leader].direct_client_url);
+    let addr = peer_dest(&cluster, leader, follower);
     let over = MAX_BODY_BYTES + 1;
     for chunked in [false, true] {
         let head = if chunked {
@@ -1054,7 +1141,8 @@ async fn writes_forwarded_past_the_client_api_are_checked_by_the_batcher() {
     }
     // The cluster still commits, and a legitimate forwarded write still works.
     assert_eq!(client.put("after", b"x").await.status, 200);
-    let body = envelope(
+    let body = envelope_from(
+        from,
         Some(&cluster_id),
         cluster.nodes[leader].id,
         ForwardRequest {
@@ -1080,11 +1168,11 @@ async fn a_64_mib_write_gets_413_on_every_route_and_the_cluster_keeps_committing
     let (leader, follower) = cluster.leader_and_follower().await;
     let size = 64 << 20;
     for node in [leader, follower] {
-        let addr = host_port(&cluster.nodes[node].direct_client_url);
+        let other = if node == leader { follower } else { leader };
         for (method, path) in [
             ("PUT", "/v1/kv/huge"),
             ("POST", "/v1/txn"),
-            ("POST", rstore_node::forwarder::PATH),
+            ("POST", rstore_node::network::forwarder::PATH),
         ] {
             for chunked in [false, true] {
                 let framing = if chunked {
@@ -1093,6 +1181,12 @@ async fn a_64_mib_write_gets_413_on_every_route_and_the_cluster_keeps_committing
                     format!("content-length: {size}")
                 };
                 let head = format!("{method} {path} HTTP/1.1\r\nhost: x\r\n{framing}\r\n\r\n");
+                // Forwarded batches go to the peer port, from a member.
+                let addr = if path.starts_with("/v1/") {
+                    client_dest(&cluster, node)
+                } else {
+                    peer_dest(&cluster, node, other)
+                };
                 let a = raw_exchange(&addr, head, size, chunked).await;
                 assert_eq!(
                     a.status, 413,
@@ -1122,7 +1216,7 @@ async fn a_64_mib_write_gets_413_on_every_route_and_the_cluster_keeps_committing
 async fn junk_methods_add_no_metrics_series() {
     let cluster = Cluster::start(1).await;
     let base = cluster.nodes[0].direct_client_url.clone();
-    let http = reqwest::Client::new();
+    let http = cluster.http.clone();
     let scrape = || async {
         http.get(format!("{base}/metrics"))
             .send()

@@ -39,6 +39,21 @@ pub struct NodeView {
     pub client_url: String,
     pub peer_url: String,
     pub version: &'static str,
+    /// How this member is secured: see [`Security`].
+    pub security: Security,
+}
+
+/// What `GET /v1/node` says of this member's security.
+#[derive(Serialize)]
+pub struct Security {
+    /// True when the member was started with `--insecure-plaintext`: no TLS on either port.
+    pub plaintext: bool,
+    /// `tls` when both ports use TLS and the peer port requires member certificates;
+    /// otherwise `none`, and anyone who can reach the peer port can send it Raft traffic.
+    pub peer_auth: &'static str,
+    /// How client requests are authenticated: `certificates+tokens`, `tokens`, or `none`
+    /// (anyone who can reach the client port may read, write and reconfigure).
+    pub client_auth: &'static str,
 }
 
 pub async fn node(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
@@ -58,6 +73,15 @@ pub async fn node(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
         client_url: app.settings.advertise_client.clone(),
         peer_url: app.settings.advertise_peer.clone(),
         version: env!("CARGO_PKG_VERSION"),
+        security: Security {
+            plaintext: app.tls.is_none(),
+            peer_auth: if app.tls.is_some() { "tls" } else { "none" },
+            client_auth: match (app.tls.is_some(), app.tokens.enabled()) {
+                (true, _) => "certificates+tokens",
+                (false, true) => "tokens",
+                (false, false) => "none",
+            },
+        },
     })
     .into_response())
 }
@@ -311,18 +335,24 @@ fn default_role() -> String {
 /// A member URL must be a bare `http://host:port`: the scheme the node speaks, and no path,
 /// query, fragment or userinfo, which would let an added member point the leader's Raft
 /// traffic at some other endpoint.
-fn check_url(field: &str, url: &str) -> ApiResult<()> {
+/// A member URL must be a bare `<scheme>://host:port`, in the one scheme the cluster speaks
+/// (`https`, or `http` in plaintext mode).
+fn check_url(field: &str, url: &str, scheme: &str) -> ApiResult<()> {
     let refuse = |why: &str| {
         Err(ApiError::bad_request(
             "invalid_request",
-            format!("{field} must be a bare http://host:port URL ({why}); got '{url}'"),
+            format!("{field} must be a bare {scheme}://host:port URL ({why}); got '{url}'"),
         ))
     };
     let Ok(u) = reqwest::Url::parse(url) else {
         return refuse("it does not parse as a URL");
     };
-    if u.scheme() != "http" {
-        return refuse("the node speaks plain http on its ports");
+    if u.scheme() != scheme {
+        return refuse(if scheme == "https" {
+            "members speak TLS on both ports"
+        } else {
+            "this cluster runs in plaintext mode"
+        });
     }
     if u.host_str().is_none_or(str::is_empty) {
         return refuse("it names no host");
@@ -366,8 +396,8 @@ pub async fn add_member(
     if req.id == 0 {
         return Err(ApiError::bad_request("invalid_request", "id 0 is reserved"));
     }
-    check_url("peer_url", &req.peer_url)?;
-    check_url("client_url", &req.client_url)?;
+    check_url("peer_url", &req.peer_url, app.settings.scheme())?;
+    check_url("client_url", &req.client_url, app.settings.scheme())?;
     on_leader(&app, &method, &uri, &headers, body.clone(), || {
         let app = app.clone();
         let req = req.clone();
@@ -603,7 +633,10 @@ mod tests {
             "http://basic-0.basic:7380/",
             "http://[::1]:1",
         ] {
-            assert!(check_url("peer_url", ok).is_ok(), "{ok}");
+            assert!(check_url("peer_url", ok, "http").is_ok(), "{ok}");
+            let tls = ok.replace("http://", "https://");
+            assert!(check_url("peer_url", &tls, "https").is_ok(), "{tls}");
+            assert!(check_url("peer_url", ok, "https").is_err(), "{ok} with TLS");
         }
         for bad in [
             "http://127.0.0.1:27499/anything?x=",
@@ -617,7 +650,7 @@ mod tests {
             "127.0.0.1:7380",
             "",
         ] {
-            let e = check_url("peer_url", bad).expect_err(bad);
+            let e = check_url("peer_url", bad, "http").expect_err(bad);
             assert_eq!(
                 (e.status.as_u16(), e.code),
                 (400, "invalid_request"),

@@ -1,6 +1,8 @@
-//! Finding the leader, and forwarding a request to it.
+//! Finding the leader, and forwarding a request to it: writes and read-index requests
+//! through the batched forwarder, other leader-only requests relayed whole to the leader's
+//! peer port (where only members get in) with the role established here.
 //!
-//! A forwarded request carries `x-rstore-forwarded`. A node that receives one but is not
+//! A relayed request carries `x-rstore-forwarded`. A node that receives one but is not
 //! the leader (leadership moved in between) answers 503 with `x-rstore-not-leader`, and the
 //! forwarding node looks for the leader again, until a deadline. A forwarded request is
 //! only retried when the receiver says it did not act on it.
@@ -15,17 +17,16 @@ use axum::response::{IntoResponse, Response};
 use super::{ApiError, ApiResult};
 use crate::app::App;
 use crate::batcher::{Ack, WriteError};
-use crate::forwarder::{ForwardRequest, ForwardResponse};
 use crate::readindex::ReadError;
 use crate::types::{Command, NodeId};
 
-pub const FORWARDED: &str = "x-rstore-forwarded";
+pub use crate::network::FORWARDED;
 pub const NOT_LEADER: &str = "x-rstore-not-leader";
 
 /// Where a leader-only request should run.
 pub enum Route {
     Local,
-    Remote { id: NodeId, client_url: String },
+    Remote { id: NodeId, peer_url: String },
 }
 
 /// How long to wait for a leader before answering 503.
@@ -47,15 +48,15 @@ pub async fn leader_route(app: &App, deadline: Instant) -> ApiResult<Route> {
                 m.state == openraft::ServerState::Leader,
                 m.current_leader
                     .and_then(|l| mem.get_node(&l))
-                    .map(|n| n.client_url.clone()),
+                    .map(|n| n.peer_url.clone()),
                 mem.get_node(&app.id).is_some(),
                 m.membership_config.log_id().map(|l| l.index),
             )
         };
         match (leader, leader_url) {
             (Some(l), _) if l == app.id && is_leader => return Ok(Route::Local),
-            (Some(l), Some(client_url)) if l != app.id => {
-                return Ok(Route::Remote { id: l, client_url });
+            (Some(l), Some(peer_url)) if l != app.id => {
+                return Ok(Route::Remote { id: l, peer_url });
             }
             _ => {}
         }
@@ -109,7 +110,12 @@ pub fn is_forwarded(headers: &HeaderMap) -> bool {
     headers.contains_key(FORWARDED)
 }
 
-const PASS_REQUEST: &[&str] = &["if-match", "if-none-match", "content-type"];
+const PASS_REQUEST: &[&str] = &[
+    "if-match",
+    "if-none-match",
+    "content-type",
+    crate::auth::RELAYED_ROLE,
+];
 const PASS_RESPONSE: &[&str] = &[
     "content-type",
     "etag",
@@ -118,102 +124,63 @@ const PASS_RESPONSE: &[&str] = &[
     "x-rstore-mod-revision",
 ];
 
-/// Send the request to `client_url` and relay the answer.
+/// Relay the request to the leader's peer port at `peer_url` and pass its answer on.
 /// `Ok(None)` means the receiver was not the leader and did nothing: find it again.
 pub async fn forward_once(
     app: &Arc<App>,
-    client_url: &str,
+    peer_url: &str,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: Bytes,
 ) -> ApiResult<Option<Response>> {
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let url = format!("{}{}", client_url.trim_end_matches('/'), path);
-    let mut req = app
-        .http
-        .request(method.clone(), &url)
-        .header(FORWARDED, app.id.to_string())
-        .timeout(app.settings.write_timeout + Duration::from_secs(5))
-        .body(body);
+    let target = crate::network::http::uri(peer_url, path).map_err(ApiError::internal)?;
+    let mut req = axum::http::Request::builder()
+        .method(method.clone())
+        .uri(target)
+        .header(FORWARDED, app.id.to_string());
     for h in PASS_REQUEST {
         if let Some(v) = headers.get(*h) {
             req = req.header(*h, v);
         }
     }
-    let resp = match req.send().await {
+    let req = req
+        .body(http_body_util::Full::new(body))
+        .map_err(ApiError::internal)?;
+    let timeout = app.settings.write_timeout + Duration::from_secs(5);
+    let (status, resp_headers, bytes) = match crate::network::http::send(
+        &app.peer_http.get(),
+        req,
+        timeout,
+    )
+    .await
+    {
         Ok(r) => r,
-        Err(e) if e.is_connect() => return Ok(None),
+        Err(e) if !e.maybe_sent() => return Ok(None),
         Err(e) => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "outcome_unknown",
                 format!(
-                    "forwarding to the leader at {client_url} failed ({e}); the request may or may not have been applied"
+                    "relaying to the leader at {peer_url} failed ({e}); the request may or may not have been applied"
                 ),
             ));
         }
     };
-    if resp.headers().contains_key(NOT_LEADER) {
+    if resp_headers.contains_key(NOT_LEADER) {
         return Ok(None);
     }
-    let status = resp.status();
     let mut out = Response::builder().status(status);
     for h in PASS_RESPONSE {
-        if let Some(v) = resp.headers().get(*h) {
+        if let Some(v) = resp_headers.get(*h) {
             out = out.header(*h, v);
         }
     }
-    let bytes = resp.bytes().await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "outcome_unknown",
-            format!("the leader's answer was cut off ({e}); the request may or may not have been applied"),
-        )
-    })?;
     Ok(Some(
         out.body(axum::body::Body::from(bytes))
             .map_err(ApiError::internal)?,
     ))
-}
-
-/// The leader's side of the batched forwarder: `POST /internal/v1/forward`.
-pub async fn forwarded_batch(
-    axum::extract::State(app): axum::extract::State<Arc<App>>,
-    headers: HeaderMap,
-    body: axum::body::Body,
-) -> Response {
-    let bytes = match super::kv::read_body(
-        &headers,
-        body,
-        crate::forwarder::MAX_BODY_BYTES,
-        "forwarded batch",
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let req: ForwardRequest = match crate::network::server::open_envelope(&app.identity, &bytes) {
-        Ok((_, r)) => r,
-        Err(r) => return r,
-    };
-    if app.metrics_snapshot().state != openraft::ServerState::Leader {
-        return (StatusCode::MISDIRECTED_REQUEST, "not the leader").into_response();
-    }
-    let writes = futures::future::join_all(req.writes.into_iter().map(|c| app.batcher.write(c)));
-    let read = async {
-        if req.read_index {
-            Some(app.reads.wait().await)
-        } else {
-            None
-        }
-    };
-    let (writes, read_index) = tokio::join!(writes, read);
-    match bincode::serialize(&ForwardResponse { writes, read_index }) {
-        Ok(b) => (StatusCode::OK, b).into_response(),
-        Err(e) => ApiError::internal(e).into_response(),
-    }
 }
 
 /// Route to the leader and make one `attempt` there. An attempt answers `Ok(None)` when it
@@ -257,8 +224,8 @@ where
         match route {
             Route::Local => local().await,
             Route::Remote { .. } if is_forwarded(headers) => Ok(Some(not_leader_response())),
-            Route::Remote { client_url, .. } => {
-                forward_once(app, &client_url, method, uri, headers, body.clone()).await
+            Route::Remote { peer_url, .. } => {
+                forward_once(app, &peer_url, method, uri, headers, body.clone()).await
             }
         }
     })
@@ -272,9 +239,7 @@ pub async fn write_via_leader(app: &Arc<App>, cmd: Command) -> ApiResult<Result<
     retry_on_leader(app, |route, _| async move {
         let r = match route {
             Route::Local => app.batcher.write(cmd.clone()).await,
-            Route::Remote { id, client_url } => {
-                app.forwarder.write(id, &client_url, cmd.clone()).await
-            }
+            Route::Remote { id, peer_url } => app.forwarder.write(id, &peer_url, cmd.clone()).await,
         };
         Ok(match r {
             Err(WriteError::NotLeader(_)) => None,
@@ -290,8 +255,8 @@ pub async fn linearizable_barrier(app: &Arc<App>) -> ApiResult<()> {
     retry_on_leader(app, |route, deadline| async move {
         let r = match route {
             Route::Local => app.reads.wait().await,
-            Route::Remote { id, client_url } => {
-                match app.forwarder.read_index(id, &client_url).await {
+            Route::Remote { id, peer_url } => {
+                match app.forwarder.read_index(id, &peer_url).await {
                     Ok(index) => {
                         let left = deadline.saturating_duration_since(Instant::now());
                         app.raft

@@ -1,6 +1,7 @@
-//! The client port: KV API ([`kv`]), admin API ([`admin`]), health, readiness and metrics.
-//! Requests that must run on the leader are forwarded there ([`forward`]), so a client
-//! behind a Kubernetes Service never has to find the leader itself.
+//! The client port: KV API ([`kv`]), admin API ([`admin`]), health, readiness and metrics,
+//! behind the authorization layer ([`crate::auth`]). Requests that must run on the leader
+//! are forwarded there ([`forward`]), so a client behind a Kubernetes Service never has to
+//! find the leader itself.
 
 pub mod admin;
 pub mod forward;
@@ -112,7 +113,6 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/cluster/init", post(admin::init))
         .route("/v1/cluster/members", post(admin::add_member))
         .route("/v1/cluster/members/{id}", delete(admin::remove_member))
-        .route(crate::forwarder::PATH, post(forward::forwarded_batch))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(metrics))
@@ -125,6 +125,10 @@ pub fn router(app: Arc<App>) -> Router {
         })
         // Bodies are read with explicit limits in the handlers, to answer 413 in JSON.
         .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            crate::auth::authorize,
+        ))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
 }

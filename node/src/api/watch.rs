@@ -13,9 +13,17 @@
 //!
 //! Slow watchers never stall writes: live changes come through a bounded broadcast, and a
 //! watcher that falls behind catches up from the stored history instead.
+//!
+//! Limits: at most `--max-watches` watches per member (past it, 429 `too_many_watches`),
+//! and each watch may have at most `--watch-buffer-bytes` of lines waiting for its client
+//! (one line more when a single revision is bigger): past that the stream waits for the
+//! client. A watcher that makes no room for [`STALL_TIMEOUT`] gets a last line
+//! `{"error":{"code":"watch_too_slow",..},"resume_revision":N}` and the stream ends; it
+//! resumes with `start_revision=N`, everything before N having been sent. A client that
+//! reads nothing even then is disconnected after [`DRAIN_TIMEOUT`].
 
-use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -99,7 +107,112 @@ fn watch_params(uri: &Uri) -> ApiResult<WatchParams> {
     })
 }
 
-pub async fn watch(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
+/// How long a watcher that was cut off has to read what was queued for it before its
+/// connection is closed.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a watch at its byte bound waits for its client to make room.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One open watch, counted against the member's cap until its body is dropped.
+struct Slot {
+    app: Arc<App>,
+}
+
+impl Slot {
+    fn take(app: &Arc<App>) -> ApiResult<Self> {
+        let max = app.settings.max_watches;
+        let taken = app
+            .watches
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        if taken.is_err() {
+            app.metrics.watches_refused.inc();
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_watches",
+                format!(
+                    "this member already serves {max} watches (--max-watches); close unused watches, watch a wider prefix with one stream, or use another member"
+                ),
+            ));
+        }
+        app.metrics.watches.inc();
+        Ok(Self { app: app.clone() })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.app.watches.fetch_sub(1, Ordering::AcqRel);
+        self.app.metrics.watches.dec();
+    }
+}
+
+/// The sending side of one watch: lines go to the client's body through a channel, and
+/// the bytes waiting there are bounded.
+struct Sink {
+    tx: mpsc::Sender<Bytes>,
+    queued: Arc<AtomicUsize>,
+    /// Signalled by the body whenever the client took a line.
+    room: Arc<tokio::sync::Notify>,
+    bound: usize,
+}
+
+enum Stop {
+    /// The client went away.
+    Gone,
+    /// The client fell behind the bound; it was told where to resume.
+    TooSlow,
+}
+
+impl Sink {
+    /// Queue `line` (the events of `revision`), waiting for room while the watch is at its
+    /// bound; a client that makes none for [`STALL_TIMEOUT`] is cut off.
+    async fn send(&self, line: Bytes, revision: u64) -> Result<(), Stop> {
+        let deadline = tokio::time::Instant::now() + STALL_TIMEOUT;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let queued = self.queued.load(Ordering::Acquire);
+            if queued == 0 || queued + line.len() <= self.bound {
+                break;
+            }
+            tokio::select! {
+                _ = room => continue,
+                _ = self.tx.closed() => return Err(Stop::Gone),
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            let mut l = serde_json::to_vec(&serde_json::json!({
+                "error": {
+                    "code": "watch_too_slow",
+                    "message": format!(
+                        "this watcher fell {} bytes behind and read nothing for {} s, so it was cut off; every change before revision {revision} was sent. Resume with start_revision={revision}",
+                        self.bound,
+                        STALL_TIMEOUT.as_secs()
+                    ),
+                },
+                "resume_revision": revision,
+            }))
+            .expect("json");
+            l.push(b'\n');
+            let _ = self.tx.try_send(Bytes::from(l));
+            return Err(Stop::TooSlow);
+        }
+        self.queued.fetch_add(line.len(), Ordering::AcqRel);
+        self.tx.send(line).await.map_err(|_| Stop::Gone)
+    }
+
+    async fn send_meta(&self, line: Bytes) -> Result<(), Stop> {
+        self.tx.send(line).await.map_err(|_| Stop::Gone)
+    }
+}
+
+pub async fn watch(
+    State(app): State<Arc<App>>,
+    conn: Option<axum::Extension<crate::tls::ConnInfo>>,
+    uri: Uri,
+) -> ApiResult {
     let WatchParams {
         prefix,
         start_revision,
@@ -112,12 +225,82 @@ pub async fn watch(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
     if start < oldest {
         return Err(compacted(start, oldest));
     }
+    let slot = Slot::take(&app)?;
     // Subscribe before reading history, so nothing falls between the two.
     let live = kv.subscribe();
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(stream(kv, live, tx, start, prefix, progress));
-    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    let queued = Arc::new(AtomicUsize::new(0));
+    let room = Arc::new(tokio::sync::Notify::new());
+    let sink = Sink {
+        tx,
+        queued: queued.clone(),
+        room: room.clone(),
+        bound: app.settings.watch_buffer_bytes,
+    };
+    let metrics = app.metrics.clone();
+    let closer = conn.map(|c| c.closer.clone());
+    tokio::spawn(async move {
+        if let Stop::TooSlow = stream(kv, live, &sink, start, prefix, progress).await {
+            metrics.watches_cut_off.inc();
+            // The client has DRAIN_TIMEOUT to read what is queued, the error line last;
+            // one that reads nothing (so hyper never asks the body for more) loses its
+            // connection, and with it everything buffered for it.
+            let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+            let drained = async {
+                while sink.tx.capacity() < sink.tx.max_capacity() {
+                    tokio::select! {
+                        _ = sink.room.notified() => {}
+                        _ = sink.tx.closed() => return,
+                    }
+                }
+            };
+            if tokio::time::timeout_at(deadline, drained).await.is_err()
+                && let Some(c) = closer
+            {
+                c.notify_one();
+            }
+        }
+    });
+    struct State {
+        rx: mpsc::Receiver<Bytes>,
+        queued: Arc<AtomicUsize>,
+        room: Arc<tokio::sync::Notify>,
+        _slot: Slot,
+        closed_at: Option<tokio::time::Instant>,
+    }
+    let state = State {
+        rx,
+        queued,
+        room,
+        _slot: slot,
+        closed_at: None,
+    };
+    let body = Body::from_stream(futures::stream::unfold(state, |mut st| async move {
+        // Once the sender is done (cut off, or an error), the client has DRAIN_TIMEOUT to
+        // read the rest; a client that reads nothing then loses the connection.
+        let next = match st.closed_at {
+            Some(deadline) => tokio::time::timeout_at(deadline, st.rx.recv()).await.ok(),
+            None => Some(st.rx.recv().await),
+        };
+        match next {
+            Some(Some(b)) => {
+                let n = b.len().min(st.queued.load(Ordering::Acquire));
+                st.queued.fetch_sub(n, Ordering::AcqRel);
+                st.room.notify_waiters();
+                if st.closed_at.is_none() && st.rx.is_closed() {
+                    st.closed_at = Some(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+                }
+                Some((Ok::<_, std::io::Error>(b), st))
+            }
+            Some(None) => None,
+            None => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the watcher did not read its stream",
+                )),
+                st,
+            )),
+        }
     }));
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -130,12 +313,7 @@ pub async fn watch(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
 
 /// Deliver history from `next` on; returns the next revision to deliver, or `None` when
 /// the stream must end (client gone, or history compacted under a slow watcher).
-async fn catch_up(
-    kv: &KvReader,
-    tx: &mpsc::Sender<Bytes>,
-    mut next: u64,
-    prefix: &str,
-) -> Option<u64> {
+async fn catch_up(kv: &KvReader, tx: &Sink, mut next: u64, prefix: &str) -> Result<u64, Stop> {
     loop {
         let revs = match kv.history(next, 256) {
             Ok(r) => r,
@@ -146,33 +324,35 @@ async fn catch_up(
                 )
                 .expect("json");
                 l.push(b'\n');
-                let _ = tx.send(Bytes::from(l)).await;
-                return None;
+                let _ = tx.send_meta(Bytes::from(l)).await;
+                return Err(Stop::Gone);
             }
         };
         let done = revs.len() < 256;
         for rev in revs {
             if let Some(l) = line(&rev, prefix) {
-                tx.send(l).await.ok()?;
+                tx.send(l, rev.revision).await?;
             }
             next = rev.revision + 1;
         }
         if done {
-            return Some(next);
+            return Ok(next);
         }
     }
 }
 
+/// Stream changes from `start` on until the client goes or falls too far behind.
 async fn stream(
     kv: KvReader,
     mut live: broadcast::Receiver<Arc<RevisionEvents>>,
-    tx: mpsc::Sender<Bytes>,
+    tx: &Sink,
     start: u64,
     prefix: String,
     progress: Duration,
-) {
-    let Some(mut next) = catch_up(&kv, &tx, start, &prefix).await else {
-        return;
+) -> Stop {
+    let mut next = match catch_up(&kv, tx, start, &prefix).await {
+        Ok(n) => n,
+        Err(stop) => return stop,
     };
     let mut tick = tokio::time::interval(progress);
     tick.tick().await;
@@ -187,35 +367,35 @@ async fn stream(
                         // The state jumped past `next` (a snapshot from the leader was
                         // installed): deliver the gap from history, which answers 410 if
                         // it is not kept, rather than skip it silently.
-                        match catch_up(&kv, &tx, next, &prefix).await {
-                            Some(n) => next = n,
-                            None => return,
+                        match catch_up(&kv, tx, next, &prefix).await {
+                            Ok(n) => next = n,
+                            Err(stop) => return stop,
                         }
                         continue;
                     }
                     if let Some(l) = line(&rev, &prefix)
-                        && tx.send(l).await.is_err()
+                        && let Err(stop) = tx.send(l, rev.revision).await
                     {
-                        return;
+                        return stop;
                     }
                     next = rev.revision + 1;
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    match catch_up(&kv, &tx, next, &prefix).await {
-                        Some(n) => next = n,
-                        None => return,
+                    match catch_up(&kv, tx, next, &prefix).await {
+                        Ok(n) => next = n,
+                        Err(stop) => return stop,
                     }
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::RecvError::Closed) => return Stop::Gone,
             },
             _ = tick.tick() => {
                 let mut l = serde_json::to_vec(&serde_json::json!({"progress": {"revision": next - 1}})).expect("json");
                 l.push(b'\n');
-                if tx.send(Bytes::from(l)).await.is_err() {
-                    return;
+                if let Err(stop) = tx.send_meta(Bytes::from(l)).await {
+                    return stop;
                 }
             }
-            _ = tx.closed() => return,
+            _ = tx.tx.closed() => return Stop::Gone,
         }
     }
 }

@@ -25,6 +25,7 @@ use super::http::{self, HttpClient};
 use super::{Envelope, MAX_RPC_BYTES, REFUSED_STATUS};
 use crate::identity::Identity;
 use crate::metrics::{Metrics, RpcLabels};
+use crate::tls::Tls;
 use crate::types::{Member, NodeId, TypeConfig};
 use axum::http::Uri;
 
@@ -51,18 +52,23 @@ impl ContactTracker {
     }
 }
 
+/// A target's client: built for this peer URL and this generation of the certificates.
+type PooledClient = (String, u64, HttpClient);
+
 /// openraft's network factory.
 #[derive(Clone)]
 pub struct PeerNetwork {
     identity: Arc<Identity>,
     metrics: Arc<Metrics>,
     contact: Arc<ContactTracker>,
-    clients: Arc<Mutex<HashMap<NodeId, (String, HttpClient)>>>,
+    tls: Option<Arc<Tls>>,
+    clients: Arc<Mutex<HashMap<NodeId, PooledClient>>>,
 }
 
 impl PeerNetwork {
     pub fn new(
         identity: Arc<Identity>,
+        tls: Option<Arc<Tls>>,
         contact: Arc<ContactTracker>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -70,17 +76,20 @@ impl PeerNetwork {
             identity,
             metrics,
             contact,
+            tls,
             clients: Default::default(),
         }
     }
 
+    /// The pooled client for `target`, rebuilt when its URL or the certificates changed.
     fn client_for(&self, target: NodeId, url: &str) -> HttpClient {
+        let generation = self.tls.as_ref().map_or(0, |t| t.generation());
         let mut clients = self.clients.lock().expect("clients lock");
         match clients.get(&target) {
-            Some((u, c)) if u == url => c.clone(),
+            Some((u, g, c)) if u == url && *g == generation => c.clone(),
             _ => {
-                let c = http::client(8);
-                clients.insert(target, (url.to_string(), c.clone()));
+                let c = http::client(8, self.tls.as_deref());
+                clients.insert(target, (url.to_string(), generation, c.clone()));
                 c
             }
         }
@@ -101,7 +110,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
                     vote: uri("/raft/vote")?,
                 })
             }),
-            http: self.client_for(target, &node.peer_url),
+            network: self.clone(),
+            peer_url: node.peer_url.clone(),
             identity: self.identity.clone(),
             contact: self.contact.clone(),
             metrics: self.metrics.clone(),
@@ -115,7 +125,10 @@ pub struct PeerClient {
     metrics: Arc<Metrics>,
     /// Parsed once per client; an unparsable peer URL makes every RPC fail as unreachable.
     uris: Result<Uris, String>,
-    http: HttpClient,
+    /// Hands out the pooled client per RPC: a replication stream's client lives as long as
+    /// the leader's term, and must pick up reloaded certificates.
+    network: PeerNetwork,
+    peer_url: String,
     identity: Arc<Identity>,
     contact: Arc<ContactTracker>,
 }
@@ -195,7 +208,8 @@ impl PeerClient {
         if bytes.len() > MAX_RPC_BYTES {
             return Err(Transport::TooLarge);
         }
-        let (status, body) = http::post(&self.http, uri, bytes, timeout)
+        let client = self.network.client_for(self.target, &self.peer_url);
+        let (status, body) = http::post(&client, uri, bytes, timeout)
             .await
             .map_err(|e| {
                 if e.maybe_sent() {

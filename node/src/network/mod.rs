@@ -1,10 +1,17 @@
-//! Raft RPC between peers: a compact binary (bincode) encoding over HTTP/1.1 on the peer
-//! port. [`client`] sends (through [`http`], also used to forward to the leader); [`server`] receives and checks every envelope's cluster id and
-//! target node id before openraft sees it.
+//! Member-to-member traffic, all on the peer port (mutual TLS): Raft RPC in a compact binary
+//! (bincode) encoding over HTTP/1.1, write batches and read-index requests forwarded to the
+//! leader, and client API requests relayed to it.
+//! - sending: [`client`] (Raft RPC) and [`forwarder`], both through [`http`];
+//! - receiving: [`server`], which checks the sender's certificate against the membership and
+//!   every envelope's cluster id and target node id before openraft sees it.
 
 pub mod client;
+pub mod forwarder;
 pub mod http;
 pub mod server;
+
+/// Header of a client API request a member relays to the leader: the sender's node id.
+pub const FORWARDED: &str = "x-rstore-forwarded";
 
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,11 @@
-//! The receiving side of Raft RPC: the peer port's router. It serves Raft RPC and nothing
-//! else, and refuses envelopes meant for another cluster or another node.
+//! The receiving side of member-to-member traffic: the peer port's router. It serves Raft
+//! RPC, batches forwarded by followers ([`forwarder`](super::forwarder)), and client API
+//! requests relayed to the leader, and nothing else.
+//!
+//! Every RPC must come from a current member (or a learner being added): with TLS the
+//! listener already required a certificate signed by the cluster CA, and [`check_sender`]
+//! requires that it is a member certificate naming the peer URL the membership records for
+//! the envelope's sender. Envelopes meant for another cluster or another node are refused.
 
 // Handlers return a ready HTTP response as their early-exit error.
 #![allow(clippy::result_large_err)]
@@ -8,7 +14,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -16,34 +22,114 @@ use bincode::Options;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::forwarder::{ForwardRequest, ForwardResponse, MAX_BODY_BYTES, PATH};
 use super::{Envelope, MAX_RPC_BYTES, REFUSED_STATUS};
+use crate::app::App;
 use crate::identity::Identity;
-use crate::metrics::{Metrics, RpcLabels};
-use crate::types::{NodeId, Raft, TypeConfig};
+use crate::metrics::RpcLabels;
+use crate::tls::ConnInfo;
+use crate::types::{NodeId, TypeConfig};
 
-#[derive(Clone)]
-pub struct PeerState {
-    pub raft: Raft,
-    pub metrics: Arc<Metrics>,
-    pub identity: Arc<Identity>,
-    /// The highest commit index a leader has announced to this node, for readiness.
-    pub leader_commit: Arc<std::sync::atomic::AtomicU64>,
-}
+type PeerState = Arc<App>;
 
-pub fn router(state: PeerState) -> Router {
+/// The peer port's own routes. Client API requests relayed by members are served by the
+/// fallback the caller adds, behind [`relay_guard`].
+pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .layer(DefaultBodyLimit::max(MAX_RPC_BYTES + 4096))
+        .route(
+            PATH,
+            post(forwarded_batch).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
         .layer(axum::middleware::map_response(close_after_413))
-        .with_state(state)
+        .with_state(app)
+}
+
+fn forbidden(msg: String) -> Response {
+    tracing::warn!(reason = %msg, "refused a peer request");
+    (StatusCode::FORBIDDEN, msg).into_response()
+}
+
+/// Whether `from`, on the connection `conn`, may send to this member: with TLS, its
+/// certificate must be a member certificate naming the peer URL of member `from` in the
+/// current membership (learners included). A node not yet in any cluster accepts any
+/// member certificate of its CA: that is how the leader that adds it first reaches it.
+pub fn check_sender(app: &App, conn: Option<&ConnInfo>, from: NodeId) -> Result<(), Response> {
+    if app.tls.is_none() {
+        return Ok(());
+    }
+    let Some(cert) = conn.and_then(|c| c.cert.as_deref()) else {
+        return Err(forbidden("no client certificate".into()));
+    };
+    if !cert.is_member() {
+        return Err(forbidden(format!(
+            "the client certificate ({}) is not a member certificate",
+            cert.common_name.as_deref().unwrap_or("no name")
+        )));
+    }
+    let peer_url = {
+        let rx = app.raft.metrics();
+        let m = rx.borrow();
+        let mem = m.membership_config.membership();
+        if mem.nodes().next().is_none() {
+            return Ok(());
+        }
+        mem.get_node(&from).map(|n| n.peer_url.clone())
+    };
+    match peer_url {
+        Some(url) if cert.names_peer(&url) => Ok(()),
+        Some(url) => Err(forbidden(format!(
+            "the certificate of the sender does not name {url}, the peer URL of member {from} (it names {:?})",
+            cert.uris
+        ))),
+        None => Err(forbidden(format!(
+            "node {from} is not a member of this cluster"
+        ))),
+    }
+}
+
+/// The guard in front of relayed client API requests: they must name the member that sends
+/// them (`x-rstore-forwarded: <id>`) and come from it.
+pub async fn relay_guard(
+    State(app): State<Arc<App>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let from = req
+        .headers()
+        .get(super::FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<NodeId>().ok());
+    let Some(from) = from else {
+        return (
+            StatusCode::NOT_FOUND,
+            "the peer port serves members only; clients use the client port",
+        )
+            .into_response();
+    };
+    if let Err(r) = check_sender(&app, req.extensions().get::<ConnInfo>(), from) {
+        return r;
+    }
+    next.run(req).await
 }
 
 /// A body refused for its size was not read to the end, so the connection cannot carry
 /// another request: say so, rather than let the sender write into a closed socket.
 async fn close_after_413(mut resp: Response) -> Response {
     if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // The same JSON error as the client port's.
+        let body = serde_json::json!({"error": {
+            "code": "request_too_large",
+            "message": format!(
+                "the body exceeds what this peer endpoint reads ({} bytes for Raft RPC, {} for a forwarded batch)",
+                MAX_RPC_BYTES + 4096,
+                MAX_BODY_BYTES
+            ),
+        }});
+        resp = (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
         resp.headers_mut().insert(
             axum::http::header::CONNECTION,
             axum::http::HeaderValue::from_static("close"),
@@ -113,13 +199,56 @@ fn reply<T: Serialize>(v: &T) -> Response {
     }
 }
 
-async fn append(State(s): State<PeerState>, body: Bytes) -> Response {
-    let req =
-        match open_envelope::<openraft::raft::AppendEntriesRequest<TypeConfig>>(&s.identity, &body)
-        {
-            Ok((_, r)) => r,
-            Err(r) => return r,
-        };
+/// Decode an envelope and check that its sender may send it.
+fn open_checked<T: DeserializeOwned>(
+    app: &App,
+    conn: Option<&ConnInfo>,
+    body: &[u8],
+) -> Result<T, Response> {
+    // The certificate is checked before the envelope is decoded or a cluster id adopted
+    // only as far as it can be: its member name needs the envelope's sender.
+    if app.tls.is_some()
+        && !conn
+            .and_then(|c| c.cert.as_deref())
+            .is_some_and(|c| c.is_member())
+    {
+        return Err(forbidden(
+            "the sender presented no member certificate".into(),
+        ));
+    }
+    let (from, body) = peek_sender(body)?;
+    check_sender(app, conn, from)?;
+    open_envelope::<T>(&app.identity, body).map(|(_, r)| r)
+}
+
+/// The sender id of an envelope, read from its fixed-size header without decoding the rest.
+fn peek_sender(body: &[u8]) -> Result<(NodeId, &[u8]), Response> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[allow(dead_code)]
+        cluster_id: Option<String>,
+        from: NodeId,
+    }
+    let head: Head = bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(4096)
+        .deserialize(body)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("malformed RPC: {e}")).into_response())?;
+    Ok((head.from, body))
+}
+
+type Conn = Option<axum::Extension<ConnInfo>>;
+
+async fn append(State(s): State<PeerState>, conn: Conn, body: Bytes) -> Response {
+    let req = match open_checked::<openraft::raft::AppendEntriesRequest<TypeConfig>>(
+        &s,
+        conn.as_deref(),
+        &body,
+    ) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
     if let Some(c) = req.leader_commit {
         s.leader_commit
             .fetch_max(c.index, std::sync::atomic::Ordering::Relaxed);
@@ -135,29 +264,53 @@ async fn append(State(s): State<PeerState>, body: Bytes) -> Response {
     reply(&r)
 }
 
-async fn vote(State(s): State<PeerState>, body: Bytes) -> Response {
-    let req = match open_envelope::<openraft::raft::VoteRequest<NodeId>>(&s.identity, &body) {
-        Ok((_, r)) => r,
+async fn vote(State(s): State<PeerState>, conn: Conn, body: Bytes) -> Response {
+    let req = match open_checked::<openraft::raft::VoteRequest<NodeId>>(&s, conn.as_deref(), &body)
+    {
+        Ok(r) => r,
         Err(r) => return r,
     };
     reply(&s.raft.vote(req).await)
 }
 
-async fn snapshot(State(s): State<PeerState>, body: Bytes) -> Response {
-    let req = match open_envelope::<openraft::raft::InstallSnapshotRequest<TypeConfig>>(
-        &s.identity,
+async fn snapshot(State(s): State<PeerState>, conn: Conn, body: Bytes) -> Response {
+    let req = match open_checked::<openraft::raft::InstallSnapshotRequest<TypeConfig>>(
+        &s,
+        conn.as_deref(),
         &body,
     ) {
-        Ok((_, r)) => r,
+        Ok(r) => r,
         Err(r) => return r,
     };
     reply(&s.raft.install_snapshot(req).await)
 }
 
+/// The leader's side of the batched forwarder. Every write goes through the batcher, which
+/// checks it as it checks writes from the client API.
+async fn forwarded_batch(State(app): State<PeerState>, conn: Conn, body: Bytes) -> Response {
+    let req: ForwardRequest = match open_checked(&app, conn.as_deref(), &body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if app.metrics_snapshot().state != openraft::ServerState::Leader {
+        return (StatusCode::MISDIRECTED_REQUEST, "not the leader").into_response();
+    }
+    let writes = futures::future::join_all(req.writes.into_iter().map(|c| app.batcher.write(c)));
+    let read = async {
+        if req.read_index {
+            Some(app.reads.wait().await)
+        } else {
+            None
+        }
+    };
+    let (writes, read_index) = tokio::join!(writes, read);
+    reply(&ForwardResponse { writes, read_index })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forwarder::ForwardRequest;
+    use crate::network::forwarder::ForwardRequest;
     use crate::types::{Command, Condition};
     use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
     use openraft::{CommittedLeaderId, LogId, Vote};
@@ -306,8 +459,8 @@ mod tests {
                 flipped[i.index(valid.len())] ^= 1 << bit;
             }
             decode_all(&ident, &flipped)?;
-            let _ = bincode::deserialize::<crate::forwarder::ForwardResponse>(&flipped);
-            let _ = bincode::deserialize::<crate::forwarder::ForwardResponse>(truncated);
+            let _ = bincode::deserialize::<crate::network::forwarder::ForwardResponse>(&flipped);
+            let _ = bincode::deserialize::<crate::network::forwarder::ForwardResponse>(truncated);
         }
 
         /// Valid envelopes, cut short or with bits flipped: a refusal or a decode, and a

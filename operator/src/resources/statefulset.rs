@@ -126,6 +126,9 @@ pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
             format!("http://{host}:{PEER_PORT}"),
         ),
         env_value("RSTORE_LOG_FORMAT", "json".into()),
+        // The operator does not issue member certificates yet (issue 13, next step), so the
+        // members it runs say plainly that they run without TLS; see README, Security.
+        env_value("RSTORE_INSECURE_PLAINTEXT", "true".into()),
         // The node keeps its data in memory and sizes its data quota from this (the
         // container's memory limit, or the node's allocatable memory without one).
         EnvVar {

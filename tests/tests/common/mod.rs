@@ -16,6 +16,11 @@
 //! what it advertises to its peers and how its process is started, while the test's own
 //! [`NodeClient`]s still talk to the node directly.
 //!
+//! Every cluster runs as deployed: TLS on both ports with a per-cluster CA ([`Creds`]), a
+//! member certificate per node naming its advertised peer URL, and bearer tokens for each
+//! role. The harness's own client trusts the CA and sends the admin token. A test that
+//! passes `RSTORE_INSECURE_PLAINTEXT=1` in the node environment gets plaintext nodes.
+//!
 //! Set `RSTORE_NODE_BIN` to test another binary, and `RSTORE_TEST_KEEP=1` to keep the
 //! data dirs and logs of every cluster after the test.
 
@@ -120,6 +125,139 @@ pub async fn wait_for<T>(
     }
 }
 
+/// The credentials of one test cluster: its CA, and a token file with one token per role.
+pub struct Creds {
+    pub dir: PathBuf,
+    pub ca: rstore_node::pki::Ca,
+    pub admin_token: String,
+    pub write_token: String,
+    pub read_token: String,
+}
+
+impl Creds {
+    /// A new CA and tokens, written under `dir`.
+    pub fn create(dir: &Path) -> Creds {
+        use rstore_node::pki::{Ca, new_token, token_line, write_file};
+        fs::create_dir_all(dir).expect("create creds dir");
+        let ca = Ca::generate("test").expect("generate CA");
+        write_file(&dir.join("ca.crt"), &ca.pem().cert, false).expect("write CA");
+        let (admin_token, write_token, read_token) = (new_token(), new_token(), new_token());
+        let lines = [
+            token_line("test-admin", "admin", &admin_token),
+            token_line("test-writer", "write", &write_token),
+            token_line("test-reader", "read", &read_token),
+        ]
+        .concat();
+        write_file(&dir.join("tokens"), &lines, true).expect("write tokens");
+        Creds {
+            dir: dir.to_path_buf(),
+            ca,
+            admin_token,
+            write_token,
+            read_token,
+        }
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.join("tokens")
+    }
+
+    /// An HTTP client trusting the cluster CA, sending `token` if given.
+    pub fn http(&self, token: Option<&str>) -> reqwest::Client {
+        self.http_builder(token, None)
+            .build()
+            .expect("build HTTP client")
+    }
+
+    /// A client builder trusting the CA, with a token and/or a client certificate.
+    pub fn http_builder(
+        &self,
+        token: Option<&str>,
+        identity: Option<&rstore_node::pki::Pem>,
+    ) -> reqwest::ClientBuilder {
+        let mut b = rstore_node::tls::reqwest_client(
+            Some(self.ca.pem().cert.as_bytes()),
+            identity.map(|p| (p.cert.as_bytes(), p.key.as_bytes())),
+        )
+        .expect("TLS client config")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(20));
+        if let Some(t) = token {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().expect("token header"),
+            );
+            b = b.default_headers(h);
+        }
+        b
+    }
+
+    /// A client presenting a member certificate for `peer_url` (as the member there would),
+    /// for requests to peer ports.
+    pub fn member_http(&self, peer_url: &str) -> reqwest::Client {
+        let pem = self
+            .ca
+            .member(&["127.0.0.1".to_string()], peer_url)
+            .expect("issue member certificate");
+        self.http_builder(None, Some(&pem))
+            .build()
+            .expect("build HTTP client")
+    }
+
+    /// Write a member certificate for a node reached at `hosts` whose peer URL is
+    /// `peer_url` into `dir`; returns the certificate and key paths.
+    pub fn member_files(&self, dir: &Path, hosts: &[String], peer_url: &str) -> (PathBuf, PathBuf) {
+        self.ca
+            .member(hosts, peer_url)
+            .expect("issue member certificate")
+            .write(dir, "node")
+            .expect("write member certificate");
+        (dir.join("node.crt"), dir.join("node.key"))
+    }
+}
+
+/// A byte stream to a node: TLS or plain TCP.
+pub trait RawStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawStream for T {}
+
+/// Open a raw connection to `url` (`https://host:port` or `http://host:port`): TLS trusting
+/// `creds`' CA, presenting `identity` if given. For tests that write HTTP by hand.
+pub async fn raw_connect(
+    url: &str,
+    creds: Option<&Creds>,
+    identity: Option<&rstore_node::pki::Pem>,
+) -> std::io::Result<Box<dyn RawStream>> {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let authority = rest.split('/').next().unwrap_or(rest).to_string();
+    let tcp = tokio::net::TcpStream::connect(&authority).await?;
+    tcp.set_nodelay(true)?;
+    if scheme != "https" {
+        return Ok(Box::new(tcp));
+    }
+    let creds = creds.expect("https needs the cluster's credentials");
+    let config = rstore_node::tls::client_config(
+        creds.ca.pem().cert.as_bytes(),
+        identity.map(|p| (p.cert.as_bytes(), p.key.as_bytes())),
+    )
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let host = authority
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(&authority)
+        .to_string();
+    let name = rustls::pki_types::ServerName::try_from(host)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    Ok(Box::new(tls))
+}
+
 /// Something that sits between the nodes on the network: it chooses the address node
 /// `index` listens on, the URLs it advertises to its peers and how its process is started,
 /// and learns each process's pid and real ports at every start.
@@ -159,6 +297,8 @@ pub struct TestNode {
     http: reqwest::Client,
     child: Option<Child>,
     interposer: Option<Arc<dyn Interposer>>,
+    /// `None` for a plaintext node.
+    creds: Option<Arc<Creds>>,
 }
 
 impl TestNode {
@@ -169,6 +309,7 @@ impl TestNode {
         env: &[(String, String)],
         http: reqwest::Client,
         interposer: Option<Arc<dyn Interposer>>,
+        creds: Option<Arc<Creds>>,
     ) -> TestNode {
         let data_dir = dir.join("data");
         fs::create_dir_all(&data_dir).expect("create data dir");
@@ -186,6 +327,7 @@ impl TestNode {
             http,
             child: None,
             interposer,
+            creds,
         };
         node.pick_ports();
         node
@@ -195,14 +337,46 @@ impl TestNode {
         self.client_port = free_port();
         self.peer_port = free_port();
         let host = self.host();
-        self.direct_client_url = format!("http://{host}:{}", self.client_port);
+        let scheme = self.scheme();
+        self.direct_client_url = format!("{scheme}://{host}:{}", self.client_port);
         (self.client_url, self.peer_url) = match &self.interposer {
-            Some(i) => i.advertise(self.index, self.client_port, self.peer_port),
+            // Interposers name addresses; the scheme is the cluster's.
+            Some(i) => {
+                let (c, p) = i.advertise(self.index, self.client_port, self.peer_port);
+                let fix = |u: String| match u.strip_prefix("http://") {
+                    Some(rest) => format!("{scheme}://{rest}"),
+                    None => u,
+                };
+                (fix(c), fix(p))
+            }
             None => (
                 self.direct_client_url.clone(),
-                format!("http://{host}:{}", self.peer_port),
+                format!("{scheme}://{host}:{}", self.peer_port),
             ),
         };
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.creds.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The cluster's credentials, unless the node runs in plaintext.
+    pub fn creds(&self) -> Option<&Arc<Creds>> {
+        self.creds.as_ref()
+    }
+
+    /// The host in a URL (`https://host:port`), without brackets.
+    fn url_host(url: &str) -> String {
+        let rest = url.split("://").nth(1).unwrap_or(url);
+        let authority = rest.split('/').next().unwrap_or(rest);
+        match authority.rsplit_once(':') {
+            Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            None => authority.to_string(),
+        }
     }
 
     /// The address this node listens on.
@@ -297,6 +471,7 @@ impl TestNode {
             Some(i) => i.command(self.index, &node_bin()),
             None => Command::new(node_bin()),
         };
+        let tls_args = self.tls_args();
         let child = command
             .arg("serve")
             .arg("--data-dir")
@@ -305,6 +480,7 @@ impl TestNode {
             .args(["--advertise-client", &self.client_url])
             .args(["--listen-peer", &format!("{host}:{}", self.peer_port)])
             .args(["--advertise-peer", &self.peer_url])
+            .args(&tls_args)
             .env("RSTORE_LOG_FORMAT", "text")
             .env("RUST_LOG", "info,openraft=warn")
             .env("NO_COLOR", "1")
@@ -356,6 +532,34 @@ impl TestNode {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// The TLS and token arguments of `node serve` for this node (none in plaintext),
+    /// with a fresh member certificate for where the node listens and where it is
+    /// advertised, naming its advertised peer URL (as the operator issues them).
+    pub fn tls_args(&self) -> Vec<std::ffi::OsString> {
+        let Some(creds) = &self.creds else {
+            return Vec::new();
+        };
+        let mut hosts = vec![self.host(), "127.0.0.1".to_string()];
+        for u in [&self.client_url, &self.peer_url] {
+            let h = Self::url_host(u);
+            if !hosts.contains(&h) {
+                hosts.push(h);
+            }
+        }
+        let dir = self.data_dir.with_file_name("tls");
+        let (cert, key) = creds.member_files(&dir, &hosts, &self.peer_url);
+        vec![
+            "--tls-ca-file".into(),
+            creds.ca_file().into(),
+            "--tls-cert-file".into(),
+            cert.into(),
+            "--tls-key-file".into(),
+            key.into(),
+            "--token-file".into(),
+            creds.token_file().into(),
+        ]
     }
 
     /// SIGKILL the process (if running) and reap it.
@@ -831,9 +1035,12 @@ pub fn members(view: &Value) -> Vec<(u64, String)> {
 pub struct Cluster {
     pub nodes: Vec<TestNode>,
     pub tmp: TempDir,
+    /// Trusts the cluster CA and sends the admin token.
     pub http: reqwest::Client,
     env: Vec<(String, String)>,
     interposer: Option<Arc<dyn Interposer>>,
+    /// `None` when the nodes run in plaintext (`RSTORE_INSECURE_PLAINTEXT` in `env`).
+    pub creds: Option<Arc<Creds>>,
 }
 
 impl Cluster {
@@ -868,19 +1075,40 @@ impl Cluster {
         cluster.wait_for_voters(&cluster.ids()).await;
     }
 
+    /// A client builder for this cluster's client API: trusting its CA and sending the
+    /// admin token (a plain builder for a plaintext cluster). Set the timeouts you need.
+    pub fn http_builder(&self) -> reqwest::ClientBuilder {
+        match &self.creds {
+            Some(c) => c.http_builder(Some(&c.admin_token), None),
+            None => reqwest::Client::builder(),
+        }
+    }
+
+    /// The credentials; panics for a plaintext cluster.
+    pub fn creds(&self) -> &Creds {
+        self.creds.as_deref().expect("a TLS cluster")
+    }
+
     /// An empty cluster: no process yet.
     pub fn new(env: &[(&str, &str)]) -> Cluster {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(20))
-            .build()
-            .expect("build HTTP client");
+        let tmp = tempfile::Builder::new()
+            .prefix("rstore-test-")
+            .tempdir()
+            .expect("create temp dir");
+        let plaintext = env.iter().any(|(k, _)| *k == "RSTORE_INSECURE_PLAINTEXT");
+        let creds = (!plaintext).then(|| Arc::new(Creds::create(&tmp.path().join("creds"))));
+        let http = match &creds {
+            Some(c) => c.http(Some(&c.admin_token)),
+            None => reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("build HTTP client"),
+        };
         Cluster {
             nodes: Vec::new(),
-            tmp: tempfile::Builder::new()
-                .prefix("rstore-test-")
-                .tempdir()
-                .expect("create temp dir"),
+            tmp,
+            creds,
             http,
             env: env
                 .iter()
@@ -912,6 +1140,7 @@ impl Cluster {
             &self.env,
             self.http.clone(),
             self.interposer.clone(),
+            self.creds.clone(),
         );
         node.start().await;
         self.nodes.push(node);

@@ -7,8 +7,8 @@
 //! waiting (the follower then serves those reads locally once it has applied that index,
 //! which is Raft's read-index protocol).
 //!
-//! The RPC goes to the leader's client port at [`PATH`], in a bincode [`Envelope`] that
-//! names the cluster and the target node, like peer RPCs.
+//! The RPC goes to the leader's peer port at [`PATH`], in a bincode [`Envelope`] that
+//! names the cluster and the target node, like Raft RPCs, and is authorized like them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::batcher::{Ack, WriteError};
 use crate::identity::Identity;
 use crate::network::Envelope;
-use crate::network::http::{self, HttpClient};
+use crate::network::http::{self, PeerHttp};
 use crate::readindex::ReadError;
 use crate::types::{Command, NodeId};
 
@@ -73,14 +73,23 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn start(identity: Arc<Identity>, timeout: Duration) -> Self {
+    pub fn start(
+        identity: Arc<Identity>,
+        tls: Option<Arc<crate::tls::Tls>>,
+        timeout: Duration,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(16 * 1024);
         // Up to PIPELINE requests at once to the leader, so that many idle connections.
-        tokio::spawn(run(rx, identity, http::client(PIPELINE), timeout));
+        tokio::spawn(run(
+            rx,
+            identity,
+            Arc::new(PeerHttp::new(tls, PIPELINE)),
+            timeout,
+        ));
         Self { tx }
     }
 
-    /// Send a write to the leader `leader` at client URL `url`.
+    /// Send a write to the leader `leader` at peer URL `url`.
     pub async fn write(&self, leader: NodeId, url: &str, cmd: Command) -> Result<Ack, WriteError> {
         let (tx, rx) = oneshot::channel();
         self.enqueue(leader, url, Item::Write(cmd, tx)).await;
@@ -111,7 +120,7 @@ impl Forwarder {
 async fn run(
     mut rx: mpsc::Receiver<Queued>,
     identity: Arc<Identity>,
-    http: HttpClient,
+    http: Arc<PeerHttp>,
     timeout: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(PIPELINE));
@@ -140,7 +149,7 @@ async fn run(
                 batch.into_iter().partition(|q| q.leader == leader);
             batch = rest;
             let identity = identity.clone();
-            let http = http.clone();
+            let http = http.get();
             let permit = permit.take();
             tokio::spawn(async move {
                 let _permit = permit;
@@ -152,7 +161,7 @@ async fn run(
 
 async fn send(
     identity: &Identity,
-    http: &HttpClient,
+    http: &http::HttpClient,
     timeout: Duration,
     leader: NodeId,
     url: &str,
@@ -223,7 +232,7 @@ async fn send(
 /// `Err((sent, message))`: `sent` is false when the request surely did not reach the leader,
 /// or the leader answered that it did nothing (it is not the leader).
 async fn call(
-    http: &HttpClient,
+    http: &http::HttpClient,
     timeout: Duration,
     url: &str,
     env: &Envelope<ForwardRequest>,

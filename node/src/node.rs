@@ -1,0 +1,310 @@
+//! Starting and running one node: credentials, storage, Raft, the two listeners, and
+//! shutdown. The state they share is [`crate::app::App`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+
+use crate::app::{App, Settings, StartError, role_name};
+use crate::auth::Tokens;
+use crate::batcher::{Batcher, BatcherConfig};
+use crate::identity::Identity;
+use crate::listener::{Limits, Listener};
+use crate::metrics::{Metrics, RoleLabels};
+use crate::network::client::{ContactTracker, PeerNetwork};
+use crate::network::forwarder::Forwarder;
+use crate::network::http::PeerHttp;
+use crate::readindex::ReadIndex;
+use crate::store;
+use crate::tls::{Port, Tls};
+use crate::types::{NodeId, Raft};
+
+/// How often certificate and token files are checked for changes.
+const RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// A started node. `run` serves until `shutdown` resolves.
+pub struct Node {
+    pub app: Arc<App>,
+    client_listener: TcpListener,
+    peer_listener: TcpListener,
+}
+
+impl Node {
+    pub async fn start(settings: Settings) -> Result<Self, StartError> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
+        let identity = Arc::new(Identity::load_or_create(&settings.data_dir)?);
+        // A node joins a cluster only after its log exists, so a member without one lost
+        // it. (A log in the old format, `db/`, gets its own message from the store.)
+        if let Some(cluster_id) = identity.cluster_id()
+            && !settings.data_dir.join("wal").exists()
+            && !settings.data_dir.join("db").exists()
+        {
+            return Err(StartError::DataLost {
+                dir: settings.data_dir.display().to_string(),
+                cluster_id,
+            });
+        }
+        let id = identity.node_id();
+        let tls = match &settings.tls {
+            Some(paths) => Some(Tls::load(paths.clone()).map_err(StartError::Credentials)?),
+            None => None,
+        };
+        let tokens = Arc::new(
+            Tokens::load(settings.token_file.as_deref()).map_err(StartError::Credentials)?,
+        );
+        if tls.is_none() {
+            tracing::warn!(
+                "PLAINTEXT MODE (--insecure-plaintext): no TLS on either port. Anyone who can reach the peer port can send this member Raft traffic, and traffic can be read and changed on the network"
+            );
+            if !tokens.enabled() {
+                tracing::warn!(
+                    "no --token-file: anyone who can reach the client port can read, write and reconfigure the cluster"
+                );
+            }
+        }
+        let limits = settings.write_limits();
+        limits.check().map_err(StartError::Config)?;
+        let metrics = Arc::new(Metrics::new());
+        let m = metrics.clone();
+        let storage = store::open(
+            &settings.data_dir,
+            settings.wal_segment_bytes,
+            settings.watch_history,
+            move |s| {
+                m.fsync_seconds.observe(s.duration.as_secs_f64());
+                m.fsync_waiters.observe(s.waiters as f64);
+            },
+        )
+        .await?;
+        let kv = storage.sm.reader();
+        let committed = storage.log.committed_index();
+        let log_handle = storage.log.clone();
+
+        let config = openraft::Config {
+            cluster_name: "rstore".into(),
+            heartbeat_interval: settings.heartbeat_ms,
+            election_timeout_min: settings.election_min_ms,
+            election_timeout_max: settings.election_max_ms,
+            install_snapshot_timeout: 30_000,
+            max_payload_entries: 256,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_logs),
+            max_in_snapshot_log_to_keep: settings.snapshot_logs.min(1000),
+            purge_batch_size: 256,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+
+        let contact = Arc::new(ContactTracker::default());
+        let network = PeerNetwork::new(
+            identity.clone(),
+            tls.clone(),
+            contact.clone(),
+            metrics.clone(),
+        );
+        let raft = Raft::new(id, Arc::new(config), network, storage.log, storage.sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let client_listener = TcpListener::bind(&settings.listen_client)
+            .await
+            .map_err(|e| StartError::Listen(settings.listen_client.clone(), e))?;
+        let peer_listener = TcpListener::bind(&settings.listen_peer)
+            .await
+            .map_err(|e| StartError::Listen(settings.listen_peer.clone(), e))?;
+
+        let batcher = Batcher::start(
+            raft.clone(),
+            kv.clone(),
+            storage.acks.clone(),
+            storage.flusher.clone(),
+            metrics.clone(),
+            BatcherConfig {
+                limits,
+                write_timeout: settings.write_timeout,
+                sync_timeout: settings.sync_timeout,
+                pipeline: settings.write_pipeline,
+                max_data_bytes: settings.max_data_bytes,
+                async_max_lag: settings.async_max_lag,
+                async_quorum_contact: settings.async_quorum_contact,
+                committed: committed.clone(),
+            },
+        );
+        let app = Arc::new(App {
+            id,
+            batcher,
+            forwarder: Forwarder::start(
+                identity.clone(),
+                tls.clone(),
+                settings.write_timeout + Duration::from_secs(5),
+            ),
+            peer_http: PeerHttp::new(tls.clone(), 64),
+            tls,
+            tokens,
+            watches: Arc::default(),
+            reads: ReadIndex::start(
+                raft.clone(),
+                metrics.clone(),
+                Duration::from_millis(settings.election_max_ms),
+            ),
+            raft,
+            identity,
+            kv,
+            committed,
+            leader_commit: Arc::default(),
+            log: log_handle,
+            contact,
+            metrics,
+            settings,
+            membership_lock: tokio::sync::Mutex::new(()),
+        });
+        tokio::spawn(watch_raft(app.clone()));
+        crate::tls::spawn_reloader(app.tls.clone(), app.tokens.clone(), RELOAD_EVERY);
+        tokio::spawn(crate::watchdog::run(
+            app.raft.clone(),
+            Duration::from_millis(app.settings.election_max_ms),
+            app.metrics.clone(),
+        ));
+        tracing::info!(
+            node_id = id,
+            cluster_id = ?app.identity.cluster_id(),
+            client = %app.settings.advertise_client,
+            peer = %app.settings.advertise_peer,
+            "node started"
+        );
+        Ok(Self {
+            app,
+            client_listener,
+            peer_listener,
+        })
+    }
+
+    /// Serve both listeners until `shutdown` resolves, then stop Raft and flush storage.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let app = self.app;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop_tx = Arc::new(stop_tx);
+        let stop = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        // A Raft core that stops on its own (it panics on a broken invariant, e.g. storage
+        // that lost durable data) must take the process with it: a node that keeps serving
+        // HTTP without Raft answers stale reads and looks alive to its operator.
+        let raft_died = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let mut rx = app.raft.metrics();
+            let died = raft_died.clone();
+            let stop = stop_tx.clone();
+            tokio::spawn(async move {
+                while rx.borrow_and_update().state != ServerState::Shutdown {
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+                if !*stop.borrow() {
+                    tracing::error!("the Raft core stopped unexpectedly; shutting the node down");
+                    died.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = stop.send(true);
+                }
+            });
+        }
+        let limits = Limits {
+            max_connections: app.settings.max_connections,
+            header_timeout: app.settings.header_timeout,
+        };
+        let listener = |port, tcp| Listener {
+            port,
+            tcp,
+            tls: app.tls.clone(),
+            limits,
+            metrics: app.metrics.clone(),
+        };
+        // The peer port: Raft RPC and forwarded batches, and client API requests relayed by
+        // members, which the client API serves once the relay guard let them in.
+        let relayed = crate::api::router(app.clone()).layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::network::server::relay_guard,
+        ));
+        let peer_router = crate::network::server::router(app.clone()).fallback_service(relayed);
+        let peer = listener(Port::Peer, self.peer_listener).serve(peer_router, stop_rx.clone());
+        let client = listener(Port::Client, self.client_listener)
+            .serve(crate::api::router(app.clone()), stop_rx.clone());
+        let (a, b) = tokio::join!(tokio::spawn(peer), tokio::spawn(client));
+        a?;
+        b?;
+        tracing::info!("listeners closed; stopping raft");
+        if let Err(e) = app.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        if raft_died.load(std::sync::atomic::Ordering::SeqCst) {
+            anyhow::bail!(
+                "the Raft core stopped unexpectedly (its error or panic is logged above). If it \
+                 reports an invalid state, the data directory is damaged: restore it from backup, \
+                 or wipe it entirely to rejoin as a new member"
+            );
+        }
+        tracing::info!("node stopped");
+        Ok(())
+    }
+}
+
+/// Follow Raft's metrics: update gauges, count and log leader changes.
+async fn watch_raft(app: Arc<App>) {
+    let mut rx = app.raft.metrics();
+    let mut last_leader: Option<NodeId> = None;
+    let mut last_role = "";
+    loop {
+        let m = rx.borrow_and_update().clone();
+        let metrics = &app.metrics;
+        metrics.term.set(m.current_term as i64);
+        metrics
+            .last_log_index
+            .set(m.last_log_index.unwrap_or(0) as i64);
+        metrics
+            .applied_index
+            .set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
+        metrics
+            .snapshot_index
+            .set(m.snapshot.map(|l| l.index).unwrap_or(0) as i64);
+        let mem = m.membership_config.membership();
+        let voters: BTreeSet<_> = mem.voter_ids().collect();
+        metrics.voters.set(voters.len() as i64);
+        metrics.learners.set(mem.learner_ids().count() as i64);
+        let role = role_name(&m);
+        if role != last_role {
+            if !last_role.is_empty() {
+                metrics
+                    .role
+                    .get_or_create(&RoleLabels {
+                        role: last_role.into(),
+                    })
+                    .set(0);
+            }
+            metrics
+                .role
+                .get_or_create(&RoleLabels { role: role.into() })
+                .set(1);
+            tracing::info!(role, term = m.current_term, "role changed");
+            last_role = role;
+        }
+        if m.current_leader != last_leader {
+            if m.current_leader.is_some() {
+                metrics.leader_changes.inc();
+            }
+            tracing::info!(leader = ?m.current_leader, term = m.current_term, "leader changed");
+            last_leader = m.current_leader;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

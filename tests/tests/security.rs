@@ -1,0 +1,802 @@
+//! The security findings of issue 13, each as a regression test against real node
+//! processes with TLS on: forged Raft traffic, admin calls without the admin role, slow
+//! and idle connections, the connection cap, the watch cap, and watchers that never read.
+//!
+//! Each test also checks the legitimate path (a member's own RPC, an admin's call, a
+//! reading watcher), so that a refusal is shown to be what protected the cluster, not a
+//! broken request.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Consistency, ELECTION, metric_value, wait_for, wait_until, write_keys};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
+use openraft::{CommittedLeaderId, LogId, SnapshotMeta, Vote};
+use rstore_node::network::Envelope;
+use rstore_node::types::{Batch, Command as Cmd, Condition, NodeId, Request, TypeConfig};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A leader id no member has.
+const FORGER: NodeId = (1 << 60) + 99;
+
+fn envelope<T: serde::Serialize>(
+    from: NodeId,
+    cluster_id: &str,
+    target: NodeId,
+    body: T,
+) -> Vec<u8> {
+    bincode::serialize(&Envelope {
+        cluster_id: Some(cluster_id.to_string()),
+        from,
+        target,
+        body,
+    })
+    .unwrap()
+}
+
+/// An AppendEntries from `leader` at `term` carrying a put of `forged` = `evil`, placed
+/// after the follower's last entry so that a follower that accepts it commits it.
+fn forged_append(
+    leader: NodeId,
+    term: u64,
+    prev: Option<LogId<NodeId>>,
+) -> AppendEntriesRequest<TypeConfig> {
+    let index = prev.map_or(0, |p| p.index) + 1;
+    let log_id = LogId::new(CommittedLeaderId::new(term, leader), index);
+    AppendEntriesRequest {
+        vote: Vote::new_committed(term, leader),
+        prev_log_id: prev,
+        entries: vec![openraft::Entry {
+            log_id,
+            payload: openraft::EntryPayload::Normal(Request::Batch(Batch {
+                id: 1,
+                cmds: vec![Cmd::Put {
+                    key: "forged".into(),
+                    value: b"evil".to_vec(),
+                    cond: Condition::None,
+                }],
+            })),
+        }],
+        leader_commit: Some(log_id),
+    }
+}
+
+/// (term, leader) of every node.
+async fn views(cluster: &Cluster) -> Vec<(u64, Option<u64>)> {
+    let mut out = Vec::new();
+    for i in 0..cluster.nodes.len() {
+        let info = cluster.client(i).node_info().await;
+        out.push((info["term"].as_u64().unwrap(), info["leader_id"].as_u64()));
+    }
+    out
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> Result<(u16, String), String> {
+    match http.post(url).body(body).send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            Ok((status, r.text().await.unwrap_or_default()))
+        }
+        Err(e) => Err(format!("{e:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_raft_traffic_changes_nothing_without_a_members_certificate() {
+    let cluster = Cluster::start(3).await;
+    let (leader, follower) = {
+        let l = cluster.leader().await;
+        (l, (l + 1) % 3)
+    };
+    let acked = write_keys(&cluster.client(leader), "a", 10, 4).await;
+    let info = cluster.client(follower).node_info().await;
+    let cluster_id = info["cluster_id"].as_str().unwrap().to_string();
+    let term = info["term"].as_u64().unwrap();
+    let last = info["last_log_index"].as_u64().unwrap();
+    let leader_id = cluster.nodes[leader].id;
+    let target = cluster.nodes[follower].id;
+    let prev = Some(LogId::new(CommittedLeaderId::new(term, leader_id), last));
+    let before = views(&cluster).await;
+    let creds = cluster.creds();
+    let peer = &cluster.nodes[follower].peer_url;
+    let append_url = format!("{peer}/raft/append");
+    let forged = envelope(
+        FORGER,
+        &cluster_id,
+        target,
+        forged_append(FORGER, term + 5, prev),
+    );
+
+    // 1. No client certificate: the TLS handshake fails, nothing is read.
+    let r = post(&creds.http(None), &append_url, forged.clone()).await;
+    assert!(r.is_err(), "no certificate: {r:?}");
+
+    // 2. A member certificate from another CA, naming the leader's peer URL.
+    let other_ca = rstore_node::pki::Ca::generate("attacker").unwrap();
+    let foreign = other_ca
+        .member(&["127.0.0.1".into()], &cluster.nodes[leader].peer_url)
+        .unwrap();
+    let http = creds.http_builder(None, Some(&foreign)).build().unwrap();
+    let as_leader = envelope(
+        leader_id,
+        &cluster_id,
+        target,
+        forged_append(leader_id, term + 5, prev),
+    );
+    let r = post(&http, &append_url, as_leader.clone()).await;
+    assert!(r.is_err(), "another CA's certificate: {r:?}");
+
+    // 3. A non-member's certificate from the cluster's own CA, sending as itself or as the
+    //    leader; and the admin client certificate (not a member certificate).
+    let outsider = creds.member_http("https://127.0.0.1:1");
+    let admin_cert = creds.ca.client("ops", "admin").unwrap();
+    let admin_http = creds.http_builder(None, Some(&admin_cert)).build().unwrap();
+    let snapshot = envelope(
+        FORGER,
+        &cluster_id,
+        target,
+        InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(term + 5, FORGER),
+            meta: SnapshotMeta::default(),
+            offset: 0,
+            data: vec![1, 2, 3],
+            done: true,
+        },
+    );
+    let forward_url = format!(
+        "{}{}",
+        cluster.nodes[leader].peer_url,
+        rstore_node::network::forwarder::PATH
+    );
+    let forward = envelope(
+        FORGER,
+        &cluster_id,
+        leader_id,
+        rstore_node::network::forwarder::ForwardRequest {
+            writes: vec![Cmd::Put {
+                key: "forged".into(),
+                value: b"evil".to_vec(),
+                cond: Condition::None,
+            }],
+            read_index: false,
+        },
+    );
+    let cases = [
+        (
+            "non-member, as itself",
+            &outsider,
+            &append_url,
+            forged.clone(),
+        ),
+        (
+            "non-member, as the leader",
+            &outsider,
+            &append_url,
+            as_leader.clone(),
+        ),
+        (
+            "non-member snapshot",
+            &outsider,
+            &format!("{peer}/raft/snapshot"),
+            snapshot,
+        ),
+        (
+            "non-member forward",
+            &outsider,
+            &forward_url,
+            forward.clone(),
+        ),
+        (
+            "admin client certificate",
+            &admin_http,
+            &append_url,
+            as_leader.clone(),
+        ),
+        (
+            "admin client certificate, forward",
+            &admin_http,
+            &forward_url,
+            forward,
+        ),
+    ];
+    for (what, http, url, body) in cases {
+        let (status, text) = post(http, url, body)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(status, 403, "{what}: {text}");
+    }
+    // 4. A real member's certificate (a follower's) sending as the made-up leader.
+    let other_follower = 3 - leader - follower;
+    let member = creds.member_http(&cluster.nodes[other_follower].peer_url);
+    let (status, text) = post(&member, &append_url, forged.clone()).await.unwrap();
+    assert_eq!(status, 403, "a member posing as a made-up leader: {text}");
+    // ...or as the real leader: the certificate does not name the leader's URL.
+    let (status, text) = post(&member, &append_url, as_leader.clone()).await.unwrap();
+    assert_eq!(status, 403, "a member posing as the leader: {text}");
+
+    // Nothing changed: same terms and leader, the forged key is nowhere, writes commit.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        views(&cluster).await,
+        before,
+        "a refused RPC changed the cluster"
+    );
+    for i in 0..3 {
+        let r = cluster.client(i).get("forged", Consistency::Stale).await;
+        assert_eq!(
+            r.status,
+            404,
+            "node {i} serves the forged key: {}",
+            r.text()
+        );
+    }
+    cluster.client(follower).put_acked("after", b"1").await;
+    let mut expected = acked;
+    expected.insert("after".into(), b"1".to_vec());
+    let mut cluster = cluster;
+    cluster.assert_everywhere(&expected).await;
+
+    // Control: the leader's own certificate gets its RPC through (a higher term, which
+    // the follower adopts), so the refusals above were what protected the cluster.
+    let leader_http = creds_member(&cluster, leader);
+    let probe = envelope(
+        leader_id,
+        &cluster_id,
+        target,
+        AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(term + 1000, leader_id),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        },
+    );
+    let (status, text) = post(&leader_http, &append_url, probe).await.unwrap();
+    assert_eq!(status, 200, "the leader's own RPC: {text}");
+    let seen = cluster.client(follower).node_info().await["term"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        seen >= term + 1000,
+        "the accepted RPC was acted on: term {seen}"
+    );
+}
+
+fn creds_member(cluster: &Cluster, index: usize) -> reqwest::Client {
+    cluster.creds().member_http(&cluster.nodes[index].peer_url)
+}
+
+async fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut req = http.request(method.clone(), url);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        headers,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_the_needed_role_get_401_or_403_and_change_nothing() {
+    use reqwest::Method;
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let creds = cluster.creds();
+    let admin = cluster.http.clone();
+    let base = |i: usize| cluster.nodes[i].direct_client_url.clone();
+    let config_before = send(
+        &admin,
+        Method::GET,
+        &format!("{}/v1/cluster/config", base(leader)),
+        None,
+        &[],
+    )
+    .await
+    .1;
+    let members_before = common::members(
+        &send(
+            &admin,
+            Method::GET,
+            &format!("{}/v1/cluster", base(leader)),
+            None,
+            &[],
+        )
+        .await
+        .1,
+    );
+    assert_eq!(members_before.len(), 3);
+
+    let none = creds.http(None);
+    let bad = creds.http(Some("not-a-token"));
+    let read = creds.http(Some(&creds.read_token));
+    let write = creds.http(Some(&creds.write_token));
+    let read_cert = creds
+        .http_builder(None, Some(&creds.ca.client("viewer", "read").unwrap()))
+        .build()
+        .unwrap();
+    let member_cert = creds.member_http(&cluster.nodes[leader].peer_url);
+    let victim = cluster.nodes[follower].id;
+    let admin_calls: Vec<(Method, String, Option<Value>)> = vec![
+        (
+            Method::PUT,
+            "/v1/cluster/config".into(),
+            Some(json!({"replication_mode": "async", "read_consistency": "stale"})),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/cluster/members/{victim}"),
+            None,
+        ),
+        (
+            Method::POST,
+            "/v1/cluster/members".into(),
+            Some(
+                json!({"id": 77, "peer_url": "https://127.0.0.1:27499", "client_url": "https://127.0.0.1:27498", "role": "voter"}),
+            ),
+        ),
+        (Method::POST, "/v1/cluster/init".into(), None),
+        (Method::GET, "/v1/cluster".into(), None),
+        (Method::GET, "/v1/cluster/config".into(), None),
+    ];
+    for node in [leader, follower] {
+        for (method, path, body) in &admin_calls {
+            let url = format!("{}{path}", base(node));
+            for (who, http, want, code) in [
+                ("no credential", &none, 401, "unauthenticated"),
+                ("a bad token", &bad, 401, "unauthenticated"),
+                ("the read token", &read, 403, "permission_denied"),
+                ("the write token", &write, 403, "permission_denied"),
+                (
+                    "a read client certificate",
+                    &read_cert,
+                    403,
+                    "permission_denied",
+                ),
+                ("a member certificate", &member_cert, 401, "unauthenticated"),
+            ] {
+                let (status, v, headers) =
+                    send(http, method.clone(), &url, body.clone(), &[]).await;
+                let got = v["error"]["code"].as_str().unwrap_or("");
+                // A member certificate grants no role on the client port: refused, 403.
+                let want = if who == "a member certificate" {
+                    (403, "permission_denied")
+                } else {
+                    (want, code)
+                };
+                assert_eq!(
+                    (status, got),
+                    want,
+                    "{method} {path} on node {node} with {who}: {v}"
+                );
+                assert!(
+                    v["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| !m.is_empty())
+                );
+                if status == 401 {
+                    assert!(
+                        headers.contains_key("www-authenticate"),
+                        "{who}: no WWW-Authenticate"
+                    );
+                }
+            }
+            // The role header is the node's to set, not the client's.
+            let (status, _, _) = send(
+                &write,
+                method.clone(),
+                &url,
+                body.clone(),
+                &[("x-rstore-role", "admin")],
+            )
+            .await;
+            assert_eq!(
+                status, 403,
+                "{method} {path}: a client-sent role header was believed"
+            );
+        }
+    }
+    // Nothing changed.
+    let config_after = send(
+        &admin,
+        Method::GET,
+        &format!("{}/v1/cluster/config", base(leader)),
+        None,
+        &[],
+    )
+    .await
+    .1;
+    assert_eq!(config_after, config_before);
+    let view = send(
+        &admin,
+        Method::GET,
+        &format!("{}/v1/cluster", base(follower)),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        view.0, 200,
+        "an admin's call relayed by a follower: {}",
+        view.1
+    );
+    assert_eq!(common::members(&view.1), members_before);
+
+    // The KV API: read may read, write may write, and neither may without a credential.
+    let kv = |i: usize, key: &str| format!("{}/v1/kv/{key}", base(i));
+    let put = |http: &reqwest::Client, url: String| {
+        let http = http.clone();
+        async move {
+            http.put(url)
+                .body("v")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(put(&none, kv(follower, "k")).await, 401);
+    assert_eq!(put(&read, kv(follower, "k")).await, 403);
+    assert_eq!(put(&read_cert, kv(leader, "k")).await, 403);
+    assert_eq!(put(&write, kv(follower, "k")).await, 200);
+    let get = |http: &reqwest::Client, url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get(&none, kv(follower, "k")).await, 401);
+    assert_eq!(get(&read, kv(follower, "k")).await, 200);
+    assert_eq!(get(&read_cert, kv(leader, "k")).await, 200);
+    let txn =
+        json!({"compare": [], "success": [{"put": {"key": "t", "value": "x"}}], "failure": []});
+    assert_eq!(
+        send(
+            &read,
+            Method::POST,
+            &format!("{}/v1/txn", base(follower)),
+            Some(txn.clone()),
+            &[]
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(get(&none, format!("{}/v1/watch", base(leader))).await, 401);
+    assert_eq!(get(&none, format!("{}/v1/node", base(leader))).await, 401);
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            get(&none, format!("{}{open}", base(follower))).await,
+            200,
+            "{open} stays open"
+        );
+    }
+    assert_eq!(
+        cluster
+            .client(leader)
+            .get("t", Consistency::Linearizable)
+            .await
+            .status,
+        404,
+        "the refused txn wrote nothing"
+    );
+
+    // The peer port relays only members' requests: an admin client certificate with the
+    // relay headers gets nothing there.
+    let admin_cert = creds
+        .http_builder(None, Some(&creds.ca.client("ops", "admin").unwrap()))
+        .build()
+        .unwrap();
+    let relay = format!("{}/v1/cluster/config", cluster.nodes[leader].peer_url);
+    let from = cluster.nodes[follower].id.to_string();
+    let (status, _, _) = send(
+        &admin_cert,
+        Method::PUT,
+        &relay,
+        Some(json!({"replication_mode": "async"})),
+        &[("x-rstore-forwarded", &from), ("x-rstore-role", "admin")],
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "a client certificate relayed through the peer port"
+    );
+    let config_after = send(
+        &admin,
+        Method::GET,
+        &format!("{}/v1/cluster/config", base(leader)),
+        None,
+        &[],
+    )
+    .await
+    .1;
+    assert_eq!(config_after, config_before);
+}
+
+/// Read from `conn` until EOF or error; how long that took, or `None` if it stayed open
+/// past `limit`.
+async fn time_to_close(
+    conn: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: Duration,
+) -> Option<Duration> {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|_| start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_senders_and_idle_connections_are_cut_off() {
+    let cluster = Cluster::start_with_env(1, &[("RSTORE_HEADER_TIMEOUT_MS", "1000")]).await;
+    let node = &cluster.nodes[0];
+    let creds = cluster.creds.as_deref();
+    let limit = Duration::from_secs(8);
+
+    // A request head dribbled one byte every 100 ms never completes.
+    let mut slow = common::raw_connect(&node.direct_client_url, creds, None)
+        .await
+        .unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let dribble = async {
+        let start = Instant::now();
+        loop {
+            if slow.write_all(b"x").await.is_err() {
+                return Some(start.elapsed());
+            }
+            let mut b = [0u8; 1024];
+            match tokio::time::timeout(Duration::from_millis(100), slow.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+                Ok(Ok(_)) => panic!("a request with unfinished headers was answered"),
+                Err(_) => {}
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+        }
+    };
+    let cut = dribble.await;
+    assert!(
+        cut.is_some(),
+        "a slow header sender was still connected after {limit:?}"
+    );
+
+    // A TCP connection that never starts its TLS handshake, on both ports.
+    for url in [&node.direct_client_url, &node.peer_url] {
+        let authority = url.split("://").nth(1).unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
+        assert!(
+            time_to_close(&mut tcp, limit).await.is_some(),
+            "{url}: a silent connection stayed open"
+        );
+    }
+
+    // A keep-alive connection idle after a complete request.
+    let mut idle = common::raw_connect(&node.direct_client_url, creds, None)
+        .await
+        .unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut b = [0u8; 1024];
+    let n = idle.read(&mut b).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&b[..n])
+    );
+    assert!(
+        time_to_close(&mut idle, limit).await.is_some(),
+        "an idle keep-alive connection stayed open"
+    );
+
+    // Prompt clients are unaffected.
+    assert_eq!(cluster.client(0).put("k", b"v").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_closed_at_once() {
+    let cluster = Cluster::start_with_env(1, &[("RSTORE_MAX_CONNECTIONS", "16")]).await;
+    let node = &cluster.nodes[0];
+    let creds = cluster.creds.as_deref();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        match common::raw_connect(&node.direct_client_url, creds, None).await {
+            Ok(mut c) => {
+                // A refused connection may finish the TCP handshake and then be closed.
+                let mut b = [0u8; 1];
+                match tokio::time::timeout(Duration::from_millis(50), c.read(&mut b)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => refused += 1,
+                    _ => held.push(c),
+                }
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(
+        held.len() <= 16,
+        "{} connections held past a cap of 16",
+        held.len()
+    );
+    assert!(refused > 0, "no connection was refused");
+    drop(held);
+    // Once they are gone, the node serves again, and counted what it refused.
+    let client = cluster.client(0);
+    wait_until(
+        ELECTION,
+        "the node to serve again",
+        async || matches!(client.try_get("/healthz").await, Ok(r) if r.status == 200),
+    )
+    .await;
+    let text = client.get_path("/metrics").await.text();
+    let counted: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("rstore_connections_refused_total{listener=\"client\"}"))
+        .filter_map(|l| l.rsplit(" ").next()?.parse::<f64>().ok())
+        .sum();
+    assert!(counted >= 1.0, "refusals not counted: {counted}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_past_the_cap_get_429() {
+    let cluster = Cluster::start_with_env(1, &[("RSTORE_MAX_WATCHES", "2")]).await;
+    let url = format!("{}/v1/watch?prefix=w", cluster.nodes[0].direct_client_url);
+    let open = || {
+        cluster
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(3600))
+            .send()
+    };
+    let a = open().await.unwrap();
+    let b = open().await.unwrap();
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    let c = open().await.unwrap();
+    assert_eq!(c.status().as_u16(), 429);
+    let v: Value = c.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "too_many_watches", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("2"), "{v}");
+    // A closed watch frees its place.
+    drop(a);
+    wait_until(
+        ELECTION,
+        "a watch slot to free up",
+        async || matches!(open().await, Ok(r) if r.status() == 200),
+    )
+    .await;
+    drop(b);
+}
+
+/// Read a watch stream to its end: (revision lines, last JSON line).
+async fn read_watch(mut resp: reqwest::Response) -> (Vec<Value>, Option<Value>) {
+    let mut buf = Vec::new();
+    let mut lines = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        buf.extend_from_slice(&chunk);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let v: Value = serde_json::from_slice(&line).unwrap();
+            lines.push(v);
+        }
+    }
+    let last = lines.last().cloned();
+    let revs = lines
+        .into_iter()
+        .filter(|l| l.get("revision").is_some() && l.get("events").is_some())
+        .collect();
+    (revs, last)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_never_reads_is_cut_off_and_can_resume() {
+    let cluster = Cluster::start_with_env(1, &[("RSTORE_WATCH_BUFFER_BYTES", "262144")]).await;
+    let base = cluster.nodes[0].direct_client_url.clone();
+    let client = cluster.client(0);
+    let start = client.node_info().await["revision"].as_u64().unwrap() + 1;
+    let watch = |from: u64| {
+        cluster
+            .http
+            .get(format!("{base}/v1/watch?prefix=w&start_revision={from}"))
+            .timeout(Duration::from_secs(3600))
+            .send()
+    };
+    // Two watchers that do not read: one will read later, one never.
+    let later = watch(start).await.unwrap();
+    let never = watch(start).await.unwrap();
+    // 40 MB of changes, far past the 256 KiB bound and the sockets' buffers.
+    let value = vec![b'v'; 100_000];
+    let n = 400;
+    let writes = futures::stream::iter(0..n).map(|i| {
+        let client = client.clone();
+        let value = value.clone();
+        async move { client.put_acked(&format!("w-{i:04}"), &value).await }
+    });
+    use futures::StreamExt;
+    writes.buffer_unordered(8).collect::<Vec<_>>().await;
+    let metrics = || async { client.get_path("/metrics").await.text() };
+    wait_until(ELECTION, "both watchers to be cut off", async || {
+        metric_value(&metrics().await, "rstore_watches_cut_off_total").unwrap_or(0.0) >= 2.0
+    })
+    .await;
+    // The one that reads now gets every revision up to the cut, then a resumable error...
+    let (revs, last) = read_watch(later).await;
+    let last = last.expect("some lines");
+    assert_eq!(last["error"]["code"], "watch_too_slow", "{last}");
+    let resume = last["resume_revision"].as_u64().expect("resume_revision");
+    let got: Vec<u64> = revs
+        .iter()
+        .map(|l| l["revision"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        (start..resume).collect::<Vec<_>>(),
+        "revisions before the cut, without gaps"
+    );
+    // ...and resuming there delivers the rest, without gaps or repeats.
+    let rest = watch(resume).await.unwrap();
+    let end = start + n as u64;
+    let mut seen = got;
+    let mut body = rest;
+    let mut buf = Vec::new();
+    while seen.last().copied() != Some(end - 1) {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), body.chunk())
+            .await
+            .expect("the resumed watch delivers")
+            .unwrap()
+            .expect("the resumed watch stays open");
+        buf.extend_from_slice(&chunk);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let v: Value = serde_json::from_slice(&line).unwrap();
+            if let Some(r) = v.get("revision").and_then(Value::as_u64) {
+                seen.push(r);
+            }
+        }
+    }
+    assert_eq!(seen, (start..end).collect::<Vec<_>>());
+    drop(body);
+    // The watcher that never reads is disconnected: no watch is left open.
+    wait_for(
+        Duration::from_secs(60),
+        "the silent watcher to be disconnected",
+        async || {
+            let open = metric_value(&metrics().await, "rstore_watches").unwrap_or(-1.0);
+            if open == 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{open} watches open"))
+            }
+        },
+    )
+    .await;
+    drop(never);
+}
