@@ -28,6 +28,8 @@ const LOG_TAIL_BYTES: u64 = 4096;
 /// Everything that can go wrong while starting or bootstrapping a cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    #[error("cannot make certificates: {0}")]
+    Tls(String),
     #[error("could not {what}: {source}")]
     Io {
         what: String,
@@ -276,6 +278,8 @@ pub enum ModeOutcome {
 #[derive(Clone, Debug)]
 pub struct RstoreConfig {
     pub node_bin: PathBuf,
+    /// TLS and a token, or `None` for `--insecure-plaintext` nodes.
+    pub tls: Option<std::sync::Arc<crate::security::BenchTls>>,
     /// Extra environment for every node process (`--rstore-env`).
     pub env: Vec<(String, String)>,
 }
@@ -317,8 +321,9 @@ impl RstoreCluster {
         let mut peer_urls = Vec::with_capacity(Self::SIZE);
         for i in 0..Self::SIZE {
             let (client_port, peer_port) = (ports[2 * i], ports[2 * i + 1]);
-            let client_url = format!("http://127.0.0.1:{client_port}");
-            let peer_url = format!("http://127.0.0.1:{peer_port}");
+            let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+            let client_url = format!("{scheme}://127.0.0.1:{client_port}");
+            let peer_url = format!("{scheme}://127.0.0.1:{peer_port}");
             let dir = temp_dir(&format!("rstore-bench-node{}-", i + 1))?;
             let data_dir = dir.path().join("data");
             let mut cmd = Command::new(&cfg.node_bin);
@@ -333,8 +338,25 @@ impl RstoreCluster {
                 .arg(format!("127.0.0.1:{peer_port}"))
                 .arg("--advertise-peer")
                 .arg(&peer_url)
-                .arg("--insecure-plaintext")
                 .envs(cfg.env.iter().map(|(k, v)| (k, v)));
+            match &cfg.tls {
+                Some(tls) => {
+                    let (cert, key) = tls
+                        .server_files(&format!("rstore-{}", i + 1), &peer_url)
+                        .map_err(|e| ClusterError::Tls(e.to_string()))?;
+                    cmd.arg("--tls-ca-file")
+                        .arg(tls.ca_file())
+                        .arg("--tls-cert-file")
+                        .arg(cert)
+                        .arg("--tls-key-file")
+                        .arg(key)
+                        .arg("--token-file")
+                        .arg(tls.token_file());
+                }
+                None => {
+                    cmd.arg("--insecure-plaintext");
+                }
+            }
             nodes.push(ChildGuard::spawn(&format!("rstore-{}", i + 1), cmd, dir)?);
             client_urls.push(client_url);
             peer_urls.push(peer_url);
@@ -497,16 +519,21 @@ impl EtcdCluster {
 
     /// Spawns the members with a static `--initial-cluster` and waits until every
     /// member reports healthy and the cluster accepts a write.
-    pub async fn start(etcd_bin: &Path, http: &reqwest::Client) -> Result<Self, ClusterError> {
+    pub async fn start(
+        etcd_bin: &Path,
+        http: &reqwest::Client,
+        tls: Option<&std::sync::Arc<crate::security::BenchTls>>,
+    ) -> Result<Self, ClusterError> {
         let ports = free_ports(2 * Self::SIZE)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let names: Vec<String> = (1..=Self::SIZE)
             .map(|i| format!("bench-etcd-{i}"))
             .collect();
         let client_urls: Vec<String> = (0..Self::SIZE)
-            .map(|i| format!("http://127.0.0.1:{}", ports[2 * i]))
+            .map(|i| format!("{scheme}://127.0.0.1:{}", ports[2 * i]))
             .collect();
         let peer_urls: Vec<String> = (0..Self::SIZE)
-            .map(|i| format!("http://127.0.0.1:{}", ports[2 * i + 1]))
+            .map(|i| format!("{scheme}://127.0.0.1:{}", ports[2 * i + 1]))
             .collect();
         let initial_cluster = names
             .iter()
@@ -554,6 +581,27 @@ impl EtcdCluster {
                 .arg("zap")
                 .arg("--log-outputs")
                 .arg("stderr");
+            if let Some(tls) = tls {
+                // As etcd is deployed with TLS: certificates on both listeners, client
+                // certificates required on both.
+                let (cert, key) = tls
+                    .server_files(&names[i], &peer_urls[i])
+                    .map_err(|e| ClusterError::Tls(e.to_string()))?;
+                cmd.arg("--cert-file")
+                    .arg(&cert)
+                    .arg("--key-file")
+                    .arg(&key)
+                    .arg("--trusted-ca-file")
+                    .arg(tls.ca_file())
+                    .arg("--client-cert-auth")
+                    .arg("--peer-cert-file")
+                    .arg(&cert)
+                    .arg("--peer-key-file")
+                    .arg(&key)
+                    .arg("--peer-trusted-ca-file")
+                    .arg(tls.ca_file())
+                    .arg("--peer-client-cert-auth");
+            }
             members.push(ChildGuard::spawn(&format!("etcd-{}", i + 1), cmd, dir)?);
         }
         let mut cluster = Self {
@@ -581,12 +629,13 @@ impl EtcdCluster {
         // Health says a leader exists; a write through every member proves the
         // gRPC path the load will use.
         for url in cluster.client_urls.clone() {
-            let mut client = etcd_client::Client::connect([url.as_str()], None)
-                .await
-                .map_err(|source| ClusterError::Etcd {
-                    what: format!("connect to {url}"),
-                    source: Box::new(source),
-                })?;
+            let mut client =
+                etcd_client::Client::connect([url.as_str()], tls.map(|t| t.etcd_options()))
+                    .await
+                    .map_err(|source| ClusterError::Etcd {
+                        what: format!("connect to {url}"),
+                        source: Box::new(source),
+                    })?;
             client
                 .put("rstore-bench/startup", url.as_bytes(), None)
                 .await

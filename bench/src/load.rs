@@ -174,20 +174,29 @@ pub trait Conn: Send + 'static {
 pub struct RstoreTarget {
     /// `host:port` of each node's client listener.
     addrs: Vec<String>,
+    /// With TLS: the client configuration and the `Authorization` header value.
+    tls: Option<Arc<RstoreTls>>,
+}
+
+/// How the rstore load clients connect with TLS and authenticate.
+pub struct RstoreTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub authorization: hyper::header::HeaderValue,
 }
 
 impl RstoreTarget {
-    /// `urls` are the nodes' client URLs (`http://host:port`).
-    pub fn new(urls: Vec<String>) -> Result<Self, OpError> {
+    /// `urls` are the nodes' client URLs (`https://host:port`, or `http://` without TLS).
+    pub fn new(urls: Vec<String>, tls: Option<Arc<RstoreTls>>) -> Result<Self, OpError> {
+        let prefix = if tls.is_some() { "https://" } else { "http://" };
         let addrs = urls
             .iter()
             .map(|u| {
-                u.strip_prefix("http://")
+                u.strip_prefix(prefix)
                     .map(|a| a.trim_end_matches('/').to_string())
-                    .ok_or_else(|| OpError::Transport(format!("not an http:// URL: {u}")))
+                    .ok_or_else(|| OpError::Transport(format!("not an {prefix} URL: {u}")))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { addrs })
+        Ok(Self { addrs, tls })
     }
 }
 
@@ -199,18 +208,36 @@ type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes
 /// comparison on a small machine.
 pub struct RstoreConn {
     addr: String,
+    tls: Option<Arc<RstoreTls>>,
     /// `None` after a failed or abandoned request: the next request opens a new connection,
     /// since an HTTP/1.1 connection with an unread answer cannot carry another request.
     sender: Option<Sender>,
 }
 
-async fn open_connection(addr: &str) -> Result<Sender, OpError> {
+async fn open_connection(addr: &str, tls: Option<&RstoreTls>) -> Result<Sender, OpError> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| OpError::Transport(format!("connect to {addr}: {e}")))?;
     stream
         .set_nodelay(true)
         .map_err(|e| OpError::Transport(e.to_string()))?;
+    let Some(tls) = tls else {
+        return handshake(addr, stream).await;
+    };
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_string();
+    let name = rustls::pki_types::ServerName::try_from(host)
+        .map_err(|e| OpError::Transport(format!("{addr}: {e}")))?;
+    let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|e| OpError::Transport(format!("TLS handshake with {addr}: {e}")))?;
+    handshake(addr, stream).await
+}
+
+async fn handshake<S>(addr: &str, stream: S) -> Result<Sender, OpError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -224,8 +251,12 @@ impl Target for RstoreTarget {
 
     async fn connect(&self, index: usize) -> Result<RstoreConn, OpError> {
         let addr = self.addrs[index % self.addrs.len()].clone();
-        let sender = Some(open_connection(&addr).await?);
-        Ok(RstoreConn { addr, sender })
+        let sender = Some(open_connection(&addr, self.tls.as_deref()).await?);
+        Ok(RstoreConn {
+            addr,
+            tls: self.tls.clone(),
+            sender,
+        })
     }
 }
 
@@ -239,12 +270,16 @@ impl RstoreConn {
     ) -> Result<Bytes, OpError> {
         let mut sender = match self.sender.take() {
             Some(s) if !s.is_closed() => s,
-            _ => open_connection(&self.addr).await?,
+            _ => open_connection(&self.addr, self.tls.as_deref()).await?,
         };
-        let req = hyper::Request::builder()
+        let mut req = hyper::Request::builder()
             .method(method)
             .uri(path_and_query)
-            .header(hyper::header::HOST, &self.addr)
+            .header(hyper::header::HOST, &self.addr);
+        if let Some(tls) = &self.tls {
+            req = req.header(hyper::header::AUTHORIZATION, tls.authorization.clone());
+        }
+        let req = req
             .body(http_body_util::Full::new(body))
             .map_err(|e| OpError::Transport(e.to_string()))?;
         sender
@@ -297,15 +332,17 @@ impl Conn for RstoreConn {
 /// etcd over its gRPC API.
 pub struct EtcdTarget {
     urls: Vec<String>,
+    options: Option<etcd_client::ConnectOptions>,
     // Connections are made once and reused by later phases: entry `i` belongs to
     // client task `i`, connected to member `i % urls.len()`.
     pool: tokio::sync::Mutex<Vec<etcd_client::KvClient>>,
 }
 
 impl EtcdTarget {
-    pub fn new(urls: Vec<String>) -> Self {
+    pub fn new(urls: Vec<String>, options: Option<etcd_client::ConnectOptions>) -> Self {
         Self {
             urls,
+            options,
             pool: tokio::sync::Mutex::new(Vec::new()),
         }
     }
@@ -324,7 +361,7 @@ impl Target for EtcdTarget {
             let url = &self.urls[pool.len() % self.urls.len()];
             // One endpoint per client: the channel is a single HTTP/2 connection, not
             // etcd-client's balancer over all members.
-            let client = etcd_client::Client::connect([url.as_str()], None)
+            let client = etcd_client::Client::connect([url.as_str()], self.options.clone())
                 .await
                 .map_err(|e| OpError::Transport(format!("connect to {url}: {e}")))?;
             pool.push(client.kv_client());

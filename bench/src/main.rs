@@ -25,6 +25,7 @@
 
 mod cluster;
 mod load;
+mod security;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -108,6 +109,12 @@ struct Cli {
     /// Also write the results as JSON to this file.
     #[arg(long, env = "RSTORE_BENCH_JSON")]
     json: Option<PathBuf>,
+
+    /// Run both systems without TLS (and rstore without tokens), to measure what TLS
+    /// costs. By default both run as deployed: TLS on client and peer ports with client
+    /// certificates (etcd) or tokens (rstore).
+    #[arg(long, env = "RSTORE_BENCH_PLAINTEXT")]
+    plaintext: bool,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -203,6 +210,8 @@ struct RunConfig {
     mode: Option<ReplicationMode>,
     mode_applied: Option<bool>,
     cpus: usize,
+    /// TLS on both systems (false with `--plaintext`).
+    tls: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -277,10 +286,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         measure,
     );
     let settle = seconds("settle", cli.settle)?;
-    let admin = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("build the HTTP client")?;
+    let tls = if cli.plaintext {
+        None
+    } else {
+        Some(security::BenchTls::new().context("make the benchmark's certificates")?)
+    };
+    let admin = match &tls {
+        Some(t) => t.admin_client()?,
+        None => reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("build the HTTP client")?,
+    };
 
     let mut config = RunConfig {
         seconds: cli.seconds,
@@ -300,6 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         mode: cli.mode,
         mode_applied: None,
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        tls: !cli.plaintext,
     };
 
     let rstore = if cli.skip_rstore {
@@ -322,6 +340,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         info!(node_bin = %node_bin.display(), "starting 3 rstore nodes");
         let cfg = RstoreConfig {
             node_bin: node_bin.clone(),
+            tls: tls.clone(),
             env: cli.rstore_env.clone(),
         };
         let cluster = RstoreCluster::start(&cfg, &admin)
@@ -362,7 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         config.etcd_version = etcd_version(&cli.etcd_bin).await;
         info!(etcd_bin = %cli.etcd_bin.display(), version = ?config.etcd_version, "starting 3 etcd members");
-        let cluster = EtcdCluster::start(&cli.etcd_bin, &admin)
+        let cluster = EtcdCluster::start(&cli.etcd_bin, &admin, tls.as_ref())
             .await
             .context("start the etcd cluster")?;
         info!(urls = ?cluster.client_urls(), "etcd cluster ready");
@@ -394,13 +413,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let rstore_target = match &rstore {
         Some(c) => Some(Arc::new(
-            RstoreTarget::new(c.client_urls().to_vec()).context("build the rstore client")?,
+            RstoreTarget::new(
+                c.client_urls().to_vec(),
+                match &tls {
+                    Some(t) => Some(Arc::new(load::RstoreTls {
+                        config: t.rstore_client_config()?,
+                        authorization: format!("Bearer {}", t.token).parse()?,
+                    })),
+                    None => None,
+                },
+            )
+            .context("build the rstore client")?,
         )),
         None => None,
     };
-    let etcd_target = etcd
-        .as_ref()
-        .map(|c| Arc::new(EtcdTarget::new(c.client_urls().to_vec())));
+    let etcd_target = etcd.as_ref().map(|c| {
+        Arc::new(EtcdTarget::new(
+            c.client_urls().to_vec(),
+            tls.as_ref().map(|t| t.etcd_options()),
+        ))
+    });
 
     let mut populated = PopulateReport::default();
     let mut populated_done = false;
