@@ -464,6 +464,10 @@ fn list_params(uri: &Uri) -> ApiResult<ListParams> {
     })
 }
 
+/// A list page stops growing once its keys and values reach this many bytes (about 5.4 MiB
+/// of JSON with base64 values); `more` then says to continue with `start_after`.
+pub const MAX_LIST_BYTES: usize = 4 << 20;
+
 pub async fn list(
     State(app): State<Arc<App>>,
     method: Method,
@@ -479,7 +483,9 @@ pub async fn list(
     let consistency = parse_consistency(consistency.as_deref(), app.kv.config().read_consistency)?;
     read(&app, consistency, &method, &uri, &headers, || {
         let revision = app.kv.revision();
-        let (items, more) = app.kv.list(&prefix, start_after.as_deref(), limit);
+        let (items, more) = app
+            .kv
+            .list(&prefix, start_after.as_deref(), limit, MAX_LIST_BYTES);
         let items = items
             .into_iter()
             .map(|i| ListItem {

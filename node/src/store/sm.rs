@@ -259,11 +259,15 @@ impl KvReader {
     }
 
     /// Keys with `prefix`, strictly after `start_after`, at most `limit`; and whether more exist.
+    /// Keys under `prefix` after `start_after`, in order: at most `limit` of them, and no
+    /// more once their keys and values reach `max_bytes` (at least one, however big).
+    /// The flag says whether more keys follow.
     pub fn list(
         &self,
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> (Vec<ListedItem>, bool) {
         let start = match start_after {
             Some(s) if s >= prefix => Bound::Excluded(s),
@@ -271,15 +275,17 @@ impl KvReader {
         };
         let state = self.state();
         let mut items = Vec::new();
+        let mut bytes = 0usize;
         for (key, record) in state
             .data
             .map
             .range::<str, _>((start, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
         {
-            if items.len() == limit {
+            if items.len() == limit || (!items.is_empty() && bytes >= max_bytes) {
                 return (items, true);
             }
+            bytes += key.len() + record.value.len();
             items.push(ListedItem {
                 key: key.clone(),
                 record: record.clone(),
