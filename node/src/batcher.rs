@@ -127,6 +127,18 @@ pub struct Batcher {
     kv: KvReader,
     max_data_bytes: u64,
     limits: WriteLimits,
+    /// Bytes of writes that add data, admitted and not yet answered: the quota counts them,
+    /// so that many concurrent writes cannot all pass a check made before any applies.
+    in_flight: Arc<AtomicU64>,
+}
+
+/// A write's share of [`Batcher::in_flight`], released when it is answered.
+struct InFlight(Arc<AtomicU64>, u64);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::AcqRel);
+    }
 }
 
 pub struct BatcherConfig {
@@ -184,6 +196,7 @@ impl Batcher {
             kv: batcher_kv,
             max_data_bytes: config.max_data_bytes,
             limits: config.limits,
+            in_flight: Arc::default(),
         }
     }
 
@@ -192,12 +205,18 @@ impl Batcher {
         // The one check every write path shares: the client API, transactions and batches
         // forwarded by other members all end here.
         self.limits.validate(&cmd).map_err(WriteError::Invalid)?;
-        // Like etcd's backend quota: checked against the applied state before the write
-        // enters the log, so it bounds memory, not exactly; deletes always pass.
+        // Like etcd's backend quota: checked before the write enters the log, against the
+        // applied state (keys, values and per-key bookkeeping) plus the writes admitted and
+        // not yet answered; deletes always pass.
+        let adds = cmd.adds_data();
+        let size = if adds { cmd.size() as u64 } else { 0 };
+        let pending = self.in_flight.fetch_add(size, Ordering::AcqRel);
+        let _in_flight = InFlight(self.in_flight.clone(), size);
         let held = self.kv.data_bytes();
-        if held >= self.max_data_bytes && cmd.adds_data() {
+        if adds && held + pending >= self.max_data_bytes {
             return Err(WriteError::QuotaExceeded(format!(
-                "the store holds {held} bytes of keys and values, at its quota of {} \
+                "the store holds {held} bytes of keys, values and per-key bookkeeping, and \
+                 {pending} more are in writes in flight, at its quota of {} \
                  (RSTORE_MAX_DATA_BYTES); delete keys to make room, or raise the quota on every \
                  member along with its memory (the data is kept in memory)",
                 self.max_data_bytes

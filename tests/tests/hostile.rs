@@ -404,7 +404,8 @@ async fn raw_exchange(dest: &Dest, head: String, total: usize, chunked: bool) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_past_the_data_quota_get_507_and_deletes_make_room() {
-    // 1000-byte values with 3-byte keys: 8 fit under 8192 bytes, the 9th reaches it.
+    // 1000-byte values with 3-byte keys count 1131 bytes each with the per-key bookkeeping
+    // (128): 8 fit under 8192 bytes, the 9th is refused.
     let mut cluster = Cluster::start_with_env(3, &[("RSTORE_MAX_DATA_BYTES", "8192")]).await;
     let (leader, follower) = cluster.leader_and_follower().await;
     let value = vec![b'q'; 1000];
@@ -428,7 +429,7 @@ async fn writes_past_the_data_quota_get_507_and_deletes_make_room() {
         message.contains("RSTORE_MAX_DATA_BYTES") && message.contains("delete keys"),
         "{message}"
     );
-    assert_eq!(i, 9, "refused after {i} writes: {message}");
+    assert_eq!(i, 8, "refused after {i} writes: {message}");
     let client = cluster.client(leader);
     // A transaction that may put is refused; one that only deletes and reads is not.
     client
@@ -457,7 +458,7 @@ async fn writes_past_the_data_quota_get_507_and_deletes_make_room() {
     let view = client.get_path("/metrics").await.text();
     assert!(
         view.lines()
-            .any(|l| l == format!("rstore_kv_data_bytes {}", 7 * 1003 + 7 + 1000)),
+            .any(|l| l == format!("rstore_kv_data_bytes {}", 6 * 1131 + 7 + 1000 + 128)),
         "rstore_kv_data_bytes: {}",
         view.lines()
             .filter(|l| l.contains("data_bytes"))

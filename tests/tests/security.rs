@@ -840,3 +840,39 @@ async fn list_pages_are_bounded_in_bytes_and_continue() {
     assert_eq!(seen, want, "every key once, in order");
     assert!(pages >= 3, "12 MiB came in {pages} pages");
 }
+
+/// Many writes at once near the quota: the quota counts the writes in flight, so together
+/// they cannot take the data far past it (before, every write checked against the state
+/// before any of them applied, and all passed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_cannot_overshoot_the_quota() {
+    const QUOTA: u64 = 256 << 10;
+    const VALUE: usize = 16 << 10;
+    let cluster =
+        Cluster::start_with_env(1, &[("RSTORE_MAX_DATA_BYTES", &QUOTA.to_string())]).await;
+    let client = cluster.client(0);
+    let value = vec![b'q'; VALUE];
+    use futures::StreamExt;
+    let answers: Vec<u16> = futures::stream::iter(0..128)
+        .map(|i| {
+            let client = client.clone();
+            let value = value.clone();
+            async move { client.put(&format!("q/{i:03}"), &value).await.status }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let ok = answers.iter().filter(|s| **s == 200).count();
+    assert!(
+        answers.iter().all(|s| *s == 200 || *s == 507),
+        "{answers:?}"
+    );
+    let text = client.get_path("/metrics").await.text();
+    let held = metric_value(&text, "rstore_kv_data_bytes").expect("rstore_kv_data_bytes");
+    assert!(ok > 0 && ok < 128, "{ok} of 128 writes accepted");
+    // At most one write's worth past the quota.
+    assert!(
+        held <= (QUOTA + VALUE as u64 + 256) as f64,
+        "{ok} writes accepted: {held} bytes held against a quota of {QUOTA}"
+    );
+}
