@@ -56,6 +56,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         // Client commands: one clear line on failure, never a backtrace.
         Command::Kv(cmd) => client_result(rstore_node::cli::run_kv(cmd).await),
         Command::Cluster(cmd) => client_result(rstore_node::cli::run_cluster(cmd).await),
+        Command::Cert(cmd) => client_result(rstore_node::cli::run_cert(cmd)),
     }
 }
 

@@ -876,3 +876,177 @@ async fn concurrent_writes_cannot_overshoot_the_quota() {
         "{ok} writes accepted: {held} bytes held against a quota of {QUOTA}"
     );
 }
+
+/// A member set up by hand with `node cert`, and the CLI's credential flags against it:
+/// `--cacert` with `--token` or with `--cert`/`--key`, and the same through `RSTORE_*`
+/// variables; a read credential cannot write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_cert_files_start_a_member_and_the_cli_authenticates() {
+    use std::process::Command;
+    let bin = common::node_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(&bin)
+            .args(args)
+            .env_remove("RSTORE_ENDPOINT")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let port = |_: ()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (client_port, peer_port) = (port(()), port(()));
+    let peer_url = format!("https://127.0.0.1:{peer_port}");
+    let ep = format!("https://127.0.0.1:{client_port}");
+    let p = |f: &str| d.join(f).display().to_string();
+    assert!(run(&["cert", "ca", "--dir", &p("")], &[]).0);
+    assert!(
+        run(
+            &[
+                "cert",
+                "member",
+                "--ca-dir",
+                &p(""),
+                "--peer-url",
+                &peer_url,
+                "--out",
+                &p("node")
+            ],
+            &[]
+        )
+        .0
+    );
+    assert!(
+        run(
+            &[
+                "cert",
+                "client",
+                "--ca-dir",
+                &p(""),
+                "--name",
+                "viewer",
+                "--role",
+                "read",
+                "--out",
+                &p("viewer")
+            ],
+            &[]
+        )
+        .0
+    );
+    let (ok, admin_token, _) = run(
+        &[
+            "cert",
+            "token",
+            "--name",
+            "ops",
+            "--role",
+            "admin",
+            "--token-file",
+            &p("tokens"),
+        ],
+        &[],
+    );
+    assert!(ok);
+    let admin_token = admin_token.trim().to_string();
+    assert!(
+        !std::fs::read_to_string(d.join("tokens"))
+            .unwrap()
+            .contains(&admin_token)
+    );
+    let mut child = tokio::process::Command::new(&bin)
+        .args(["serve", "--data-dir", &p("data")])
+        .args(["--listen-client", &format!("127.0.0.1:{client_port}")])
+        .args(["--listen-peer", &format!("127.0.0.1:{peer_port}")])
+        .args([
+            "--tls-ca-file",
+            &p("ca.crt"),
+            "--tls-cert-file",
+            &p("node.crt"),
+            "--tls-key-file",
+            &p("node.key"),
+        ])
+        .args(["--token-file", &p("tokens")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let with_token = [
+        ("RSTORE_ENDPOINT", ep.as_str()),
+        ("RSTORE_CACERT", &p("ca.crt")),
+        ("RSTORE_TOKEN", &admin_token),
+    ];
+    wait_until(ELECTION, "the member to answer", async || {
+        run(&["cluster", "status"], &with_token).0 || {
+            // Not initialized yet: initialize it (idempotent).
+            run(&["cluster", "init"], &with_token).0
+        }
+    })
+    .await;
+    wait_until(ELECTION, "a write through the CLI", async || {
+        run(&["kv", "put", "hello", "world"], &with_token).0
+    })
+    .await;
+    // Flags instead of variables, with the read client certificate: reads, cannot write.
+    let cert_flags = [
+        "--endpoint",
+        &ep,
+        "--cacert",
+        &p("ca.crt"),
+        "--cert",
+        &p("viewer.crt"),
+        "--key",
+        &p("viewer.key"),
+    ];
+    let mut get = vec!["kv", "get", "hello"];
+    get.extend_from_slice(&cert_flags);
+    let (ok, out, err) = run(&get, &[]);
+    assert!(ok && out.trim() == "world", "{out} {err}");
+    let mut put = vec!["kv", "put", "hello", "changed"];
+    put.extend_from_slice(&cert_flags);
+    let (ok, _, err) = run(&put, &[]);
+    assert!(
+        !ok && err.contains("403") && err.contains("permission_denied"),
+        "{err}"
+    );
+    // No credential: 401; no CA: the server's certificate is not trusted.
+    let (ok, _, err) = run(
+        &[
+            "kv",
+            "get",
+            "hello",
+            "--endpoint",
+            &ep,
+            "--cacert",
+            &p("ca.crt"),
+        ],
+        &[],
+    );
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, _, _) = run(
+        &[
+            "kv",
+            "get",
+            "hello",
+            "--endpoint",
+            &ep,
+            "--token",
+            &admin_token,
+        ],
+        &[],
+    );
+    assert!(!ok, "a client without the CA trusted the member");
+    let _ = child.kill().await;
+}
