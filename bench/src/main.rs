@@ -113,7 +113,8 @@ struct Cli {
     /// Run both systems without TLS (and rstore without tokens), to measure what TLS
     /// costs. By default both run as deployed: TLS on client and peer ports with client
     /// certificates (etcd) or tokens (rstore).
-    #[arg(long, env = "RSTORE_BENCH_PLAINTEXT")]
+    #[arg(long, env = "RSTORE_BENCH_PLAINTEXT",
+          value_parser = clap::builder::BoolishValueParser::new())]
     plaintext: bool,
 }
 

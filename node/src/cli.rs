@@ -280,7 +280,8 @@ pub struct ServeArgs {
     /// Run without TLS on either port. Anyone who can reach the peer port can then send
     /// Raft traffic, and without --token-file anyone who can reach the client port can read,
     /// write and reconfigure. For tests and trusted networks only.
-    #[arg(long, env = "RSTORE_INSECURE_PLAINTEXT")]
+    #[arg(long, env = "RSTORE_INSECURE_PLAINTEXT",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_plaintext: bool,
     /// Who may read /metrics: `open` (anyone who reaches the client port) or
     /// `authenticated` (the read role).
@@ -887,6 +888,8 @@ mod tests {
         let err = parse(&[]).unwrap_err().to_string();
         assert!(err.contains("TLS is required"), "{err}");
         let s = parse(&["--insecure-plaintext"]).unwrap();
+        // RSTORE_INSECURE_PLAINTEXT takes the usual spellings of true (1, yes, on): the
+        // harness sets it to 1 (tests/tests/operator_liar.rs).
         assert!(s.tls.is_none() && s.advertise_client.starts_with("http://"));
         let s = parse(&["--tls-ca-file=a", "--tls-cert-file=b", "--tls-key-file=c"]).unwrap();
         assert!(s.tls.is_some() && s.advertise_peer.starts_with("https://"));

@@ -35,7 +35,7 @@ pub enum NodeApiError {
         /// Its message.
         message: String,
     },
-    /// The answer was not the documented JSON.
+    /// The answer could not be read.
     #[error("node {url} answered unexpected JSON: {source}")]
     Decode {
         /// Base URL called.
@@ -44,6 +44,53 @@ pub enum NodeApiError {
         #[source]
         source: reqwest::Error,
     },
+    /// The answer was not the documented JSON.
+    #[error("node {url} answered unexpected JSON: {source}")]
+    Json {
+        /// Base URL called.
+        url: String,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The answer was larger than any honest node sends.
+    #[error("node {url} sent an answer over {limit} bytes; ignored")]
+    TooLarge {
+        /// Base URL called.
+        url: String,
+        /// [`MAX_REPLY_BYTES`].
+        limit: usize,
+    },
+}
+
+/// The most the operator reads of one node's answer: a view of the largest cluster is a
+/// few kilobytes, and no pod can make the operator buffer more than this.
+pub const MAX_REPLY_BYTES: usize = 4 << 20;
+
+/// Read a body whole, up to `limit` bytes.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    url: &str,
+    limit: usize,
+) -> Result<Vec<u8>, NodeApiError> {
+    let too_large = || NodeApiError::TooLarge {
+        url: url.to_owned(),
+        limit,
+    };
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|source| NodeApiError::Decode {
+        url: url.to_owned(),
+        source,
+    })? {
+        if out.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// `GET /v1/node`.
@@ -145,7 +192,9 @@ impl NodeApi {
             http: reqwest::Client::builder()
                 .no_proxy()
                 .connect_timeout(read_timeout)
-                .pool_idle_timeout(Duration::from_secs(30))
+                // Below the members' idle timeout (10 s), so that no request goes out on a
+                // connection the member is closing.
+                .pool_idle_timeout(Duration::from_secs(4))
                 .build()
                 .unwrap_or_default(),
             read_timeout,
@@ -166,8 +215,9 @@ impl NodeApi {
                 source,
             })?;
         let status = resp.status();
+        let body = read_capped(resp, base, MAX_REPLY_BYTES).await?;
         if !status.is_success() {
-            let (code, message) = match resp.json::<ErrorBody>().await {
+            let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
                 Ok(b) => (b.error.code, b.error.message),
                 Err(_) => ("unknown".to_owned(), format!("HTTP {status}")),
             };
@@ -178,7 +228,7 @@ impl NodeApi {
                 message,
             });
         }
-        resp.json().await.map_err(|source| NodeApiError::Decode {
+        serde_json::from_slice(&body).map_err(|source| NodeApiError::Json {
             url: base.to_owned(),
             source,
         })
@@ -198,6 +248,15 @@ impl NodeApi {
         let req = self
             .http
             .get(format!("{base}/v1/cluster"))
+            .timeout(self.read_timeout);
+        self.call(base, req).await
+    }
+
+    /// `GET /v1/cluster?consistency=stale`: the node's own view, not forwarded.
+    pub async fn cluster_local(&self, base: &str) -> Result<ClusterView, NodeApiError> {
+        let req = self
+            .http
+            .get(format!("{base}/v1/cluster?consistency=stale"))
             .timeout(self.read_timeout);
         self.call(base, req).await
     }

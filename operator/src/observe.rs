@@ -65,6 +65,8 @@ pub struct Observation {
     pub view_from: Option<String>,
     /// Pod ordinal of each member in `view`.
     pub member_ordinals: BTreeMap<u64, Option<u32>>,
+    /// Why `view` could not be confirmed (see [`confirm_view`]); no member is removed then.
+    pub unconfirmed: Option<String>,
 }
 
 impl Observation {
@@ -145,7 +147,15 @@ pub async fn observe(
     for (pod, answer) in pods.values_mut().zip(answers) {
         pod.node = answer;
     }
-    let (view, view_from) = cluster_view(nodes, &pods).await;
+    let answered: Vec<(String, NodeInfo)> = pods
+        .values()
+        .filter_map(|p| Some((p.base_url()?, p.node.clone()?)))
+        .collect();
+    let LeaderView {
+        view,
+        from: view_from,
+        unconfirmed,
+    } = leader_view(nodes, &answered).await;
     let previous: HashMap<u64, u32> = rs
         .status
         .iter()
@@ -169,37 +179,120 @@ pub async fn observe(
         view,
         view_from,
         member_ordinals,
+        unconfirmed,
     })
 }
 
-/// Asks the node that claims to lead (by most votes among the answers, highest term first),
-/// then any initialized node, for the cluster view; only a view whose answerer names a
-/// leader counts.
-async fn cluster_view(
-    nodes: &NodeApi,
-    pods: &BTreeMap<u32, PodState>,
-) -> (Option<ClusterView>, Option<String>) {
-    let mut candidates: Vec<(u64, bool, String)> = Vec::new();
-    for p in pods.values() {
-        let (Some(n), Some(base)) = (&p.node, p.base_url()) else {
+/// The leader's view of the cluster, and whether it was confirmed.
+#[derive(Debug, Default)]
+pub struct LeaderView {
+    pub view: Option<ClusterView>,
+    /// Base URL of the node that answered `view`.
+    pub from: Option<String>,
+    /// Why `view` could not be confirmed, if it could not.
+    pub unconfirmed: Option<String>,
+}
+
+/// Asks the nodes that claim to lead (highest term first), then the others (which forward),
+/// for the cluster view, and confirms it against every node's own answers: the first
+/// confirmed view wins; without one, the first view is returned with why it is not
+/// confirmed. `answered` is each reachable node's base URL and `GET /v1/node`.
+///
+/// One pod answering with a made-up leader, term or member list must not make the operator
+/// remove anyone, so a view is trusted only when [`confirm_view`] agrees.
+pub async fn leader_view(nodes: &NodeApi, answered: &[(String, NodeInfo)]) -> LeaderView {
+    let mut candidates: Vec<&(String, NodeInfo)> = answered
+        .iter()
+        .filter(|(_, n)| n.cluster_id.is_some())
+        .collect();
+    // The self-declared leader with the highest term first; then the others, which forward.
+    candidates.sort_by_key(|(_, n)| std::cmp::Reverse((n.role == "leader", n.term)));
+    // Each node's own member list, for the majority check.
+    let locals: Vec<Option<Vec<u64>>> =
+        futures::future::join_all(candidates.iter().map(|(base, _)| async move {
+            let v = nodes.cluster_local(base).await.ok()?;
+            let mut ids: Vec<u64> = v.members.iter().map(|m| m.id).collect();
+            ids.sort_unstable();
+            Some(ids)
+        }))
+        .await;
+    let own: Vec<(&NodeInfo, Option<&Vec<u64>>)> = candidates
+        .iter()
+        .zip(&locals)
+        .map(|((_, n), l)| (n, l.as_ref()))
+        .collect();
+    let mut first: Option<LeaderView> = None;
+    for (base, info) in candidates.iter().take(3) {
+        let Ok(view) = nodes.cluster(base).await else {
             continue;
         };
-        if n.cluster_id.is_none() {
+        if view.leader_id.is_none() || view.cluster_id.is_none() {
             continue;
         }
-        candidates.push((n.term, n.role == "leader", base));
-    }
-    // The self-declared leader with the highest term first; then the others, which forward.
-    candidates.sort_by_key(|c| std::cmp::Reverse((c.1, c.0)));
-    for (_, _, base) in candidates.into_iter().take(3) {
-        if let Ok(view) = nodes.cluster(&base).await
-            && view.leader_id.is_some()
-            && view.cluster_id.is_some()
-        {
-            return (Some(view), Some(base));
+        let unconfirmed = confirm_view(&view, info.id, &own).err();
+        let answer = LeaderView {
+            view: Some(view),
+            from: Some(base.clone()),
+            unconfirmed,
+        };
+        if answer.unconfirmed.is_none() {
+            return answer;
         }
+        tracing::warn!(from = %base, reason = answer.unconfirmed.as_deref().unwrap_or(""), "cluster view not confirmed");
+        first.get_or_insert(answer);
     }
-    (None, None)
+    first.unwrap_or_default()
+}
+
+/// Whether `view`, answered by node `from`, may be trusted to remove members: it must be
+/// the leader's own (`from` is its leader), that node must report itself leader at the
+/// view's term, and a strict majority of the reachable nodes of that cluster (`own`: each
+/// node's `GET /v1/node` and its own member list) must agree on the leader, the term and
+/// the member list. `Err` says what did not hold.
+pub fn confirm_view(
+    view: &ClusterView,
+    from: u64,
+    own: &[(&NodeInfo, Option<&Vec<u64>>)],
+) -> Result<(), String> {
+    let (Some(leader), Some(cluster)) = (view.leader_id, view.cluster_id.as_deref()) else {
+        return Err("the view names no leader or cluster".into());
+    };
+    if from != leader {
+        return Err(format!(
+            "the view came from node {from}, not from its leader {leader}"
+        ));
+    }
+    let Some((claimed, _)) = own.iter().find(|(n, _)| n.id == leader) else {
+        return Err(format!(
+            "the claimed leader {leader} did not answer as itself"
+        ));
+    };
+    if claimed.role != "leader" || claimed.term != view.term {
+        return Err(format!(
+            "node {leader} reports role {} at term {}, not leader at term {}",
+            claimed.role, claimed.term, view.term
+        ));
+    }
+    let mut members: Vec<u64> = view.members.iter().map(|m| m.id).collect();
+    members.sort_unstable();
+    let reachable: Vec<_> = own
+        .iter()
+        .filter(|(n, _)| n.cluster_id.as_deref() == Some(cluster))
+        .collect();
+    let agree = reachable
+        .iter()
+        .filter(|(n, local)| {
+            n.leader_id == Some(leader) && n.term == view.term && *local == Some(&members)
+        })
+        .count();
+    if agree * 2 <= reachable.len() {
+        return Err(format!(
+            "only {agree} of the {} reachable members agree that node {leader} leads at term {} with members {members:?}",
+            reachable.len(),
+            view.term
+        ));
+    }
+    Ok(())
 }
 
 /// The pod ordinal a member runs on (see the module docs for the order of evidence).
@@ -299,6 +392,7 @@ impl HealthClock {
             Some(ClusterObs {
                 cluster_id: v.cluster_id.clone()?,
                 leader_id,
+                unconfirmed: obs.unconfirmed.clone(),
                 members,
                 membership_changing: v.membership_changing,
                 mode: v.replication_mode,

@@ -178,6 +178,9 @@ pub struct ClusterObs {
     pub cluster_id: String,
     /// Node id of the leader that answered.
     pub leader_id: u64,
+    /// Why this view could not be confirmed by a majority of the members (one pod's word
+    /// only): then no member is removed.
+    pub unconfirmed: Option<String>,
     /// Voters and learners.
     pub members: Vec<MemberObs>,
     /// A joint-consensus change is in flight.
@@ -607,6 +610,15 @@ impl<'a> View<'a> {
 
     /// The first candidate whose removal is safe, or a refusal naming why none is.
     fn remove_first(&self, candidates: Vec<(&MemberObs, RemoveReason)>) -> Option<Step> {
+        if let (Some(why), Some((m, reason))) = (&self.cluster.unconfirmed, candidates.first()) {
+            return Some(Step::Refuse {
+                reason: format!(
+                    "not removing node {} ({reason}): the leader's view is not confirmed ({why}); \
+                     members are removed only on a view a majority of them agrees with",
+                    m.id
+                ),
+            });
+        }
         let mut blocked = Vec::new();
         for (m, reason) in candidates {
             match self.removal_blocked(m) {

@@ -223,6 +223,7 @@ impl World {
             .map(|leader_id| ClusterObs {
                 cluster_id: self.cluster_id.clone().unwrap_or_default(),
                 leader_id,
+                unconfirmed: None,
                 members: self
                     .members
                     .iter()

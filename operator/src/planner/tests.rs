@@ -388,6 +388,43 @@ fn an_orphan_member_is_removed() {
     );
 }
 
+/// One pod's unconfirmed word (a made-up leader, term or member list) removes no one:
+/// the same orphan as above is kept, with a refusal that says why.
+#[test]
+fn an_unconfirmed_view_removes_no_member() {
+    let w = World::healthy(5, 0, V1);
+    let mut o = w.observe();
+    let c = o.cluster.as_mut().unwrap();
+    c.members.push(MemberObs {
+        id: 999,
+        ordinal: None,
+        role: MemberRole::Learner,
+        lag: Some(u64::MAX),
+        last_contact_ms: Some(u64::MAX),
+        unhealthy_for_ms: u64::MAX,
+    });
+    c.unconfirmed = Some("only 1 of the 5 reachable members agree".into());
+    for d in [desired(5, 0), desired(3, 0)] {
+        let step = plan(&d, &o, &sim::policy());
+        assert!(
+            !matches!(step, Step::RemoveMember { .. }),
+            "removed on an unconfirmed view: {step}"
+        );
+        if let Step::Refuse { reason } = &step {
+            assert!(reason.contains("not confirmed"), "{reason}");
+        }
+    }
+    // Confirmed, the same view does remove.
+    o.cluster.as_mut().unwrap().unconfirmed = None;
+    assert_eq!(
+        plan(&desired(5, 0), &o, &sim::policy()),
+        Step::RemoveMember {
+            id: 999,
+            reason: RemoveReason::Orphan
+        }
+    );
+}
+
 #[test]
 fn an_unreachable_member_is_replaced_only_after_the_timeout() {
     let d = desired(3, 0);
@@ -639,6 +676,7 @@ fn arb_cluster() -> impl Strategy<Value = ClusterObs> {
                 ClusterObs {
                     cluster_id,
                     leader_id,
+                    unconfirmed: None,
                     members,
                     membership_changing,
                     mode,

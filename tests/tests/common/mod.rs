@@ -185,6 +185,9 @@ impl Creds {
         )
         .expect("TLS client config")
         .connect_timeout(Duration::from_secs(2))
+        // Below the members' idle timeout (10 s): no request goes out on a connection
+        // the member is closing.
+        .pool_idle_timeout(Duration::from_secs(4))
         .timeout(Duration::from_secs(20));
         if let Some(t) = token {
             let mut h = reqwest::header::HeaderMap::new();
