@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -30,7 +31,9 @@ use crate::nodeapi::NodeApi;
 use crate::observe::{HealthClock, Observation, observe};
 use crate::planner::{Desired, Policy, Step, member_caught_up, plan};
 use crate::resources::statefulset::{self, revision_of};
-use crate::resources::{FIELD_MANAGER, LABEL_INSTANCE, LABEL_NAME, Names, pdb, service};
+use crate::resources::{
+    FIELD_MANAGER, LABEL_INSTANCE, LABEL_NAME, Names, networkpolicy, pdb, service,
+};
 use crate::status::{self, step_reason};
 use crate::{Error, Result};
 
@@ -180,6 +183,13 @@ async fn reconcile_inner(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome>
     apply(
         &Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), ns),
         &pdb::build(rs),
+    )
+    .await?;
+    // The chart passes the operator's namespace (downward API), which the policy admits.
+    let operator_ns = std::env::var("POD_NAMESPACE").ok();
+    apply(
+        &Api::<NetworkPolicy>::namespaced(ctx.client.clone(), ns),
+        &networkpolicy::build(rs, operator_ns.as_deref()),
     )
     .await?;
 

@@ -156,6 +156,13 @@ pub struct ReplicatedStoreSpec {
     /// action until this is false again.
     #[serde(default)]
     pub paused: bool,
+
+    /// Who may reach the members' client port (7379), as NetworkPolicy peers (pod and
+    /// namespace selectors, IP blocks). Left out, any pod may; the rstore operator's own
+    /// namespace is always allowed. The peer port (7380) only ever admits the store's own
+    /// pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_access: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>,
 }
 
 impl Default for ReplicatedStoreSpec {
@@ -173,6 +180,7 @@ impl Default for ReplicatedStoreSpec {
             topology_spread_constraints: None,
             raft: None,
             paused: false,
+            client_access: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
@@ -76,6 +77,15 @@ async fn children(client: &Client) -> Vec<Value> {
             .iter()
             .map(content),
     );
+    let np = Api::<NetworkPolicy>::namespaced(client.clone(), NS);
+    out.extend(
+        np.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(content),
+    );
     out
 }
 
@@ -129,6 +139,7 @@ async fn creates_owned_objects_writes_status_and_events_then_settles() {
         ("Service", "db"),
         ("Service", "db-peer"),
         ("PodDisruptionBudget", "db"),
+        ("NetworkPolicy", "db"),
     ] {
         assert!(names.contains(&want), "{want:?} missing from {names:?}");
     }

@@ -51,8 +51,8 @@ OPERATOR_RBAC = {
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "pods"): {"get", "list", "watch", "delete"},
-    ("", "persistentvolumeclaims"): {"get", "list", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
 LEASE_RBAC = {("coordination.k8s.io", "leases"): {"get", "create", "update", "patch"}}

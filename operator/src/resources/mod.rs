@@ -4,6 +4,7 @@
 //! Names, labels and ports are typed constants here, so that the builders, the observer, the
 //! local pod runner and the Helm chart agree on them.
 
+pub mod networkpolicy;
 pub mod pdb;
 pub mod service;
 pub mod statefulset;

@@ -222,6 +222,9 @@ pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
         }),
         spec: Some(PodSpec {
             containers: vec![container],
+            // The node never calls the Kubernetes API: a pod that cannot read a token
+            // cannot leak one.
+            automount_service_account_token: Some(false),
             affinity: spec.affinity.clone(),
             tolerations: spec.tolerations.clone(),
             node_selector: spec.node_selector.clone(),
@@ -338,6 +341,8 @@ mod tests {
             |p: &Option<Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
         assert_eq!(probe_path(&c.readiness_probe).as_deref(), Some("/readyz"));
         assert_eq!(probe_path(&c.liveness_probe).as_deref(), Some("/healthz"));
+        // The node never calls the API server: no service-account token in its pods.
+        assert_eq!(pod.automount_service_account_token, Some(false));
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
