@@ -102,6 +102,25 @@ fn condition(headers: &HeaderMap) -> ApiResult<Condition> {
     }
 }
 
+/// How much of a refused body is still read (and dropped) before the 413 goes out, and for
+/// how long. A client that writes its whole body before it reads the answer (most do) gets
+/// the 413 instead of a broken pipe when the server closes the connection under it; bodies
+/// past this are cut off as before.
+const LINGER_BYTES: usize = 16 << 20;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Read and drop what is left of `body`, up to [`LINGER_BYTES`] and [`LINGER_TIME`].
+async fn linger(mut body: Body, mut seen: usize) {
+    use http_body_util::BodyExt;
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    while seen <= LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => seen += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
+    }
+}
+
 /// Read a request body up to `limit` bytes, answering 413 beyond it.
 pub async fn read_body(
     headers: &HeaderMap,
@@ -109,6 +128,7 @@ pub async fn read_body(
     limit: usize,
     what: &str,
 ) -> ApiResult<Bytes> {
+    use http_body_util::BodyExt;
     let too_large = |n: Option<usize>| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -125,19 +145,29 @@ pub async fn read_body(
         .and_then(|v| v.parse::<usize>().ok())
         && len > limit
     {
+        if len <= LINGER_BYTES {
+            linger(body, 0).await;
+        }
         return Err(too_large(Some(len)));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        {
-            too_large(None)
-        } else {
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
             ApiError::bad_request(
                 "invalid_request",
                 format!("could not read the request body: {e}"),
             )
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if buf.len() + data.len() > limit {
+                linger(body, buf.len() + data.len()).await;
+                return Err(too_large(None));
+            }
+            buf.extend_from_slice(data);
         }
-    })
+    }
+    Ok(buf.freeze())
 }
 
 fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
