@@ -60,6 +60,8 @@ pub struct Settings {
     /// Time a connection has to finish its TLS handshake and each request head; also how
     /// long a keep-alive connection may sit idle.
     pub header_timeout: Duration,
+    /// Time a request body has to arrive whole (408 after).
+    pub body_timeout: Duration,
     /// Concurrent watches on this member; more answer 429.
     pub max_watches: usize,
     /// Bytes a watch may have waiting to be sent before the watcher is cut off.

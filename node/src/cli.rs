@@ -300,6 +300,9 @@ pub struct ServeArgs {
     #[arg(long, env = "RSTORE_HEADER_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(100..))]
     pub header_timeout_ms: u64,
+    /// Time a request body has to arrive whole; slower ones answer 408.
+    #[arg(long, env = "RSTORE_BODY_TIMEOUT_MS", default_value_t = DEFAULT_BODY_TIMEOUT_MS)]
+    pub body_timeout_ms: u64,
     /// Concurrent watches on this member; more answer 429.
     #[arg(long, env = "RSTORE_MAX_WATCHES", default_value_t = 1024)]
     pub max_watches: usize,
@@ -308,6 +311,9 @@ pub struct ServeArgs {
     #[arg(long, env = "RSTORE_WATCH_BUFFER_BYTES", default_value_t = 8 << 20)]
     pub watch_buffer_bytes: usize,
 }
+
+/// Default of `--body-timeout-ms`.
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 30_000;
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum MetricsAccess {
@@ -394,6 +400,7 @@ impl ServeArgs {
             metrics_open: self.metrics_access == MetricsAccess::Open,
             max_connections: self.max_connections.max(1),
             header_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms.max(100)),
             max_watches: self.max_watches,
             watch_buffer_bytes: self.watch_buffer_bytes.max(64 << 10),
         })

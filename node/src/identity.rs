@@ -4,7 +4,6 @@
 //! directory is lost, the identity goes with it and the node comes back as a new member
 //! with a new id: reusing an id after data loss would break Raft's safety.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -144,25 +143,10 @@ impl Identity {
             cluster_id: self.cluster_id(),
         };
         let bytes = serde_json::to_vec_pretty(&file).expect("identity serializes");
-        write_durably(&self.path, &bytes)
+        // Through the store's fsync, as the log: a failed sync aborts, rather than let an
+        // identity that seems saved come back different after a crash.
+        crate::store::fsync::write_durably(&self.path, &bytes)
     }
-}
-
-/// Replace `path` atomically and durably with `bytes`.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-/// fsync a directory so that a rename or a new file in it survives a power loss.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// A fresh random cluster id, as 16 hex digits.

@@ -1050,3 +1050,47 @@ async fn node_cert_files_start_a_member_and_the_cli_authenticates() {
     assert!(!ok, "a client without the CA trusted the member");
     let _ = child.kill().await;
 }
+
+/// A body dribbled a byte at a time gets 408 once the body timeout passes, and the
+/// connection is closed; the value is not written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_body_senders_get_408() {
+    let cluster = Cluster::start_with_env(1, &[("RSTORE_BODY_TIMEOUT_MS", "1000")]).await;
+    let node = &cluster.nodes[0];
+    let creds = cluster.creds();
+    let mut conn = common::raw_connect(&node.direct_client_url, Some(creds), None)
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /v1/kv/slow HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: 100\r\n\r\n",
+        creds.admin_token
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        // One byte of body every 100 ms, reading the answer in between.
+        let _ = conn.write_all(b"x").await;
+        match tokio::time::timeout(Duration::from_millis(100), conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "still reading the body after 8 s"
+        );
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert_eq!(
+        cluster
+            .client(0)
+            .get("slow", Consistency::Linearizable)
+            .await
+            .status,
+        404
+    );
+}

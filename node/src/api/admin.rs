@@ -224,7 +224,15 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     body: Body,
     shape: &str,
 ) -> ApiResult<(Bytes, T)> {
-    let raw = read_body(headers, body, 64 << 10, "request body").await?;
+    // Admin bodies are small and need the admin role: the default body timeout will do.
+    let raw = read_body(
+        headers,
+        body,
+        64 << 10,
+        "request body",
+        std::time::Duration::from_millis(crate::cli::DEFAULT_BODY_TIMEOUT_MS),
+    )
+    .await?;
     let value = serde_json::from_slice(&raw).map_err(|e| {
         ApiError::bad_request("invalid_request", format!("body must be JSON {shape}: {e}"))
     })?;

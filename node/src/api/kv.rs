@@ -127,6 +127,7 @@ pub async fn read_body(
     body: Body,
     limit: usize,
     what: &str,
+    timeout: std::time::Duration,
 ) -> ApiResult<Bytes> {
     use http_body_util::BodyExt;
     let too_large = |n: Option<usize>| {
@@ -152,7 +153,22 @@ pub async fn read_body(
     }
     let mut body = body;
     let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    // A body sent a byte at a time must not hold a connection and a handler for ever.
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let Ok(frame) = tokio::time::timeout_at(deadline, body.frame()).await else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the {what} did not arrive within {} ms (RSTORE_BODY_TIMEOUT_MS); send the body at once",
+                    timeout.as_millis()
+                ),
+            ));
+        };
+        let Some(frame) = frame else {
+            return Ok(buf.freeze());
+        };
         let frame = frame.map_err(|e| {
             ApiError::bad_request(
                 "invalid_request",
@@ -167,7 +183,6 @@ pub async fn read_body(
             buf.extend_from_slice(data);
         }
     }
-    Ok(buf.freeze())
 }
 
 fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
@@ -329,7 +344,14 @@ pub async fn put(
     let key = key_from_path(app.settings.max_key_bytes, &uri)?;
     parse_query(&uri, &[])?;
     let cond = condition(&headers)?;
-    let value = read_body(&headers, body, app.settings.max_value_bytes, "value").await?;
+    let value = read_body(
+        &headers,
+        body,
+        app.settings.max_value_bytes,
+        "value",
+        app.settings.body_timeout,
+    )
+    .await?;
     let cmd = Command::Put {
         key: key.clone(),
         value: value.to_vec(),

@@ -239,7 +239,14 @@ pub async fn txn(
 ) -> ApiResult {
     parse_query(&uri, &[])?;
     let limits = TxnLimits::of(&app);
-    let raw = read_body(&headers, body, limits.body_bytes(), "transaction").await?;
+    let raw = read_body(
+        &headers,
+        body,
+        limits.body_bytes(),
+        "transaction",
+        app.settings.body_timeout,
+    )
+    .await?;
     let txn = parse_txn(&limits, &raw)?;
     let r = write_via_leader(&app, Command::Txn(txn)).await?;
     write_response_txn(r).map(IntoResponse::into_response)
