@@ -1,10 +1,12 @@
 //! The vocabulary shared by the node, the operator and the benchmark: how a cluster
 //! acknowledges writes ([`ReplicationMode`]) and serves reads by default
-//! ([`ReadConsistency`]).
+//! ([`ReadConsistency`]), and the admin API's JSON bodies ([`admin`]).
 //!
 //! One definition, so that the names the node's admin API accepts, the values the CRD allows
 //! and the benchmark's `--mode` cannot drift apart. The serde form is the lowercase name, and
 //! the variant order is part of the node's Raft log format (bincode): append, never reorder.
+
+pub mod admin;
 
 use std::fmt;
 use std::str::FromStr;

@@ -401,15 +401,8 @@ pub struct MemberStatus {
     pub lag: Option<u64>,
 }
 
-/// Raft role of a member.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum MemberRole {
-    /// Votes and counts towards the quorum.
-    Voter,
-    /// Replicates without voting (a read replica, or a voter still catching up).
-    Learner,
-}
+/// Raft role of a member: the node's own type (`rstore_api::admin`).
+pub use rstore_api::admin::MemberRole;
 
 /// The CRD as YAML, exactly as `crds/replicatedstore.yaml` holds it.
 pub fn crd_yaml() -> Result<String, crate::Error> {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::crd::{MemberRole, ReadConsistency, ReplicationMode};
 
@@ -93,77 +93,8 @@ async fn read_capped(
     Ok(out)
 }
 
-/// `GET /v1/node`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct NodeInfo {
-    /// Raft node id.
-    pub id: u64,
-    /// Cluster id, `None` while uninitialized.
-    pub cluster_id: Option<String>,
-    /// leader, follower, candidate, learner or uninitialized.
-    pub role: String,
-    /// Current term.
-    pub term: u64,
-    /// The leader this node knows of.
-    pub leader_id: Option<u64>,
-    /// Applied log index.
-    pub applied_index: Option<u64>,
-    /// URL clients reach this node at.
-    pub client_url: String,
-    /// URL peers reach this node at.
-    pub peer_url: String,
-}
-
-/// `GET /v1/cluster`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct ClusterView {
-    /// Cluster id (`None` only from an uninitialized node).
-    pub cluster_id: Option<String>,
-    /// The leader that answered (followers forward the request).
-    pub leader_id: Option<u64>,
-    /// Its term.
-    pub term: u64,
-    /// Voters and learners.
-    pub members: Vec<MemberView>,
-    /// A joint-consensus change is in flight.
-    #[serde(default)]
-    pub membership_changing: bool,
-    /// Replication mode.
-    pub replication_mode: ReplicationMode,
-    /// Default read consistency.
-    pub read_consistency: ReadConsistency,
-}
-
-/// One member of [`ClusterView`].
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct MemberView {
-    /// Raft node id.
-    pub id: u64,
-    /// Voter or learner.
-    pub role: MemberRole,
-    /// Its client URL.
-    pub client_url: String,
-    /// Its peer URL.
-    pub peer_url: String,
-    /// Entries behind the leader (leader only).
-    pub lag: Option<u64>,
-    /// Milliseconds since the leader last reached it (leader only).
-    pub last_contact_ms: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct AddMember<'a> {
-    id: u64,
-    peer_url: &'a str,
-    client_url: &'a str,
-    role: MemberRole,
-}
-
-#[derive(Serialize)]
-struct SetConfig {
-    replication_mode: ReplicationMode,
-    read_consistency: ReadConsistency,
-}
+// The node's admin JSON, shared with it (one definition: no drift).
+pub use rstore_api::admin::{AddMember, ClusterView, ConfigChange, MemberView, NodeInfo};
 
 #[derive(Deserialize)]
 struct ErrorBody {
@@ -281,9 +212,9 @@ impl NodeApi {
     ) -> Result<ClusterView, NodeApiError> {
         let body = AddMember {
             id,
-            peer_url,
-            client_url,
-            role,
+            peer_url: peer_url.to_owned(),
+            client_url: client_url.to_owned(),
+            role: role.as_str().to_owned(),
         };
         let req = self
             .http
@@ -312,9 +243,9 @@ impl NodeApi {
         let req = self
             .http
             .put(format!("{base}/v1/cluster/config"))
-            .json(&SetConfig {
-                replication_mode: mode,
-                read_consistency,
+            .json(&ConfigChange {
+                replication_mode: Some(mode.as_str().to_owned()),
+                read_consistency: Some(read_consistency.as_str().to_owned()),
             })
             .timeout(self.change_timeout);
         self.call(base, req).await

@@ -14,7 +14,6 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use openraft::ChangeMembers;
 use openraft::error::{ChangeMembershipError, ClientWriteError, InitializeError, RaftError};
-use serde::{Deserialize, Serialize};
 
 use super::forward::on_leader;
 use super::kv::read_body;
@@ -23,46 +22,17 @@ use crate::app::{App, role_name};
 use crate::types::{
     ClusterConfig, Member, NodeId, RaftMetrics, ReadConsistency, ReplicationMode, Request,
 };
-
-#[derive(Serialize)]
-pub struct NodeView {
-    pub id: NodeId,
-    pub cluster_id: Option<String>,
-    pub role: &'static str,
-    pub term: u64,
-    pub leader_id: Option<NodeId>,
-    pub last_log_index: Option<u64>,
-    pub applied_index: Option<u64>,
-    pub committed_index: u64,
-    pub snapshot_index: Option<u64>,
-    pub revision: u64,
-    pub client_url: String,
-    pub peer_url: String,
-    pub version: &'static str,
-    /// How this member is secured: see [`Security`].
-    pub security: Security,
-}
-
-/// What `GET /v1/node` says of this member's security.
-#[derive(Serialize)]
-pub struct Security {
-    /// True when the member was started with `--insecure-plaintext`: no TLS on either port.
-    pub plaintext: bool,
-    /// `tls` when both ports use TLS and the peer port requires member certificates;
-    /// otherwise `none`, and anyone who can reach the peer port can send it Raft traffic.
-    pub peer_auth: &'static str,
-    /// How client requests are authenticated: `certificates+tokens`, `tokens`, or `none`
-    /// (anyone who can reach the client port may read, write and reconfigure).
-    pub client_auth: &'static str,
-}
+pub use rstore_api::admin::{
+    AddMember, ClusterView, ConfigChange, MemberRole, MemberView, NodeInfo, Security,
+};
 
 pub async fn node(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
     parse_query(&uri, &[])?;
     let m = app.metrics_snapshot();
-    Ok(axum::Json(NodeView {
+    Ok(axum::Json(NodeInfo {
         id: app.id,
         cluster_id: app.identity.cluster_id(),
-        role: role_name(&m),
+        role: role_name(&m).to_string(),
         term: m.current_term,
         leader_id: m.current_leader,
         last_log_index: m.last_log_index,
@@ -72,47 +42,19 @@ pub async fn node(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
         revision: app.kv.revision(),
         client_url: app.settings.advertise_client.clone(),
         peer_url: app.settings.advertise_peer.clone(),
-        version: env!("CARGO_PKG_VERSION"),
+        version: env!("CARGO_PKG_VERSION").to_string(),
         security: Security {
             plaintext: app.tls.is_none(),
-            peer_auth: if app.tls.is_some() { "tls" } else { "none" },
+            peer_auth: if app.tls.is_some() { "tls" } else { "none" }.to_string(),
             client_auth: match (app.tls.is_some(), app.tokens.enabled()) {
                 (true, _) => "certificates+tokens",
                 (false, true) => "tokens",
                 (false, false) => "none",
-            },
+            }
+            .to_string(),
         },
     })
     .into_response())
-}
-
-#[derive(Serialize)]
-pub struct MemberView {
-    pub id: NodeId,
-    pub role: &'static str,
-    pub client_url: String,
-    pub peer_url: String,
-    /// Last log index known durable on the member (leader only).
-    pub matched_index: Option<u64>,
-    /// Entries the member is behind the leader's log (leader only).
-    pub lag: Option<u64>,
-    /// Milliseconds since the member last acknowledged an AppendEntries (leader only).
-    pub last_contact_ms: Option<u64>,
-}
-
-#[derive(Serialize)]
-pub struct ClusterView {
-    pub cluster_id: Option<String>,
-    pub leader_id: Option<NodeId>,
-    pub term: u64,
-    /// True while a membership change is in its joint phase or not yet committed.
-    pub membership_changing: bool,
-    pub members: Vec<MemberView>,
-    pub replication_mode: &'static str,
-    pub read_consistency: &'static str,
-    /// The oldest revision whose changes can still be watched.
-    pub oldest_revision: u64,
-    pub revision: u64,
 }
 
 fn cluster_view(app: &App, m: &RaftMetrics) -> ClusterView {
@@ -133,9 +75,9 @@ fn cluster_view(app: &App, m: &RaftMetrics) -> ClusterView {
             MemberView {
                 id: *id,
                 role: if voters.contains(id) {
-                    "voter"
+                    MemberRole::Voter
                 } else {
-                    "learner"
+                    MemberRole::Learner
                 },
                 client_url: node.client_url.clone(),
                 peer_url: node.peer_url.clone(),
@@ -158,8 +100,8 @@ fn cluster_view(app: &App, m: &RaftMetrics) -> ClusterView {
         term: m.current_term,
         membership_changing: mem.get_joint_config().len() > 1,
         members,
-        replication_mode: config.replication_mode.as_str(),
-        read_consistency: config.read_consistency.as_str(),
+        replication_mode: config.replication_mode,
+        read_consistency: config.read_consistency,
         oldest_revision: app.kv.oldest_revision(),
         revision: app.kv.revision(),
     }
@@ -324,20 +266,6 @@ pub async fn init(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
         .map_err(|e| ApiError::new(StatusCode::GATEWAY_TIMEOUT, "init_timeout", e.to_string()))?;
     tracing::info!(cluster_id = ?app.identity.cluster_id(), "initialized a new cluster");
     Ok(axum::Json(cluster_view(&app, &m)).into_response())
-}
-
-#[derive(Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct AddMember {
-    pub id: NodeId,
-    pub peer_url: String,
-    pub client_url: String,
-    #[serde(default = "default_role")]
-    pub role: String,
-}
-
-fn default_role() -> String {
-    "voter".into()
 }
 
 /// A member URL must be a bare `http://host:port`: the scheme the node speaks, and no path,
@@ -556,13 +484,6 @@ async fn remove_on_leader(app: &Arc<App>, id: NodeId) -> ApiResult<Option<Respon
     Ok(Some(
         axum::Json(cluster_view(app, &app.metrics_snapshot())).into_response(),
     ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigChange {
-    pub replication_mode: Option<String>,
-    pub read_consistency: Option<String>,
 }
 
 fn config_view(c: &ClusterConfig) -> serde_json::Value {
