@@ -389,7 +389,18 @@ pub enum Outcome {
         revision: u64,
         results: Vec<TxnOpResult>,
     },
+    /// The transaction's gets would return `bytes` of keys and values, over
+    /// [`MAX_TXN_RESPONSE_BYTES`]: nothing was applied. (Appended last: the order of the
+    /// variants is part of the forwarding RPC's encoding.)
+    TxnTooLarge {
+        bytes: u64,
+    },
 }
+
+/// The most a transaction's gets may return, in bytes of keys and values (about 11 MiB of
+/// JSON with base64 values); a larger one is refused whole at apply, before any of its
+/// writes.
+pub const MAX_TXN_RESPONSE_BYTES: u64 = 8 << 20;
 
 /// The state machine's answer to one log entry: one outcome per command.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

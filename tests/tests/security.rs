@@ -1094,3 +1094,49 @@ async fn slow_body_senders_get_408() {
         404
     );
 }
+
+/// A transaction whose gets would answer more than 8 MiB is refused whole with 413
+/// `response_too_large` (its writes not applied); a smaller one is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_with_oversized_answers_are_refused_whole() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let client = cluster.client(follower);
+    let value = vec![b'x'; 1 << 20];
+    for i in 0..12 {
+        client.put_acked(&format!("tx/{i:02}"), &value).await;
+    }
+    let gets = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"op": "get", "key": format!("tx/{i:02}")}))
+            .collect()
+    };
+    let mut ops = vec![json!({"op": "put", "key": "tx/marker", "value": "m"})];
+    ops.extend(gets(12));
+    let before = client.node_info().await["revision"].as_u64().unwrap();
+    let r = client
+        .txn(&json!({"compare": [], "success": ops, "failure": []}))
+        .await;
+    r.assert_error(413, "response_too_large");
+    assert!(r.text().contains("nothing was applied"), "{}", r.text());
+    assert_eq!(
+        cluster
+            .client(leader)
+            .get("tx/marker", Consistency::Linearizable)
+            .await
+            .status,
+        404,
+        "a refused transaction applied its put"
+    );
+    assert_eq!(
+        client.node_info().await["revision"].as_u64().unwrap(),
+        before
+    );
+    // Within the bound: answered.
+    let ok = client
+        .txn(&json!({"compare": [], "success": gets(5), "failure": []}))
+        .await
+        .ok_json();
+    assert_eq!(ok["results"].as_array().unwrap().len(), 5);
+}

@@ -214,6 +214,16 @@ pub fn write_response_txn(r: Result<Ack, WriteError>) -> ApiResult {
             revision,
             results,
         })) => (succeeded, revision, results),
+        Ok(Ack::Applied(Outcome::TxnTooLarge { bytes })) => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "response_too_large",
+                format!(
+                    "the transaction's gets would return {bytes} bytes of keys and values, over the limit of {}; nothing was applied. Split the gets over several transactions, or read the keys with GET",
+                    crate::types::MAX_TXN_RESPONSE_BYTES
+                ),
+            ));
+        }
         Ok(other) => {
             return Err(ApiError::internal(format!(
                 "unexpected transaction outcome {other:?}"
@@ -324,7 +334,7 @@ pub fn write_response(key: &str, r: Result<Ack, WriteError>) -> ApiResult {
                 format!("key '{key}' does not exist"),
             ));
         }
-        Outcome::Txn { .. } => {
+        Outcome::Txn { .. } | Outcome::TxnTooLarge { .. } => {
             return Err(ApiError::internal(
                 "a transaction outcome answered a single-key write",
             ));

@@ -557,6 +557,31 @@ impl StateMachineStore {
             }
         }
         let ops = if succeeded { txn.success } else { txn.failure };
+        // What the gets will return, from the state and the branch's own earlier writes,
+        // before anything is applied: a transaction whose answer would be too large is
+        // refused whole (deterministically, on every member).
+        let mut pending: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut bytes = 0u64;
+        for op in &ops {
+            match op {
+                TxnOp::Put { key, value } => {
+                    pending.insert(key, value.len() as u64);
+                }
+                TxnOp::Delete { key } => {
+                    pending.insert(key, 0);
+                }
+                TxnOp::Get { key } => {
+                    let value = match pending.get(key.as_str()) {
+                        Some(&n) => n,
+                        None => overlay.get(key).map_or(0, |r| r.value.len() as u64),
+                    };
+                    bytes += key.len() as u64 + value;
+                }
+            }
+        }
+        if bytes > crate::types::MAX_TXN_RESPONSE_BYTES {
+            return Outcome::TxnTooLarge { bytes };
+        }
         // All writes of a transaction share one revision.
         let rev = *revision + 1;
         let mut events = Vec::new();
