@@ -129,6 +129,8 @@ pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
         // The operator does not issue member certificates yet (issue 13, next step), so the
         // members it runs say plainly that they run without TLS; see README, Security.
         env_value("RSTORE_INSECURE_PLAINTEXT", "true".into()),
+        // For `kubectl exec ... -- node kv ...` in the pod: the CLI's default is https.
+        env_value("RSTORE_ENDPOINT", format!("http://127.0.0.1:{CLIENT_PORT}")),
         // The node keeps its data in memory and sizes its data quota from this (the
         // container's memory limit, or the node's allocatable memory without one).
         EnvVar {
