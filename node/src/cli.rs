@@ -306,9 +306,10 @@ pub struct ServeArgs {
     /// Concurrent watches on this member; more answer 429.
     #[arg(long, env = "RSTORE_MAX_WATCHES", default_value_t = 1024)]
     pub max_watches: usize,
-    /// Bytes of events a watch may have waiting for a slow watcher before it is cut off
-    /// (with an error naming the revision to resume from).
-    #[arg(long, env = "RSTORE_WATCH_BUFFER_BYTES", default_value_t = 8 << 20)]
+    /// Bytes of events a watch may have waiting for its client; past it the watch waits,
+    /// and a client that makes no room for 5 s is cut off (with an error naming the
+    /// revision to resume from).
+    #[arg(long, env = "RSTORE_WATCH_BUFFER_BYTES", default_value_t = 1 << 20)]
     pub watch_buffer_bytes: usize,
 }
 

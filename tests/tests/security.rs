@@ -1114,7 +1114,11 @@ async fn transactions_with_oversized_answers_are_refused_whole() {
     };
     let mut ops = vec![json!({"op": "put", "key": "tx/marker", "value": "m"})];
     ops.extend(gets(12));
-    let before = client.node_info().await["revision"].as_u64().unwrap();
+    // The leader applied every acknowledged put (a follower may still be applying the last).
+    let leader_client = cluster.client(leader);
+    let before = leader_client.node_info().await["revision"]
+        .as_u64()
+        .unwrap();
     let r = client
         .txn(&json!({"compare": [], "success": ops, "failure": []}))
         .await;
@@ -1130,8 +1134,11 @@ async fn transactions_with_oversized_answers_are_refused_whole() {
         "a refused transaction applied its put"
     );
     assert_eq!(
-        client.node_info().await["revision"].as_u64().unwrap(),
-        before
+        leader_client.node_info().await["revision"]
+            .as_u64()
+            .unwrap(),
+        before,
+        "a refused transaction moved the revision"
     );
     // Within the bound: answered.
     let ok = client
