@@ -304,15 +304,18 @@ async fn calls_without_the_needed_role_get_401_or_403_and_change_nothing() {
     let creds = cluster.creds();
     let admin = cluster.http.clone();
     let base = |i: usize| cluster.nodes[i].direct_client_url.clone();
-    let config_before = send(
-        &admin,
-        Method::GET,
-        &format!("{}/v1/cluster/config", base(leader)),
-        None,
-        &[],
-    )
-    .await
-    .1;
+    let config_of = async || {
+        send(
+            &admin,
+            Method::GET,
+            &format!("{}/v1/cluster/config", base(leader)),
+            None,
+            &[],
+        )
+        .await
+        .1
+    };
+    let config_before = config_of().await;
     let members_before = common::members(
         &send(
             &admin,
@@ -416,15 +419,7 @@ async fn calls_without_the_needed_role_get_401_or_403_and_change_nothing() {
         }
     }
     // Nothing changed.
-    let config_after = send(
-        &admin,
-        Method::GET,
-        &format!("{}/v1/cluster/config", base(leader)),
-        None,
-        &[],
-    )
-    .await
-    .1;
+    let config_after = config_of().await;
     assert_eq!(config_after, config_before);
     let view = send(
         &admin,
@@ -519,15 +514,7 @@ async fn calls_without_the_needed_role_get_401_or_403_and_change_nothing() {
         status, 403,
         "a client certificate relayed through the peer port"
     );
-    let config_after = send(
-        &admin,
-        Method::GET,
-        &format!("{}/v1/cluster/config", base(leader)),
-        None,
-        &[],
-    )
-    .await
-    .1;
+    let config_after = config_of().await;
     assert_eq!(config_after, config_before);
 }
 

@@ -261,47 +261,18 @@ pub async fn watch(
             }
         }
     });
-    struct State {
-        rx: mpsc::Receiver<Bytes>,
-        queued: Arc<AtomicUsize>,
-        room: Arc<tokio::sync::Notify>,
-        _slot: Slot,
-        closed_at: Option<tokio::time::Instant>,
-    }
-    let state = State {
-        rx,
-        queued,
-        room,
-        _slot: slot,
-        closed_at: None,
-    };
-    let body = Body::from_stream(futures::stream::unfold(state, |mut st| async move {
-        // Once the sender is done (cut off, or an error), the client has DRAIN_TIMEOUT to
-        // read the rest; a client that reads nothing then loses the connection.
-        let next = match st.closed_at {
-            Some(deadline) => tokio::time::timeout_at(deadline, st.rx.recv()).await.ok(),
-            None => Some(st.rx.recv().await),
-        };
-        match next {
-            Some(Some(b)) => {
-                let n = b.len().min(st.queued.load(Ordering::Acquire));
-                st.queued.fetch_sub(n, Ordering::AcqRel);
-                st.room.notify_waiters();
-                if st.closed_at.is_none() && st.rx.is_closed() {
-                    st.closed_at = Some(tokio::time::Instant::now() + DRAIN_TIMEOUT);
-                }
-                Some((Ok::<_, std::io::Error>(b), st))
-            }
-            Some(None) => None,
-            None => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the watcher did not read its stream",
-                )),
-                st,
-            )),
-        }
-    }));
+    // What the client takes frees room in the bound. (A client that takes nothing is
+    // disconnected by the task above: hyper then never polls this stream.)
+    let body = Body::from_stream(futures::stream::unfold(
+        (rx, queued, room, slot),
+        |(mut rx, queued, room, slot)| async move {
+            let b = rx.recv().await?;
+            let n = b.len().min(queued.load(Ordering::Acquire));
+            queued.fetch_sub(n, Ordering::AcqRel);
+            room.notify_waiters();
+            Some((Ok::<_, std::io::Error>(b), (rx, queued, room, slot)))
+        },
+    ));
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/x-ndjson")
