@@ -7,6 +7,8 @@
 //! the variant order is part of the node's Raft log format (bincode): append, never reorder.
 
 pub mod admin;
+#[cfg(feature = "pki")]
+pub mod pki;
 
 use std::fmt;
 use std::str::FromStr;

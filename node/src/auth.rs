@@ -53,13 +53,7 @@ impl Role {
 pub const RELAYED_ROLE: &str = "x-rstore-role";
 
 /// The hex SHA-256 of a token, as the token file stores it.
-pub fn token_hash(token: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use rstore_api::pki::token_hash;
 
 /// The token file: one `NAME ROLE sha256:HEX` per line; `#` starts a comment. Tokens
 /// themselves are never stored. Re-read when it changes.

@@ -21,7 +21,7 @@ pub mod listener;
 pub mod metrics;
 pub mod network;
 pub mod node;
-pub mod pki;
+pub use rstore_api::pki;
 pub mod readindex;
 pub mod store;
 pub mod tls;

@@ -2,7 +2,7 @@
 //!
 //! Used by `node dev`, `node cert` and the tests; the operator makes the same kinds of
 //! certificate for Kubernetes. What a certificate says, and how the node reads it back
-//! ([`crate::tls::PeerCert`]):
+//! (`rstore_node::tls::PeerCert`):
 //! - a **member** certificate has the organization [`MEMBER_ORG`], a DNS or IP name for every
 //!   host it is reached at, and its peer URL as a URI name: the peer port accepts a Raft RPC
 //!   only from the member whose peer URL the certificate names;
@@ -22,8 +22,9 @@ use rcgen::{
 /// The organization of every member certificate.
 pub const MEMBER_ORG: &str = "rstore:member";
 
-/// How long issued certificates are valid.
+/// How long issued certificates are valid: the CA.
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// Member and client certificates.
 pub const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 
 /// A certificate and its private key, both PEM.
@@ -76,6 +77,7 @@ pub struct Ca {
     pem: Pem,
     cert: rcgen::Certificate,
     key: KeyPair,
+    leaf_validity: Duration,
 }
 
 fn validity(params: &mut CertificateParams, valid: Duration) {
@@ -111,6 +113,7 @@ impl Ca {
             },
             cert,
             key,
+            leaf_validity: LEAF_VALIDITY,
         })
     }
 
@@ -122,7 +125,18 @@ impl Ca {
         // Signing needs the issuer's name and key only: re-signing the parsed parameters
         // gives an issuer equal to the original for that purpose.
         let cert = params.self_signed(&key)?;
-        Ok(Self { pem, cert, key })
+        Ok(Self {
+            pem,
+            cert,
+            key,
+            leaf_validity: LEAF_VALIDITY,
+        })
+    }
+
+    /// The same CA issuing certificates valid for `valid` (default [`LEAF_VALIDITY`]).
+    pub fn with_leaf_validity(mut self, valid: Duration) -> Self {
+        self.leaf_validity = valid;
+        self
     }
 
     pub fn pem(&self) -> &Pem {
@@ -131,7 +145,7 @@ impl Ca {
 
     fn issue(&self, mut params: CertificateParams) -> anyhow::Result<Pem> {
         let key = KeyPair::generate()?;
-        validity(&mut params, LEAF_VALIDITY);
+        validity(&mut params, self.leaf_validity);
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -189,6 +203,22 @@ fn sans(hosts: &[String]) -> anyhow::Result<Vec<SanType>> {
         .collect()
 }
 
+/// When a PEM certificate expires, and how long it was issued for.
+pub fn validity_of(cert_pem: &str) -> anyhow::Result<(std::time::SystemTime, Duration)> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("not a PEM certificate: {e}"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("not an X.509 certificate: {e}"))?;
+    let v = cert.validity();
+    let secs = |t: x509_parser::time::ASN1Time| u64::try_from(t.timestamp()).unwrap_or(0);
+    let (from, to) = (secs(v.not_before), secs(v.not_after));
+    Ok((
+        std::time::UNIX_EPOCH + Duration::from_secs(to),
+        Duration::from_secs(to.saturating_sub(from)),
+    ))
+}
+
 /// A new bearer token: 32 random bytes, hex.
 pub fn new_token() -> String {
     use rand::RngCore;
@@ -197,7 +227,16 @@ pub fn new_token() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// The line of a token file for `token` (see [`crate::auth::Tokens`]).
+/// The line of a token file for `token` (the node's `auth::Tokens` reads it).
 pub fn token_line(name: &str, role: &str, token: &str) -> String {
-    format!("{name} {role} sha256:{}\n", crate::auth::token_hash(token))
+    format!("{name} {role} sha256:{}\n", token_hash(token))
+}
+
+/// The hash a token file stores for `token`: SHA-256, hex.
+pub fn token_hash(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
