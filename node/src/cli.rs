@@ -311,6 +311,10 @@ pub struct ServeArgs {
     /// revision to resume from).
     #[arg(long, env = "RSTORE_WATCH_BUFFER_BYTES", default_value_t = 1 << 20)]
     pub watch_buffer_bytes: usize,
+    /// A file in the format of /etc/hosts consulted before DNS when connecting to peers
+    /// (re-read when it changes): for names no DNS knows, as on the local control plane.
+    #[arg(long, env = "RSTORE_HOSTS_FILE")]
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// Default of `--body-timeout-ms`.

@@ -49,6 +49,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             init_tracing(args.log_format);
             let settings = args.settings()?;
+            if let Some(hosts) = &args.hosts_file {
+                rstore_node::network::hosts::set_file(hosts.clone());
+            }
             let node = Node::start(settings).await?;
             node.run(shutdown_signal()).await
         }

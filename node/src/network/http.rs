@@ -18,10 +18,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::hosts::Resolver;
 use crate::tls::Tls;
 
 /// A pooling client; cloning it is cheap and shares the pool.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
 
 /// Idle pooled connections are dropped after this, well before a member's listener closes
 /// connections idle for its header timeout (10 s by default): a request is then never sent
@@ -31,7 +32,7 @@ pub const POOL_IDLE: Duration = Duration::from_secs(4);
 /// Build a client keeping up to `max_idle` idle connections per target: TLS with this
 /// member's certificate when `tls` is set, plain HTTP otherwise.
 pub fn client(max_idle: usize, tls: Option<&Tls>) -> HttpClient {
-    let mut connector = HttpConnector::new();
+    let mut connector = HttpConnector::new_with_resolver(Resolver::new());
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(2)));
     connector.enforce_http(false);

@@ -1,12 +1,14 @@
 //! Member-to-member traffic, all on the peer port (mutual TLS): Raft RPC in a compact binary
 //! (bincode) encoding over HTTP/1.1, write batches and read-index requests forwarded to the
 //! leader, and client API requests relayed to it.
-//! - sending: [`client`] (Raft RPC) and [`forwarder`], both through [`http`];
+//! - sending: [`client`] (Raft RPC) and [`forwarder`], both through [`http`], which resolves
+//!   peer names through [`hosts`] first;
 //! - receiving: [`server`], which checks the sender's certificate against the membership and
 //!   every envelope's cluster id and target node id before openraft sees it.
 
 pub mod client;
 pub mod forwarder;
+pub mod hosts;
 pub mod http;
 pub mod server;
 
