@@ -446,6 +446,15 @@ pub struct Endpoint {
     /// A bearer token to authenticate with.
     #[arg(long, env = "RSTORE_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// A file in the format of /etc/hosts consulted before DNS (as the local control plane
+    /// writes for its pods' names).
+    #[arg(
+        long = "hosts-file",
+        id = "client_hosts_file",
+        env = "RSTORE_HOSTS_FILE",
+        global = true
+    )]
+    pub hosts_file: Option<PathBuf>,
 }
 
 impl Endpoint {
@@ -462,6 +471,10 @@ impl Endpoint {
             ca.as_deref(),
             identity.as_ref().map(|(c, k)| (&c[..], &k[..])),
         )?;
+        if let Some(hosts) = &self.hosts_file {
+            crate::network::hosts::set_file(hosts.clone());
+            b = b.dns_resolver(std::sync::Arc::new(crate::network::hosts::ReqwestResolver));
+        }
         if let Some(t) = &self.token {
             let mut h = reqwest::header::HeaderMap::new();
             let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.trim()))

@@ -295,7 +295,9 @@ fn default_node_bin() -> PathBuf {
 
 async fn local(args: &LocalArgs, out: &mut impl Write) -> Result<()> {
     let resources = read_resources(&args.file)?;
-    let mut opts = LocalOptions::new(args.node_bin.clone().unwrap_or_else(default_node_bin));
+    let node_bin = args.node_bin.clone().unwrap_or_else(default_node_bin);
+    let node_bin = std::fs::canonicalize(&node_bin).unwrap_or(node_bin);
+    let mut opts = LocalOptions::new(node_bin.clone());
     opts.root = args.data_dir.clone();
     let plane = LocalControlPlane::start(opts).await?;
     let say = |out: &mut dyn Write, line: String| {
@@ -362,36 +364,8 @@ async fn local(args: &LocalArgs, out: &mut impl Write) -> Result<()> {
                 .any(|c| c.type_ == status::AVAILABLE && c.status == "True");
             if available && !endpoints_shown.get(&key).copied().unwrap_or(false) {
                 endpoints_shown.insert(key, true);
-                let runner = plane.runner.lock().await;
-                let ns = rs.namespace().unwrap_or_default();
-                let mut urls = Vec::new();
-                for m in &st.members {
-                    if let Some(pod) = &m.pod
-                        && let Some(url) = runner.client_url(&ns, pod)
-                    {
-                        urls.push(format!("{pod} {url}"));
-                    }
-                }
-                say(
-                    out,
-                    format!(
-                        "{} is Available. Endpoints: {}",
-                        rs.name_any(),
-                        urls.join(", ")
-                    ),
-                );
-                if let Some(first) = st
-                    .members
-                    .first()
-                    .and_then(|m| m.pod.clone())
-                    .and_then(|p| runner.client_url(&ns, &p))
-                {
-                    say(
-                        out,
-                        format!(
-                            "try: curl -X PUT --data-binary hello {first}/v1/kv/greeting && curl {first}/v1/kv/greeting"
-                        ),
-                    );
+                for line in endpoint_lines(&plane, &rs, st, &node_bin).await {
+                    say(out, line);
                 }
             }
         }
@@ -400,6 +374,102 @@ async fn local(args: &LocalArgs, out: &mut impl Write) -> Result<()> {
     plane.shutdown().await;
     say(out, "stopped".into());
     Ok(())
+}
+
+/// What `operator local` prints once a store is Available: its endpoints, where its user
+/// credential is, and commands that work as printed.
+async fn endpoint_lines(
+    plane: &LocalControlPlane,
+    rs: &ReplicatedStore,
+    st: &crate::crd::ReplicatedStoreStatus,
+    node_bin: &Path,
+) -> Vec<String> {
+    let ns = rs.namespace().unwrap_or_default();
+    let name = rs.name_any();
+    let (urls, hosts_file) = {
+        let runner = plane.runner.lock().await;
+        let urls: Vec<(String, String, String)> = st
+            .members
+            .iter()
+            .filter_map(|m| {
+                let pod = m.pod.clone()?;
+                let url = runner.client_url(&ns, &pod)?;
+                let addr = runner.client_addr(&ns, &pod)?;
+                Some((pod, url, addr.ip().to_string()))
+            })
+            .collect();
+        (urls, runner.hosts_file())
+    };
+    let mut lines = vec![format!(
+        "{name} is Available. Endpoints: {}",
+        urls.iter()
+            .map(|(pod, url, ip)| format!("{pod} {url} at {ip}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )];
+    let Some((_, first, ip)) = urls.first() else {
+        return lines;
+    };
+    let node = node_bin.display();
+    let Some(secret) = st.credentials_secret.as_deref() else {
+        lines.push(format!("{name} runs in plaintext (spec.tls.insecurePlaintext): no credentials needed"));
+        lines.push(format!(
+            "try: {node} kv --hosts-file {hosts} --endpoint {first} put greeting hello && {node} kv --hosts-file {hosts} --endpoint {first} get greeting",
+            hosts = hosts_file.display()
+        ));
+        return lines;
+    };
+    // The user credential, as `kubectl get secret` would give it, in files.
+    let dir = plane.root().join("credentials").join(&ns).join(&name);
+    let written = async {
+        let (ca, token) = plane.secret_files(&ns, secret).await.ok()?;
+        std::fs::create_dir_all(&dir).ok()?;
+        write_private(&dir.join("ca.crt"), &ca).ok()?;
+        write_private(&dir.join("token"), &token).ok()?;
+        Some(())
+    }
+    .await;
+    if written.is_none() {
+        lines.push(format!("cannot read Secret {ns}/{secret} yet"));
+        return lines;
+    }
+    let (ca, token) = (dir.join("ca.crt"), dir.join("token"));
+    let host = first
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .unwrap_or_default();
+    lines.push(format!(
+        "credentials (Secret {ns}/{secret}, role write): {} and {}",
+        ca.display(),
+        token.display()
+    ));
+    lines.push(format!(
+        "try: curl --cacert {ca} -H \"Authorization: Bearer $(cat {token})\" --resolve {host}:{port}:{ip} -X PUT --data-binary hello {first}/v1/kv/greeting",
+        port = crate::resources::CLIENT_PORT,
+        ca = ca.display(),
+        token = token.display(),
+    ));
+    let kv = format!(
+        "{node} kv --hosts-file {hosts} --endpoint {first} --cacert {ca} --token \"$(cat {token})\"",
+        hosts = hosts_file.display(),
+        ca = ca.display(),
+        token = token.display(),
+    );
+    lines.push(format!("try: {kv} put greeting hello && {kv} get greeting"));
+    lines
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {

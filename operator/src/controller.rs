@@ -30,6 +30,7 @@ use crate::metrics::{MemberCounts, Metrics};
 use crate::nodeapi::NodeApi;
 use crate::observe::{HealthClock, Observation, observe};
 use crate::planner::{Desired, Policy, Step, member_caught_up, plan};
+use crate::resources::credentials::{self, Credentials};
 use crate::resources::statefulset::{self, revision_of};
 use crate::resources::{
     FIELD_MANAGER, LABEL_INSTANCE, LABEL_NAME, Names, networkpolicy, pdb, service,
@@ -68,7 +69,7 @@ impl Default for Settings {
 pub struct Context {
     /// The Kubernetes client (a real API server, or the in-memory one).
     pub client: Client,
-    /// The node admin API client.
+    /// The node admin API client for stores that run in plaintext.
     pub nodes: NodeApi,
     /// Publishes Events.
     pub recorder: Recorder,
@@ -77,6 +78,8 @@ pub struct Context {
     /// Tunables.
     pub settings: Settings,
     clocks: Mutex<HashMap<String, HealthClock>>,
+    /// Per store: the credentials its client was built with, and the client.
+    secure: Mutex<HashMap<String, (Credentials, NodeApi)>>,
 }
 
 impl Context {
@@ -95,7 +98,31 @@ impl Context {
             metrics,
             settings,
             clocks: Mutex::default(),
+            secure: Mutex::default(),
         }
+    }
+
+    /// The node client for store `key`: the plaintext one, or one with the store's CA and the
+    /// operator's token (kept while those stay the same, for its connection pool).
+    fn node_api(&self, key: &str, creds: Option<&Credentials>) -> Result<NodeApi> {
+        let Some(creds) = creds else {
+            return Ok(self.nodes.clone());
+        };
+        let mut secure = self.secure.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((c, api)) = secure.get(key)
+            && c == creds
+        {
+            return Ok(api.clone());
+        }
+        let api = NodeApi::secure(
+            self.settings.node_read_timeout,
+            self.settings.node_change_timeout,
+            &creds.ca_pem,
+            &creds.token,
+        )
+        .map_err(Error::Credentials)?;
+        secure.insert(key.to_owned(), (creds.clone(), api.clone()));
+        Ok(api)
     }
 }
 
@@ -193,7 +220,17 @@ async fn reconcile_inner(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome>
     )
     .await?;
 
-    let obs = observe(&ctx.client, &ctx.nodes, rs).await?;
+    // Certificates for every pod the StatefulSet has or is about to have, before it has them.
+    let sts_replicas = Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+        .get_opt(names.statefulset())
+        .await?
+        .and_then(|s| s.spec?.replicas)
+        .and_then(|r| u32::try_from(r).ok())
+        .unwrap_or(0);
+    let creds = credentials::ensure(&ctx.client, rs, desired.total().max(sts_replicas)).await?;
+    let nodes = ctx.node_api(&key, creds.as_ref())?;
+    let mut obs = observe(&ctx.client, &nodes, rs).await?;
+    obs.credentials_secret = creds.as_ref().map(|_| names.credentials_secret());
     let sts_revision = obs
         .statefulset
         .as_ref()
@@ -221,7 +258,7 @@ async fn reconcile_inner(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome>
         };
         let note = format!("{step}{role}");
         info!(namespace = %names.namespace, name = %names.name, step = %note, "acting");
-        let r = act(rs, ctx, &obs, &step, template).await;
+        let r = act(rs, ctx, &nodes, &obs, &step, template).await;
         match &r {
             Ok(()) => {
                 ctx.metrics.step(step_reason(&step));
@@ -350,6 +387,7 @@ async fn invalid_spec(rs: &ReplicatedStore, ctx: &Context, message: &str) -> Res
 async fn act(
     rs: &ReplicatedStore,
     ctx: &Context,
+    nodes: &NodeApi,
     obs: &Observation,
     step: &Step,
     template: k8s_openapi::api::core::v1::PodTemplateSpec,
@@ -395,7 +433,7 @@ async fn act(
                 .get(pod)
                 .and_then(|p| p.base_url())
                 .ok_or_else(|| Error::Observation(format!("pod {pod} has no IP")))?;
-            ctx.nodes.init(&base).await?;
+            nodes.init(&base).await?;
             Ok(())
         }
         Step::AddLearner { pod, id } => {
@@ -407,7 +445,7 @@ async fn act(
                 .ok_or_else(|| {
                     Error::Observation(format!("pod {pod} no longer reports node {id}"))
                 })?;
-            ctx.nodes
+            nodes
                 .add_member(
                     &leader_base()?,
                     *id,
@@ -424,7 +462,7 @@ async fn act(
                 .as_ref()
                 .and_then(|v| v.members.iter().find(|m| m.id == *id))
                 .ok_or_else(|| Error::Observation(format!("member {id} vanished")))?;
-            ctx.nodes
+            nodes
                 .add_member(
                     &leader_base()?,
                     *id,
@@ -436,7 +474,7 @@ async fn act(
             Ok(())
         }
         Step::RemoveMember { id, .. } => {
-            ctx.nodes.remove_member(&leader_base()?, *id).await?;
+            nodes.remove_member(&leader_base()?, *id).await?;
             Ok(())
         }
         Step::RestartPod { pod } => {
@@ -451,7 +489,7 @@ async fn act(
             mode,
             read_consistency,
         } => {
-            ctx.nodes
+            nodes
                 .set_config(&leader_base()?, *mode, *read_consistency)
                 .await?;
             Ok(())

@@ -163,6 +163,61 @@ pub struct ReplicatedStoreSpec {
     /// pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_access: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>,
+
+    /// Transport security. Left out, the operator runs a CA of its own for the store: member
+    /// certificates, a token for itself and one for users, all as Secrets, renewed before
+    /// they expire. Fixed at creation: the members of one cluster must trust one CA.
+    #[serde(default, skip_serializing_if = "TlsSpec::is_default")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.tls cannot change after creation: every member of a cluster must trust the same CA; create a new store and copy the data instead"))]
+    pub tls: TlsSpec,
+}
+
+/// Transport security of a store's members.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A cert-manager issuer of the member certificate. Left out, the operator's own CA
+    /// issues one certificate per member. With it, cert-manager issues one certificate that
+    /// all members share (a StatefulSet mounts one Secret in every pod), so the peer port
+    /// then tells the store's members from outsiders but not from each other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+
+    /// Run the members without TLS and without client authentication: anyone who can reach
+    /// a pod can then read, write and reconfigure the store. For trusted test networks only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_plaintext: bool,
+}
+
+impl TlsSpec {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// A cert-manager issuer, as a `Certificate`'s `issuerRef`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the issuer.
+    #[x_kube(validation = Rule::new("size(self) > 0").message("issuerRef.name must not be empty"))]
+    pub name: String,
+    /// `Issuer` (in the store's namespace, the default) or `ClusterIssuer`.
+    #[serde(default = "IssuerRef::default_kind")]
+    #[x_kube(validation = Rule::new("self == 'Issuer' || self == 'ClusterIssuer'").message("issuerRef.kind must be Issuer or ClusterIssuer"))]
+    pub kind: String,
+    /// API group of the issuer: `cert-manager.io` unless it is an external issuer.
+    #[serde(default = "IssuerRef::default_group")]
+    pub group: String,
+}
+
+impl IssuerRef {
+    fn default_kind() -> String {
+        "Issuer".into()
+    }
+    fn default_group() -> String {
+        "cert-manager.io".into()
+    }
 }
 
 impl Default for ReplicatedStoreSpec {
@@ -181,6 +236,7 @@ impl Default for ReplicatedStoreSpec {
             raft: None,
             paused: false,
             client_access: None,
+            tls: TlsSpec::default(),
         }
     }
 }
@@ -360,6 +416,11 @@ pub struct ReplicatedStoreStatus {
     /// Every Raft member, as the leader sees it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberStatus>,
+
+    /// The Secret with a user credential for the store: `ca.crt` (the CA to trust),
+    /// `token` (a bearer token with the `write` role) and `endpoint` (the client Service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
 }
 
 /// Lifecycle phase of a ReplicatedStore.

@@ -63,6 +63,10 @@ pub enum Error {
     #[error("lost the leader election Lease; exiting so that this replica restarts as a standby")]
     LostLease,
 
+    /// The store's certificates or tokens could not be issued or read.
+    #[error("credentials: {0}")]
+    Credentials(String),
+
     /// The local control plane failed.
     #[error("local control plane: {0}")]
     Local(String),
@@ -89,6 +93,7 @@ impl Error {
             Self::Observation(_) => "stale_observation",
             Self::Local(_) | Self::Io { .. } => "local",
             Self::LostLease => "lease",
+            Self::Credentials(_) => "credentials",
         }
     }
 }

@@ -1,10 +1,18 @@
 //! A typed client for the node's admin API (docs/api.md, "Admin API"): what the operator
 //! reads from every pod and the membership changes it asks the leader for.
 //!
-//! One pooled `reqwest` client for every node; short timeouts for reads, so that one
-//! unreachable pod never stalls a reconcile, and a longer one for membership changes, which
-//! the node bounds itself (a learner's catch-up).
+//! One pooled `reqwest` client per store; short timeouts for reads, so that one unreachable
+//! pod never stalls a reconcile, and a longer one for membership changes, which the node
+//! bounds itself (a learner's catch-up).
+//!
+//! With TLS the client trusts only the store's CA and sends the operator's admin token. It
+//! calls each pod by the DNS name its certificate carries (`<pod>.<name>-peer.<ns>.svc`), so
+//! that the name is verified, but connects to the pod IP the API server reports
+//! ([`NodeApi::learn`]): no DNS lookup, no wait for DNS to publish a new pod.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -107,30 +115,115 @@ struct ErrorDetail {
     message: String,
 }
 
+/// Pod DNS names and the IPs to connect to for them; other names go to the system resolver.
+#[derive(Debug, Default)]
+struct PodHosts(RwLock<HashMap<String, IpAddr>>);
+
+impl reqwest::dns::Resolve for PodHosts {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let known = self
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name.as_str())
+            .copied();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = match known {
+                Some(ip) => vec![SocketAddr::new(ip, 0)],
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
 /// The node admin API client.
 #[derive(Debug, Clone)]
 pub struct NodeApi {
     http: reqwest::Client,
     read_timeout: Duration,
     change_timeout: Duration,
+    hosts: Arc<PodHosts>,
+    secure: bool,
 }
 
 impl NodeApi {
-    /// A client with the given timeouts for reads and for membership changes.
+    /// A plaintext client with the given timeouts for reads and for membership changes.
     pub fn new(read_timeout: Duration, change_timeout: Duration) -> Self {
-        Self {
-            // Pods are reached on their IPs, never through an HTTP_PROXY.
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .connect_timeout(read_timeout)
-                // Below the members' idle timeout (10 s), so that no request goes out on a
-                // connection the member is closing.
-                .pool_idle_timeout(Duration::from_secs(4))
-                .build()
-                .unwrap_or_default(),
+        Self::build(read_timeout, change_timeout, None).unwrap_or_else(|_| Self {
+            http: reqwest::Client::default(),
             read_timeout,
             change_timeout,
+            hosts: Arc::default(),
+            secure: false,
+        })
+    }
+
+    /// A client trusting only `ca_pem` and sending `token` (an admin bearer token).
+    pub fn secure(
+        read_timeout: Duration,
+        change_timeout: Duration,
+        ca_pem: &str,
+        token: &str,
+    ) -> Result<Self, String> {
+        Self::build(read_timeout, change_timeout, Some((ca_pem, token)))
+    }
+
+    fn build(
+        read_timeout: Duration,
+        change_timeout: Duration,
+        tls: Option<(&str, &str)>,
+    ) -> Result<Self, String> {
+        let hosts = Arc::new(PodHosts::default());
+        // Pods are reached directly, never through an HTTP_PROXY.
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(read_timeout)
+            // Below the members' idle timeout (10 s), so that no request goes out on a
+            // connection the member is closing.
+            .pool_idle_timeout(Duration::from_secs(4))
+            .dns_resolver(hosts.clone());
+        if let Some((ca_pem, token)) = tls {
+            let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
+                .map_err(|e| format!("the store's CA is not a PEM certificate: {e}"))?;
+            let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| "the operator's token is not a valid header value".to_owned())?;
+            auth.set_sensitive(true);
+            b = b
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca)
+                .https_only(true)
+                .default_headers(reqwest::header::HeaderMap::from_iter([(
+                    reqwest::header::AUTHORIZATION,
+                    auth,
+                )]));
         }
+        Ok(Self {
+            http: b
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))?,
+            read_timeout,
+            change_timeout,
+            hosts,
+            secure: tls.is_some(),
+        })
+    }
+
+    /// Whether this client speaks TLS (and pods are called by name).
+    pub fn is_secure(&self) -> bool {
+        self.secure
+    }
+
+    /// Connect to `ip` for `host` from now on.
+    pub fn learn(&self, host: &str, ip: IpAddr) {
+        self.hosts
+            .0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host.to_owned(), ip);
     }
 
     async fn call<T: serde::de::DeserializeOwned>(

@@ -32,6 +32,9 @@ pub struct PodState {
     pub ordinal: u32,
     /// Pod IP, once assigned.
     pub ip: Option<String>,
+    /// The pod's DNS name, when the store runs TLS: the operator calls it by this name (which
+    /// its certificate carries) and connects to its IP.
+    pub host: Option<String>,
     /// The pod's Ready condition.
     pub ready: bool,
     /// Template revision the pod was created from.
@@ -44,6 +47,9 @@ impl PodState {
     /// Base URL of the node's client port.
     pub fn base_url(&self) -> Option<String> {
         let ip = self.ip.as_deref()?;
+        if let Some(host) = &self.host {
+            return Some(format!("https://{host}:{CLIENT_PORT}"));
+        }
         Some(if ip.contains(':') {
             format!("http://[{ip}]:{CLIENT_PORT}")
         } else {
@@ -67,6 +73,8 @@ pub struct Observation {
     pub member_ordinals: BTreeMap<u64, Option<u32>>,
     /// Why `view` could not be confirmed (see [`confirm_view`]); no member is removed then.
     pub unconfirmed: Option<String>,
+    /// The Secret with the user credential, when the store has one.
+    pub credentials_secret: Option<String>,
 }
 
 impl Observation {
@@ -127,6 +135,7 @@ pub async fn observe(
                     name,
                     ordinal,
                     ip: status.and_then(|s| s.pod_ip.clone()),
+                    host: nodes.is_secure().then(|| names.pod_host(ordinal)),
                     ready,
                     revision: revision_of(Some(&p.metadata)),
                     node: None,
@@ -134,6 +143,11 @@ pub async fn observe(
             ))
         })
         .collect();
+    for p in pods.values() {
+        if let (Some(host), Some(ip)) = (&p.host, p.ip.as_deref().and_then(|i| i.parse().ok())) {
+            nodes.learn(host, ip);
+        }
+    }
     let answers = futures::future::join_all(pods.values().map(|p| {
         let base = p.base_url();
         async move {
@@ -180,6 +194,7 @@ pub async fn observe(
         view_from,
         member_ordinals,
         unconfirmed,
+        credentials_secret: None,
     })
 }
 
@@ -540,6 +555,7 @@ mod tests {
                 name: names().pod(ordinal),
                 ordinal,
                 ip: Some(ip.into()),
+                host: None,
                 ready: true,
                 revision: None,
                 node: id.map(|id| info(id, "follower", 1, None)),

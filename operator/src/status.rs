@@ -182,6 +182,7 @@ pub fn compute(
             .map(|c| c.cluster_id.clone())
             .or(observed.known_cluster_id.clone()),
         members,
+        credentials_secret: obs.credentials_secret.clone(),
     }
 }
 

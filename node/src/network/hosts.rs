@@ -50,9 +50,7 @@ pub fn lookup(host: &str) -> Option<Vec<IpAddr>> {
     let meta = std::fs::metadata(path).ok()?;
     let stamp = (meta.modified().ok()?, meta.len());
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    let fresh = cache
-        .as_ref()
-        .is_some_and(|(m, l, _)| (*m, *l) == stamp);
+    let fresh = cache.as_ref().is_some_and(|(m, l, _)| (*m, *l) == stamp);
     if !fresh {
         let text = std::fs::read_to_string(path).ok()?;
         *cache = Some((stamp.0, stamp.1, parse(&text)));
@@ -106,6 +104,24 @@ impl tower::Service<Name> for Resolver {
     }
 }
 
+/// The same resolution for `reqwest` clients (the node CLI's `--hosts-file`).
+#[derive(Clone, Copy, Default)]
+pub struct ReqwestResolver;
+
+impl reqwest::dns::Resolve for ReqwestResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = match lookup(&host) {
+                Some(ips) => ips.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect(),
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +137,9 @@ mod tests {
         );
         assert_eq!(map["db-0"].len(), 1);
         assert_eq!(map["six.example"], vec!["::1".parse::<IpAddr>().unwrap()]);
-        assert!(!map.contains_key("x"), "a line without an address names nothing");
+        assert!(
+            !map.contains_key("x"),
+            "a line without an address names nothing"
+        );
     }
 }

@@ -26,7 +26,7 @@ use crate::crd::ReplicatedStore;
 use crate::metrics::Metrics;
 use crate::{Error, Result};
 
-pub use runner::{Fault, PodRunner};
+pub use runner::{DnsTable, Fault, PodRunner};
 
 /// Options of the local control plane.
 #[derive(Debug, Clone)]
@@ -62,6 +62,7 @@ pub struct LocalControlPlane {
     /// Metrics of the reconcile loop.
     pub metrics: Arc<Metrics>,
     root: PathBuf,
+    dns: DnsTable,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     _tmp: Option<tempfile::TempDir>,
@@ -71,6 +72,7 @@ pub struct LocalControlPlane {
 pub async fn fake_api() -> Result<Client> {
     kube_fake_client::ClientBuilder::new()
         .with_resource::<ReplicatedStore>()
+        .with_resource::<crate::resources::certmanager::Certificate>()
         .with_status_subresource::<ReplicatedStore>()
         .build()
         .await
@@ -110,11 +112,9 @@ impl LocalControlPlane {
             metrics.clone(),
             "local",
         ));
-        let runner = Arc::new(Mutex::new(PodRunner::new(
-            client.clone(),
-            &root,
-            &opts.node_bin,
-        )));
+        let pod_runner = PodRunner::new(client.clone(), &root, &opts.node_bin);
+        let dns = pod_runner.dns_table();
+        let runner = Arc::new(Mutex::new(pod_runner));
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         {
@@ -165,6 +165,7 @@ impl LocalControlPlane {
             runner,
             metrics,
             root,
+            dns,
             stop,
             tasks,
             _tmp: tmp,
@@ -225,6 +226,83 @@ impl LocalControlPlane {
             let _ = t.await;
         }
         self.runner.lock().await.shutdown().await;
+    }
+
+    /// An HTTP client for store `namespace/name` as its user gets one: the CA and the
+    /// `write` token of the Secret its status names, resolving the pods' names to their
+    /// addresses. A plain client for a store that runs in plaintext.
+    pub async fn user_client(&self, namespace: &str, name: &str) -> Result<reqwest::Client> {
+        let rs = self.get(namespace, name).await?;
+        let secret = rs
+            .status
+            .and_then(|s| s.credentials_secret)
+            .filter(|_| !rs.spec.tls.insecure_plaintext);
+        self.client_from(namespace, secret.as_deref()).await
+    }
+
+    /// An HTTP client with the operator's own `admin` token for store `namespace/name`.
+    pub async fn admin_client(&self, namespace: &str, name: &str) -> Result<reqwest::Client> {
+        let rs = self.get(namespace, name).await?;
+        if rs.spec.tls.insecure_plaintext {
+            return self.client_from(namespace, None).await;
+        }
+        let names = crate::resources::Names::of(&rs);
+        let (_, token) = self
+            .secret_files(namespace, &names.operator_secret())
+            .await?;
+        let (ca, _) = self
+            .secret_files(namespace, &names.credentials_secret())
+            .await?;
+        self.build_client(Some((ca, token)))
+    }
+
+    /// `ca.crt` and `token` of a Secret (empty when absent).
+    pub async fn secret_files(&self, namespace: &str, secret: &str) -> Result<(String, String)> {
+        let s =
+            Api::<k8s_openapi::api::core::v1::Secret>::namespaced(self.client.clone(), namespace)
+                .get(secret)
+                .await?;
+        let data = s.data.unwrap_or_default();
+        let text = |k: &str| {
+            data.get(k)
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                .unwrap_or_default()
+        };
+        Ok((text("ca.crt"), text("token")))
+    }
+
+    async fn client_from(&self, namespace: &str, secret: Option<&str>) -> Result<reqwest::Client> {
+        let creds = match secret {
+            Some(s) => Some(self.secret_files(namespace, s).await?),
+            None => None,
+        };
+        self.build_client(creds)
+    }
+
+    fn build_client(&self, creds: Option<(String, String)>) -> Result<reqwest::Client> {
+        let dns = self.dns.clone();
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .dns_resolver(Arc::new(dns));
+        if let Some((ca, token)) = creds {
+            let ca = reqwest::Certificate::from_pem(ca.as_bytes())
+                .map_err(|e| Error::Local(format!("the store's ca.crt is not PEM: {e}")))?;
+            let mut auth =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                    .map_err(|_| Error::Local("the token is not a valid header value".into()))?;
+            auth.set_sensitive(true);
+            b = b
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca)
+                .default_headers(reqwest::header::HeaderMap::from_iter([(
+                    reqwest::header::AUTHORIZATION,
+                    auth,
+                )]));
+        }
+        b.build()
+            .map_err(|e| Error::Local(format!("cannot build an HTTP client: {e}")))
     }
 
     /// Where volumes and logs are.

@@ -12,12 +12,17 @@
 //!   template, as the StatefulSet controller does with `OnDelete`;
 //! - a volume directory deleted from under a pod is a lost disk: the process is killed and
 //!   the pod starts again on an empty volume;
-//! - the pod's Ready condition follows the node's `/readyz`, as a readiness probe.
+//! - Secret volumes (plain and projected) are written to a directory per pod and volume and
+//!   kept in step with the Secrets, as the kubelet does; a pod whose Secret does not exist yet
+//!   waits for it, as in `ContainerCreating`;
+//! - the pod's Ready condition follows the node's `/readyz`, as a readiness probe (over HTTPS
+//!   without verifying the certificate when the probe says HTTPS, as the kubelet does).
 //!
 //! Networking: every pod gets its own loopback address (`127.x.y.n`, with `x.y` random per
-//! runner so that parallel runs do not collide), so all nodes use the real ports 7379/7380,
-//! and the stable DNS name `<pod>.<service>.<ns>.svc` in the node's advertised URLs is
-//! resolved to that address, which never changes for a pod name (as its DNS name doesn't).
+//! runner so that parallel runs do not collide), so all nodes use the real ports 7379/7380.
+//! The stable DNS name `<pod>.<service>.<ns>.svc` of each pod goes into a hosts file
+//! ([`PodRunner::hosts_file`]) that every node is given (`RSTORE_HOSTS_FILE`), so the URLs
+//! the nodes advertise, and the certificates that name them, stay as they are in Kubernetes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions};
@@ -27,7 +32,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodCondition, PodStatus};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerStatus, KeyToPath, Pod, PodCondition, PodStatus, Secret,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -43,6 +50,30 @@ const GRACE: Duration = Duration::from_secs(10);
 struct Proc {
     child: Child,
     restarts: i32,
+}
+
+/// The pods' DNS names and addresses, as a `reqwest` resolver (other names go to the system).
+#[derive(Debug, Clone, Default)]
+pub struct DnsTable(std::sync::Arc<std::sync::RwLock<BTreeMap<String, std::net::IpAddr>>>);
+
+impl reqwest::dns::Resolve for DnsTable {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().trim_end_matches('.').to_owned();
+        let known = self
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(host.strip_suffix(".cluster.local").unwrap_or(&host))
+            .copied();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> = match known {
+                Some(ip) => vec![std::net::SocketAddr::new(ip, 0)],
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
 }
 
 /// What the runner can be asked to do to a pod from outside (tests, the local CLI).
@@ -65,6 +96,12 @@ pub struct PodRunner {
     addresses: HashMap<(String, String), Ipv4Addr>,
     procs: HashMap<(String, String), Proc>,
     ready: HashMap<(String, String), bool>,
+    /// Each pod's DNS name (`<hostname>.<subdomain>.<ns>.svc`).
+    dns: BTreeMap<(String, String), String>,
+    /// The same names with their addresses, for resolvers that must not wait on the runner.
+    table: DnsTable,
+    /// Each running pod's client URL, as it advertises it.
+    advertised: HashMap<(String, String), String>,
     http: reqwest::Client,
 }
 
@@ -84,9 +121,14 @@ impl PodRunner {
             addresses: HashMap::new(),
             procs: HashMap::new(),
             ready: HashMap::new(),
+            dns: BTreeMap::new(),
+            table: DnsTable::default(),
+            advertised: HashMap::new(),
+            // The kubelet's probes: no proxy, and no verification of an HTTPS certificate.
             http: reqwest::Client::builder()
                 .no_proxy()
                 .timeout(Duration::from_millis(500))
+                .danger_accept_invalid_certs(true)
                 .build()
                 .unwrap_or_default(),
         }
@@ -120,12 +162,71 @@ impl PodRunner {
             })
     }
 
-    /// The client URL of a pod, once it has an address.
+    /// The client URL a running pod advertises: `https://<pod>.<service>.<ns>.svc:7379` (its
+    /// name resolves through [`PodRunner::hosts_file`]), or `http://...` in plaintext.
     pub fn client_url(&self, namespace: &str, pod: &str) -> Option<String> {
+        self.advertised
+            .get(&(namespace.to_owned(), pod.to_owned()))
+            .cloned()
+    }
+
+    /// The pod's own address and client port, for a client that connects by address.
+    pub fn client_addr(&self, namespace: &str, pod: &str) -> Option<std::net::SocketAddr> {
         let ip = self
             .addresses
             .get(&(namespace.to_owned(), pod.to_owned()))?;
-        Some(format!("http://{ip}:{CLIENT_PORT}"))
+        Some(std::net::SocketAddr::from((*ip, CLIENT_PORT)))
+    }
+
+    /// The hosts file (format of `/etc/hosts`) naming every pod's address: nodes, the node
+    /// CLI (`RSTORE_HOSTS_FILE`) and tests resolve pod names with it.
+    pub fn hosts_file(&self) -> PathBuf {
+        self.root.join("hosts")
+    }
+
+    /// A resolver of the pods' names that never waits on the runner.
+    pub fn dns_table(&self) -> DnsTable {
+        self.table.clone()
+    }
+
+    /// Every pod's DNS name and address.
+    pub fn hosts(&self) -> Vec<(String, Ipv4Addr)> {
+        self.dns
+            .iter()
+            .filter_map(|(k, name)| Some((name.clone(), *self.addresses.get(k)?)))
+            .collect()
+    }
+
+    /// Records the pod's DNS name and rewrites the hosts file when it is new.
+    fn publish_dns(&mut self, obj: &Pod, ns: &str, pod: &str) -> Result<()> {
+        let spec = obj.spec.as_ref();
+        let (Some(host), Some(sub)) = (
+            spec.and_then(|s| s.hostname.clone()),
+            spec.and_then(|s| s.subdomain.clone()),
+        ) else {
+            return Ok(());
+        };
+        let key = (ns.to_owned(), pod.to_owned());
+        let name = format!("{host}.{sub}.{ns}.svc");
+        self.address(ns, pod);
+        if self.dns.get(&key) == Some(&name) {
+            return Ok(());
+        }
+        self.dns.insert(key, name);
+        *self.table.0.write().unwrap_or_else(|e| e.into_inner()) = self
+            .hosts()
+            .into_iter()
+            .map(|(n, ip)| (n, std::net::IpAddr::V4(ip)))
+            .collect();
+        let mut text = String::from("# rstore local control plane: one line per pod\n");
+        for (name, ip) in self.hosts() {
+            text.push_str(&format!("{ip} {name} {name}.cluster.local\n"));
+        }
+        let path = self.hosts_file();
+        write_atomically(&path, text.as_bytes()).map_err(|source| Error::Io {
+            what: format!("write {}", path.display()),
+            source,
+        })
     }
 
     /// Injects a fault into a running pod.
@@ -227,29 +328,33 @@ impl PodRunner {
             let obj = self.pod_object(sts, ns, pod);
             pods_api.create(&PostParams::default(), &obj).await?;
             self.ready.remove(&key);
-            self.start(&obj, ns, pod)?;
+            self.start(&obj, ns, pod).await?;
             return Ok(());
         };
         if obj.metadata.deletion_timestamp.is_some() {
             return Ok(());
         }
+        // The kubelet keeps Secret volumes in step with their Secrets.
+        if self.procs.contains_key(&key) {
+            self.secret_volumes(obj, ns, pod).await?;
+        }
         let volume_gone = !self.volume(ns, pod).exists();
         match self.procs.get_mut(&key) {
-            None => self.start(obj, ns, pod)?,
+            None => self.start(obj, ns, pod).await?,
             Some(_) if volume_gone => {
                 warn!(pod, "volume deleted: the pod starts again on an empty one");
                 if let Some(mut p) = self.procs.remove(&key) {
                     let _ = p.child.kill();
                     let _ = p.child.wait();
                 }
-                self.start(obj, ns, pod)?;
+                self.start(obj, ns, pod).await?;
             }
             Some(p) => {
                 if let Ok(Some(exit)) = p.child.try_wait() {
                     let restarts = p.restarts + 1;
                     warn!(pod, %exit, restarts, "node exited: restarting it");
                     self.procs.remove(&key);
-                    self.start(obj, ns, pod)?;
+                    self.start(obj, ns, pod).await?;
                     if let Some(p) = self.procs.get_mut(&key) {
                         p.restarts = restarts;
                     }
@@ -262,11 +367,22 @@ impl PodRunner {
     /// The readiness probe: the node's `/readyz`, written to the pod's status on change.
     async fn probe(&mut self, ns: &str, pod: &str, obj: &Pod) -> Result<()> {
         let key = (ns.to_owned(), pod.to_owned());
-        let Some(url) = self.client_url(ns, pod) else {
+        let Some(addr) = self.client_addr(ns, pod) else {
             return Ok(());
         };
+        let https = node_container(obj)
+            .and_then(|c| {
+                c.readiness_probe
+                    .as_ref()?
+                    .http_get
+                    .as_ref()?
+                    .scheme
+                    .clone()
+            })
+            .is_some_and(|s| s.eq_ignore_ascii_case("https"));
+        let scheme = if https { "https" } else { "http" };
         let ready = matches!(
-            self.http.get(format!("{url}/readyz")).send().await,
+            self.http.get(format!("{scheme}://{addr}/readyz")).send().await,
             Ok(r) if r.status().is_success()
         );
         let restarts = self.procs.get(&key).map_or(0, |p| p.restarts);
@@ -296,6 +412,12 @@ impl PodRunner {
             r.block_owner_deletion = Some(true);
             r
         });
+        // As the StatefulSet controller does: the pod's DNS name under the governing Service.
+        let mut spec = template.spec;
+        if let Some(spec) = spec.as_mut() {
+            spec.hostname = Some(pod.to_owned());
+            spec.subdomain = sts.spec.as_ref().and_then(|s| s.service_name.clone());
+        }
         let mut obj = Pod {
             metadata: ObjectMeta {
                 name: Some(pod.to_owned()),
@@ -305,7 +427,7 @@ impl PodRunner {
                 owner_references: owner.map(|o| vec![o]),
                 ..ObjectMeta::default()
             },
-            spec: template.spec,
+            spec,
             status: None,
         };
         obj.status = Some(self.pod_status(&obj, ns, pod, false, 0));
@@ -346,11 +468,16 @@ impl PodRunner {
         }
     }
 
-    /// Starts the node of `pod` with its container's args and environment.
-    fn start(&mut self, obj: &Pod, ns: &str, pod: &str) -> Result<()> {
+    /// Starts the node of `pod` with its container's args and environment, once its Secret
+    /// volumes can be written.
+    async fn start(&mut self, obj: &Pod, ns: &str, pod: &str) -> Result<()> {
         let container = node_container(obj)
             .cloned()
             .ok_or_else(|| Error::Local(format!("pod {pod} has no `{CONTAINER}` container")))?;
+        let Some(mounts) = self.secret_volumes(obj, ns, pod).await? else {
+            return Ok(());
+        };
+        self.publish_dns(obj, ns, pod)?;
         let ip = self.address(ns, pod);
         let volume = self.volume(ns, pod);
         fs::create_dir_all(&volume).map_err(|source| Error::Io {
@@ -376,7 +503,11 @@ impl PodRunner {
             what: "clone log handle".into(),
             source,
         })?;
-        let env = self.environment(&container, ns, pod, ip, &volume);
+        let env = self.environment(&container, ns, pod, ip, &volume, &mounts);
+        if let Some(url) = env.get("RSTORE_ADVERTISE_CLIENT") {
+            self.advertised
+                .insert((ns.to_owned(), pod.to_owned()), url.clone());
+        }
         let mut cmd = Command::new(&self.node_bin);
         cmd.args(container.args.clone().unwrap_or_default())
             .env_clear()
@@ -404,6 +535,7 @@ impl PodRunner {
         pod: &str,
         ip: Ipv4Addr,
         volume: &Path,
+        secret_mounts: &[(String, PathBuf)],
     ) -> BTreeMap<String, String> {
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         for var in container.env.iter().flatten() {
@@ -430,18 +562,24 @@ impl PodRunner {
             if let Some(port) = value.strip_prefix("0.0.0.0:") {
                 *value = format!("{ip}:{port}");
             }
-            if let Some(rest) = value.strip_prefix(DATA_MOUNT)
-                && (rest.is_empty() || rest.starts_with('/'))
-            {
-                *value = format!("{mount}{rest}");
+            let mounts = std::iter::once((DATA_MOUNT, mount.clone())).chain(
+                secret_mounts
+                    .iter()
+                    .map(|(at, dir)| (at.as_str(), dir.to_string_lossy().into_owned())),
+            );
+            for (at, local) in mounts {
+                if let Some(rest) = value.strip_prefix(at)
+                    && (rest.is_empty() || rest.starts_with('/'))
+                {
+                    *value = format!("{local}{rest}");
+                    break;
+                }
             }
         }
-        for key in ["RSTORE_ADVERTISE_CLIENT", "RSTORE_ADVERTISE_PEER"] {
-            if let Some(url) = env.get(key).cloned() {
-                let resolved = self.resolve_url(&url, ns);
-                env.insert(key.to_owned(), resolved);
-            }
-        }
+        env.insert(
+            "RSTORE_HOSTS_FILE".into(),
+            self.hosts_file().to_string_lossy().into_owned(),
+        );
         env.entry("RSTORE_LISTEN_CLIENT".into())
             .or_insert_with(|| format!("{ip}:{CLIENT_PORT}"));
         env.entry("RSTORE_LISTEN_PEER".into())
@@ -450,32 +588,88 @@ impl PodRunner {
         env
     }
 
-    /// The cluster DNS: `<pod>.<service>.<ns>.svc[.cluster.local]` is the pod's address.
-    fn resolve_url(&mut self, url: &str, ns: &str) -> String {
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return url.to_owned();
+    /// Writes the container's Secret volumes (plain and projected) under the runner's root,
+    /// as the kubelet does, and returns each mount path with its local directory; `None`
+    /// while a Secret it needs does not exist.
+    async fn secret_volumes(
+        &self,
+        obj: &Pod,
+        ns: &str,
+        pod: &str,
+    ) -> Result<Option<Vec<(String, PathBuf)>>> {
+        let Some(container) = node_container(obj) else {
+            return Ok(Some(Vec::new()));
         };
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let (host, port) = authority
-            .rsplit_once(':')
-            .map_or((authority, None), |(h, p)| (h, Some(p)));
-        let labels: Vec<&str> = host.split('.').collect();
-        let is_pod_dns = labels.len() >= 4 && labels[3] == "svc";
-        if !is_pod_dns {
-            return url.to_owned();
+        let volumes = obj
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
+        let api = Api::<Secret>::namespaced(self.client.clone(), ns);
+        let mut out = Vec::new();
+        for m in container.volume_mounts.iter().flatten() {
+            let Some(v) = volumes.iter().find(|v| v.name == m.name) else {
+                continue;
+            };
+            let mut sources: Vec<(String, Option<Vec<KeyToPath>>, bool)> = Vec::new();
+            if let Some(sv) = &v.secret {
+                sources.push((
+                    sv.secret_name.clone().unwrap_or_default(),
+                    sv.items.clone(),
+                    sv.optional.unwrap_or(false),
+                ));
+            }
+            for p in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+                if let Some(sp) = &p.secret {
+                    sources.push((
+                        sp.name.clone(),
+                        sp.items.clone(),
+                        sp.optional.unwrap_or(false),
+                    ));
+                }
+            }
+            if sources.is_empty() {
+                continue;
+            }
+            let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            for (name, items, optional) in sources {
+                let Some(secret) = api.get_opt(&name).await? else {
+                    if optional {
+                        continue;
+                    }
+                    return Ok(None);
+                };
+                let data = secret.data.unwrap_or_default();
+                match items {
+                    None => files.extend(data.into_iter().map(|(k, v)| (k, v.0))),
+                    Some(items) => {
+                        for it in items {
+                            match data.get(&it.key) {
+                                Some(v) => {
+                                    files.insert(it.path.clone(), v.0.clone());
+                                }
+                                None if optional => {}
+                                None => return Ok(None),
+                            }
+                        }
+                    }
+                }
+            }
+            let dir = self.root.join("secrets").join(ns).join(pod).join(&m.name);
+            sync_dir(&dir, &files).map_err(|source| Error::Io {
+                what: format!("write Secret volume {}", dir.display()),
+                source,
+            })?;
+            out.push((m.mount_path.clone(), dir));
         }
-        let pod_ns = if labels[2].is_empty() { ns } else { labels[2] };
-        let ip = self.address(pod_ns, labels[0]);
-        match port {
-            Some(p) => format!("{scheme}://{ip}:{p}{path}"),
-            None => format!("{scheme}://{ip}{path}"),
-        }
+        Ok(Some(out))
     }
 
     /// SIGTERM a pod's node, then SIGKILL it after the grace period.
     pub async fn stop(&mut self, ns: &str, pod: &str) {
         let key = (ns.to_owned(), pod.to_owned());
         self.ready.remove(&key);
+        self.advertised.remove(&key);
         let Some(mut p) = self.procs.remove(&key) else {
             return;
         };
@@ -529,6 +723,49 @@ fn owned_by(pod: &Pod, sts: &StatefulSet) -> bool {
     pod.owner_references()
         .iter()
         .any(|r| r.kind == "StatefulSet" && Some(&r.name) == sts.metadata.name.as_ref())
+}
+
+/// Writes a file whole, replacing it atomically (a node re-reading it never sees half).
+fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp~");
+    {
+        use std::io::Write;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+    }
+    fs::rename(&tmp, path)
+}
+
+/// Makes `dir` hold exactly `files`, rewriting only what changed.
+fn sync_dir(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    for (name, contents) in files {
+        // Keys are Secret keys: no path separators, as the API server enforces.
+        if name.contains('/') || name.starts_with('.') {
+            continue;
+        }
+        let path = dir.join(name);
+        if fs::read(&path).ok().as_deref() != Some(contents.as_slice()) {
+            write_atomically(&path, contents)?;
+        }
+    }
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !files.contains_key(&name) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
 }
 
 /// Kubernetes' `$(VAR)` expansion against the variables defined before; `$$` escapes.

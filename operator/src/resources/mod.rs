@@ -1,9 +1,13 @@
 //! The Kubernetes objects a `ReplicatedStore` owns, built as pure functions of the resource
-//! (no client, no IO), one module per object: [`statefulset`], [`service`], [`pdb`].
+//! (no client, no IO), one module per object: [`statefulset`], [`service`], [`pdb`],
+//! [`networkpolicy`], [`certmanager`]; [`credentials`] issues and renews the store's
+//! certificates and tokens as Secrets.
 //!
 //! Names, labels and ports are typed constants here, so that the builders, the observer, the
 //! local pod runner and the Helm chart agree on them.
 
+pub mod certmanager;
+pub mod credentials;
 pub mod networkpolicy;
 pub mod pdb;
 pub mod service;
@@ -109,6 +113,47 @@ impl Names {
             self.peer_service(),
             self.namespace
         )
+    }
+
+    /// The Secret holding the store's CA (certificate and key); only the operator reads it.
+    pub fn ca_secret(&self) -> String {
+        format!("{}-ca", self.name)
+    }
+
+    /// The Secret every pod mounts: the CA certificate, member certificates and keys, and
+    /// the token file (hashes only).
+    pub fn tls_secret(&self) -> String {
+        format!("{}-tls", self.name)
+    }
+
+    /// The Secret with the operator's own admin token for this store.
+    pub fn operator_secret(&self) -> String {
+        format!("{}-operator", self.name)
+    }
+
+    /// The Secret with the user credential (named in status).
+    pub fn credentials_secret(&self) -> String {
+        format!("{}-credentials", self.name)
+    }
+
+    /// The cert-manager `Certificate` of the members (with `spec.tls.issuerRef`).
+    pub fn member_certificate(&self) -> String {
+        format!("{}-member", self.name)
+    }
+
+    /// The Secret cert-manager writes the members' certificate to.
+    pub fn member_certificate_secret(&self) -> String {
+        format!("{}-member-tls", self.name)
+    }
+
+    /// DNS name of the client Service.
+    pub fn client_host(&self) -> String {
+        format!("{}.{}.svc", self.client_service(), self.namespace)
+    }
+
+    /// The peer URL member `ordinal` advertises, which its certificate names.
+    pub fn peer_url(&self, ordinal: u32) -> String {
+        format!("https://{}:{PEER_PORT}", self.pod_host(ordinal))
     }
 
     /// Labels that select this resource's pods.

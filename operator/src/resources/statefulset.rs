@@ -16,19 +16,24 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceFieldSelector, SeccompProfile, SecurityContext,
-    VolumeMount, VolumeResourceRequirements,
+    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceFieldSelector, SeccompProfile,
+    SecretProjection, SecurityContext, Volume, VolumeMount, VolumeProjection,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::credentials::{CA_FILE, TLS_MOUNT, TOKENS_FILE};
 use super::{
     CLIENT_PORT, CLIENT_PORT_NAME, CONTAINER, DATA_DIR, DATA_MOUNT, DATA_VOLUME, Names, PEER_PORT,
     PEER_PORT_NAME, REVISION_ANNOTATION, RUN_AS, owned_meta,
 };
 use crate::crd::{PvcRetention, ReplicatedStore};
+
+/// The credentials volume of the pods.
+pub const TLS_VOLUME: &str = "tls";
 
 /// The StatefulSet with `replicas` pods of `template`.
 ///
@@ -111,6 +116,8 @@ pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
     };
     // `$(POD_NAME)` is expanded by the kubelet from the variables defined before it.
     let host = format!("$(POD_NAME).{}.$(POD_NAMESPACE).svc", names.peer_service());
+    let plaintext = spec.tls.insecure_plaintext;
+    let scheme = if plaintext { "http" } else { "https" };
     let mut env = vec![
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -119,18 +126,38 @@ pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
         env_value("RSTORE_LISTEN_PEER", format!("0.0.0.0:{PEER_PORT}")),
         env_value(
             "RSTORE_ADVERTISE_CLIENT",
-            format!("http://{host}:{CLIENT_PORT}"),
+            format!("{scheme}://{host}:{CLIENT_PORT}"),
         ),
         env_value(
             "RSTORE_ADVERTISE_PEER",
-            format!("http://{host}:{PEER_PORT}"),
+            format!("{scheme}://{host}:{PEER_PORT}"),
         ),
         env_value("RSTORE_LOG_FORMAT", "json".into()),
-        // The operator does not issue member certificates yet (issue 13, next step), so the
-        // members it runs say plainly that they run without TLS; see README, Security.
-        env_value("RSTORE_INSECURE_PLAINTEXT", "true".into()),
-        // For `kubectl exec ... -- node kv ...` in the pod: the CLI's default is https.
-        env_value("RSTORE_ENDPOINT", format!("http://127.0.0.1:{CLIENT_PORT}")),
+        // For `kubectl exec ... -- node kv ...` in the pod (with RSTORE_TOKEN set).
+        env_value(
+            "RSTORE_ENDPOINT",
+            format!("{scheme}://127.0.0.1:{CLIENT_PORT}"),
+        ),
+    ];
+    if plaintext {
+        env.push(env_value("RSTORE_INSECURE_PLAINTEXT", "true".into()));
+    } else {
+        // Each pod picks its own certificate from the Secret every pod mounts; with
+        // cert-manager, all share one.
+        let file = |f: &str| format!("{TLS_MOUNT}/{f}");
+        let (cert, key) = match &spec.tls.issuer_ref {
+            None => (file("$(POD_NAME).crt"), file("$(POD_NAME).key")),
+            Some(_) => (file("tls.crt"), file("tls.key")),
+        };
+        env.extend([
+            env_value("RSTORE_TLS_CA_FILE", file(CA_FILE)),
+            env_value("RSTORE_TLS_CERT_FILE", cert),
+            env_value("RSTORE_TLS_KEY_FILE", key),
+            env_value("RSTORE_TOKEN_FILE", file(TOKENS_FILE)),
+            env_value("RSTORE_CACERT", file(CA_FILE)),
+        ]);
+    }
+    env.extend([
         // The node keeps its data in memory and sizes its data quota from this (the
         // container's memory limit, or the node's allocatable memory without one).
         EnvVar {
@@ -145,7 +172,7 @@ pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
                 ..EnvVarSource::default()
             }),
         },
-    ];
+    ]);
     if let Some(raft) = &spec.raft {
         let timing = [
             ("RSTORE_HEARTBEAT_MS", raft.heartbeat_ms.map(u64::from)),
@@ -169,6 +196,8 @@ pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String(CLIENT_PORT_NAME.into()),
+            // The kubelet does not verify the certificate of an HTTPS probe.
+            scheme: Some(if plaintext { "HTTP" } else { "HTTPS" }.into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -176,6 +205,21 @@ pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
         timeout_seconds: Some(2),
         ..Probe::default()
     };
+    let mut mounts = vec![VolumeMount {
+        name: DATA_VOLUME.into(),
+        mount_path: DATA_MOUNT.into(),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = Vec::new();
+    if !plaintext {
+        mounts.push(VolumeMount {
+            name: TLS_VOLUME.into(),
+            mount_path: TLS_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(tls_volume(&names, spec.tls.issuer_ref.is_some()));
+    }
     let container = Container {
         name: CONTAINER.into(),
         image: Some(spec.image.clone()),
@@ -198,11 +242,7 @@ pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
         readiness_probe: Some(http_probe("/readyz", 2, 3)),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         resources: spec.resources.clone(),
-        volume_mounts: Some(vec![VolumeMount {
-            name: DATA_VOLUME.into(),
-            mount_path: DATA_MOUNT.into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(RUN_AS),
@@ -224,6 +264,7 @@ pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
         }),
         spec: Some(PodSpec {
             containers: vec![container],
+            volumes: (!volumes.is_empty()).then_some(volumes),
             // The node never calls the Kubernetes API: a pod that cannot read a token
             // cannot leak one.
             automount_service_account_token: Some(false),
@@ -252,6 +293,39 @@ pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
         meta.annotations = Some(BTreeMap::from([(REVISION_ANNOTATION.to_owned(), revision)]));
     }
     template
+}
+
+/// The credentials volume: the store's `<name>-tls` Secret, and with cert-manager the Secret
+/// it issues the members' certificate to. Readable by the node's group only.
+fn tls_volume(names: &Names, cert_manager: bool) -> Volume {
+    let secret = |name: String, items: Option<Vec<KeyToPath>>| VolumeProjection {
+        secret: Some(SecretProjection {
+            name,
+            items,
+            optional: Some(false),
+        }),
+        ..VolumeProjection::default()
+    };
+    let mut sources = vec![secret(names.tls_secret(), None)];
+    if cert_manager {
+        let item = |k: &str| KeyToPath {
+            key: k.into(),
+            path: k.into(),
+            mode: None,
+        };
+        sources.push(secret(
+            names.member_certificate_secret(),
+            Some(vec![item(CA_FILE), item("tls.crt"), item("tls.key")]),
+        ));
+    }
+    Volume {
+        name: TLS_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o440),
+            sources: Some(sources),
+        }),
+        ..Volume::default()
+    }
 }
 
 /// A checksum of the template (without its revision annotation): the same template always
@@ -325,8 +399,21 @@ mod tests {
         let env = env_of(&spec.template);
         assert_eq!(
             env["RSTORE_ADVERTISE_PEER"],
-            "http://$(POD_NAME).db-peer.$(POD_NAMESPACE).svc:7380"
+            "https://$(POD_NAME).db-peer.$(POD_NAMESPACE).svc:7380"
         );
+        // The certificate it names is the one the operator issues for that pod.
+        assert_eq!(
+            env["RSTORE_ADVERTISE_PEER"]
+                .replace("$(POD_NAME)", "db-1")
+                .replace("$(POD_NAMESPACE)", "prod"),
+            Names::of(&rs).peer_url(1)
+        );
+        assert_eq!(
+            env["RSTORE_TLS_CERT_FILE"],
+            "/etc/rstore/tls/$(POD_NAME).crt"
+        );
+        assert_eq!(env["RSTORE_TOKEN_FILE"], "/etc/rstore/tls/tokens");
+        assert!(!env.contains_key("RSTORE_INSECURE_PLAINTEXT"));
         assert_eq!(env["RSTORE_DATA_DIR"], "/data/rstore");
         let pod = spec.template.spec.as_ref().unwrap();
         let memory = pod.containers[0]
@@ -360,6 +447,71 @@ mod tests {
         for (k, v) in spec.selector.match_labels.as_ref().unwrap() {
             assert_eq!(labels.get(k), Some(v));
         }
+    }
+
+    #[test]
+    fn pods_mount_their_credentials_and_probe_over_https() {
+        let tls = pod_template(&rs(ReplicatedStoreSpec::default()));
+        let pod = tls.spec.as_ref().unwrap();
+        let c = &pod.containers[0];
+        let scheme = |p: &Option<Probe>| {
+            p.as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .scheme
+                .clone()
+        };
+        assert_eq!(scheme(&c.readiness_probe).as_deref(), Some("HTTPS"));
+        let mount = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == TLS_VOLUME)
+            .unwrap();
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (TLS_MOUNT, Some(true))
+        );
+        let sources = |t: &PodTemplateSpec| -> Vec<String> {
+            t.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0]
+                .projected
+                .as_ref()
+                .unwrap()
+                .sources
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|s| s.secret.as_ref().unwrap().name.clone())
+                .collect()
+        };
+        assert_eq!(sources(&tls), vec!["db-tls"]);
+
+        let mut spec = ReplicatedStoreSpec::default();
+        spec.tls.issuer_ref = Some(crate::crd::IssuerRef {
+            name: "corp".into(),
+            kind: "Issuer".into(),
+            group: "cert-manager.io".into(),
+        });
+        let cm = pod_template(&rs(spec));
+        assert_eq!(sources(&cm), vec!["db-tls", "db-member-tls"]);
+        assert_eq!(
+            env_of(&cm)["RSTORE_TLS_CERT_FILE"],
+            "/etc/rstore/tls/tls.crt"
+        );
+
+        let mut spec = ReplicatedStoreSpec::default();
+        spec.tls.insecure_plaintext = true;
+        let plain = pod_template(&rs(spec));
+        let env = env_of(&plain);
+        assert_eq!(env["RSTORE_INSECURE_PLAINTEXT"], "true");
+        assert!(env["RSTORE_ADVERTISE_CLIENT"].starts_with("http://"));
+        assert!(!env.contains_key("RSTORE_TLS_CA_FILE"));
+        assert!(plain.spec.as_ref().unwrap().volumes.is_none());
+        let c = &plain.spec.as_ref().unwrap().containers[0];
+        assert_eq!(scheme(&c.liveness_probe).as_deref(), Some("HTTP"));
     }
 
     #[test]
