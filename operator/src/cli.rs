@@ -412,9 +412,11 @@ async fn endpoint_lines(
     };
     let node = node_bin.display();
     let Some(secret) = st.credentials_secret.as_deref() else {
-        lines.push(format!("{name} runs in plaintext (spec.tls.insecurePlaintext): no credentials needed"));
         lines.push(format!(
-            "try: {node} kv --hosts-file {hosts} --endpoint {first} put greeting hello && {node} kv --hosts-file {hosts} --endpoint {first} get greeting",
+            "{name} runs in plaintext (spec.tls.insecurePlaintext): no credentials needed"
+        ));
+        lines.push(format!(
+            "try: {node} kv put greeting hello --hosts-file {hosts} --endpoint {first} && {node} kv get greeting --hosts-file {hosts} --endpoint {first}",
             hosts = hosts_file.display()
         ));
         return lines;
@@ -450,13 +452,15 @@ async fn endpoint_lines(
         ca = ca.display(),
         token = token.display(),
     ));
-    let kv = format!(
-        "{node} kv --hosts-file {hosts} --endpoint {first} --cacert {ca} --token \"$(cat {token})\"",
+    let flags = format!(
+        "--hosts-file {hosts} --endpoint {first} --cacert {ca} --token \"$(cat {token})\"",
         hosts = hosts_file.display(),
         ca = ca.display(),
         token = token.display(),
     );
-    lines.push(format!("try: {kv} put greeting hello && {kv} get greeting"));
+    lines.push(format!(
+        "try: {node} kv put greeting hello {flags} && {node} kv get greeting {flags}"
+    ));
     lines
 }
 

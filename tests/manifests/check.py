@@ -52,6 +52,8 @@ OPERATOR_RBAC = {
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("", "secrets"): {"get", "create", "update"},
+    ("cert-manager.io", "certificates"): {"get", "create", "patch"},
     ("", "pods"): {"get", "list", "watch", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }

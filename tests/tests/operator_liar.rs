@@ -10,23 +10,76 @@ mod common;
 use std::time::Duration;
 
 use axum::routing::get;
-use common::Cluster;
+use common::{Cluster, Creds};
 use futures::StreamExt;
 use rstore_operator::nodeapi::{NodeApi, NodeInfo};
 use rstore_operator::observe::leader_view;
 use serde_json::json;
 
-/// Serve the liar's answers on 127.0.0.1:0; returns its base URL.
-async fn liar(cluster_id: String) -> String {
+/// A TLS listener for axum: the liar is a compromised member, with a member certificate of
+/// the cluster's CA, so the operator's TLS client talks to it.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Serve `app` on 127.0.0.1:0 with a member certificate of `creds`' CA; returns its base URL.
+async fn serve_as_member(app: axum::Router, creds: &Creds) -> String {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let pem = creds
+        .ca
+        .member(&["127.0.0.1".into()], &format!("https://{addr}"))
+        .unwrap();
+    let certs = rstore_node::tls::certs_from_pem(pem.cert.as_bytes(), "liar").unwrap();
+    let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(rstore_node::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let listener = TlsListener {
+        tcp,
+        acceptor: tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+    };
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("https://{addr}")
+}
+
+/// Serve the liar's answers; returns its base URL.
+async fn liar(cluster_id: String, creds: &Creds) -> String {
     let node = json!({
         "id": 4242, "cluster_id": cluster_id, "role": "leader", "term": u64::MAX,
         "leader_id": 4242, "applied_index": u64::MAX,
-        "client_url": "http://liar:7379", "peer_url": "http://liar:7380",
+        "client_url": "https://liar:7379", "peer_url": "https://liar:7380",
     });
     let member = |id: u64| {
         json!({
-            "id": id, "role": "voter", "client_url": format!("http://ghost-{id}:7379"),
-            "peer_url": format!("http://ghost-{id}:7380"), "matched_index": 0, "lag": u64::MAX,
+            "id": id, "role": "voter", "client_url": format!("https://ghost-{id}:7379"),
+            "peer_url": format!("https://ghost-{id}:7380"), "matched_index": 0, "lag": u64::MAX,
             "last_contact_ms": u64::MAX,
         })
     };
@@ -45,25 +98,29 @@ async fn liar(cluster_id: String) -> String {
             "/v1/cluster",
             get(move || async move { axum::Json(view.clone()) }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
+    serve_as_member(app, creds).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_pod_cannot_make_the_operator_trust_its_view() {
-    // The operator speaks plaintext to its members for now (README, Security).
-    let cluster = Cluster::start_with_env(3, &[("RSTORE_INSECURE_PLAINTEXT", "1")]).await;
+    let cluster = Cluster::start(3).await;
     let leader = cluster.leader().await;
-    let nodes = NodeApi::new(Duration::from_secs(2), Duration::from_secs(10));
+    let creds = cluster.creds.clone().expect("a TLS cluster");
+    // The operator's client: the cluster CA and an admin token.
+    let nodes = NodeApi::secure(
+        Duration::from_secs(2),
+        Duration::from_secs(10),
+        &creds.ca.pem().cert,
+        &creds.admin_token,
+    )
+    .unwrap();
     let mut real: Vec<(String, NodeInfo)> = Vec::new();
     for n in &cluster.nodes {
         let base = n.direct_client_url.clone();
         real.push((base.clone(), nodes.node(&base).await.unwrap()));
     }
     let cluster_id = real[0].1.cluster_id.clone().unwrap();
-    let liar_base = liar(cluster_id).await;
+    let liar_base = liar(cluster_id, &creds).await;
     let liar_info = nodes.node(&liar_base).await.unwrap();
     assert_eq!(liar_info.term, u64::MAX);
 
@@ -129,10 +186,16 @@ async fn the_operator_reads_no_more_than_its_cap_from_a_node() {
             "/v1/cluster",
             get(|| async { ([("content-length", "1073741824")], "") }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let nodes = NodeApi::new(Duration::from_secs(10), Duration::from_secs(10));
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::create(dir.path());
+    let base = serve_as_member(app, &creds).await;
+    let nodes = NodeApi::secure(
+        Duration::from_secs(10),
+        Duration::from_secs(10),
+        &creds.ca.pem().cert,
+        &creds.admin_token,
+    )
+    .unwrap();
     let err = nodes.node(&base).await.unwrap_err();
     assert!(matches!(err, NodeApiError::TooLarge { .. }), "{err}");
     // The server may have written a little ahead into the socket, not the whole body.

@@ -89,6 +89,15 @@ impl Harness {
         .await
     }
 
+    /// A client with the user credential the store's status names (the CA and a `write`
+    /// token), as a user would build from the Secret.
+    async fn user_http(&self) -> reqwest::Client {
+        self.plane
+            .user_client(NS, NAME)
+            .await
+            .expect("a client from the credentials Secret")
+    }
+
     async fn client_url(&self, pod: &str) -> String {
         self.plane
             .runner
@@ -135,15 +144,11 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(urls: Vec<String>) -> Self {
+    fn start(urls: Vec<String>, http: reqwest::Client) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let failures = Arc::new(AtomicU64::new(0));
         let (stop2, failures2) = (stop.clone(), failures.clone());
         let task = tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap();
             let mut acked = Vec::new();
             let mut n = 0u64;
             while !stop2.load(Ordering::Relaxed) {
@@ -219,7 +224,28 @@ async fn lifecycle_with_a_background_writer_loses_nothing() {
         h.client_url("db-1").await,
         h.client_url("db-2").await,
     ];
-    let writer = Writer::start(urls.clone());
+    assert!(
+        urls.iter().all(|u| u.starts_with("https://")),
+        "the operator runs its members with TLS: {urls:?}"
+    );
+    assert_eq!(
+        st.credentials_secret.as_deref(),
+        Some("db-credentials"),
+        "status names the user credential"
+    );
+    // Without the credential, the store answers nothing but health.
+    let no_token = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let addr = h.plane.runner.lock().await.client_addr(NS, "db-0").unwrap();
+    let refused = no_token
+        .get(format!("https://{addr}/v1/kv/anything"))
+        .send()
+        .await
+        .expect("the member answers");
+    assert_eq!(refused.status(), 401, "no credential: 401");
+    let writer = Writer::start(urls.clone(), h.user_http().await);
 
     // Scale out to 5, then in to 3: members leave Raft before their pods go.
     h.apply(|s| s.replicas = 5).await;
@@ -262,10 +288,7 @@ async fn lifecycle_with_a_background_writer_loses_nothing() {
     let leader_url = h.client_url(&leader).await;
     let t_kill = Instant::now();
     assert!(h.plane.runner.lock().await.inject(NS, &leader, Fault::Kill));
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let http = h.user_http().await;
     wait_for(
         STEP,
         "the killed leader back, ready, and every member healthy",
@@ -398,8 +421,19 @@ async fn lifecycle_with_a_background_writer_loses_nothing() {
     h.apply(|s| s.replication.mode = ReplicationMode::Sync)
         .await;
     h.settled(3, 2, "sync mode").await;
+    let admin = h.plane.admin_client(NS, NAME).await.expect("admin client");
+    let forbidden = h
+        .user_http()
+        .await
+        .get(format!("{}/v1/cluster/config", urls[0]))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(forbidden.status(), 403, "the user token is not admin");
     wait_for(STEP, "the nodes to report sync mode", async || {
-        let cfg: Value = reqwest::get(format!("{}/v1/cluster/config", urls[0]))
+        let cfg: Value = admin
+            .get(format!("{}/v1/cluster/config", urls[0]))
+            .send()
             .await
             .map_err(|e| e.to_string())?
             .json()
@@ -652,16 +686,54 @@ async fn local_command_follows_edits_of_the_file_and_stops_cleanly() {
         }
     })
     .await;
-    let endpoint = lines
+    // `demo-0 https://demo-0.demo-peer.default.svc:7379 at 127.x.y.z`
+    let address = lines
         .lock()
         .unwrap()
         .iter()
         .find_map(|l| {
-            l.split("Endpoints: demo-0 ")
-                .nth(1)
-                .map(|r| r.split([',', ' ']).next().unwrap().to_owned())
+            let rest = l.split("Endpoints: ").nth(1)?;
+            let demo0 = rest.split(", ").find(|e| e.starts_with("demo-0 "))?;
+            Some(demo0.rsplit(" at ").next()?.to_owned())
         })
-        .expect("endpoint of demo-0");
+        .expect("address of demo-0");
+    // The printed commands work as printed: the `node kv` line writes and reads back.
+    let kv_line = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("try: ")
+                .filter(|c| c.contains(" kv put "))
+                .map(str::to_owned)
+        })
+        .expect("a node kv command");
+    assert!(
+        kv_line.contains("--cacert") && kv_line.contains("--token"),
+        "{kv_line}"
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &kv_line])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("hello"),
+        "{kv_line}: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let endpoint = format!("https://{address}:7379");
+    // By address, without verifying the certificate: any answer at all means it still runs.
+    let probe = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let up = probe.get(format!("{endpoint}/healthz")).send().await;
+    assert!(
+        up.is_ok_and(|r| r.status().is_success()),
+        "{endpoint} answers while running"
+    );
 
     std::process::Command::new("kill")
         .args(["-INT", &child.0.id().to_string()])
@@ -688,9 +760,8 @@ async fn local_command_follows_edits_of_the_file_and_stops_cleanly() {
         }
     })
     .await;
-    let gone = reqwest::Client::new()
-        .get(format!("{endpoint}/v1/node"))
-        .timeout(Duration::from_secs(2))
+    let gone = probe
+        .get(format!("{endpoint}/healthz"))
         .send()
         .await
         .is_err();

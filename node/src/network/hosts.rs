@@ -21,7 +21,10 @@ use std::time::SystemTime;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 
 static FILE: OnceLock<PathBuf> = OnceLock::new();
-static CACHE: Mutex<Option<(SystemTime, u64, HashMap<String, Vec<IpAddr>>)>> = Mutex::new(None);
+/// Names to addresses.
+type Map = HashMap<String, Vec<IpAddr>>;
+/// The parsed file, with the modification time and length it was read at.
+static CACHE: Mutex<Option<(SystemTime, u64, Map)>> = Mutex::new(None);
 
 /// Use `path` for every later peer connection. Only the first call counts.
 pub fn set_file(path: PathBuf) {
@@ -29,8 +32,8 @@ pub fn set_file(path: PathBuf) {
 }
 
 /// Parse hosts-file text: `ADDRESS NAME [NAME...]` per line, `#` starts a comment.
-pub fn parse(text: &str) -> HashMap<String, Vec<IpAddr>> {
-    let mut map: HashMap<String, Vec<IpAddr>> = HashMap::new();
+pub fn parse(text: &str) -> Map {
+    let mut map = Map::new();
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("");
         let mut words = line.split_whitespace();

@@ -25,11 +25,11 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use rstore_api::pki::{self, Ca, Pem};
 
-use super::{CLIENT_PORT, Names, owned_meta};
+use super::{CLIENT_PORT, FIELD_MANAGER, Names, owned_meta};
 use crate::crd::ReplicatedStore;
 use crate::{Error, Result};
 
@@ -254,7 +254,15 @@ pub async fn ensure(
             write(&api, rs, &names.tls_secret(), current.map(|(s, _)| s), data).await?;
             ca.pem().cert.clone()
         }
-        Some(_) => {
+        Some(issuer) => {
+            let cert = super::certmanager::build(rs, issuer);
+            Api::<super::certmanager::Certificate>::namespaced(client.clone(), &names.namespace)
+                .patch(
+                    &names.member_certificate(),
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&cert),
+                )
+                .await?;
             let current = read(&api, &names.tls_secret()).await?;
             let data = BTreeMap::from([(TOKENS_FILE.to_owned(), bytes(&tokens))]);
             write(&api, rs, &names.tls_secret(), current.map(|(s, _)| s), data).await?;
