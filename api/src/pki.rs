@@ -162,15 +162,24 @@ impl Ca {
     /// whose peer URL is `peer_url`. It serves both ports and is the member's client
     /// certificate towards its peers.
     pub fn member(&self, hosts: &[String], peer_url: &str) -> anyhow::Result<Pem> {
+        self.member_of(hosts, &[peer_url.to_owned()])
+    }
+
+    /// A member certificate naming several peer URLs (as one certificate that several
+    /// members share, which cert-manager issues for a StatefulSet). `hosts` may hold
+    /// wildcard names (`*.db-peer.ns.svc`).
+    pub fn member_of(&self, hosts: &[String], peer_urls: &[String]) -> anyhow::Result<Pem> {
         let mut params = CertificateParams::default();
-        params.distinguished_name = name(peer_url, Some(MEMBER_ORG));
+        let cn = peer_urls.first().map_or("rstore member", String::as_str);
+        params.distinguished_name = name(cn, Some(MEMBER_ORG));
         params.subject_alt_names = sans(hosts)?;
-        params.subject_alt_names.push(SanType::URI(
-            peer_url
-                .trim_end_matches('/')
-                .try_into()
-                .context("the peer URL is not a valid URI")?,
-        ));
+        for url in peer_urls {
+            params.subject_alt_names.push(SanType::URI(
+                url.trim_end_matches('/')
+                    .try_into()
+                    .context("the peer URL is not a valid URI")?,
+            ));
+        }
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,

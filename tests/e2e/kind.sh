@@ -132,17 +132,28 @@ wait_converged() {
   pass "$STORE is Available with $1 voters (leader $(status .leader), term $(status .term))"
 }
 
-# The node CLI inside a member pod (the image is distroless: no shell, just the binary).
-member() { local pod=$1; shift; k exec "$pod" -c node -- node "$@"; }
+# The user credential the operator wrote for the store (named in its status): a write token.
+user_token() { k get secret "$STORE-credentials" -o jsonpath='{.data.token}' | base64 -d; }
 
-# The node CLI in a throwaway pod, against the client Service, as an application would.
+# The node CLI inside a member pod (the image is distroless: no shell, just the binary). The
+# pod has RSTORE_CACERT (the store's CA) and RSTORE_ENDPOINT (https://127.0.0.1:7379) set.
+member() { local pod=$1; shift; k exec "$pod" -c node -- node "$@" --token "$(user_token)"; }
+
+# The node CLI in a throwaway pod, against the client Service, as an application would: the
+# credentials Secret mounted (CA and token), nothing else.
 client() {
-  local pod phase
+  local pod phase overrides
   pod="e2e-client-$(date +%s%N | tail -c 8)"
+  overrides=$(jq -nc --arg secret "$STORE-credentials" --arg image "$NODE_IMAGE" --args \
+    '{spec: {securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: "RuntimeDefault"}},
+      volumes: [{name: "creds", secret: {secretName: $secret}}],
+      containers: [{name: "client", image: $image, command: (["node"] + $ARGS.positional),
+        env: [{name: "RSTORE_CACERT", value: "/creds/ca.crt"},
+              {name: "RSTORE_TOKEN", valueFrom: {secretKeyRef: {name: $secret, key: "token"}}}],
+        volumeMounts: [{name: "creds", mountPath: "/creds", readOnly: true}]}]}}' \
+    -- "$@" --endpoint "https://$STORE:7379")
   k run "$pod" --restart=Never --image="$NODE_IMAGE" --image-pull-policy=IfNotPresent \
-    --labels=app.kubernetes.io/name=rstore-e2e-client \
-    --overrides='{"spec":{"securityContext":{"runAsNonRoot":true,"runAsUser":65532,"seccompProfile":{"type":"RuntimeDefault"}}}}' \
-    --command -- node "$@" --endpoint "http://$STORE:7379" >/dev/null
+    --labels=app.kubernetes.io/name=rstore-e2e-client --overrides="$overrides" >/dev/null
   local deadline=$((SECONDS + 180))
   while :; do
     phase=$(k get pod "$pod" -o jsonpath='{.status.phase}' 2>/dev/null || true)
@@ -160,7 +171,7 @@ declare -A DATA=()
 put_keys() {
   local prefix=$1 n=$2 i
   for i in $(seq 1 "$n"); do
-    member "$STORE-0" kv put "$prefix/$i" "value-$prefix-$i" --endpoint "http://$STORE:7379" >/dev/null \
+    member "$STORE-0" kv put "$prefix/$i" "value-$prefix-$i" --endpoint "https://$STORE:7379" >/dev/null \
       || fail "put $prefix/$i through the client Service"
     DATA["$prefix/$i"]="value-$prefix-$i"
   done
@@ -169,8 +180,8 @@ put_keys() {
 # by default, or from POD's own state (stale reads, to prove that member has the data).
 check_data() {
   local pod=${1:-} consistency=${2:-linearizable} key got endpoint
-  endpoint="http://$STORE:7379"
-  [ -n "$pod" ] && endpoint="http://127.0.0.1:7379"
+  endpoint="https://$STORE:7379"
+  [ -n "$pod" ] && endpoint="https://127.0.0.1:7379"
   for key in "${!DATA[@]}"; do
     got=$(member "${pod:-$STORE-0}" kv get "$key" --consistency "$consistency" --endpoint "$endpoint" 2>/dev/null) \
       || fail "read $key (${pod:-client Service}, $consistency)"
@@ -259,6 +270,23 @@ jq -e '.readOnlyRootFilesystem == true and .allowPrivilegeEscalation == false
        and (.capabilities.drop | index("ALL")) != null' <<<"$sec" >/dev/null \
   || fail "node container security context: $sec"
 pass "StatefulSet, headless and client Services, PDB and pod security as contracted"
+
+log "security: TLS on both ports, credentials in Secrets, nothing answered without them"
+[ "$(status .credentialsSecret)" = "$STORE-credentials" ] || fail "status names no credentials Secret"
+for s in "$STORE-ca" "$STORE-tls" "$STORE-operator" "$STORE-credentials"; do
+  k get secret "$s" >/dev/null || fail "no Secret $s"
+done
+k get secret "$STORE-tls" -o json | jq -e '.data | has("ca.crt") and has("tokens") and has("'"$STORE"'-0.crt")' >/dev/null \
+  || fail "$STORE-tls lacks the CA, the token file or the member certificates"
+[ "$(k get pod "$STORE-0" -o jsonpath='{.spec.automountServiceAccountToken}')" = false ] \
+  || fail "member pods mount a service-account token"
+k exec "$STORE-0" -c node -- node kv get e2e/none 2>&1 | grep -q 401 \
+  || fail "a request without a token was not refused with 401"
+k exec "$STORE-0" -c node -- node cluster status --token "$(user_token)" 2>&1 | grep -q 403 \
+  || fail "the user token (write) reached the admin API"
+[ "$(k exec "$STORE-0" -c node -- node kv get e2e/none --endpoint "http://127.0.0.1:7379" 2>&1 | grep -c 'revision')" = 0 ] \
+  || fail "the client port answered plaintext HTTP"
+pass "TLS with the operator's CA; 401 without a token, 403 for admin calls with the user token"
 
 log "write and read through the client Service"
 client kv put e2e/greeting hello | grep '"revision"' >/dev/null || fail "put through the client Service"

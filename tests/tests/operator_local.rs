@@ -770,3 +770,98 @@ async fn local_command_follows_edits_of_the_file_and_stops_cleanly() {
         "the nodes were stopped with the control plane ({endpoint} still answers)"
     );
 }
+
+/// With `spec.tls.issuerRef` the operator asks cert-manager for one `Certificate` the members
+/// share, and no member starts before cert-manager has issued it. Here the test plays
+/// cert-manager: it issues that Certificate from a CA of its own, as the issuer would, into
+/// the Secret it names; the store then forms on it and serves the user credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_an_issuer_ref_the_members_run_on_the_cert_manager_certificate() {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::Api;
+    use kube::api::PostParams;
+    use rstore_operator::crd::IssuerRef;
+    use rstore_operator::resources::certmanager::Certificate;
+
+    let (mut h, _dump) = Harness::start(None).await;
+    let issuer = IssuerRef {
+        name: "corp-ca".into(),
+        kind: "ClusterIssuer".into(),
+        group: "cert-manager.io".into(),
+    };
+    h.apply(|s| {
+        s.replicas = 3;
+        s.tls.issuer_ref = Some(issuer.clone());
+    })
+    .await;
+    let certs = Api::<Certificate>::namespaced(h.plane.client.clone(), NS);
+    let cert = wait_for(STEP, "the operator's Certificate", async || {
+        certs
+            .get_opt("db-member")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "not yet".to_owned())
+    })
+    .await;
+    assert_eq!(cert.spec.issuer_ref, issuer);
+    assert_eq!(cert.spec.secret_name, "db-member-tls");
+    // Not issued yet: pods exist, but no member runs, so nothing is Available.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rs = h.resource().await;
+    assert_ne!(
+        rs.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Available),
+        "{}",
+        summary(&rs)
+    );
+
+    // cert-manager's part: a certificate with what the Certificate asks for.
+    let ca = rstore_node::pki::Ca::generate("corp").unwrap();
+    let mut hosts = cert.spec.dns_names.clone();
+    hosts.extend(cert.spec.ip_addresses.clone());
+    let pem = ca.member_of(&hosts, &cert.spec.uris).unwrap();
+    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(cert.spec.secret_name.clone()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            [
+                ("tls.crt", bytes(&pem.cert)),
+                ("tls.key", bytes(&pem.key)),
+                ("ca.crt", bytes(&ca.pem().cert)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        ),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(h.plane.client.clone(), NS)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+
+    let st = h.settled(3, 0, "3 voters on the issued certificate").await;
+    assert_eq!(st.credentials_secret.as_deref(), Some("db-credentials"));
+    let http = h.user_http().await;
+    let url = h.client_url("db-1").await;
+    assert!(url.starts_with("https://"), "{url}");
+    let put = http
+        .put(format!("{url}/v1/kv/issued"))
+        .body("by-cert-manager")
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let got = http
+        .get(format!("{}/v1/kv/issued", h.client_url("db-2").await))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.text().await.unwrap(), "by-cert-manager");
+}

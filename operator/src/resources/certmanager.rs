@@ -72,6 +72,8 @@ pub fn build(rs: &ReplicatedStore, issuer: &IssuerRef) -> Certificate {
             dns_names: vec![
                 format!("*.{peer}"),
                 format!("*.{peer}.cluster.local"),
+                names.client_service().to_owned(),
+                format!("{}.{}", names.client_service(), names.namespace),
                 client.clone(),
                 format!("{client}.cluster.local"),
                 "localhost".into(),

@@ -9,7 +9,8 @@
 //! - `<name>-credentials`: the user credential, named in status: `ca.crt`, a `write` token,
 //!   and the `endpoint` to use it with.
 //!
-//! A member certificate names the pod's stable DNS name, the client Service, `localhost` and
+//! A member certificate names the pod's stable DNS name, the client Service (short and
+//! qualified names), `localhost` and
 //! `127.0.0.1` (for the in-pod CLI and `kubectl port-forward`), and the pod's peer URL, which
 //! the peer port checks against the membership. Certificates are valid for
 //! [`MEMBER_VALIDITY`] and reissued once less than a third of that is left; the members re-read
@@ -62,6 +63,8 @@ pub fn member_hosts(names: &Names, ordinal: u32) -> Vec<String> {
     vec![
         pod.clone(),
         format!("{pod}.cluster.local"),
+        names.client_service().to_owned(),
+        format!("{}.{}", names.client_service(), names.namespace),
         client.clone(),
         format!("{client}.cluster.local"),
         "localhost".into(),
