@@ -80,6 +80,8 @@ pub struct Context {
     clocks: Mutex<HashMap<String, HealthClock>>,
     /// Per store: the credentials its client was built with, and the client.
     secure: Mutex<HashMap<String, (Credentials, NodeApi)>>,
+    /// Stores already warned about running in plaintext.
+    warned: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {
@@ -99,6 +101,7 @@ impl Context {
             settings,
             clocks: Mutex::default(),
             secure: Mutex::default(),
+            warned: Mutex::default(),
         }
     }
 
@@ -188,6 +191,28 @@ async fn reconcile_inner(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome>
             status_written: false,
         });
     }
+    let sts_api = Api::<StatefulSet>::namespaced(ctx.client.clone(), &names.namespace);
+    let existing = sts_api.get_opt(names.statefulset()).await?;
+    let legacy;
+    let rs = if runs_plaintext(existing.as_ref()) && !rs.spec.tls.insecure_plaintext {
+        // Created in plaintext by an operator before TLS: switching a running cluster's
+        // transport under it would cut its members off from each other.
+        if ctx
+            .warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone())
+        {
+            warn!(namespace = %names.namespace, name = %names.name, "this store was created without TLS and keeps running in plaintext; recreate it to get TLS (README, Security)");
+            event(ctx, rs, EventType::Warning, "Plaintext", "created without TLS by an earlier operator: it keeps running in plaintext; recreate it to get TLS").await;
+        }
+        let mut r = rs.clone();
+        r.spec.tls.insecure_plaintext = true;
+        legacy = r;
+        &legacy
+    } else {
+        rs
+    };
     let mut desired = match Desired::from_spec(&rs.spec) {
         Ok(d) => d,
         Err(e) => return invalid_spec(rs, ctx, &e.to_string()).await,
@@ -221,9 +246,7 @@ async fn reconcile_inner(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome>
     .await?;
 
     // Certificates for every pod the StatefulSet has or is about to have, before it has them.
-    let sts_replicas = Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
-        .get_opt(names.statefulset())
-        .await?
+    let sts_replicas = existing
         .and_then(|s| s.spec?.replicas)
         .and_then(|r| u32::try_from(r).ok())
         .unwrap_or(0);
@@ -381,6 +404,23 @@ async fn invalid_spec(rs: &ReplicatedStore, ctx: &Context, message: &str) -> Res
         step,
         status_written,
     })
+}
+
+/// Whether an existing StatefulSet runs its members without TLS.
+fn runs_plaintext(sts: Option<&StatefulSet>) -> bool {
+    sts.and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| {
+            p.containers
+                .iter()
+                .find(|c| c.name == crate::resources::CONTAINER)
+        })
+        .and_then(|c| c.env.as_ref())
+        .is_some_and(|env| {
+            env.iter().any(|e| {
+                e.name == "RSTORE_INSECURE_PLAINTEXT" && e.value.as_deref() == Some("true")
+            })
+        })
 }
 
 /// Performs one action step.

@@ -98,6 +98,7 @@ pub const DEFAULT_ELECTION_MAX_MS: u32 = 2000;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(oldSelf.tls) || has(self.tls)").message("spec.tls cannot be removed once set: every member of a cluster must trust the same CA"))]
 pub struct ReplicatedStoreSpec {
     /// Number of voting members (Raft voters), 1 to 9. A cluster of N voters survives the loss
     /// of (N-1)/2 of them in `quorum` mode; odd numbers are the useful ones. Scaling changes
@@ -866,6 +867,36 @@ mod tests {
                 .iter()
                 .any(|m| m.contains("storage.size cannot change")),
             "{resized:?}"
+        );
+    }
+
+    #[test]
+    fn cel_fixes_transport_security_at_creation() {
+        let issuer = |name: &str| json!({"tls": {"issuerRef": {"name": name}}});
+        let plaintext = json!({"tls": {"insecurePlaintext": true}});
+        assert_eq!(rejections(issuer("corp"), None), Vec::<String>::new());
+        assert_eq!(rejections(plaintext.clone(), None), Vec::<String>::new());
+        assert_eq!(
+            rejections(issuer("corp"), Some(issuer("corp"))),
+            Vec::<String>::new()
+        );
+        for (after, before) in [
+            (issuer("other"), issuer("corp")),
+            (json!({"tls": {}}), plaintext.clone()),
+            (json!({}), plaintext),
+            (json!({}), issuer("corp")),
+        ] {
+            let got = rejections(after.clone(), Some(before.clone()));
+            assert!(
+                got.iter().any(|m| m.contains("spec.tls cannot")),
+                "{before} -> {after}: {got:?}"
+            );
+        }
+        let bad_kind = json!({"tls": {"issuerRef": {"name": "x", "kind": "Vault"}}});
+        let got = rejections(bad_kind, None);
+        assert!(
+            got.iter().any(|m| m.contains("Issuer or ClusterIssuer")),
+            "{got:?}"
         );
     }
 

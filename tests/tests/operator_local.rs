@@ -865,3 +865,78 @@ async fn with_an_issuer_ref_the_members_run_on_the_cert_manager_certificate() {
         .unwrap();
     assert_eq!(got.text().await.unwrap(), "by-cert-manager");
 }
+
+/// `spec.tls.insecurePlaintext` runs a store without TLS; and a store whose StatefulSet runs
+/// plaintext (as an operator before TLS created them) stays plaintext when its spec no longer
+/// says so: the operator never switches a running cluster's transport under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plaintext_store_is_never_switched_to_tls_under_its_members() {
+    let (mut h, _dump) = Harness::start(None).await;
+    h.apply(|s| {
+        s.replicas = 1;
+        s.tls.insecure_plaintext = true;
+    })
+    .await;
+    let st = h.settled(1, 0, "1 plaintext voter").await;
+    assert_eq!(st.credentials_secret, None, "no credentials in plaintext");
+    let url = h.client_url("db-0").await;
+    assert!(url.starts_with("http://"), "{url}");
+    let http = h.user_http().await;
+    let put = http
+        .put(format!("{url}/v1/kv/k"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        put.status().is_success(),
+        "no credential needed: {}",
+        put.status()
+    );
+    let revision_of = async |plane: &LocalControlPlane| {
+        plane.pods(NS).await.unwrap()[0]
+            .metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .get("rstore.dev/revision")
+            .cloned()
+    };
+    let before = revision_of(&h.plane).await;
+
+    // The spec without `tls`, as a store from before TLS reads.
+    h.apply(|s| s.tls.insecure_plaintext = false).await;
+    let generation = h.resource().await.metadata.generation;
+    wait_for(STEP, "the edit observed", async || {
+        let rs = h.resource().await;
+        match &rs.status {
+            Some(st) if st.observed_generation == generation => Ok(()),
+            _ => Err(summary(&rs)),
+        }
+    })
+    .await;
+    // Several reconciles later: the same pod, same template, same transport, same data.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let st = h.settled(1, 0, "still 1 voter").await;
+    assert_eq!(
+        revision_of(&h.plane).await,
+        before,
+        "the pod was not rolled"
+    );
+    assert_eq!(st.credentials_secret, None);
+    let got = h
+        .user_http()
+        .await
+        .get(format!("{}/v1/kv/k", h.client_url("db-0").await))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.text().await.unwrap(), "v");
+    let events = h.plane.events(NS).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Plaintext")),
+        "a Warning Event says why it stays plaintext"
+    );
+}
