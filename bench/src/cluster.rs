@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use rstore_api::admin::{ClusterView, MemberRole, NodeInfo};
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -291,23 +291,6 @@ pub struct RstoreCluster {
     client_urls: Vec<String>,
 }
 
-#[derive(Deserialize)]
-struct NodeView {
-    id: u64,
-}
-
-#[derive(Deserialize)]
-struct ClusterView {
-    leader_id: Option<u64>,
-    members: Vec<MemberView>,
-}
-
-#[derive(Deserialize)]
-struct MemberView {
-    id: u64,
-    role: String,
-}
-
 impl RstoreCluster {
     /// Number of nodes started.
     pub const SIZE: usize = 3;
@@ -393,7 +376,7 @@ impl RstoreCluster {
             if !status.is_success() {
                 return Err(ClusterError::Status { what, status, body });
             }
-            let node: NodeView = serde_json::from_str(&body).map_err(|e| ClusterError::Status {
+            let node: NodeInfo = serde_json::from_str(&body).map_err(|e| ClusterError::Status {
                 what: format!("{what} (unparsable: {e})"),
                 status,
                 body: body.clone(),
@@ -440,7 +423,11 @@ impl RstoreCluster {
                 let body = get_ok(http, cluster_url).await?;
                 let view: ClusterView = serde_json::from_str(&body)
                     .map_err(|e| Wait::NotYet(format!("{e}: {body}")))?;
-                let voters = view.members.iter().filter(|m| m.role == "voter").count();
+                let voters = view
+                    .members
+                    .iter()
+                    .filter(|m| m.role == MemberRole::Voter)
+                    .count();
                 match view.leader_id {
                     Some(leader)
                         if voters == Self::SIZE && view.members.iter().any(|m| m.id == leader) =>
