@@ -115,18 +115,36 @@ struct ErrorDetail {
     message: String,
 }
 
-/// Pod DNS names and the IPs to connect to for them; other names go to the system resolver.
+/// Host names and the IPs to connect to for them, as a `reqwest` resolver: names it does not
+/// hold go to the system resolver. The operator fills it from the pods' IPs; the local
+/// control plane from its pods' loopback addresses.
 #[derive(Debug, Default)]
-struct PodHosts(RwLock<HashMap<String, IpAddr>>);
+pub struct HostTable(RwLock<HashMap<String, IpAddr>>);
 
-impl reqwest::dns::Resolve for PodHosts {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let known = self
-            .0
+impl HostTable {
+    /// Resolve `host` to `ip` from now on.
+    pub fn set(&self, host: &str, ip: IpAddr) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host.to_owned(), ip);
+    }
+
+    /// The address `host` resolves to here (`<name>.cluster.local` as `<name>`).
+    pub fn get(&self, host: &str) -> Option<IpAddr> {
+        let host = host.trim_end_matches('.');
+        let host = host.strip_suffix(".cluster.local").unwrap_or(host);
+        self.0
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(name.as_str())
-            .copied();
+            .get(host)
+            .copied()
+    }
+}
+
+impl reqwest::dns::Resolve for HostTable {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let known = self.get(name.as_str());
         let host = name.as_str().to_owned();
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = match known {
@@ -139,13 +157,33 @@ impl reqwest::dns::Resolve for PodHosts {
     }
 }
 
+/// `b` trusting only `ca_pem` (no public roots) and sending `token` as a bearer token.
+pub fn with_credentials(
+    b: reqwest::ClientBuilder,
+    ca_pem: &str,
+    token: &str,
+) -> Result<reqwest::ClientBuilder, String> {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
+        .map_err(|e| format!("the store's CA is not a PEM certificate: {e}"))?;
+    let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+        .map_err(|_| "the token is not a valid header value".to_owned())?;
+    auth.set_sensitive(true);
+    Ok(b.use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::AUTHORIZATION,
+            auth,
+        )])))
+}
+
 /// The node admin API client.
 #[derive(Debug, Clone)]
 pub struct NodeApi {
     http: reqwest::Client,
     read_timeout: Duration,
     change_timeout: Duration,
-    hosts: Arc<PodHosts>,
+    hosts: Arc<HostTable>,
     secure: bool,
 }
 
@@ -176,7 +214,7 @@ impl NodeApi {
         change_timeout: Duration,
         tls: Option<(&str, &str)>,
     ) -> Result<Self, String> {
-        let hosts = Arc::new(PodHosts::default());
+        let hosts = Arc::new(HostTable::default());
         // Pods are reached directly, never through an HTTP_PROXY.
         let mut b = reqwest::Client::builder()
             .no_proxy()
@@ -186,20 +224,7 @@ impl NodeApi {
             .pool_idle_timeout(Duration::from_secs(4))
             .dns_resolver(hosts.clone());
         if let Some((ca_pem, token)) = tls {
-            let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
-                .map_err(|e| format!("the store's CA is not a PEM certificate: {e}"))?;
-            let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| "the operator's token is not a valid header value".to_owned())?;
-            auth.set_sensitive(true);
-            b = b
-                .use_rustls_tls()
-                .tls_built_in_root_certs(false)
-                .add_root_certificate(ca)
-                .https_only(true)
-                .default_headers(reqwest::header::HeaderMap::from_iter([(
-                    reqwest::header::AUTHORIZATION,
-                    auth,
-                )]));
+            b = with_credentials(b, ca_pem, token)?.https_only(true);
         }
         Ok(Self {
             http: b
@@ -219,11 +244,7 @@ impl NodeApi {
 
     /// Connect to `ip` for `host` from now on.
     pub fn learn(&self, host: &str, ip: IpAddr) {
-        self.hosts
-            .0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(host.to_owned(), ip);
+        self.hosts.set(host, ip);
     }
 
     async fn call<T: serde::de::DeserializeOwned>(

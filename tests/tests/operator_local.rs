@@ -940,3 +940,121 @@ async fn a_plaintext_store_is_never_switched_to_tls_under_its_members() {
         "a Warning Event says why it stays plaintext"
     );
 }
+
+/// A member certificate that is due for renewal is reissued by the operator, written to the
+/// Secret every pod mounts, and served by the running member within seconds: no restart, and
+/// writes go on throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_certificate_due_for_renewal_is_reissued_and_served_without_a_restart() {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::Api;
+    use kube::api::PostParams;
+    use rstore_node::pki::{Ca, Pem};
+    use rstore_operator::resources::Names;
+    use rstore_operator::resources::credentials::member_hosts;
+
+    let (mut h, _dump) = Harness::start(None).await;
+    h.apply(|s| s.replicas = 3).await;
+    h.settled(3, 0, "3 voters").await;
+    let urls = vec![
+        h.client_url("db-0").await,
+        h.client_url("db-1").await,
+        h.client_url("db-2").await,
+    ];
+    let writer = Writer::start(urls, h.user_http().await);
+    let secrets = Api::<Secret>::namespaced(h.plane.client.clone(), NS);
+    let text =
+        |s: &Secret, k: &str| String::from_utf8(s.data.as_ref().unwrap()[k].0.clone()).unwrap();
+    let ca_secret = secrets.get("db-ca").await.unwrap();
+    let ca_pem = text(&ca_secret, "ca.crt");
+    let addr = h.plane.runner.lock().await.client_addr(NS, "db-1").unwrap();
+    // The certificate db-1 serves, as a client sees it.
+    let served = async || -> Result<Vec<u8>, String> {
+        let config =
+            rstore_node::tls::client_config(ca_pem.as_bytes(), None).map_err(|e| e.to_string())?;
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from("db-1.db-peer.default.svc")
+            .unwrap()
+            .to_owned();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let certs = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .ok_or("no certificate")?;
+        Ok(certs[0].to_vec())
+    };
+    let der =
+        |pem: &str| rstore_node::tls::certs_from_pem(pem.as_bytes(), "t").unwrap()[0].to_vec();
+    let original = text(&secrets.get("db-tls").await.unwrap(), "db-1.crt");
+    assert_eq!(served().await.unwrap(), der(&original));
+    let pod_uid = |pods: Vec<k8s_openapi::api::core::v1::Pod>| {
+        pods.into_iter()
+            .find(|p| p.metadata.name.as_deref() == Some("db-1"))
+            .and_then(|p| {
+                let restarts = p.status?.container_statuses?[0].restart_count;
+                Some((p.metadata.uid, restarts))
+            })
+    };
+    let before = pod_uid(h.plane.pods(NS).await.unwrap());
+
+    // Make db-1's certificate one with ten minutes left: due (less than a third of its life).
+    let ca = Ca::from_pem(Pem {
+        cert: ca_pem.clone(),
+        key: text(&ca_secret, "ca.key"),
+    })
+    .unwrap()
+    .with_leaf_validity(Duration::from_secs(600));
+    let names = Names {
+        name: NAME.into(),
+        namespace: NS.into(),
+    };
+    let due = ca
+        .member(&member_hosts(&names, 1), &names.peer_url(1))
+        .unwrap();
+    let mut tls = secrets.get("db-tls").await.unwrap();
+    let data = tls.data.get_or_insert_default();
+    data.insert("db-1.crt".into(), ByteString(due.cert.clone().into_bytes()));
+    data.insert("db-1.key".into(), ByteString(due.key.clone().into_bytes()));
+    secrets
+        .replace("db-tls", &PostParams::default(), &tls)
+        .await
+        .unwrap();
+
+    let renewed = wait_for(STEP, "a renewed certificate served by db-1", async || {
+        let now = text(
+            &secrets.get("db-tls").await.map_err(|e| e.to_string())?,
+            "db-1.crt",
+        );
+        if now == original || now == due.cert {
+            return Err("not renewed yet".into());
+        }
+        if served().await? == der(&now) {
+            Ok(now)
+        } else {
+            Err("renewed in the Secret, not served yet".into())
+        }
+    })
+    .await;
+    let (not_after, _) = rstore_node::pki::validity_of(&renewed).unwrap();
+    let left = not_after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(left > Duration::from_secs(80 * 86_400), "{left:?} left");
+    assert_eq!(
+        pod_uid(h.plane.pods(NS).await.unwrap()),
+        before,
+        "the same pod, never restarted"
+    );
+    let st = h.settled(3, 0, "healthy after the renewal").await;
+    assert!(st.members.iter().all(|m| m.healthy));
+    let (acked, failures) = writer.finish().await;
+    assert!(!acked.is_empty());
+    assert_eq!(failures, 0, "no write failed during the renewal");
+}

@@ -26,7 +26,7 @@ use crate::crd::ReplicatedStore;
 use crate::metrics::Metrics;
 use crate::{Error, Result};
 
-pub use runner::{DnsTable, Fault, PodRunner};
+pub use runner::{Fault, PodRunner};
 
 /// Options of the local control plane.
 #[derive(Debug, Clone)]
@@ -62,7 +62,7 @@ pub struct LocalControlPlane {
     /// Metrics of the reconcile loop.
     pub metrics: Arc<Metrics>,
     root: PathBuf,
-    dns: DnsTable,
+    dns: Arc<crate::nodeapi::HostTable>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     _tmp: Option<tempfile::TempDir>,
@@ -284,22 +284,9 @@ impl LocalControlPlane {
         let mut b = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(5))
-            .dns_resolver(Arc::new(dns));
+            .dns_resolver(dns);
         if let Some((ca, token)) = creds {
-            let ca = reqwest::Certificate::from_pem(ca.as_bytes())
-                .map_err(|e| Error::Local(format!("the store's ca.crt is not PEM: {e}")))?;
-            let mut auth =
-                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-                    .map_err(|_| Error::Local("the token is not a valid header value".into()))?;
-            auth.set_sensitive(true);
-            b = b
-                .use_rustls_tls()
-                .tls_built_in_root_certs(false)
-                .add_root_certificate(ca)
-                .default_headers(reqwest::header::HeaderMap::from_iter([(
-                    reqwest::header::AUTHORIZATION,
-                    auth,
-                )]));
+            b = crate::nodeapi::with_credentials(b, &ca, &token).map_err(Error::Local)?;
         }
         b.build()
             .map_err(|e| Error::Local(format!("cannot build an HTTP client: {e}")))

@@ -29,6 +29,7 @@ use std::fs::{self, OpenOptions};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -41,6 +42,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::nodeapi::HostTable;
 use crate::resources::{CLIENT_PORT, CONTAINER, DATA_MOUNT, PEER_PORT};
 use crate::{Error, Result};
 
@@ -50,30 +52,6 @@ const GRACE: Duration = Duration::from_secs(10);
 struct Proc {
     child: Child,
     restarts: i32,
-}
-
-/// The pods' DNS names and addresses, as a `reqwest` resolver (other names go to the system).
-#[derive(Debug, Clone, Default)]
-pub struct DnsTable(std::sync::Arc<std::sync::RwLock<BTreeMap<String, std::net::IpAddr>>>);
-
-impl reqwest::dns::Resolve for DnsTable {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().trim_end_matches('.').to_owned();
-        let known = self
-            .0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(host.strip_suffix(".cluster.local").unwrap_or(&host))
-            .copied();
-        Box::pin(async move {
-            let addrs: Vec<std::net::SocketAddr> = match known {
-                Some(ip) => vec![std::net::SocketAddr::new(ip, 0)],
-                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
-            };
-            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
-            Ok(addrs)
-        })
-    }
 }
 
 /// What the runner can be asked to do to a pod from outside (tests, the local CLI).
@@ -99,7 +77,7 @@ pub struct PodRunner {
     /// Each pod's DNS name (`<hostname>.<subdomain>.<ns>.svc`).
     dns: BTreeMap<(String, String), String>,
     /// The same names with their addresses, for resolvers that must not wait on the runner.
-    table: DnsTable,
+    table: Arc<HostTable>,
     /// Each running pod's client URL, as it advertises it.
     advertised: HashMap<(String, String), String>,
     http: reqwest::Client,
@@ -122,7 +100,7 @@ impl PodRunner {
             procs: HashMap::new(),
             ready: HashMap::new(),
             dns: BTreeMap::new(),
-            table: DnsTable::default(),
+            table: Arc::default(),
             advertised: HashMap::new(),
             // The kubelet's probes: no proxy, and no verification of an HTTPS certificate.
             http: reqwest::Client::builder()
@@ -185,7 +163,7 @@ impl PodRunner {
     }
 
     /// A resolver of the pods' names that never waits on the runner.
-    pub fn dns_table(&self) -> DnsTable {
+    pub fn dns_table(&self) -> Arc<HostTable> {
         self.table.clone()
     }
 
@@ -213,11 +191,9 @@ impl PodRunner {
             return Ok(());
         }
         self.dns.insert(key, name);
-        *self.table.0.write().unwrap_or_else(|e| e.into_inner()) = self
-            .hosts()
-            .into_iter()
-            .map(|(n, ip)| (n, std::net::IpAddr::V4(ip)))
-            .collect();
+        for (n, ip) in self.hosts() {
+            self.table.set(&n, std::net::IpAddr::V4(ip));
+        }
         let mut text = String::from("# rstore local control plane: one line per pod\n");
         for (name, ip) in self.hosts() {
             text.push_str(&format!("{ip} {name} {name}.cluster.local\n"));
