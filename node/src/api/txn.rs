@@ -58,25 +58,14 @@ struct OpBody {
     value_base64: Option<String>,
 }
 
-/// The size limits a transaction is checked against (from the node's settings).
-#[derive(Debug, Clone, Copy)]
-pub struct TxnLimits {
-    pub max_key_bytes: usize,
-    pub max_value_bytes: usize,
-}
+/// A transaction is checked against the same limits as every write (from the node's
+/// settings); the batcher checks it again whatever route it came in on.
+pub type TxnLimits = crate::types::WriteLimits;
 
-impl TxnLimits {
-    pub fn of(app: &App) -> Self {
-        Self {
-            max_key_bytes: app.settings.max_key_bytes,
-            max_value_bytes: app.settings.max_value_bytes,
-        }
-    }
-
-    /// Largest request body: a few values at the limit, plus room for the JSON around them.
-    pub fn body_bytes(&self) -> usize {
-        self.max_value_bytes * 4 + (64 << 10)
-    }
+/// Largest transaction request body: a few values at the limit, plus room for the JSON
+/// around them.
+pub fn body_bytes(limits: &TxnLimits) -> usize {
+    limits.max_value_bytes * 4 + (64 << 10)
 }
 
 /// Turn a request body into a checked transaction, or a 400/413 that says what is wrong.
@@ -238,11 +227,11 @@ pub async fn txn(
     body: Body,
 ) -> ApiResult {
     parse_query(&uri, &[])?;
-    let limits = TxnLimits::of(&app);
+    let limits = app.settings.write_limits();
     let raw = read_body(
         &headers,
         body,
-        limits.body_bytes(),
+        body_bytes(&limits),
         "transaction",
         app.settings.body_timeout,
     )
