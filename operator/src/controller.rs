@@ -186,6 +186,8 @@ async fn reconcile_inner(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome>
         // Owner references delete the children; nothing of ours outlives the resource.
         ctx.metrics
             .cluster(&names.namespace, &names.name, MemberCounts::default(), None);
+        ctx.metrics
+            .certificate_expiry(&names.namespace, &names.name, None);
         return Ok(Outcome {
             step: Step::Done,
             status_written: false,
@@ -251,6 +253,11 @@ async fn reconcile_inner(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome>
         .and_then(|r| u32::try_from(r).ok())
         .unwrap_or(0);
     let creds = credentials::ensure(&ctx.client, rs, desired.total().max(sts_replicas)).await?;
+    ctx.metrics.certificate_expiry(
+        &names.namespace,
+        &names.name,
+        creds.as_ref().and_then(|c| c.expires),
+    );
     let nodes = ctx.node_api(&key, creds.as_ref())?;
     let mut obs = observe(&ctx.client, &nodes, rs).await?;
     obs.credentials_secret = creds.as_ref().map(|_| names.credentials_secret());

@@ -51,6 +51,12 @@ struct MemberLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    store_namespace: String,
+    store: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabel {
     phase: String,
 }
@@ -76,6 +82,7 @@ pub struct Metrics {
     steps: Family<StepLabel, Counter>,
     members: Family<MemberLabels, Gauge>,
     clusters: Family<PhaseLabel, Gauge>,
+    cert_expiry: Family<StoreLabels, Gauge>,
     leader: Gauge,
     phases: Mutex<HashMap<(String, String), Phase>>,
     ready: AtomicBool,
@@ -100,6 +107,7 @@ impl Metrics {
         let members = Family::<MemberLabels, Gauge>::default();
         let clusters = Family::<PhaseLabel, Gauge>::default();
         let leader = Gauge::default();
+        let cert_expiry = Family::<StoreLabels, Gauge>::default();
         registry.register(
             "reconcile",
             "Reconciles by result (action, wait, done, refused, degraded, error)",
@@ -123,6 +131,11 @@ impl Metrics {
         );
         registry.register("clusters", "ReplicatedStores by phase", clusters.clone());
         registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the store's member certificate that expires first expires (Unix time)",
+            cert_expiry.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica holds the leader election lease",
             leader.clone(),
@@ -135,6 +148,7 @@ impl Metrics {
             steps,
             members,
             clusters,
+            cert_expiry,
             leader,
             phases: Mutex::default(),
             ready: AtomicBool::new(false),
@@ -194,6 +208,29 @@ impl Metrics {
                     phase: format!("{p:?}"),
                 })
                 .inc();
+        }
+    }
+
+    /// When the first of a store's member certificates expires (`None`: no TLS, or unknown).
+    pub fn certificate_expiry(
+        &self,
+        namespace: &str,
+        name: &str,
+        at: Option<std::time::SystemTime>,
+    ) {
+        let labels = StoreLabels {
+            store_namespace: namespace.into(),
+            store: name.into(),
+        };
+        match at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+            Some(d) => {
+                self.cert_expiry
+                    .get_or_create(&labels)
+                    .set(i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            }
+            None => {
+                self.cert_expiry.remove(&labels);
+            }
         }
     }
 
@@ -279,6 +316,11 @@ mod tests {
             Some(Phase::Available),
         );
         m.set_leader(true);
+        m.certificate_expiry(
+            "ns",
+            "db",
+            Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_900_000_000)),
+        );
         let text = m.encode();
         for needle in [
             "rstore_operator_reconcile_total{result=\"done\"} 1",
@@ -288,6 +330,7 @@ mod tests {
             "rstore_operator_members{store_namespace=\"ns\",store=\"db\",state=\"healthy\"} 3",
             "rstore_operator_clusters{phase=\"Available\"} 1",
             "rstore_operator_leader 1",
+            "rstore_operator_certificate_expiry_timestamp_seconds{store_namespace=\"ns\",store=\"db\"} 1900000000",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

@@ -68,6 +68,7 @@ OPERATOR_METRICS = {
     "rstore_operator_members": ("gauge", {"store_namespace", "store", "state"}),
     "rstore_operator_clusters": ("gauge", {"phase"}),
     "rstore_operator_leader": ("gauge", set()),
+    "rstore_operator_certificate_expiry_timestamp_seconds": ("gauge", {"store_namespace", "store"}),
 }
 # Labels Prometheus adds to every scraped series (target labels, and the PodMonitor's `store`).
 TARGET_LABELS = {"namespace", "pod", "container", "endpoint", "service", "job", "instance", "store"}

@@ -1054,6 +1054,26 @@ async fn a_certificate_due_for_renewal_is_reissued_and_served_without_a_restart(
     );
     let st = h.settled(3, 0, "healthy after the renewal").await;
     assert!(st.members.iter().all(|m| m.healthy));
+    // The operator's metric says when the first certificate expires: 90 days out again.
+    let metrics = h.plane.metrics.encode();
+    let expiry: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "rstore_operator_certificate_expiry_timestamp_seconds{store_namespace=\"default\",store=\"db\"} ",
+            )
+        })
+        .unwrap_or_else(|| panic!("no expiry metric in:\n{metrics}"))
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        expiry > now + 80 * 86_400,
+        "first expiry {expiry}, now {now}"
+    );
     let (acked, failures) = writer.finish().await;
     assert!(!acked.is_empty());
     assert_eq!(failures, 0, "no write failed during the renewal");

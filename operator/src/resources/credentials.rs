@@ -54,6 +54,19 @@ pub struct Credentials {
     pub ca_pem: String,
     /// The operator's `admin` token.
     pub token: String,
+    /// When the member certificate that expires first expires, when known.
+    pub expires: Option<SystemTime>,
+}
+
+/// When the first of the PEM certificates in `data` under `keys` expires.
+fn first_expiry<'a>(
+    data: &BTreeMap<String, ByteString>,
+    keys: impl Iterator<Item = &'a String>,
+) -> Option<SystemTime> {
+    keys.filter(|k| k.ends_with(".crt") && k.as_str() != CA_FILE)
+        .filter_map(|k| pki::validity_of(&text(data, k)?).ok())
+        .map(|(not_after, _)| not_after)
+        .min()
 }
 
 /// The DNS names and addresses member `ordinal`'s certificate names.
@@ -232,6 +245,7 @@ pub async fn ensure(
     let user_token = text(&user, "token").unwrap_or_default();
     let tokens = token_file(&operator_token, &user_token);
 
+    let expires;
     let ca_pem = match &rs.spec.tls.issuer_ref {
         None => {
             let ca_name = names.ca_secret();
@@ -254,6 +268,7 @@ pub async fn ensure(
             let current = read(&api, &names.tls_secret()).await?;
             let existing = current.as_ref().map(|(_, d)| d.clone()).unwrap_or_default();
             let data = member_data(&existing, &ca, &names, pods, &tokens, SystemTime::now())?;
+            expires = first_expiry(&data, data.keys());
             write(&api, rs, &names.tls_secret(), current.map(|(s, _)| s), data).await?;
             ca.pem().cert.clone()
         }
@@ -270,9 +285,13 @@ pub async fn ensure(
             let data = BTreeMap::from([(TOKENS_FILE.to_owned(), bytes(&tokens))]);
             write(&api, rs, &names.tls_secret(), current.map(|(s, _)| s), data).await?;
             let issued = names.member_certificate_secret();
-            read(&api, &issued)
-                .await?
-                .and_then(|(_, d)| text(&d, CA_FILE))
+            let issued_data = read(&api, &issued).await?.map(|(_, d)| d);
+            expires = issued_data
+                .as_ref()
+                .and_then(|d| pki::validity_of(&text(d, "tls.crt")?).ok())
+                .map(|(t, _)| t);
+            issued_data
+                .and_then(|d| text(&d, CA_FILE))
                 .filter(|c| !c.trim().is_empty())
                 .ok_or_else(|| {
                     Error::Credentials(format!(
@@ -299,6 +318,7 @@ pub async fn ensure(
     Ok(Some(Credentials {
         ca_pem,
         token: operator_token,
+        expires,
     }))
 }
 
