@@ -217,7 +217,7 @@ async fn reconcile_inner(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome>
     };
     let mut desired = match Desired::from_spec(&rs.spec) {
         Ok(d) => d,
-        Err(e) => return invalid_spec(rs, ctx, &e.to_string()).await,
+        Err(e) => return stuck(rs, ctx, Stuck::InvalidSpec, &e.to_string()).await,
     };
     let template = statefulset::pod_template(rs);
     // The planner compares template revisions (image and node settings), not only images.
@@ -252,7 +252,15 @@ async fn reconcile_inner(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome>
         .and_then(|s| s.spec?.replicas)
         .and_then(|r| u32::try_from(r).ok())
         .unwrap_or(0);
-    let creds = credentials::ensure(&ctx.client, rs, desired.total().max(sts_replicas)).await?;
+    let creds = match credentials::ensure(&ctx.client, rs, desired.total().max(sts_replicas)).await
+    {
+        Ok(c) => c,
+        Err(Error::Credentials(message)) => {
+            ctx.metrics.error("credentials");
+            return stuck(rs, ctx, Stuck::Credentials, &message).await;
+        }
+        Err(e) => return Err(e),
+    };
     ctx.metrics.certificate_expiry(
         &names.namespace,
         &names.name,
@@ -376,18 +384,51 @@ fn member_counts(observed: &crate::planner::Observed, policy: &Policy) -> Member
     counts
 }
 
-async fn invalid_spec(rs: &ReplicatedStore, ctx: &Context, message: &str) -> Result<Outcome> {
+/// Why a store cannot progress before any step is planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stuck {
+    /// The spec asks for something impossible.
+    InvalidSpec,
+    /// Its certificates or tokens cannot be issued or read yet (for example cert-manager has
+    /// not issued the members' certificate).
+    Credentials,
+}
+
+/// Reports a store that cannot progress: `Progressing=False` with the reason and what to do,
+/// a Warning Event when that is news, and no step.
+async fn stuck(rs: &ReplicatedStore, ctx: &Context, why: Stuck, message: &str) -> Result<Outcome> {
+    let (reason, advice, phase) = match why {
+        Stuck::InvalidSpec => (
+            "InvalidSpec",
+            "fix the spec, nothing is changed until then",
+            crate::crd::Phase::Degraded,
+        ),
+        Stuck::Credentials => (
+            "CredentialsPending",
+            "no member starts or changes until the credentials exist; retrying",
+            if rs
+                .status
+                .as_ref()
+                .and_then(|s| s.cluster_id.as_ref())
+                .is_some()
+            {
+                crate::crd::Phase::Degraded
+            } else {
+                crate::crd::Phase::Pending
+            },
+        ),
+    };
     let step = Step::Refuse {
         reason: message.to_owned(),
     };
     let mut status = rs.status.clone().unwrap_or_default();
     status.observed_generation = rs.metadata.generation;
-    status.phase = Some(crate::crd::Phase::Degraded);
+    status.phase = Some(phase);
     // The transition time stays while the condition does, so a repeat writes nothing.
     let now = status
         .conditions
         .iter()
-        .find(|c| c.type_ == status::PROGRESSING && c.status == "False")
+        .find(|c| c.type_ == status::PROGRESSING && c.status == "False" && c.reason == reason)
         .map_or_else(
             || Time(k8s_openapi::jiff::Timestamp::now()),
             |c| c.last_transition_time.clone(),
@@ -398,13 +439,13 @@ async fn invalid_spec(rs: &ReplicatedStore, ctx: &Context, message: &str) -> Res
         .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
             type_: status::PROGRESSING.into(),
             status: "False".into(),
-            reason: "InvalidSpec".into(),
-            message: format!("{message}; fix the spec, nothing is changed until then"),
+            reason: reason.into(),
+            message: format!("{message}; {advice}"),
             last_transition_time: now,
             observed_generation: rs.metadata.generation,
         });
     if rs.status.as_ref() != Some(&status) {
-        event(ctx, rs, EventType::Warning, "InvalidSpec", message).await;
+        event(ctx, rs, EventType::Warning, reason, message).await;
     }
     let status_written = write_status(rs, ctx, status).await?;
     Ok(Outcome {

@@ -806,14 +806,23 @@ async fn with_an_issuer_ref_the_members_run_on_the_cert_manager_certificate() {
     .await;
     assert_eq!(cert.spec.issuer_ref, issuer);
     assert_eq!(cert.spec.secret_name, "db-member-tls");
-    // Not issued yet: pods exist, but no member runs, so nothing is Available.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rs = h.resource().await;
-    assert_ne!(
-        rs.status.as_ref().and_then(|s| s.phase),
-        Some(Phase::Available),
-        "{}",
-        summary(&rs)
+    // Not issued yet: the status says what it waits for, and no pod is created.
+    wait_for(STEP, "Progressing=False CredentialsPending", async || {
+        let rs = h.resource().await;
+        let pending = rs.status.as_ref().is_some_and(|st| {
+            st.phase == Some(Phase::Pending)
+                && st.conditions.iter().any(|c| {
+                    c.type_ == "Progressing"
+                        && c.reason == "CredentialsPending"
+                        && c.message.contains("db-member-tls")
+                })
+        });
+        if pending { Ok(()) } else { Err(summary(&rs)) }
+    })
+    .await;
+    assert!(
+        h.plane.pods(NS).await.unwrap().is_empty(),
+        "no pod before its certificate"
     );
 
     // cert-manager's part: a certificate with what the Certificate asks for.

@@ -280,7 +280,16 @@ pub async fn ensure(
                     &PatchParams::apply(FIELD_MANAGER).force(),
                     &Patch::Apply(&cert),
                 )
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    kube::Error::Api(a) if a.code == 404 => Error::Credentials(
+                        "spec.tls.issuerRef needs cert-manager, but the API server has no \
+                         Certificate resource (cert-manager.io/v1): install cert-manager, or \
+                         create the store without issuerRef to use the operator's own CA"
+                            .into(),
+                    ),
+                    e => e.into(),
+                })?;
             let current = read(&api, &names.tls_secret()).await?;
             let data = BTreeMap::from([(TOKENS_FILE.to_owned(), bytes(&tokens))]);
             write(&api, rs, &names.tls_secret(), current.map(|(s, _)| s), data).await?;
