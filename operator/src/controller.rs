@@ -113,7 +113,7 @@ impl Context {
         };
         let mut secure = self.secure.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((c, api)) = secure.get(key)
-            && c == creds
+            && (&c.ca_pem, &c.token) == (&creds.ca_pem, &creds.token)
         {
             return Ok(api.clone());
         }
@@ -249,7 +249,8 @@ async fn reconcile_inner(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome>
 
     // Certificates for every pod the StatefulSet has or is about to have, before it has them.
     let sts_replicas = existing
-        .and_then(|s| s.spec?.replicas)
+        .as_ref()
+        .and_then(|s| s.spec.as_ref()?.replicas)
         .and_then(|r| u32::try_from(r).ok())
         .unwrap_or(0);
     let creds = match credentials::ensure(&ctx.client, rs, desired.total().max(sts_replicas)).await
@@ -267,7 +268,7 @@ async fn reconcile_inner(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome>
         creds.as_ref().and_then(|c| c.expires),
     );
     let nodes = ctx.node_api(&key, creds.as_ref())?;
-    let mut obs = observe(&ctx.client, &nodes, rs).await?;
+    let mut obs = observe(&ctx.client, &nodes, rs, existing).await?;
     obs.credentials_secret = creds.as_ref().map(|_| names.credentials_secret());
     let sts_revision = obs
         .statefulset

@@ -105,16 +105,15 @@ impl Observation {
     }
 }
 
-/// Reads the StatefulSet, the pods and every node.
+/// Reads the pods and every node, next to the StatefulSet the caller read.
 pub async fn observe(
     client: &Client,
     nodes: &NodeApi,
     rs: &ReplicatedStore,
+    statefulset: Option<StatefulSet>,
 ) -> Result<Observation, kube::Error> {
     let names = Names::of(rs);
-    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
-    let statefulset = sts_api.get_opt(names.statefulset()).await?;
     let pod_list = pod_api
         .list(&ListParams::default().labels(&names.selector_string()))
         .await?;
