@@ -451,10 +451,7 @@ mod tests {
     use super::*;
 
     fn names() -> Names {
-        Names {
-            name: "db".into(),
-            namespace: "prod".into(),
-        }
+        Names::new("db", "prod")
     }
 
     fn info(id: u64, role: &str, term: u64, leader_id: Option<u64>) -> NodeInfo {

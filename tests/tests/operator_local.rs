@@ -1020,10 +1020,7 @@ async fn a_certificate_due_for_renewal_is_reissued_and_served_without_a_restart(
     })
     .unwrap()
     .with_leaf_validity(Duration::from_secs(600));
-    let names = Names {
-        name: NAME.into(),
-        namespace: NS.into(),
-    };
+    let names = Names::new(NAME, NS);
     let due = ca
         .member(&member_hosts(&names, 1), &names.peer_url(1))
         .unwrap();

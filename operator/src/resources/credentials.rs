@@ -336,10 +336,7 @@ mod tests {
     use super::*;
 
     fn names() -> Names {
-        Names {
-            name: "db".into(),
-            namespace: "prod".into(),
-        }
+        Names::new("db", "prod")
     }
 
     #[test]

@@ -63,6 +63,14 @@ pub struct Names {
 }
 
 impl Names {
+    /// Names for resource `name` in `namespace`.
+    pub fn new(name: &str, namespace: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+        }
+    }
+
     /// Names of the objects owned by `rs`.
     pub fn of(rs: &ReplicatedStore) -> Self {
         Self {
@@ -205,10 +213,7 @@ mod tests {
     use super::*;
 
     fn names() -> Names {
-        Names {
-            name: "db".into(),
-            namespace: "prod".into(),
-        }
+        Names::new("db", "prod")
     }
 
     #[test]
