@@ -1084,3 +1084,52 @@ async fn a_certificate_due_for_renewal_is_reissued_and_served_without_a_restart(
     assert!(!acked.is_empty());
     assert_eq!(failures, 0, "no write failed during the renewal");
 }
+
+/// A Secret in the way (same name as one the store needs, not written by the operator) is
+/// never overwritten: the store waits with a condition that names it, and forms once it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_foreign_secret_in_the_way_is_named_not_overwritten() {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::Api;
+    use kube::api::{DeleteParams, PostParams};
+
+    let (mut h, _dump) = Harness::start(None).await;
+    let secrets = Api::<Secret>::namespaced(h.plane.client.clone(), NS);
+    let foreign = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("db-ca".into()),
+            ..Default::default()
+        },
+        data: Some([("password".to_owned(), ByteString(b"hunter2".to_vec()))].into()),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    h.apply(|s| s.replicas = 1).await;
+    wait_for(
+        STEP,
+        "a condition naming the Secret in the way",
+        async || {
+            let rs = h.resource().await;
+            let named = rs.status.as_ref().is_some_and(|st| {
+                st.conditions
+                    .iter()
+                    .any(|c| c.reason == "CredentialsPending" && c.message.contains("Secret db-ca"))
+            });
+            if named { Ok(()) } else { Err(summary(&rs)) }
+        },
+    )
+    .await;
+    let kept = secrets.get("db-ca").await.unwrap();
+    assert_eq!(kept.data, foreign.data, "the foreign Secret is untouched");
+    assert!(h.plane.pods(NS).await.unwrap().is_empty());
+
+    secrets
+        .delete("db-ca", &DeleteParams::default())
+        .await
+        .unwrap();
+    h.settled(1, 0, "formed once the Secret is gone").await;
+}

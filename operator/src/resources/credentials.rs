@@ -205,10 +205,14 @@ async fn kept(
     key: &str,
     make: impl FnOnce() -> Result<BTreeMap<String, ByteString>>,
 ) -> Result<(Option<Secret>, BTreeMap<String, ByteString>)> {
-    if let Some((s, data)) = read(api, name).await?
-        && data.contains_key(key)
-    {
-        return Ok((Some(s), data));
+    if let Some((s, data)) = read(api, name).await? {
+        if data.contains_key(key) {
+            return Ok((Some(s), data));
+        }
+        return Err(Error::Credentials(format!(
+            "Secret {name} exists but has no `{key}`: it is not one the operator wrote; \
+             delete or rename it so that the operator can make the store's own"
+        )));
     }
     let data = make()?;
     write(api, rs, name, None, data).await?;
