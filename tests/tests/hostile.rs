@@ -293,7 +293,11 @@ async fn raw_exchange(dest: &Dest, head: String, total: usize, chunked: bool) ->
         _ => head,
     };
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let writer = tokio::spawn(async move {
+    // The writer runs in this task, next to the reads, not in a task of its own: the two
+    // halves of a TLS stream share one socket, whose readiness has one waker per direction,
+    // and a read that also writes (TLS records) would take the write waker from another
+    // task, which then never wakes (a stalled body the server waits for).
+    let writer = async move {
         let chunk = vec![b'x'; 64 << 10];
         wr.write_all(head.as_bytes()).await?;
         let mut sent = 0;
@@ -312,7 +316,9 @@ async fn raw_exchange(dest: &Dest, head: String, total: usize, chunked: bool) ->
             wr.write_all(b"0\r\n\r\n").await?;
         }
         Ok::<_, std::io::Error>(wr)
-    });
+    };
+    tokio::pin!(writer);
+    let mut written: Option<std::io::Result<_>> = None;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut buf = Vec::new();
     let mut tmp = vec![0u8; 16 << 10];
@@ -330,7 +336,14 @@ async fn raw_exchange(dest: &Dest, head: String, total: usize, chunked: bool) ->
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, rd.read(&mut tmp)).await {
+        let read = tokio::select! {
+            w = &mut writer, if written.is_none() => {
+                written = Some(w);
+                continue;
+            }
+            r = tokio::time::timeout(left, rd.read(&mut tmp)) => r,
+        };
+        match read {
             Ok(Ok(0)) | Ok(Err(_)) => panic!(
                 "connection to {addr} ended before a full answer: {:?}",
                 String::from_utf8_lossy(&buf)
@@ -362,12 +375,14 @@ async fn raw_exchange(dest: &Dest, head: String, total: usize, chunked: bool) ->
             r.is_ok(),
             "{addr} said Connection: close but kept the socket open"
         );
-        writer.abort();
         true
     } else {
         // Not announced: the connection must serve a next request, or be closed.
         let next_answer = async {
-            let mut wr = writer.await.expect("writer task").ok()?;
+            let mut wr = match written.take() {
+                Some(w) => w.ok()?,
+                None => writer.await.ok()?,
+            };
             wr.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
                 .await
                 .ok()?;

@@ -1045,33 +1045,51 @@ async fn slow_body_senders_get_408() {
     let cluster = Cluster::start_with_env(1, &[("RSTORE_BODY_TIMEOUT_MS", "1000")]).await;
     let node = &cluster.nodes[0];
     let creds = cluster.creds();
-    let mut conn = common::raw_connect(&node.direct_client_url, Some(creds), None)
+    // One byte of body every 100 ms, reading the answer in between; the answer text.
+    async fn trickle(mut conn: Box<dyn common::RawStream>, head: String) -> String {
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            let _ = conn.write_all(b"x").await;
+            match tokio::time::timeout(Duration::from_millis(100), conn.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(8),
+                "still reading the body after 8 s"
+            );
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+    // The client port.
+    let conn = common::raw_connect(&node.direct_client_url, Some(creds), None)
         .await
         .unwrap();
     let head = format!(
         "PUT /v1/kv/slow HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: 100\r\n\r\n",
         creds.admin_token
     );
-    conn.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let start = Instant::now();
-    let mut buf = [0u8; 4096];
-    loop {
-        // One byte of body every 100 ms, reading the answer in between.
-        let _ = conn.write_all(b"x").await;
-        match tokio::time::timeout(Duration::from_millis(100), conn.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
-            Err(_) => {}
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(8),
-            "still reading the body after 8 s"
-        );
-    }
-    let text = String::from_utf8_lossy(&answer);
+    let text = trickle(conn, head).await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("request_timeout"), "{text}");
+    // The peer port's forwarded batches, sent as a member: the same bound.
+    let member = creds
+        .ca
+        .member(&["127.0.0.1".to_string()], &node.peer_url)
+        .unwrap();
+    let conn = common::raw_connect(&node.peer_url, Some(creds), Some(&member))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n",
+        rstore_node::network::forwarder::PATH
+    );
+    let text = trickle(conn, head).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "peer port: {text}");
     assert_eq!(
         cluster
             .client(0)

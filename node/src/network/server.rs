@@ -42,7 +42,7 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_RPC_BYTES + 4096))
         .route(
             PATH,
-            post(forwarded_batch).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+            post(forwarded_batch).layer(DefaultBodyLimit::disable()),
         )
         .layer(axum::middleware::map_response(close_after_413))
         .with_state(app)
@@ -287,7 +287,26 @@ async fn snapshot(State(s): State<PeerState>, conn: Conn, body: Bytes) -> Respon
 
 /// The leader's side of the batched forwarder. Every write goes through the batcher, which
 /// checks it as it checks writes from the client API.
-async fn forwarded_batch(State(app): State<PeerState>, conn: Conn, body: Bytes) -> Response {
+async fn forwarded_batch(
+    State(app): State<PeerState>,
+    conn: Conn,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    // As on the client port: a bounded time for the body, and a refused body is still read
+    // (up to a bound) so that the sender gets the 413 rather than a reset connection.
+    let body = match crate::api::kv::read_body(
+        &headers,
+        body,
+        MAX_BODY_BYTES,
+        "forwarded batch",
+        app.settings.body_timeout,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
     let req: ForwardRequest = match open_checked(&app, conn.as_deref(), &body) {
         Ok(r) => r,
         Err(r) => return r,
