@@ -63,21 +63,15 @@ pub fn build(rs: &ReplicatedStore, issuer: &IssuerRef) -> Certificate {
     let names = Names::of(rs);
     let meta = owned_meta(rs, &names.member_certificate());
     let peer = format!("{}.{}.svc", names.peer_service(), names.namespace);
-    let client = names.client_host();
     Certificate {
         metadata: meta,
         spec: CertificateSpec {
             secret_name: names.member_certificate_secret(),
             common_name: format!("{}.{}", names.name, names.namespace),
-            dns_names: vec![
-                format!("*.{peer}"),
-                format!("*.{peer}.cluster.local"),
-                names.client_service().to_owned(),
-                format!("{}.{}", names.client_service(), names.namespace),
-                client.clone(),
-                format!("{client}.cluster.local"),
-                "localhost".into(),
-            ],
+            dns_names: [format!("*.{peer}"), format!("*.{peer}.cluster.local")]
+                .into_iter()
+                .chain(names.shared_hosts())
+                .collect(),
             uris: (0..MAX_PODS).map(|o| names.peer_url(o)).collect(),
             ip_addresses: vec!["127.0.0.1".into()],
             // Renewed a third of the way before expiry; the members re-read it from disk.

@@ -72,17 +72,10 @@ fn first_expiry<'a>(
 /// The DNS names and addresses member `ordinal`'s certificate names.
 pub fn member_hosts(names: &Names, ordinal: u32) -> Vec<String> {
     let pod = names.pod_host(ordinal);
-    let client = names.client_host();
-    vec![
-        pod.clone(),
-        format!("{pod}.cluster.local"),
-        names.client_service().to_owned(),
-        format!("{}.{}", names.client_service(), names.namespace),
-        client.clone(),
-        format!("{client}.cluster.local"),
-        "localhost".into(),
-        "127.0.0.1".into(),
-    ]
+    let mut hosts = vec![format!("{pod}.cluster.local"), pod];
+    hosts.extend(names.shared_hosts());
+    hosts.push("127.0.0.1".into());
+    hosts
 }
 
 /// Whether a certificate should be reissued now: less than a third of its lifetime left, or

@@ -154,6 +154,20 @@ impl Names {
         format!("{}-member-tls", self.name)
     }
 
+    /// Every name a member is reached at besides its own pod name: the client Service (short
+    /// and qualified) and `localhost` (the in-pod CLI, `kubectl port-forward`). DNS names only;
+    /// certificates add `127.0.0.1`.
+    pub fn shared_hosts(&self) -> Vec<String> {
+        let client = self.client_host();
+        vec![
+            self.client_service().to_owned(),
+            format!("{}.{}", self.client_service(), self.namespace),
+            format!("{client}.cluster.local"),
+            client,
+            "localhost".into(),
+        ]
+    }
+
     /// DNS name of the client Service.
     pub fn client_host(&self) -> String {
         format!("{}.{}.svc", self.client_service(), self.namespace)
