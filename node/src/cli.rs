@@ -300,7 +300,7 @@ pub struct ServeArgs {
     #[arg(long, env = "RSTORE_HEADER_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(100..))]
     pub header_timeout_ms: u64,
-    /// Time a request body has to arrive whole; slower ones answer 408.
+    /// Time a request body has to arrive whole, on either port; slower ones answer 408.
     #[arg(long, env = "RSTORE_BODY_TIMEOUT_MS", default_value_t = DEFAULT_BODY_TIMEOUT_MS)]
     pub body_timeout_ms: u64,
     /// Concurrent watches on this member; more answer 429.

@@ -1076,20 +1076,25 @@ async fn slow_body_senders_get_408() {
     let text = trickle(conn, head).await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("request_timeout"), "{text}");
-    // The peer port's forwarded batches, sent as a member: the same bound.
+    // The peer port, sent as a member: forwarded batches have the same bound,
     let member = creds
         .ca
         .member(&["127.0.0.1".to_string()], &node.peer_url)
         .unwrap();
-    let conn = common::raw_connect(&node.peer_url, Some(creds), Some(&member))
-        .await
-        .unwrap();
-    let head = format!(
-        "POST {} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n",
-        rstore_node::network::forwarder::PATH
-    );
-    let text = trickle(conn, head).await;
-    assert!(text.starts_with("HTTP/1.1 408"), "peer port: {text}");
+    // And the Raft RPCs: a member that stalls mid-body holds no handler past the timeout.
+    for path in [
+        rstore_node::network::forwarder::PATH,
+        "/raft/append",
+        "/raft/vote",
+        "/raft/snapshot",
+    ] {
+        let conn = common::raw_connect(&node.peer_url, Some(creds), Some(&member))
+            .await
+            .unwrap();
+        let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n");
+        let text = trickle(conn, head).await;
+        assert!(text.starts_with("HTTP/1.1 408"), "peer port {path}: {text}");
+    }
     assert_eq!(
         cluster
             .client(0)

@@ -13,9 +13,9 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bincode::Options;
@@ -39,11 +39,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
-        .layer(DefaultBodyLimit::max(MAX_RPC_BYTES + 4096))
-        .route(
-            PATH,
-            post(forwarded_batch).layer(DefaultBodyLimit::disable()),
-        )
+        .route(PATH, post(forwarded_batch))
+        // Every route reads its body itself, bounded in bytes and in time ([`read_rpc`]).
+        .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::map_response(close_after_413))
         .with_state(app)
 }
@@ -199,14 +197,9 @@ fn reply<T: Serialize>(v: &T) -> Response {
     }
 }
 
-/// Decode an envelope and check that its sender may send it.
-fn open_checked<T: DeserializeOwned>(
-    app: &App,
-    conn: Option<&ConnInfo>,
-    body: &[u8],
-) -> Result<T, Response> {
-    // The certificate is checked before the envelope is decoded or a cluster id adopted
-    // only as far as it can be: its member name needs the envelope's sender.
+/// With TLS, the sender must hold a member certificate (which member it is, the envelope
+/// says: [`check_sender`]).
+fn require_member_cert(app: &App, conn: Option<&ConnInfo>) -> Result<(), Response> {
     if app.tls.is_some()
         && !conn
             .and_then(|c| c.cert.as_deref())
@@ -216,6 +209,18 @@ fn open_checked<T: DeserializeOwned>(
             "the sender presented no member certificate".into(),
         ));
     }
+    Ok(())
+}
+
+/// Decode an envelope and check that its sender may send it.
+fn open_checked<T: DeserializeOwned>(
+    app: &App,
+    conn: Option<&ConnInfo>,
+    body: &[u8],
+) -> Result<T, Response> {
+    // The certificate is checked before the envelope is decoded or a cluster id adopted
+    // only as far as it can be: its member name needs the envelope's sender.
+    require_member_cert(app, conn)?;
     let (from, body) = peek_sender(body)?;
     check_sender(app, conn, from)?;
     open_envelope::<T>(&app.identity, body).map(|(_, r)| r)
@@ -240,7 +245,48 @@ fn peek_sender(body: &[u8]) -> Result<(NodeId, &[u8]), Response> {
 
 type Conn = Option<axum::Extension<ConnInfo>>;
 
-async fn append(State(s): State<PeerState>, conn: Conn, body: Bytes) -> Response {
+/// The body of an RPC, read as the client port reads bodies: at most `limit` bytes (413,
+/// after reading a bounded amount so that the sender sees the answer), within the body
+/// timeout (408). A sender with no member certificate is refused before its body is read.
+async fn read_rpc(
+    app: &App,
+    conn: Option<&ConnInfo>,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    what: &str,
+) -> Result<Bytes, Response> {
+    require_member_cert(app, conn)?;
+    crate::api::kv::read_body(headers, body, limit, what, app.settings.body_timeout)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+/// The largest Raft RPC body: an envelope around at most [`MAX_RPC_BYTES`] of payload.
+const MAX_RAFT_BODY: usize = MAX_RPC_BYTES + 4096;
+
+/// A vote is a few dozen bytes; this leaves room for a long cluster id.
+const MAX_VOTE_BODY: usize = 16 << 10;
+
+async fn append(
+    State(s): State<PeerState>,
+    conn: Conn,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = match read_rpc(
+        &s,
+        conn.as_deref(),
+        &headers,
+        body,
+        MAX_RAFT_BODY,
+        "append RPC",
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let req = match open_checked::<openraft::raft::AppendEntriesRequest<TypeConfig>>(
         &s,
         conn.as_deref(),
@@ -264,7 +310,20 @@ async fn append(State(s): State<PeerState>, conn: Conn, body: Bytes) -> Response
     reply(&r)
 }
 
-async fn vote(State(s): State<PeerState>, conn: Conn, body: Bytes) -> Response {
+async fn vote(State(s): State<PeerState>, conn: Conn, headers: HeaderMap, body: Body) -> Response {
+    let body = match read_rpc(
+        &s,
+        conn.as_deref(),
+        &headers,
+        body,
+        MAX_VOTE_BODY,
+        "vote RPC",
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let req = match open_checked::<openraft::raft::VoteRequest<NodeId>>(&s, conn.as_deref(), &body)
     {
         Ok(r) => r,
@@ -273,7 +332,25 @@ async fn vote(State(s): State<PeerState>, conn: Conn, body: Bytes) -> Response {
     reply(&s.raft.vote(req).await)
 }
 
-async fn snapshot(State(s): State<PeerState>, conn: Conn, body: Bytes) -> Response {
+async fn snapshot(
+    State(s): State<PeerState>,
+    conn: Conn,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = match read_rpc(
+        &s,
+        conn.as_deref(),
+        &headers,
+        body,
+        MAX_RAFT_BODY,
+        "snapshot RPC",
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let req = match open_checked::<openraft::raft::InstallSnapshotRequest<TypeConfig>>(
         &s,
         conn.as_deref(),
@@ -290,17 +367,16 @@ async fn snapshot(State(s): State<PeerState>, conn: Conn, body: Bytes) -> Respon
 async fn forwarded_batch(
     State(app): State<PeerState>,
     conn: Conn,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Body,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
-    // As on the client port: a bounded time for the body, and a refused body is still read
-    // (up to a bound) so that the sender gets the 413 rather than a reset connection.
-    let body = match crate::api::kv::read_body(
+    let body = match read_rpc(
+        &app,
+        conn.as_deref(),
         &headers,
         body,
         MAX_BODY_BYTES,
         "forwarded batch",
-        app.settings.body_timeout,
     )
     .await
     {
