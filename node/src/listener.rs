@@ -7,6 +7,8 @@
 //! - must finish its TLS handshake, and every request head, within `header_timeout`. hyper
 //!   starts that timer whenever it waits for a request head, so a keep-alive connection idle
 //!   between requests is closed after the same time;
+//! - on a TLS port, that opens with a plaintext HTTP request gets a 400 saying to use
+//!   https (not a TLS alert the client shows as garbage), and is closed;
 //! - carries a [`ConnInfo`] (port, remote address, verified client certificate) into every
 //!   request's extensions.
 //!
@@ -20,7 +22,7 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
@@ -114,10 +116,22 @@ impl Listener {
                             Port::Peer => tls.current().peer_server.clone(),
                             Port::Client => tls.current().client_server.clone(),
                         };
+                        let deadline = tokio::time::Instant::now() + limits.header_timeout;
+                        match tokio::time::timeout_at(deadline, sent_plain_http(&tcp)).await {
+                            Ok(Ok(false)) => {}
+                            Ok(Ok(true)) => {
+                                refuse_plain_http(tcp, port, deadline).await;
+                                open.dec();
+                                return;
+                            }
+                            Ok(Err(_)) | Err(_) => {
+                                tracing::debug!(%remote, "closed or silent before its TLS handshake");
+                                open.dec();
+                                return;
+                            }
+                        }
                         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                        match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp))
-                            .await
-                        {
+                        match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                             Ok(Ok(stream)) => {
                                 let cert = stream
                                     .get_ref()
@@ -152,6 +166,56 @@ impl Listener {
             tracing::info!(listener = %label.listener, "closing connections still open after the grace period");
         }
     }
+}
+
+/// Whether a client on a TLS port opened with a plaintext HTTP request line (a method in
+/// capitals) rather than a TLS ClientHello (a handshake record starts with byte 0x16).
+async fn sent_plain_http(tcp: &TcpStream) -> std::io::Result<bool> {
+    let mut first = [0u8; 1];
+    let n = tcp.peek(&mut first).await?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(first[0].is_ascii_uppercase())
+}
+
+/// Answer a plaintext HTTP request on a TLS port with a 400 that says what to do, rather
+/// than the TLS alert an HTTP client reports as a garbled answer, and close.
+async fn refuse_plain_http(mut tcp: TcpStream, port: Port, deadline: tokio::time::Instant) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (what, flags) = match port {
+        Port::Client => (
+            "client port",
+            "--cacert (RSTORE_CACERT) and a token or client certificate",
+        ),
+        Port::Peer => ("peer port", "a member certificate of the cluster CA"),
+    };
+    let body = serde_json::json!({"error": {
+        "code": "tls_required",
+        "message": format!("this {what} speaks HTTPS only: use an https:// URL, with {flags}"),
+    }})
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // Read (a bounded amount, briefly) what the client sent after the answer: closing with
+    // unread bytes would reset the connection, and the client might lose the answer.
+    let drain = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+    let _ = tokio::time::timeout_at(drain, async {
+        tcp.write_all(answer.as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        while read < 64 << 10 {
+            match tcp.read(&mut buf).await? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
 }
 
 async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {

@@ -1157,3 +1157,54 @@ async fn transactions_with_oversized_answers_are_refused_whole() {
         .ok_json();
     assert_eq!(ok["results"].as_array().unwrap().len(), 5);
 }
+
+/// Plaintext HTTP sent to a TLS port gets a 400 that says to use https (and with what), on
+/// both ports, rather than a TLS alert; it reaches no handler, and TLS clients are served
+/// as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_http_to_a_tls_port_is_told_to_use_https() {
+    let cluster = Cluster::start(1).await;
+    let node = &cluster.nodes[0];
+    for (url, says) in [
+        (&node.direct_client_url, "--cacert"),
+        (&node.peer_url, "member certificate"),
+    ] {
+        let plain = url.replacen("https://", "http://", 1);
+        // A real HTTP client sees a JSON error it can show.
+        let r = reqwest::Client::new()
+            .put(format!("{plain}/v1/kv/plain"))
+            .body("v")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{plain}: no HTTP answer: {e}"));
+        assert_eq!(r.status(), 400, "{plain}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "tls_required", "{plain}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("https://") && message.contains(says),
+            "{plain}: {message}"
+        );
+        // And a raw one sees the connection closed after the answer.
+        let authority = plain.split("://").nth(1).unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+            .await
+            .expect("the connection was not closed after the 400")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{plain}: {answer}");
+        assert!(answer.contains("connection: close"), "{plain}: {answer}");
+    }
+    // Nothing was written, and TLS clients are served.
+    let client = cluster.client(0);
+    assert_eq!(
+        client.get("plain", Consistency::Linearizable).await.status,
+        404
+    );
+    assert_eq!(client.put("plain", b"tls").await.status, 200);
+}
