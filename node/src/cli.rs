@@ -315,6 +315,10 @@ pub struct ServeArgs {
     /// (re-read when it changes): for names no DNS knows, as on the local control plane.
     #[arg(long, env = "RSTORE_HOSTS_FILE")]
     pub hosts_file: Option<PathBuf>,
+    /// Shut down when standard input reaches its end: `node dev` gives each member a pipe,
+    /// so that no member outlives it, however it is stopped.
+    #[arg(long, hide = true)]
+    pub exit_with_stdin: bool,
 }
 
 /// Default of `--body-timeout-ms`.

@@ -2,7 +2,10 @@
 //!
 //! It starts N `node serve` children on consecutive ports, initializes the first, adds the
 //! others through the admin API (as the operator does), prints the endpoints, and on
-//! Ctrl-C stops every child with SIGTERM.
+//! Ctrl-C, SIGTERM or SIGHUP stops every child with SIGTERM. Each child also holds a pipe
+//! from `node dev` as its standard input and shuts down when it closes, so no member
+//! outlives `node dev`, even one killed with SIGKILL. A member that exits while the cluster
+//! forms (a port in use, say) stops `node dev` at once, with the end of its log.
 //!
 //! Secure by default, like a deployed cluster: it makes a cluster CA (`DATA_DIR/ca.crt`,
 //! `ca.key`), a member certificate per member, bearer tokens for each role
@@ -112,8 +115,34 @@ impl Creds {
 
 struct Member {
     child: Child,
+    /// Held open for the member's lifetime: its end tells the member to shut down.
+    _stdin: Option<tokio::process::ChildStdin>,
     client: String,
     peer: String,
+    log: PathBuf,
+}
+
+impl Member {
+    /// An error if the member process has exited, with the end of its log.
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        let Ok(Some(status)) = self.child.try_wait() else {
+            return Ok(());
+        };
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        // The error it exited with, without a backtrace; or else the end of its log.
+        let why = match log.lines().find(|l| l.starts_with("Error: ")) {
+            Some(line) => line.to_string(),
+            None => {
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            }
+        };
+        bail!(
+            "the member at {} exited ({status}); from {}:\n{why}",
+            self.client,
+            self.log.display(),
+        )
+    }
 }
 
 fn terminate(pid: Option<u32>) {
@@ -125,13 +154,17 @@ fn terminate(pid: Option<u32>) {
     }
 }
 
+/// The JSON `member` answers at `path`, once it answers; an error if it exits first.
 async fn wait_http(
     http: &reqwest::Client,
-    url: &str,
+    member: &mut Member,
+    path: &str,
     deadline: Instant,
 ) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{}{path}", member.client);
     loop {
-        if let Ok(r) = http.get(url).send().await
+        member.check_running()?;
+        if let Ok(r) = http.get(&url).timeout(Duration::from_secs(2)).send().await
             && r.status().is_success()
         {
             return Ok(r.json().await?);
@@ -199,19 +232,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 cmd.arg("--insecure-plaintext");
             }
         }
-        let child = cmd
+        let mut child = cmd
+            .arg("--exit-with-stdin")
+            .stdin(Stdio::piped())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
             .spawn()
             .context("cannot start a member")?;
         members.push(Member {
+            _stdin: child.stdin.take(),
             child,
             client: format!("{scheme}://{client}"),
             peer: format!("{scheme}://{peer}"),
+            log: dir.join("node.log"),
         });
     }
-    let result = bootstrap(&http, &members).await;
+    let result = bootstrap(&http, &mut members).await;
     if let Err(e) = result {
         for m in &members {
             terminate(m.child.id());
@@ -270,7 +307,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     println!();
     println!("Press Ctrl-C to stop.");
-    tokio::signal::ctrl_c().await?;
+    let stopped = stop_requested(&mut members).await;
     println!("stopping...");
     for m in &members {
         terminate(m.child.id());
@@ -284,13 +321,37 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     println!("stopped.");
-    Ok(())
+    stopped
 }
 
-async fn bootstrap(http: &reqwest::Client, members: &[Member]) -> anyhow::Result<()> {
+/// Waits for Ctrl-C, SIGTERM or SIGHUP; or for a member to exit by itself, an error (the
+/// caller then stops the others).
+async fn stop_requested(members: &mut [Member]) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let exited = async {
+        loop {
+            for m in members.iter_mut() {
+                if let Err(e) = m.check_running() {
+                    return e;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = term.recv() => Ok(()),
+        _ = hup.recv() => Ok(()),
+        e = exited => Err(e),
+    }
+}
+
+async fn bootstrap(http: &reqwest::Client, members: &mut [Member]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let first = &members[0];
-    let info = wait_http(http, &format!("{}/v1/node", first.client), deadline).await?;
+    let (first, rest) = members.split_first_mut().expect("at least one member");
+    let info = wait_http(http, first, "/v1/node", deadline).await?;
     if info["role"] == "uninitialized" {
         let r = http
             .post(format!("{}/v1/cluster/init", first.client))
@@ -300,8 +361,8 @@ async fn bootstrap(http: &reqwest::Client, members: &[Member]) -> anyhow::Result
             bail!("init failed: {}", r.text().await.unwrap_or_default());
         }
     }
-    for m in &members[1..] {
-        let info = wait_http(http, &format!("{}/v1/node", m.client), deadline).await?;
+    for m in rest {
+        let info = wait_http(http, m, "/v1/node", deadline).await?;
         if info["role"] != "uninitialized" {
             continue; // restarted with kept data: already a member
         }

@@ -24,12 +24,30 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(exit_with_stdin: bool) {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
+    // A plain thread, not tokio's stdin: a blocking read in tokio's pool cannot be
+    // cancelled, and would keep the runtime (and the process) from ending after shutdown.
+    let (closed, on_closed) = tokio::sync::oneshot::channel::<()>();
+    if exit_with_stdin {
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+            let _ = closed.send(());
+        });
+    }
+    let stdin_closed = async {
+        if !exit_with_stdin || on_closed.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+        _ = stdin_closed => tracing::info!("standard input closed (node dev stopped): shutting down"),
     }
 }
 
@@ -53,7 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rstore_node::network::hosts::set_file(hosts.clone());
             }
             let node = Node::start(settings).await?;
-            node.run(shutdown_signal()).await
+            node.run(shutdown_signal(args.exit_with_stdin)).await
         }
         Command::Dev(args) => rstore_node::dev::run(args).await,
         // Client commands: one clear line on failure, never a backtrace.
