@@ -133,9 +133,10 @@ fn port_open(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
-/// Every member port of `dev` closes within [`STOP`].
-async fn members_gone(dev: &Dev, what: &str) {
-    for &port in &dev.client_ports {
+/// The members on these client ports (and the peer ports after them) all stop within
+/// [`STOP`].
+async fn members_gone(client_ports: &[u16], what: &str) {
+    for &port in client_ports {
         wait_until(
             STOP,
             &format!("member on {port} to stop {what}"),
@@ -273,7 +274,7 @@ async fn dev_is_secure_by_default_and_its_printed_commands_work() {
         .expect("node dev did not stop after SIGTERM")
         .unwrap();
     assert!(status.success(), "node dev after SIGTERM: {status}");
-    members_gone(&dev, "after SIGTERM").await;
+    members_gone(&dev.client_ports, "after SIGTERM").await;
 
     // Restarted on the same directory: the same credentials, and the data it had.
     // (On the same ports: the members' addresses are in the membership it kept.)
@@ -314,7 +315,7 @@ async fn dev_is_secure_by_default_and_its_printed_commands_work() {
     // SIGKILL leaves it no chance to stop its members: they stop by themselves.
     signal(&dev.child, "-KILL");
     let _ = dev.child.wait().await;
-    members_gone(&dev, "after node dev was killed").await;
+    members_gone(&dev.client_ports, "after node dev was killed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,12 +342,7 @@ async fn dev_stops_at_once_and_says_why_when_a_member_cannot_start() {
         "the error should name the port and why: {err}"
     );
     // The members that did start are stopped.
-    for port in [base, base + 4] {
-        wait_until(STOP, &format!("member on {port} to stop"), async || {
-            !port_open(port) && !port_open(port + 1)
-        })
-        .await;
-    }
+    members_gone(&[base, base + 4], "after node dev gave up").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -212,20 +212,6 @@ fn require_member_cert(app: &App, conn: Option<&ConnInfo>) -> Result<(), Respons
     Ok(())
 }
 
-/// Decode an envelope and check that its sender may send it.
-fn open_checked<T: DeserializeOwned>(
-    app: &App,
-    conn: Option<&ConnInfo>,
-    body: &[u8],
-) -> Result<T, Response> {
-    // The certificate is checked before the envelope is decoded or a cluster id adopted
-    // only as far as it can be: its member name needs the envelope's sender.
-    require_member_cert(app, conn)?;
-    let (from, body) = peek_sender(body)?;
-    check_sender(app, conn, from)?;
-    open_envelope::<T>(&app.identity, body).map(|(_, r)| r)
-}
-
 /// The sender id of an envelope, read from its fixed-size header without decoding the rest.
 fn peek_sender(body: &[u8]) -> Result<(NodeId, &[u8]), Response> {
     #[derive(serde::Deserialize)]
@@ -245,21 +231,27 @@ fn peek_sender(body: &[u8]) -> Result<(NodeId, &[u8]), Response> {
 
 type Conn = Option<axum::Extension<ConnInfo>>;
 
-/// The body of an RPC, read as the client port reads bodies: at most `limit` bytes (413,
-/// after reading a bounded amount so that the sender sees the answer), within the body
-/// timeout (408). A sender with no member certificate is refused before its body is read.
-async fn read_rpc(
+/// An RPC received whole and checked: its body read as the client port reads bodies (at
+/// most `limit` bytes: 413, after reading a bounded amount so that the sender sees the
+/// answer; within the body timeout: 408), from a sender allowed to send it, decoded. A
+/// sender with no member certificate is refused before its body is read.
+async fn receive<T: DeserializeOwned>(
     app: &App,
     conn: Option<&ConnInfo>,
     headers: &HeaderMap,
     body: Body,
     limit: usize,
     what: &str,
-) -> Result<Bytes, Response> {
+) -> Result<T, Response> {
+    // The certificate is checked before the body is read, and the envelope is decoded (or a
+    // cluster id adopted) only once its sender may send it.
     require_member_cert(app, conn)?;
-    crate::api::kv::read_body(headers, body, limit, what, app.settings.body_timeout)
+    let body = crate::api::kv::read_body(headers, body, limit, what, app.settings.body_timeout)
         .await
-        .map_err(IntoResponse::into_response)
+        .map_err(IntoResponse::into_response)?;
+    let (from, body) = peek_sender(&body)?;
+    check_sender(app, conn, from)?;
+    open_envelope::<T>(&app.identity, body).map(|(_, r)| r)
 }
 
 /// The largest Raft RPC body: an envelope around at most [`MAX_RPC_BYTES`] of payload.
@@ -274,7 +266,7 @@ async fn append(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = match read_rpc(
+    let req = match receive::<openraft::raft::AppendEntriesRequest<TypeConfig>>(
         &s,
         conn.as_deref(),
         &headers,
@@ -284,14 +276,6 @@ async fn append(
     )
     .await
     {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let req = match open_checked::<openraft::raft::AppendEntriesRequest<TypeConfig>>(
-        &s,
-        conn.as_deref(),
-        &body,
-    ) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -311,7 +295,7 @@ async fn append(
 }
 
 async fn vote(State(s): State<PeerState>, conn: Conn, headers: HeaderMap, body: Body) -> Response {
-    let body = match read_rpc(
+    let req = match receive::<openraft::raft::VoteRequest<NodeId>>(
         &s,
         conn.as_deref(),
         &headers,
@@ -320,11 +304,6 @@ async fn vote(State(s): State<PeerState>, conn: Conn, headers: HeaderMap, body: 
         "vote RPC",
     )
     .await
-    {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let req = match open_checked::<openraft::raft::VoteRequest<NodeId>>(&s, conn.as_deref(), &body)
     {
         Ok(r) => r,
         Err(r) => return r,
@@ -338,7 +317,7 @@ async fn snapshot(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = match read_rpc(
+    let req = match receive::<openraft::raft::InstallSnapshotRequest<TypeConfig>>(
         &s,
         conn.as_deref(),
         &headers,
@@ -348,14 +327,6 @@ async fn snapshot(
     )
     .await
     {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let req = match open_checked::<openraft::raft::InstallSnapshotRequest<TypeConfig>>(
-        &s,
-        conn.as_deref(),
-        &body,
-    ) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -370,7 +341,7 @@ async fn forwarded_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = match read_rpc(
+    let req = match receive::<ForwardRequest>(
         &app,
         conn.as_deref(),
         &headers,
@@ -380,10 +351,6 @@ async fn forwarded_batch(
     )
     .await
     {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let req: ForwardRequest = match open_checked(&app, conn.as_deref(), &body) {
         Ok(r) => r,
         Err(r) => return r,
     };
