@@ -4,8 +4,8 @@
 //! others through the admin API (as the operator does), prints the endpoints, and on
 //! Ctrl-C, SIGTERM or SIGHUP stops every child with SIGTERM. Each child also holds a pipe
 //! from `node dev` as its standard input and shuts down when it closes, so no member
-//! outlives `node dev`, even one killed with SIGKILL. A member that exits while the cluster
-//! forms (a port in use, say) stops `node dev` at once, with the end of its log.
+//! outlives `node dev`, even one killed with SIGKILL. A member that exits by itself (a port in
+//! use, say) stops `node dev` at once, with the error it exited with.
 //!
 //! Secure by default, like a deployed cluster: it makes a cluster CA (`DATA_DIR/ca.crt`,
 //! `ca.key`), a member certificate per member, bearer tokens for each role
@@ -123,7 +123,7 @@ struct Member {
 }
 
 impl Member {
-    /// An error if the member process has exited, with the end of its log.
+    /// An error if the member process has exited, with the error it logged.
     fn check_running(&mut self) -> anyhow::Result<()> {
         let Ok(Some(status)) = self.child.try_wait() else {
             return Ok(());

@@ -100,7 +100,7 @@ impl Listener {
             );
             tokio::spawn(async move {
                 let _permit = permit;
-                open.inc();
+                let _open = Open::count(open);
                 match tls {
                     None => {
                         let info = ConnInfo {
@@ -119,15 +119,9 @@ impl Listener {
                         let deadline = tokio::time::Instant::now() + limits.header_timeout;
                         match tokio::time::timeout_at(deadline, sent_plain_http(&tcp)).await {
                             Ok(Ok(false)) => {}
-                            Ok(Ok(true)) => {
-                                refuse_plain_http(tcp, port, deadline).await;
-                                open.dec();
-                                return;
-                            }
+                            Ok(Ok(true)) => return refuse_plain_http(tcp, port, deadline).await,
                             Ok(Err(_)) | Err(_) => {
-                                tracing::debug!(%remote, "closed or silent before its TLS handshake");
-                                open.dec();
-                                return;
+                                return tracing::debug!(%remote, "closed or silent before its TLS handshake");
                             }
                         }
                         let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -155,7 +149,6 @@ impl Listener {
                         }
                     }
                 }
-                open.dec();
             });
         }
         drop(self.tcp);
@@ -165,6 +158,23 @@ impl Listener {
         {
             tracing::info!(listener = %label.listener, "closing connections still open after the grace period");
         }
+    }
+}
+
+/// One open connection in the `rstore_connections` gauge, for as long as it lives (whichever
+/// way its task ends).
+struct Open(prometheus_client::metrics::gauge::Gauge);
+
+impl Open {
+    fn count(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

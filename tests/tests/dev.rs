@@ -169,6 +169,14 @@ fn dev_client(dir: &Path, token: Option<&str>) -> reqwest::Client {
     b.build().unwrap()
 }
 
+/// The JSON `client` gets from `url`.
+async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    let r = client.get(&url).send().await.unwrap();
+    r.json()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: not JSON: {e}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_is_secure_by_default_and_its_printed_commands_work() {
     let tmp = tempfile::tempdir().unwrap();
@@ -221,14 +229,7 @@ async fn dev_is_secure_by_default_and_its_printed_commands_work() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let info: Value = dev_client(dir, Some(admin_token))
-        .get(format!("{ep}/v1/node"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = get_json(&dev_client(dir, Some(admin_token)), format!("{ep}/v1/node")).await;
     assert_eq!(info["security"]["plaintext"], false, "{info}");
     let read_token = std::fs::read_to_string(dir.join("read.token")).unwrap();
     let r = dev_client(dir, Some(read_token.trim()))
@@ -298,14 +299,7 @@ async fn dev_is_secure_by_default_and_its_printed_commands_work() {
         },
     )
     .await;
-    let cluster: Value = admin
-        .get(format!("{ep}/v1/cluster"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cluster = get_json(&admin, format!("{ep}/v1/cluster")).await;
     assert_eq!(
         cluster["members"].as_array().map(Vec::len),
         Some(3),
@@ -354,12 +348,7 @@ async fn dev_plaintext_only_on_request_and_says_so() {
     let ep = format!("http://127.0.0.1:{}", dev.client_ports[0]);
     assert!(out.contains(&ep), "{out}");
     assert!(!tmp.path().join("admin.token").exists());
-    let info: Value = reqwest::get(format!("{ep}/v1/node"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = get_json(&reqwest::Client::new(), format!("{ep}/v1/node")).await;
     assert_eq!(info["security"]["plaintext"], true, "{info}");
     for c in dev.printed.iter().map(|l| l.trim()) {
         if c.starts_with("curl ") || c.starts_with("node ") {
