@@ -187,6 +187,16 @@ impl Ca {
         self.issue(params)
     }
 
+    /// A server certificate for a service reached at `hosts` (DNS names or IP addresses),
+    /// with `cn` as its common name: the real control plane's API server uses one.
+    pub fn server(&self, cn: &str, hosts: &[String]) -> anyhow::Result<Pem> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(cn, None);
+        params.subject_alt_names = sans(hosts)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params)
+    }
+
     /// A client certificate for user `user` with `role` (`read`, `write` or `admin`).
     pub fn client(&self, user: &str, role: &str) -> anyhow::Result<Pem> {
         let mut params = CertificateParams::default();

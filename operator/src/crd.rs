@@ -57,6 +57,10 @@ pub const DEFAULT_ELECTION_MAX_MS: u32 = 2000;
     derive = "Default",
     derive = "PartialEq",
     doc = "A replicated key-value store cluster managed by the rstore operator.",
+    // The StatefulSet's pods carry a controller-revision-hash label `<name>-<10 characters>`,
+    // and label values stop at 63: without this rule a longer name is admitted and then no
+    // pod can ever be created (the real API server showed it; the fake one never did).
+    validation = Rule::new("size(self.metadata.name) <= 52 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be an RFC 1035 label (lower-case letters, digits and '-', starting with a letter) of at most 52 characters: the StatefulSet's pods and their labels are named after it"),
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.readyReplicas"
@@ -468,8 +472,36 @@ pub use rstore_api::admin::MemberRole;
 
 /// The CRD as YAML, exactly as `crds/replicatedstore.yaml` holds it.
 pub fn crd_yaml() -> Result<String, crate::Error> {
+    serde_yaml::to_string(&crd()).map_err(crate::Error::CrdSerialize)
+}
+
+/// The CRD as it is published: the derived one, without the integer formats JSON Schema
+/// generators emit for unsigned Rust types (`uint32`, `uint64`). Kubernetes knows only
+/// `int32` and `int64` and warns on every apply of a CRD with others ("unrecognized format");
+/// the `minimum: 0` next to them keeps the meaning.
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&ReplicatedStore::crd()).map_err(crate::Error::CrdSerialize)
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                let unsigned = map
+                    .get("format")
+                    .and_then(|f| f.as_str())
+                    .is_some_and(|f| f.starts_with("uint"));
+                if unsigned {
+                    map.remove("format");
+                }
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let crd = ReplicatedStore::crd();
+    let mut v = serde_json::to_value(&crd).unwrap_or_default();
+    strip(&mut v);
+    serde_json::from_value(v).unwrap_or(crd)
 }
 
 /// Fields whose type is a Kubernetes API type: the reference names it rather than repeating
@@ -490,8 +522,7 @@ const KUBERNETES_TYPES: &[(&str, &str)] = &[
 /// The CRD reference as Markdown (`docs/crd.md`), generated from the same schema as the CRD,
 /// so that it says exactly what `kubectl explain` says.
 pub fn reference_markdown() -> String {
-    use kube::CustomResourceExt;
-    let crd = ReplicatedStore::crd();
+    let crd = crd();
     let schema = crd.spec.versions[0]
         .schema
         .as_ref()

@@ -78,6 +78,7 @@ pub fn compute(
         })
         .collect();
     let has_quorum = cluster.is_some() && healthy_voters >= quorum(voters.max(1));
+    let ready_pods = obs.pods.values().filter(|p| p.ready).count();
 
     let phase = phase(desired, obs, observed, step, formed, &unhealthy);
     let available = if !formed {
@@ -89,6 +90,20 @@ pub fn compute(
         )
     } else if cluster.is_none() {
         cond(AVAILABLE, false, "NoLeader", "no member knows a leader")
+    } else if has_quorum && ready_pods < quorum(voters.max(1)) {
+        // Raft can be healthy a moment before the kubelet's readiness probes say so, and
+        // until they do the client Service routes nowhere: `kubectl wait
+        // --for=condition=Available` followed by a request through the Service must work.
+        cond(
+            AVAILABLE,
+            false,
+            "PodsNotReady",
+            &format!(
+                "{ready_pods} of {} pods Ready, {} needed: the client Service routes only to Ready pods (readiness probe /readyz)",
+                obs.pods.len(),
+                quorum(voters.max(1))
+            ),
+        )
     } else if !has_quorum {
         cond(
             AVAILABLE,

@@ -4,9 +4,12 @@
 //! - [`faultnet`]: a TCP proxy between node processes that cuts, delays and heals links;
 //! - [`netns`]: one network namespace per node process, with nftables rules that cut links
 //!   and drop packets (used instead of the proxy where the tests run as root);
-//! - [`linearizability`]: operation histories and their linearizability check.
+//! - [`linearizability`]: operation histories and their linearizability check;
+//! - [`k8s`]: the real Kubernetes control plane on this machine, with a node agent as its
+//!   kubelet (`rstore-k8s up`).
 
 pub mod faultnet;
+pub mod k8s;
 pub mod linearizability;
 pub mod netns;
 
