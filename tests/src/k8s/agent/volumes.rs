@@ -37,9 +37,13 @@ pub enum Content {
     Files(Files),
 }
 
-/// Service-account tokens, reused until 80% of their lifetime has passed (as the kubelet).
+/// A token's request: namespace, service account, pod uid, audience, lifetime in seconds.
+type TokenKey = (String, String, String, String, i64);
+
+/// Service-account tokens, reused until 80% of their lifetime has passed (as the kubelet):
+/// the token, when it was issued, and its lifetime.
 #[derive(Default)]
-pub struct Tokens(HashMap<(String, String, String, String, i64), (String, Instant, Duration)>);
+pub struct Tokens(HashMap<TokenKey, (String, Instant, Duration)>);
 
 /// The pod a volume or variable belongs to, with what the downward API needs.
 pub struct PodView<'a> {
