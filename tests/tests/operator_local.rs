@@ -248,8 +248,10 @@ async fn lifecycle_with_a_background_writer_loses_nothing() {
     let writer = Writer::start(urls.clone(), h.user_http().await);
 
     // Scale out to 5, then in to 3: members leave Raft before their pods go.
+    let t_scale = Instant::now();
     h.apply(|s| s.replicas = 5).await;
     h.settled(5, 0, "5 voters").await;
+    let scale_out = t_scale.elapsed();
     h.apply(|s| s.replicas = 3).await;
     h.settled(3, 0, "back to 3 voters").await;
     wait_for(STEP, "the StatefulSet's pods beyond 3 to go", async || {
@@ -476,10 +478,11 @@ async fn lifecycle_with_a_background_writer_loses_nothing() {
     let st = h.resource().await.status.unwrap();
     assert_eq!(st.cluster_id.as_deref(), Some(cluster_id.as_str()));
     println!(
-        "operator e2e: Available in {:.1}s; leader kill healed in {:.1}s; volume loss healed in \
-         {:.1}s; rolling restart of 5 pods in {:.1}s; {} writes acknowledged and read back, {} \
-         failed or unknown",
+        "operator e2e: Available in {:.1}s; 3 -> 5 voters in {:.1}s; leader kill healed in \
+         {:.1}s; volume loss healed in {:.1}s; rolling restart of 5 pods in {:.1}s; {} writes \
+         acknowledged and read back, {} failed or unknown",
         to_available.as_secs_f64(),
+        scale_out.as_secs_f64(),
         heal_kill.as_secs_f64(),
         heal_wipe.as_secs_f64(),
         roll.as_secs_f64(),

@@ -48,7 +48,12 @@ impl LocalOptions {
             root: None,
             node_bin,
             tick: Duration::from_millis(250),
-            settings: Settings::default(),
+            settings: Settings {
+                // The in-memory API server has no load to spare: Secrets are read on every
+                // reconcile, so that a rotation or an injected certificate shows at once.
+                credentials_recheck: Duration::ZERO,
+                ..Settings::default()
+            },
         }
     }
 }

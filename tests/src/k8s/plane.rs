@@ -4,7 +4,8 @@
 //! - `kubeconfig`: the cluster admin's (a client certificate in `system:masters`);
 //! - `pki/`: the cluster CA, the API server's serving certificate, the service-account key,
 //!   and one client certificate per component;
-//! - `logs/<component>.log`: each component's output;
+//! - `logs/<component>.log`: each component's output; `logs/audit.log`: every API request's
+//!   metadata (user, verb, resource, code), for `tests/k8s/api-load.sh`;
 //! - `etcd/`: etcd's data; `volumes/`: provisioned volumes; `pods/`: the agent's pods;
 //! - `hosts`: every pod and Service name with its address (`/etc/hosts` format), for users'
 //!   commands (`node kv --hosts-file`); pods see it as their `/etc/hosts`;
@@ -299,6 +300,13 @@ impl ControlPlane {
             .await?;
 
         // ---- kube-apiserver -----------------------------------------------------------------
+        // Every request's metadata (who, verb, resource, code) goes to logs/audit.log: the
+        // API load each client puts on the server (tests/k8s/api-load.sh) comes from it.
+        write_file(
+            &pki.join("audit-policy.yaml"),
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
+            false,
+        )?;
         let p = |f: &str| pki.join(f).display().to_string();
         plane.spawn(
             "kube-apiserver",
@@ -325,6 +333,10 @@ impl ControlPlane {
                 format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
                 format!("--kubelet-certificate-authority={}", p("ca.crt")),
                 "--kubelet-preferred-address-types=InternalIP".into(),
+                format!("--audit-policy-file={}", p("audit-policy.yaml")),
+                format!("--audit-log-path={}", dir.join("logs/audit.log").display()),
+                "--audit-log-maxsize=200".into(),
+                "--audit-log-maxbackup=1".into(),
                 "--profiling=false".into(),
                 "--v=1".into(),
             ],
