@@ -77,6 +77,9 @@ impl Default for Settings {
     }
 }
 
+/// Credentials last ensured for a store: them, the pods they covered, and when.
+type Ensured = (Option<Credentials>, u32, Instant);
+
 /// What every reconcile shares.
 pub struct Context {
     /// The Kubernetes client (a real API server, or the in-memory one).
@@ -97,7 +100,7 @@ pub struct Context {
     /// Per store: a digest of the spec-only children last applied, and when.
     applied: Mutex<HashMap<String, (u32, Instant)>>,
     /// Per store: the credentials last ensured, for how many pods, and when.
-    ensured: Mutex<HashMap<String, (Option<Credentials>, u32, Instant)>>,
+    ensured: Mutex<HashMap<String, Ensured>>,
 }
 
 impl Context {
