@@ -366,25 +366,20 @@ impl PodView<'_> {
         optional: Option<bool>,
         files: &mut Files,
     ) -> Result<(), String> {
-        let Some(s) = self.secret(name) else {
-            return if optional == Some(true) {
-                Ok(())
-            } else {
-                Err(format!("secret {name:?} not found"))
-            };
-        };
-        let data: BTreeMap<String, Vec<u8>> = s
-            .data
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        pick(
+        let data = self.secret(name).map(|s| {
+            s.data
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect()
+        });
+        source_files(
             &format!("secret {name:?}"),
             data,
             items,
             default_mode,
+            optional,
             files,
         )
     }
@@ -397,28 +392,25 @@ impl PodView<'_> {
         optional: Option<bool>,
         files: &mut Files,
     ) -> Result<(), String> {
-        let Some(m) = self.config_map(name) else {
-            return if optional == Some(true) {
-                Ok(())
-            } else {
-                Err(format!("configmap {name:?} not found"))
-            };
-        };
-        let mut data: BTreeMap<String, Vec<u8>> = m
-            .data
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.into_bytes()))
-            .collect();
-        for (k, v) in m.binary_data.clone().unwrap_or_default() {
-            data.insert(k, v.0);
-        }
-        pick(
+        let data = self.config_map(name).map(|m| {
+            let mut data: BTreeMap<String, Vec<u8>> = m
+                .data
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect();
+            for (k, v) in m.binary_data.clone().unwrap_or_default() {
+                data.insert(k, v.0);
+            }
+            data
+        });
+        source_files(
             &format!("configmap {name:?}"),
             data,
             items,
             default_mode,
+            optional,
             files,
         )
     }
@@ -507,6 +499,23 @@ impl PodView<'_> {
 
 fn mode(m: Option<i32>) -> u32 {
     u32::try_from(m.unwrap_or(0o644)).unwrap_or(0o644)
+}
+
+/// A Secret or ConfigMap source: its keys as files, nothing when it is missing but optional,
+/// an error naming it when it is missing otherwise.
+fn source_files(
+    what: &str,
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    items: Option<&[KeyToPath]>,
+    default_mode: Option<i32>,
+    optional: Option<bool>,
+    files: &mut Files,
+) -> Result<(), String> {
+    match data {
+        Some(data) => pick(what, data, items, default_mode, files),
+        None if optional == Some(true) => Ok(()),
+        None => Err(format!("{what} not found")),
+    }
 }
 
 /// The keys a volume source projects: all of them, or the listed `items` (each must exist).
