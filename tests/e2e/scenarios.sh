@@ -7,11 +7,12 @@
 # The user's path, with kubectl and helm only: helm install; kubectl apply -f every example
 # and kubectl wait for Available; reads and writes with the user Secret's credentials; kubectl
 # scale 3 -> 5 -> 3 (the scale subresource) with the operator's leader pod deleted in the
-# middle; kill -9 of a member's process; kubectl delete pod of the leader; a lost disk (PVC and
-# pod deleted); eviction through the Eviction API against the PDB; quorum -> sync -> quorum;
-# a rolling image change; invalid specs refused by the API server with the CEL message; pause
-# and resume; kubectl delete of the store (garbage collection, PVCs per policy); helm upgrade
-# and helm uninstall. A background writer runs from the first Available to the deletion, and
+# middle; kill -9 of a member's process (then kubectl logs, --previous, and the pod's Events);
+# kubectl delete pod of the leader; a lost disk (PVC and pod deleted); eviction through the
+# Eviction API against the PDB; quorum -> sync -> quorum; a rolling image change; invalid
+# specs refused by the API server with the CEL message; pause and resume; kubectl delete of
+# the store (garbage collection, PVCs per policy); helm upgrade and helm uninstall. A
+# background writer runs from the first Available to the deletion, and
 # every write it saw acknowledged must read back at the end.
 #
 # The driver sets, before sourcing:
@@ -275,6 +276,14 @@ wait_until "$victim's container to restart" bash -c "[ \"\$(kubectl -n $NS get p
 wait_converged 3
 check_member_data "$victim"
 pass "$victim was killed, restarted in place (restartCount $(k get pod "$victim" -o jsonpath='{.status.containerStatuses[0].restartCount}')) and caught up"
+
+log "what a user sees of it: kubectl logs (current and --previous) and the pod's Events"
+[ -n "$(k logs "$victim" -c node --tail=5)" ] || fail "kubectl logs $victim is empty"
+[ -n "$(k logs "$victim" -c node --previous --tail=5)" ] || fail "kubectl logs --previous $victim is empty"
+[ -n "$(kubectl -n "$OPERATOR_NS" logs "deployment/$RELEASE" --tail=20)" ] || fail "kubectl logs of the operator is empty"
+wait_until "a Started Event for $victim" bash -c \
+  "kubectl -n $NS get events --field-selector involvedObject.name=$victim,reason=Started -o name | grep -q ."
+pass "kubectl logs answers for members (and --previous after the kill) and the operator; Events say Started"
 
 log "kubectl delete pod of the leader"
 leader=$(status .leader)

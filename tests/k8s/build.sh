@@ -31,6 +31,12 @@ if ! command -v go >/dev/null 2>&1; then
   exit 1
 fi
 
+# One build at a time (tests that build run in parallel): the second waits, then finds the
+# binaries the first built.
+mkdir -p "$cache"
+exec 9>"$cache/.build.lock"
+flock 9
+
 k8s_dir="$cache/kubernetes-$K8S_VERSION"
 etcd_dir="$cache/etcd-$ETCD_VERSION"
 helm_dir="$cache/helm-$HELM_VERSION"

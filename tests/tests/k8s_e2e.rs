@@ -139,3 +139,69 @@ async fn the_users_path_on_a_real_control_plane() {
         "the scenarios failed: {status:?} (their output is above)"
     );
 }
+
+/// A component that cannot start is named, with the end of its log, and nothing the plane
+/// started before it is left running: here a kube-apiserver that refuses its flags, after a
+/// real etcd came up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_that_cannot_start_is_named_with_its_log() {
+    if let Some(why) = missing() {
+        assert!(
+            std::env::var("RSTORE_K8S_E2E").as_deref() != Ok("1"),
+            "RSTORE_K8S_E2E=1 but this machine cannot run the real control plane: {why}"
+        );
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let real = build();
+    let dir = tempfile::Builder::new()
+        .prefix("rstore-k8s-broken-")
+        .tempdir()
+        .expect("tempdir");
+    let bin_dir = dir.path().join("bin");
+    std::fs::create_dir_all(&bin_dir).expect("bin dir");
+    for c in [
+        "etcd",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubectl",
+    ] {
+        std::os::unix::fs::symlink(real.join(c), bin_dir.join(c)).expect("symlink");
+    }
+    let broken = bin_dir.join("kube-apiserver");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho 'Error: unknown flag: --rstore-broken-on-purpose' >&2\nexit 1\n",
+    )
+    .expect("write the broken kube-apiserver");
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let plane_dir = dir.path().join("plane");
+    let opts = PlaneOptions::new(
+        plane_dir.clone(),
+        bin_dir,
+        profile_dir().join("node"),
+        profile_dir().join("operator"),
+    );
+    let err = match ControlPlane::up(opts).await {
+        Ok(p) => {
+            p.shutdown().await;
+            panic!("the control plane came up with a kube-apiserver that exits at once");
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("kube-apiserver") && err.contains("--rstore-broken-on-purpose"),
+        "the error does not name kube-apiserver with its log: {err}"
+    );
+    // etcd, started before it, is gone: no process of this plane is left.
+    let left = Command::new("pgrep")
+        .args(["-f", &plane_dir.display().to_string()])
+        .output()
+        .expect("pgrep");
+    assert!(
+        left.stdout.is_empty(),
+        "processes of the failed plane are still running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}

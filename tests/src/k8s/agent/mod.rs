@@ -23,6 +23,8 @@
 //! - Service cluster IPs are not routed (no kube-proxy): pods get `KUBERNETES_SERVICE_HOST`
 //!   set to the API server's own address, and Service names resolve to an endpoint.
 
+pub mod events;
+pub mod kubelet_api;
 pub mod names;
 pub mod pods;
 pub mod provision;
@@ -201,11 +203,15 @@ where
 impl Agent {
     /// Registers the Nodes, starts the reflectors and the loops.
     pub async fn start(client: Client, opts: AgentOptions) -> Result<Agent> {
+        let mut tasks = Vec::new();
+        // The kubelet port first: the Nodes advertise it.
+        let (kubelet_port, server) =
+            kubelet_api::serve(&opts.api_host, &opts.kubelet_ca, opts.dir.join("pods")).await?;
+        tasks.push(server);
         for (i, name) in opts.nodes.iter().enumerate() {
-            register_node(&client, name, i, &opts).await?;
+            register_node(&client, name, i, &opts, kubelet_port).await?;
         }
         let changed = Arc::new(Notify::new());
-        let mut tasks = Vec::new();
         let stores = Stores {
             pods: reflect(&client, changed.clone(), &mut tasks),
             claims: reflect(&client, changed.clone(), &mut tasks),
@@ -336,6 +342,7 @@ async fn register_node(
     name: &str,
     index: usize,
     opts: &AgentOptions,
+    kubelet_port: u16,
 ) -> Result<()> {
     let api = Api::<Node>::all(client.clone());
     let node: Node = serde_json::from_value(json!({
@@ -369,7 +376,7 @@ async fn register_node(
             "addresses": addr,
             "capacity": capacity(),
             "allocatable": capacity(),
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
             "nodeInfo": {
                 "machineID": name, "systemUUID": name, "bootID": name,
                 "kernelVersion": "", "osImage": "rstore node agent",

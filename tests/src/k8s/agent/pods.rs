@@ -34,6 +34,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use super::events::{Events, PodEvents};
 use super::volumes::{self, Content, PodView, Tokens};
 use super::{AgentOptions, ImageMap, Stores, now_rfc3339};
 use crate::k8s::plane::sigterm;
@@ -123,6 +124,9 @@ struct Ctr {
     kill_at: Option<Instant>,
     /// The last start failed before a process ran (image, configuration): `waiting` says why.
     start_failed: bool,
+    /// Exited for good: the pod's `restartPolicy` (Never, or OnFailure after exit 0) says
+    /// it is not started again.
+    done: bool,
 }
 
 struct PodRt {
@@ -161,10 +165,12 @@ pub struct Runtime {
     tokens: Tokens,
     pids: Pids,
     http: reqwest::Client,
+    events: Events,
 }
 
 impl Runtime {
     pub fn new(client: Client, opts: &AgentOptions, stores: Stores, pids: Pids) -> Self {
+        let client_for_events = client.clone();
         Self {
             client,
             nodes: opts.nodes.iter().cloned().collect(),
@@ -187,6 +193,7 @@ impl Runtime {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
+            events: Events::new(client_for_events),
         }
     }
 
@@ -287,6 +294,7 @@ impl Runtime {
                 probe_tasks: Vec::new(),
                 kill_at: None,
                 start_failed: false,
+                done: false,
             })
             .collect();
         info!(pod = %format!("{ns}/{name}"), ip = %self.net.ip(slot), "admitted");
@@ -358,21 +366,34 @@ impl Runtime {
                     finished_at: now_rfc3339(),
                 });
                 c.child = None;
-                c.kill_at = None;
+                let killed_by_us = c.kill_at.take().is_some();
                 for t in c.probe_tasks.drain(..) {
                     t.abort();
                 }
                 *c.probes.lock().unwrap_or_else(|e| e.into_inner()) = ProbeState::default();
                 self.pids.set(&ns, &name, &c.spec.name, None);
                 let _ = fs::remove_file(rt.dir.join(format!("{}.pid", c.spec.name)));
-                if ran >= BACKOFF_RESET {
-                    c.backoff = Duration::ZERO;
+                let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref());
+                c.done = restart_ends(policy, code) && rt.terminating.is_none();
+                if !c.done && code != 0 && !killed_by_us {
+                    self.events.for_pod(pod).warning(
+                        "BackOff",
+                        format!("Back-off restarting failed container {} in pod {name} (exit code {code})", c.spec.name),
+                    );
                 }
-                c.next_start = Instant::now() + c.backoff;
-                c.backoff = (c.backoff * 2).clamp(BACKOFF_FIRST, BACKOFF_MAX);
-                c.restarts += 1;
+                if !c.done {
+                    if ran >= BACKOFF_RESET {
+                        c.backoff = Duration::ZERO;
+                    }
+                    c.next_start = Instant::now() + c.backoff;
+                    c.backoff = (c.backoff * 2).clamp(BACKOFF_FIRST, BACKOFF_MAX);
+                    c.restarts += 1;
+                }
             }
             let c = &mut rt.ctrs[i];
+            if c.done {
+                continue;
+            }
             // A failed liveness probe: SIGTERM now, SIGKILL after the grace period.
             if c.child.is_some() && c.kill_at.is_none() {
                 let failed = c
@@ -383,6 +404,10 @@ impl Runtime {
                     .take();
                 if let Some(why) = failed {
                     info!(pod = %format!("{ns}/{name}"), container = %c.spec.name, reason = %why, "restarting: probe failed");
+                    self.events.for_pod(pod).normal(
+                        "Killing",
+                        format!("Container {} {why}, will be restarted", c.spec.name),
+                    );
                     if let Some(ch) = &c.child {
                         sigterm(ch.id());
                     }
@@ -411,12 +436,21 @@ impl Runtime {
                     continue;
                 }
                 match self.start(pod, &rt.dir, &rt.ip, rt.slot, &sources, i, &mut rt.ctrs) {
-                    Ok(()) => rt.ctrs[i].start_failed = false,
+                    Ok(()) => {
+                        rt.ctrs[i].start_failed = false;
+                        self.events.for_pod(pod).normal(
+                            "Started",
+                            format!("Started container {}", rt.ctrs[i].spec.name),
+                        );
+                    }
                     Err((reason, message)) => {
                         let c = &mut rt.ctrs[i];
                         c.start_failed = true;
                         if c.waiting.as_ref().map(|w| &w.1) != Some(&message) {
                             warn!(pod = %format!("{ns}/{name}"), container = %c.spec.name, %reason, %message, "cannot start");
+                            self.events
+                                .for_pod(pod)
+                                .warning("Failed", format!("Error: {reason}: {message}"));
                         }
                         c.waiting = Some((reason, message));
                         c.next_start = Instant::now() + Duration::from_secs(2);
@@ -540,6 +574,21 @@ impl Runtime {
         );
         let _ = fs::create_dir_all(dir);
         let log_path = dir.join(format!("{}.log", c.spec.name));
+        // As the kubelet: each run of a container has its own log, and the one before it is
+        // kept for `kubectl logs --previous`. The log of an earlier pod of the same name
+        // (StatefulSet pods reuse names) is kept aside, with the time it was set aside.
+        if log_path.exists() {
+            let aside = if c.restarts > 0 {
+                dir.join(format!("{}.previous.log", c.spec.name))
+            } else {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                dir.join(format!("{}.log.{secs}", c.spec.name))
+            };
+            let _ = fs::rename(&log_path, aside);
+        }
         let open = || {
             fs::OpenOptions::new()
                 .create(true)
@@ -600,7 +649,10 @@ impl Runtime {
                 failed: None,
             };
         }
+        let events = self.events.for_pod(pod);
         let target = Target {
+            events,
+            container: c.spec.name.clone(),
             ip: ip.to_owned(),
             ports,
             http: self.http.clone(),
@@ -658,6 +710,9 @@ impl Runtime {
                 }
                 if let Some(ch) = &c.child {
                     sigterm(ch.id());
+                    self.events
+                        .for_pod(pod)
+                        .normal("Killing", format!("Stopping container {}", c.spec.name));
                 }
             }
         }
@@ -719,6 +774,8 @@ impl Runtime {
             let _ = ch.wait();
         }
         self.pids.set(ns, name, &c.spec.name, None);
+        let pod_dir = self.dir.join("pods").join(ns).join(name);
+        let _ = fs::remove_file(pod_dir.join(format!("{}.pid", c.spec.name)));
     }
 
     /// Patches the pod's status when it differs from what was last reported.
@@ -756,11 +813,17 @@ impl Runtime {
             all_started &= c.child.is_some() || c.last.is_some();
             let state = if c.child.is_some() {
                 json!({"running": {"startedAt": c.started_at}})
+            } else if let (true, Some(t)) = (c.done, &c.last) {
+                json!({"terminated": {
+                    "exitCode": t.exit_code, "reason": t.reason,
+                    "startedAt": t.started_at, "finishedAt": t.finished_at,
+                    "containerID": format!("rstore://{}-{}-{}", rt.uid, c.spec.name, c.restarts),
+                }})
             } else {
                 let (reason, message) = c.waiting.clone().unwrap_or_default();
                 json!({"waiting": {"reason": reason, "message": message}})
             };
-            let last = c.last.as_ref().map_or(json!({}), |t| {
+            let last = c.last.as_ref().filter(|_| !c.done).map_or(json!({}), |t| {
                 json!({"terminated": {
                     "exitCode": t.exit_code, "reason": t.reason,
                     "startedAt": t.started_at, "finishedAt": t.finished_at,
@@ -786,7 +849,14 @@ impl Runtime {
             }
             statuses.push(s);
         }
-        let phase = if all_started && !rt.ctrs.is_empty() {
+        let all_done = !rt.ctrs.is_empty() && rt.ctrs.iter().all(|c| c.done);
+        let phase = if all_done {
+            let failed = rt
+                .ctrs
+                .iter()
+                .any(|c| c.last.as_ref().is_some_and(|t| t.exit_code != 0));
+            if failed { "Failed" } else { "Succeeded" }
+        } else if all_started && !rt.ctrs.is_empty() {
             "Running"
         } else {
             "Pending"
@@ -890,6 +960,9 @@ enum Kind {
 /// Where probes go: the pod's address and its containers' named ports.
 #[derive(Clone)]
 struct Target {
+    /// Where `Unhealthy` goes.
+    events: PodEvents,
+    container: String,
     ip: String,
     ports: HashMap<String, i32>,
     http: reqwest::Client,
@@ -921,7 +994,10 @@ impl Target {
             for hd in h.http_headers.iter().flatten() {
                 req = req.header(&hd.name, &hd.value);
             }
-            let resp = req.send().await.map_err(|e| format!("Get {url:?}: {e}"))?;
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| format!("Get {url:?}: {}", innermost(&e)))?;
             let code = resp.status().as_u16();
             return if (200..400).contains(&code) {
                 Ok(())
@@ -958,6 +1034,26 @@ impl Target {
             };
         }
         Err("this agent supports httpGet, tcpSocket and exec probes".into())
+    }
+}
+
+/// The root cause of an error ("connection refused", not "error sending request"), as the
+/// kubelet's probe messages give it.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Whether a container that exited with `code` stays down under the pod's `restartPolicy`
+/// (`Always` when unset).
+fn restart_ends(policy: Option<&str>, code: i32) -> bool {
+    match policy {
+        Some("Never") => true,
+        Some("OnFailure") => code == 0,
+        _ => false,
     }
 }
 
@@ -998,6 +1094,13 @@ async fn probe_loop(kind: Kind, p: Probe, target: Target, state: Arc<Mutex<Probe
                 Err(why) => {
                     fail_run += 1;
                     ok_run = 0;
+                    target.events.warning(
+                        "Unhealthy",
+                        format!(
+                            "{kind:?} probe of container {} failed: {why}",
+                            target.container
+                        ),
+                    );
                     if fail_run >= failure_needed {
                         match kind {
                             Kind::Readiness => s.ready = false,
@@ -1011,5 +1114,19 @@ async fn probe_loop(kind: Kind, p: Probe, target: Target, state: Arc<Mutex<Probe
             }
         }
         tokio::time::sleep(period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restart_ends;
+
+    #[test]
+    fn restart_policy_decides_who_stays_down() {
+        assert!(!restart_ends(None, 1));
+        assert!(!restart_ends(Some("Always"), 0));
+        assert!(restart_ends(Some("Never"), 1));
+        assert!(restart_ends(Some("OnFailure"), 0));
+        assert!(!restart_ends(Some("OnFailure"), 2));
     }
 }
