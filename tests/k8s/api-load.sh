@@ -23,11 +23,18 @@ if [ "${1:-}" = --metrics ]; then
   export KUBECONFIG=${KUBECONFIG:-$dir/kubeconfig}
   sample() {
     kubectl get --raw /metrics | awk '
+      function label(name,   m) {
+        # [{,]name="value": the comma or brace keeps "resource" from matching "subresource".
+        if (match($0, "[{,]" name "=\"[^\"]*\"")) {
+          m = substr($0, RSTART + length(name) + 3, RLENGTH - length(name) - 4)
+          return m
+        }
+        return ""
+      }
       /^apiserver_request_total\{/ {
-        verb = $0; sub(/.*verb="/, "", verb); sub(/".*/, "", verb)
-        res = $0; sub(/.*resource="/, "", res); sub(/".*/, "", res)
-        sub_ = $0; sub(/.*subresource="/, "", sub_); sub(/".*/, "", sub_)
-        if (sub_ != "") res = res "/" sub_
+        verb = label("verb"); res = label("resource"); sub_ = label("subresource")
+        # Non-resource URLs (/api, /openapi/v3) come as an empty resource and the path.
+        if (res == "") res = sub_; else if (sub_ != "") res = res "/" sub_
         n[verb "\t" res] += $NF
       }
       END { for (k in n) print k "\t" n[k] }'
