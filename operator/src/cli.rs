@@ -131,7 +131,7 @@ impl Cli {
     pub fn execute(&self, out: &mut impl Write) -> Result<()> {
         match &self.command {
             Command::Crd => {
-                out.write_all(crd::crd_yaml()?.as_bytes())
+                out.write_all(crd::crd_yaml().map_err(Error::CrdSerialize)?.as_bytes())
                     .map_err(Error::WriteOutput)?;
                 Ok(())
             }
