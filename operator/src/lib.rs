@@ -6,7 +6,8 @@
 //!
 //! - [`crd`]: the `ReplicatedStore` types, from which the CRD YAML is generated;
 //! - [`resources`]: the owned objects (StatefulSet, Services, PDB, ...), built without IO;
-//! - [`observe`]: Kubernetes objects and node answers, reduced to the planner's input;
+//! - [`observe`]: the Kubernetes objects and every node's answers, read;
+//! - [`health`]: that observation reduced to the planner's input, with health clocks;
 //! - [`planner`]: the pure step planner, which picks exactly one next step;
 //! - [`controller`]: the reconcile pipeline (validate, build, apply, observe and plan, act,
 //!   status), one module per stage, and the kube-runtime controller;
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 mod error;
+pub mod health;
 pub mod leader;
 pub mod local;
 pub mod metrics;

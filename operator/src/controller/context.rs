@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
+use crate::health::HealthClock;
 use crate::metrics::Metrics;
 use crate::nodeapi::NodeApi;
-use crate::observe::HealthClock;
 use crate::planner::Policy;
 use crate::resources::credentials::Credentials;
 
