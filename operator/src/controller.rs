@@ -153,11 +153,11 @@ async fn pipeline(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome, Error>
         .map_err(Error::Observe)?;
 
     // 1. Validate.
+    warn_legacy_plaintext(ctx, rs, existing.as_ref(), &key).await;
     let valid = match validate::validate(rs, existing.as_ref()) {
         Ok(valid) => valid,
         Err(e) => return stuck(ctx, rs, Stuck::InvalidSpec, &e.to_string()).await,
     };
-    warn_legacy_plaintext(ctx, &valid, &key).await;
     let rs = valid.rs.as_ref();
 
     // 2. Build.
@@ -266,8 +266,13 @@ async fn stuck(
 }
 
 /// Warns once per store (log and Event) that it keeps running in plaintext.
-async fn warn_legacy_plaintext(ctx: &Context, valid: &Valid<'_>, key: &str) {
-    if !valid.legacy_plaintext {
+async fn warn_legacy_plaintext(
+    ctx: &Context,
+    rs: &ReplicatedStore,
+    existing: Option<&StatefulSet>,
+    key: &str,
+) {
+    if !validate::legacy_plaintext(rs, existing) {
         return;
     }
     let first = ctx
@@ -276,7 +281,6 @@ async fn warn_legacy_plaintext(ctx: &Context, valid: &Valid<'_>, key: &str) {
         .unwrap_or_else(|e| e.into_inner())
         .insert(key.to_owned());
     if first {
-        let rs = valid.rs.as_ref();
         warn!(
             namespace = rs.namespace().unwrap_or_default(),
             name = rs.name_any(),

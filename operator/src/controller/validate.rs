@@ -32,14 +32,13 @@ pub enum Error {
 /// A store that passed validation.
 #[derive(Debug, Clone)]
 pub struct Valid<'a> {
-    /// The resource with the spec it really runs with (see [`Valid::legacy_plaintext`]).
+    /// The resource with the spec it really runs with: a store made in plaintext by an
+    /// operator before TLS stays in plaintext ([`legacy_plaintext`]), since switching a running
+    /// cluster's transport under it would cut its members off from each other.
     pub rs: Cow<'a, ReplicatedStore>,
     /// What the planner is to reach; `image` is the spec's until the build stage sets the pod
     /// template revision.
     pub desired: Desired,
-    /// Created in plaintext by an operator before TLS: switching a running cluster's
-    /// transport under it would cut its members off from each other, so it stays plaintext.
-    pub legacy_plaintext: bool,
 }
 
 /// Checks `rs` against what its StatefulSet (if any) already runs.
@@ -47,8 +46,7 @@ pub fn validate<'a>(
     rs: &'a ReplicatedStore,
     existing: Option<&StatefulSet>,
 ) -> Result<Valid<'a>, Error> {
-    let legacy_plaintext = runs_plaintext(existing) && !rs.spec.tls.insecure_plaintext;
-    let rs = if legacy_plaintext {
+    let rs = if legacy_plaintext(rs, existing) {
         let mut r = rs.clone();
         r.spec.tls.insecure_plaintext = true;
         Cow::Owned(r)
@@ -56,11 +54,7 @@ pub fn validate<'a>(
         Cow::Borrowed(rs)
     };
     let desired = desired(&rs.spec)?;
-    Ok(Valid {
-        rs,
-        desired,
-        legacy_plaintext,
-    })
+    Ok(Valid { rs, desired })
 }
 
 /// The planner's target, read from the spec.
@@ -85,6 +79,12 @@ pub fn desired(spec: &ReplicatedStoreSpec) -> Result<Desired, Error> {
         read_consistency: spec.replication.read_consistency,
         paused: spec.paused,
     })
+}
+
+/// Whether `rs` asks for TLS but its existing StatefulSet runs its members without it (made
+/// by an operator before TLS).
+pub fn legacy_plaintext(rs: &ReplicatedStore, existing: Option<&StatefulSet>) -> bool {
+    runs_plaintext(existing) && !rs.spec.tls.insecure_plaintext
 }
 
 /// Whether an existing StatefulSet runs its members without TLS.
