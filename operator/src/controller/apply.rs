@@ -143,8 +143,9 @@ async fn spec_children(
     Ok(())
 }
 
-/// The Certificate (with an issuer) and [`secrets::ensure`], reusing the last answer for this
-/// store while it covers the same number of pods and is younger than
+/// The token Secrets, the Certificate (with an issuer), then the other Secrets; `None` in
+/// plaintext. Reuses the last answer for this store while it covers the same number of pods
+/// and is younger than
 /// [`Settings::credentials_recheck`].
 ///
 /// [`Settings::credentials_recheck`]: crate::controller::context::Settings::credentials_recheck
@@ -167,22 +168,32 @@ async fn credentials(
     {
         return Ok(creds.clone());
     }
-    if let Some(cert) = certificate {
-        let ns = rs.namespace().unwrap_or_default();
-        let api = Api::<Certificate>::namespaced(ctx.client.clone(), &ns);
-        ssa(&api, cert).await.map_err(|e| match e {
-            Error::Apply { source, .. } if matches!(&*source, kube::Error::Api(a) if a.code == 404) => {
-                Error::NoCertManager(source)
-            }
-            e => e,
-        })?;
-    }
-    let creds = secrets::ensure(&ctx.client, rs, pods).await?;
+    let creds = if rs.spec.tls.insecure_plaintext {
+        None
+    } else {
+        let tokens = secrets::tokens(&ctx.client, rs).await?;
+        if let Some(cert) = certificate {
+            let ns = rs.namespace().unwrap_or_default();
+            let api = Api::<Certificate>::namespaced(ctx.client.clone(), &ns);
+            ssa(&api, cert).await.map_err(no_cert_manager)?;
+        }
+        Some(secrets::ensure(&ctx.client, rs, tokens, pods).await?)
+    };
     ctx.ensured
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(memo_key, (creds.clone(), pods, Instant::now()));
     Ok(creds)
+}
+
+/// A Certificate apply answered 404: the API server has no cert-manager.
+fn no_cert_manager(e: Error) -> Error {
+    match e {
+        Error::Apply { source, .. } if matches!(&*source, kube::Error::Api(a) if a.code == 404) => {
+            Error::NoCertManager(source)
+        }
+        e => e,
+    }
 }
 
 /// Server-side apply of a whole owned object under the operator's field manager.

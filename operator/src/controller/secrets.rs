@@ -170,18 +170,19 @@ async fn kept(
     Ok((Some(s), data))
 }
 
-/// Makes sure every credential Secret of `rs` exists, holds certificates for `pods` pods and
-/// nothing due for renewal, and returns what the operator calls the members with. `None`
-/// when the store runs in plaintext. With `spec.tls.issuerRef`, the cert-manager
-/// `Certificate` must have been applied before (the apply stage does it).
-pub async fn ensure(
-    client: &Client,
-    rs: &ReplicatedStore,
-    pods: u32,
-) -> Result<Option<Credentials>> {
-    if rs.spec.tls.insecure_plaintext {
-        return Ok(None);
-    }
+/// The store's tokens, made once and kept in their Secrets.
+#[derive(Debug)]
+pub struct Tokens {
+    /// The operator's `admin` token.
+    operator: String,
+    /// The user's `write` token.
+    user: String,
+    /// The user's Secret as read (written again with the CA and endpoint by [`ensure`]).
+    user_secret: Option<Secret>,
+}
+
+/// Makes sure the operator's and the user's token Secrets of `rs` exist, and reads them.
+pub async fn tokens(client: &Client, rs: &ReplicatedStore) -> Result<Tokens> {
     let names = Names::of(rs);
     let api: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
     let new_token = || {
@@ -191,10 +192,32 @@ pub async fn ensure(
         )]))
     };
     let (_, op) = kept(&api, rs, &names.operator_secret(), "token", new_token).await?;
-    let operator_token = text(&op, "token").unwrap_or_default();
     let (user_secret, user) =
         kept(&api, rs, &names.credentials_secret(), "token", new_token).await?;
-    let user_token = text(&user, "token").unwrap_or_default();
+    Ok(Tokens {
+        operator: text(&op, "token").unwrap_or_default(),
+        user: text(&user, "token").unwrap_or_default(),
+        user_secret,
+    })
+}
+
+/// Makes sure every other credential Secret of `rs` exists (after [`tokens`]), holds
+/// certificates for `pods` pods and nothing due for renewal, and returns what the operator
+/// calls the members with. With `spec.tls.issuerRef`, the cert-manager `Certificate` must have
+/// been applied before (the apply stage does it, between [`tokens`] and this).
+pub async fn ensure(
+    client: &Client,
+    rs: &ReplicatedStore,
+    tokens: Tokens,
+    pods: u32,
+) -> Result<Credentials> {
+    let names = Names::of(rs);
+    let api: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
+    let Tokens {
+        operator: operator_token,
+        user: user_token,
+        user_secret,
+    } = tokens;
     let tokens = token_file(&operator_token, &user_token);
 
     let expires;
@@ -255,9 +278,9 @@ pub async fn ensure(
         user_data,
     )
     .await?;
-    Ok(Some(Credentials {
+    Ok(Credentials {
         ca_pem,
         token: operator_token,
         expires,
-    }))
+    })
 }
