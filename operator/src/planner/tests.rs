@@ -566,24 +566,6 @@ fn a_converged_cluster_is_done() {
     assert_eq!(plan_in(&w, &desired(3, 2)), Step::Done);
 }
 
-#[test]
-fn desired_rejects_impossible_specs() {
-    use crate::crd::ReplicatedStoreSpec;
-    let ok = ReplicatedStoreSpec::default();
-    assert_eq!(Desired::from_spec(&ok).unwrap().total(), 3);
-    for (replicas, read_replicas) in [(0, 0), (10, 0), (-1, 0), (3, -1), (3, 17)] {
-        let spec = ReplicatedStoreSpec {
-            replicas,
-            read_replicas,
-            ..ReplicatedStoreSpec::default()
-        };
-        assert!(
-            Desired::from_spec(&spec).is_err(),
-            "{replicas}/{read_replicas}"
-        );
-    }
-}
-
 // ----- properties -----
 
 fn arb_image() -> impl Strategy<Value = String> {

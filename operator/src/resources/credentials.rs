@@ -1,4 +1,5 @@
-//! The store's credentials, as Secrets the operator issues, keeps and renews.
+//! The store's credentials: the content of the Secrets the operator issues, keeps and renews,
+//! built without IO (reading and writing them is `controller::secrets`).
 //!
 //! Without `spec.tls.issuerRef` the operator runs a CA per store:
 //! - `<name>-ca`: the CA's certificate and key. Only the operator reads it.
@@ -26,13 +27,10 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client};
 use rstore_api::pki::{self, Ca, Pem};
 
-use super::{CLIENT_PORT, FIELD_MANAGER, Names, owned_meta};
+use super::{CLIENT_PORT, Names, owned_meta};
 use crate::crd::ReplicatedStore;
-use crate::{Error, Result};
 
 /// Where the pods mount their credentials.
 pub const TLS_MOUNT: &str = "/etc/rstore/tls";
@@ -59,7 +57,7 @@ pub struct Credentials {
 }
 
 /// When the first of the PEM certificates in `data` under `keys` expires.
-fn first_expiry<'a>(
+pub fn first_expiry<'a>(
     data: &BTreeMap<String, ByteString>,
     keys: impl Iterator<Item = &'a String>,
 ) -> Option<SystemTime> {
@@ -89,11 +87,11 @@ pub fn needs_renewal(cert_pem: &str, now: SystemTime) -> bool {
     }
 }
 
-fn text(data: &BTreeMap<String, ByteString>, key: &str) -> Option<String> {
+pub fn text(data: &BTreeMap<String, ByteString>, key: &str) -> Option<String> {
     String::from_utf8(data.get(key)?.0.clone()).ok()
 }
 
-fn bytes(s: &str) -> ByteString {
+pub fn bytes(s: &str) -> ByteString {
     ByteString(s.as_bytes().to_vec())
 }
 
@@ -106,7 +104,7 @@ pub fn member_data(
     pods: u32,
     tokens: &str,
     now: SystemTime,
-) -> Result<BTreeMap<String, ByteString>> {
+) -> Result<BTreeMap<String, ByteString>, IssueError> {
     let ca_pem = &ca.pem().cert;
     let same_ca = text(existing, CA_FILE).as_deref() == Some(ca_pem.as_str());
     let mut out = BTreeMap::from([
@@ -127,8 +125,9 @@ pub fn member_data(
             None => {
                 let Pem { cert, key } = ca
                     .member(&member_hosts(names, ordinal), &names.peer_url(ordinal))
-                    .map_err(|e| {
-                        Error::Credentials(format!("cannot issue a certificate for {pod}: {e:#}"))
+                    .map_err(|source| IssueError {
+                        pod: pod.clone(),
+                        source,
                     })?;
                 (bytes(&cert), bytes(&key))
             }
@@ -148,184 +147,41 @@ pub fn token_file(operator_token: &str, user_token: &str) -> String {
     )
 }
 
-/// A Secret's data, or `None` when it does not exist.
-async fn read(
-    api: &Api<Secret>,
-    name: &str,
-) -> Result<Option<(Secret, BTreeMap<String, ByteString>)>> {
-    Ok(api.get_opt(name).await?.map(|s| {
-        let data = s.data.clone().unwrap_or_default();
-        (s, data)
-    }))
-}
-
-/// Writes `data` to Secret `name` unless it holds exactly that: created when missing,
-/// replaced at the version read otherwise (a concurrent change fails, and the next
-/// reconcile starts again from what is there).
-async fn write(
-    api: &Api<Secret>,
-    rs: &ReplicatedStore,
-    name: &str,
-    current: Option<Secret>,
-    data: BTreeMap<String, ByteString>,
-) -> Result<()> {
-    match current {
-        Some(s) if s.data.as_ref() == Some(&data) => Ok(()),
-        Some(mut s) => {
-            s.data = Some(data);
-            s.string_data = None;
-            api.replace(name, &PostParams::default(), &s).await?;
-            Ok(())
-        }
-        None => {
-            let s = Secret {
-                metadata: owned_meta(rs, name),
-                data: Some(data),
-                type_: Some("Opaque".into()),
-                ..Secret::default()
-            };
-            api.create(&PostParams::default(), &s).await?;
-            Ok(())
-        }
+/// A new Secret `name` of `rs` holding `data`.
+pub fn secret(rs: &ReplicatedStore, name: &str, data: BTreeMap<String, ByteString>) -> Secret {
+    Secret {
+        metadata: owned_meta(rs, name),
+        data: Some(data),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
     }
 }
 
-/// A value kept in a Secret, made by `make` the first time.
-async fn kept(
-    api: &Api<Secret>,
-    rs: &ReplicatedStore,
-    name: &str,
-    key: &str,
-    make: impl FnOnce() -> Result<BTreeMap<String, ByteString>>,
-) -> Result<(Option<Secret>, BTreeMap<String, ByteString>)> {
-    if let Some((s, data)) = read(api, name).await? {
-        if data.contains_key(key) {
-            return Ok((Some(s), data));
-        }
-        return Err(Error::Credentials(format!(
-            "Secret {name} exists but has no `{key}`: it is not one the operator wrote; \
-             delete or rename it so that the operator can make the store's own"
-        )));
-    }
-    let data = make()?;
-    write(api, rs, name, None, data).await?;
-    // Read back: what is stored is what counts.
-    let (s, data) = read(api, name).await?.ok_or_else(|| {
-        Error::Credentials(format!("Secret {name} vanished after it was created"))
-    })?;
-    Ok((Some(s), data))
-}
-
-/// Makes sure every credential Secret of `rs` exists, holds certificates for `pods` pods and
-/// nothing due for renewal, and returns what the operator calls the members with. `None`
-/// when the store runs in plaintext.
-pub async fn ensure(
-    client: &Client,
-    rs: &ReplicatedStore,
-    pods: u32,
-) -> Result<Option<Credentials>> {
-    if rs.spec.tls.insecure_plaintext {
-        return Ok(None);
-    }
-    let names = Names::of(rs);
-    let api: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
-    let new_token = || {
-        Ok(BTreeMap::from([(
-            "token".to_owned(),
-            bytes(&pki::new_token()),
-        )]))
-    };
-    let (_, op) = kept(&api, rs, &names.operator_secret(), "token", new_token).await?;
-    let operator_token = text(&op, "token").unwrap_or_default();
-    let (user_secret, user) =
-        kept(&api, rs, &names.credentials_secret(), "token", new_token).await?;
-    let user_token = text(&user, "token").unwrap_or_default();
-    let tokens = token_file(&operator_token, &user_token);
-
-    let expires;
-    let ca_pem = match &rs.spec.tls.issuer_ref {
-        None => {
-            let ca_name = names.ca_secret();
-            let (_, ca_data) = kept(&api, rs, &ca_name, "ca.key", || {
-                let ca = Ca::generate(&format!("{}/{}", names.namespace, names.name))
-                    .map_err(|e| Error::Credentials(format!("cannot make a CA: {e:#}")))?;
-                Ok(BTreeMap::from([
-                    (CA_FILE.to_owned(), bytes(&ca.pem().cert)),
-                    ("ca.key".to_owned(), bytes(&ca.pem().key)),
-                ]))
-            })
-            .await?;
-            let pem = Pem {
-                cert: text(&ca_data, CA_FILE).unwrap_or_default(),
-                key: text(&ca_data, "ca.key").unwrap_or_default(),
-            };
-            let ca = Ca::from_pem(pem)
-                .map_err(|e| Error::Credentials(format!("Secret {ca_name} holds no usable CA: {e:#}; delete it to have a new CA made (every member then gets a new certificate)")))?
-                .with_leaf_validity(MEMBER_VALIDITY);
-            let current = read(&api, &names.tls_secret()).await?;
-            let existing = current.as_ref().map(|(_, d)| d.clone()).unwrap_or_default();
-            let data = member_data(&existing, &ca, &names, pods, &tokens, SystemTime::now())?;
-            expires = first_expiry(&data, data.keys());
-            write(&api, rs, &names.tls_secret(), current.map(|(s, _)| s), data).await?;
-            ca.pem().cert.clone()
-        }
-        Some(issuer) => {
-            let cert = super::certmanager::build(rs, issuer);
-            Api::<super::certmanager::Certificate>::namespaced(client.clone(), &names.namespace)
-                .patch(
-                    &names.member_certificate(),
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&cert),
-                )
-                .await
-                .map_err(|e| match e {
-                    kube::Error::Api(a) if a.code == 404 => Error::Credentials(
-                        "spec.tls.issuerRef needs cert-manager, but the API server has no \
-                         Certificate resource (cert-manager.io/v1): install cert-manager, or \
-                         create the store without issuerRef to use the operator's own CA"
-                            .into(),
-                    ),
-                    e => e.into(),
-                })?;
-            let current = read(&api, &names.tls_secret()).await?;
-            let data = BTreeMap::from([(TOKENS_FILE.to_owned(), bytes(&tokens))]);
-            write(&api, rs, &names.tls_secret(), current.map(|(s, _)| s), data).await?;
-            let issued = names.member_certificate_secret();
-            let issued_data = read(&api, &issued).await?.map(|(_, d)| d);
-            expires = issued_data
-                .as_ref()
-                .and_then(|d| pki::validity_of(&text(d, "tls.crt")?).ok())
-                .map(|(t, _)| t);
-            issued_data
-                .and_then(|d| text(&d, CA_FILE))
-                .filter(|c| !c.trim().is_empty())
-                .ok_or_else(|| {
-                    Error::Credentials(format!(
-                        "waiting for cert-manager to issue Secret {issued} (Certificate {}) with a ca.crt",
-                        names.member_certificate()
-                    ))
-                })?
-        }
-    };
+/// The data of the user's Secret (`<name>-credentials`): the CA, the user's token, and the
+/// endpoint to use them with.
+pub fn user_data(names: &Names, ca_pem: &str, user_token: &str) -> BTreeMap<String, ByteString> {
     let endpoint = format!("https://{}:{CLIENT_PORT}", names.client_host());
-    let user_data = BTreeMap::from([
-        (CA_FILE.to_owned(), bytes(&ca_pem)),
-        ("token".to_owned(), bytes(&user_token)),
+    BTreeMap::from([
+        (CA_FILE.to_owned(), bytes(ca_pem)),
+        ("token".to_owned(), bytes(user_token)),
         ("endpoint".to_owned(), bytes(&endpoint)),
-    ]);
-    write(
-        &api,
-        rs,
-        &names.credentials_secret(),
-        user_secret,
-        user_data,
-    )
-    .await?;
-    Ok(Some(Credentials {
-        ca_pem,
-        token: operator_token,
-        expires,
-    }))
+    ])
+}
+
+/// A member certificate could not be issued.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot issue a certificate for {pod}: {}", chain(.source))]
+pub struct IssueError {
+    /// The pod it was for.
+    pub pod: String,
+    /// Why.
+    #[source]
+    pub source: anyhow::Error,
+}
+
+/// An error with its causes on one line (`anyhow`'s alternate form).
+pub fn chain(e: &anyhow::Error) -> String {
+    format!("{e:#}")
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The Kubernetes objects a `ReplicatedStore` owns, built as pure functions of the resource
 //! (no client, no IO), one module per object: [`statefulset`], [`service`], [`pdb`],
-//! [`networkpolicy`], [`certmanager`]; [`credentials`] issues and renews the store's
-//! certificates and tokens as Secrets.
+//! [`networkpolicy`], [`certmanager`], and [`credentials`] for the content of the store's
+//! certificate and token Secrets (the reconcile's apply stage writes them).
 //!
 //! Names, labels and ports are typed constants here, so that the builders, the observer, the
 //! local pod runner and the Helm chart agree on them.
