@@ -34,11 +34,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, ResourceExt};
 use tracing::warn;
 
-pub use context::{Context, Settings};
+pub use context::{Caches, Context, Settings};
 
 use crate::controller::events::event;
 use crate::controller::report::Stuck;
@@ -46,7 +46,7 @@ use crate::controller::validate::Valid;
 use crate::crd::ReplicatedStore;
 use crate::metrics::MemberCounts;
 use crate::nodeapi::NodeApi;
-use crate::observe::{Observation, observe};
+use crate::observe::{Observation, observe, pods_of};
 use crate::planner::{Observed, Step, plan};
 use crate::resources::credentials::Credentials;
 use crate::resources::statefulset::revision_of;
@@ -147,10 +147,16 @@ async fn pipeline(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome, Error>
     }
     let names = Names::of(rs);
     let key = format!("{}/{}", names.namespace, names.name);
-    let existing = Api::<StatefulSet>::namespaced(ctx.client.clone(), &names.namespace)
-        .get_opt(names.statefulset())
-        .await
-        .map_err(Error::Observe)?;
+    let existing = match ctx.caches.get() {
+        Some(c) => c
+            .statefulsets
+            .get(&ObjectRef::new(names.statefulset()).within(&names.namespace))
+            .map(|s| (*s).clone()),
+        None => Api::<StatefulSet>::namespaced(ctx.client.clone(), &names.namespace)
+            .get_opt(names.statefulset())
+            .await
+            .map_err(Error::Observe)?,
+    };
 
     // 1. Validate.
     warn_legacy_plaintext(ctx, rs, existing.as_ref(), &key).await;
@@ -211,7 +217,11 @@ async fn look(
     ctx.metrics
         .certificate_expiry(&names.namespace, &names.name, creds.and_then(|c| c.expires));
     let nodes = ctx.node_api(key, creds).map_err(Error::NodeClient)?;
-    let mut obs = observe(&ctx.client, &nodes, rs, existing)
+    let cached_pods = ctx.caches.get().map(|c| &c.pods);
+    let pods = pods_of(&ctx.client, cached_pods, rs)
+        .await
+        .map_err(Error::Observe)?;
+    let mut obs = observe(&nodes, rs, existing, pods)
         .await
         .map_err(Error::Observe)?;
     obs.credentials_secret = creds.map(|_| names.credentials_secret());
@@ -316,11 +326,25 @@ pub async fn run(
             Api::<Pod>::all(client.clone()),
         ),
     };
+    // One watch each on StatefulSets and rstore pods, whose caches reconcile reads (so that an
+    // idle store costs the API server no GET or LIST at all) and whose events trigger it.
     let pod_config = watcher::Config::default().labels(&format!("{LABEL_NAME}=rstore"));
+    let (sts_cache, sts_writer) = reflector::store();
+    let sts_events = reflector::reflector(sts_writer, watcher(stss, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    let (pod_cache, pod_writer) = reflector::store();
+    let pod_events = reflector::reflector(pod_writer, watcher(pods, pod_config))
+        .default_backoff()
+        .touched_objects();
+    let _ = ctx.caches.set(Caches {
+        statefulsets: sts_cache,
+        pods: pod_cache,
+    });
     Controller::new(stores, watcher::Config::default())
-        .owns(stss, watcher::Config::default())
+        .owns_stream(sts_events)
         // Pods belong to the StatefulSet, not to us: map them back by their instance label.
-        .watches(pods, pod_config, |pod: Pod| {
+        .watches_stream(pod_events, |pod: Pod| {
             let name = pod.labels().get(LABEL_INSTANCE)?.clone();
             let ns = pod.namespace()?;
             Some(ObjectRef::<ReplicatedStore>::new(&name).within(&ns))

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 
 use crate::crd::ReplicatedStore;
@@ -101,20 +102,39 @@ impl Observation {
     }
 }
 
-/// Reads the pods and every node, next to the StatefulSet the caller read.
-pub async fn observe(
+/// The store's pods: from the controller's watch cache when there is one, else listed.
+pub async fn pods_of(
     client: &Client,
+    cache: Option<&Store<Pod>>,
+    rs: &ReplicatedStore,
+) -> Result<Vec<Pod>, kube::Error> {
+    let names = Names::of(rs);
+    if let Some(cache) = cache {
+        let selector = names.selector_labels();
+        return Ok(cache
+            .state()
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(names.namespace.as_str()))
+            .filter(|p| selector.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
+            .map(|p| (**p).clone())
+            .collect());
+    }
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
+    Ok(pod_api
+        .list(&ListParams::default().labels(&names.selector_string()))
+        .await?
+        .items)
+}
+
+/// Reads every node, next to the StatefulSet and the pods the caller read.
+pub async fn observe(
     nodes: &NodeApi,
     rs: &ReplicatedStore,
     statefulset: Option<StatefulSet>,
+    pod_list: Vec<Pod>,
 ) -> Result<Observation, kube::Error> {
     let names = Names::of(rs);
-    let pod_api: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
-    let pod_list = pod_api
-        .list(&ListParams::default().labels(&names.selector_string()))
-        .await?;
     let mut pods: BTreeMap<u32, PodState> = pod_list
-        .items
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| {

@@ -6,8 +6,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
 
 use crate::health::HealthClock;
 use crate::metrics::Metrics;
@@ -79,6 +82,19 @@ pub struct Context {
     pub(crate) applied: Mutex<HashMap<String, (u32, Instant)>>,
     /// Per store: the credentials last ensured, for how many pods, and when.
     pub(crate) ensured: Mutex<HashMap<String, Ensured>>,
+    /// The controller's watch caches, when it runs against a real API server ([`run`]):
+    /// reconcile reads the StatefulSet and the pods from them. Without them (the in-memory
+    /// API server has no watch) it reads from the API.
+    ///
+    /// [`run`]: crate::controller::run
+    pub(crate) caches: std::sync::OnceLock<Caches>,
+}
+
+/// The watch caches of the StatefulSets and of the rstore pods.
+#[derive(Clone)]
+pub struct Caches {
+    pub statefulsets: Store<StatefulSet>,
+    pub pods: Store<Pod>,
 }
 
 impl Context {
@@ -101,6 +117,7 @@ impl Context {
             warned: Mutex::default(),
             applied: Mutex::default(),
             ensured: Mutex::default(),
+            caches: std::sync::OnceLock::new(),
         }
     }
 
