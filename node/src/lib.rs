@@ -1,29 +1,41 @@
 //! rstore node: one member of a replicated key-value store cluster.
 //!
-//! Layout:
-//! - [`types`]: the openraft type configuration and the commands in the log;
-//! - [`identity`]: the persisted node id and cluster id;
-//! - [`app`]: the state a running node shares; [`node`]: starting and stopping one;
-//! - [`tls`], [`auth`], [`pki`]: certificates, credentials and roles; [`listener`]: the
-//!   connection cap and timeouts on both ports;
-//! - [`api`]: the client port; [`network`]: member-to-member traffic on the peer port;
-//! - [`store`]: the Raft log and vote in a write-ahead log with a true durability barrier, and
-//!   the state machine in memory with snapshot files as checkpoints.
+//! The modules form a one-way stack: each uses only those below it (a test in
+//! `node/tests/module_cycles.rs`, run in CI, fails on any module cycle). Bottom to top:
+//! 1. storage and commands: [`types`] (the openraft type configuration, the commands in the
+//!    log), [`store`] (the Raft log and vote in a write-ahead log with a true durability
+//!    barrier; the state machine in memory, with snapshot files as checkpoints),
+//!    [`identity`] (the persisted node id and cluster id), [`metrics`];
+//! 2. configuration, TLS and credentials: [`config`] (the server flags and settings),
+//!    [`auth`] (roles and tokens), [`tls`], [`pki`]; [`web`] (the JSON error and the body
+//!    reader both ports share); [`listener`] (the connection cap and timeouts on both ports);
+//! 3. peer traffic and the write path below HTTP: [`network`] (Raft RPC to peers),
+//!    [`batcher`] (group commit and acknowledgement by replication mode), [`readindex`],
+//!    [`watchdog`], and the follower's batched forwarder ([`forward::client`]);
+//! 4. [`app`]: the state a running node shares with its handlers;
+//! 5. the two ports: [`api`] (the client port) and [`peer`] (the peer port), with
+//!    [`forward`] (both sides of forwarding to the leader);
+//! 6. [`node`]: starting and running one, on listeners the caller binds;
+//! 7. [`cli`]: the command line (`node serve`, `dev`, `cert`, and the `kv`/`cluster` client),
+//!    which no server module imports.
 
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod batcher;
 pub mod cli;
-pub mod dev;
+pub mod config;
+pub mod forward;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod peer;
 pub use rstore_api::pki;
 pub mod readindex;
 pub mod store;
 pub mod tls;
 pub mod types;
 pub mod watchdog;
+pub mod web;

@@ -15,13 +15,13 @@ use axum::response::{IntoResponse, Response};
 use openraft::ChangeMembers;
 use openraft::error::{ChangeMembershipError, ClientWriteError, InitializeError, RaftError};
 
-use super::forward::on_leader;
-use super::kv::read_body;
-use super::{ApiError, ApiResult, parse_query};
-use crate::app::{App, role_name};
+use crate::app::App;
+use crate::forward::leader::on_leader;
 use crate::types::{
     ClusterConfig, Member, NodeId, RaftMetrics, ReadConsistency, ReplicationMode, Request,
+    role_name,
 };
+use crate::web::{ApiError, ApiResult, parse_query, read_body};
 pub use rstore_api::admin::{
     AddMember, ClusterView, ConfigChange, MemberRole, MemberView, NodeInfo, Security,
 };
@@ -172,7 +172,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         body,
         64 << 10,
         "request body",
-        std::time::Duration::from_millis(crate::cli::DEFAULT_BODY_TIMEOUT_MS),
+        std::time::Duration::from_millis(crate::config::DEFAULT_BODY_TIMEOUT_MS),
     )
     .await?;
     let value = serde_json::from_slice(&raw).map_err(|e| {

@@ -9,12 +9,12 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::Serialize;
 
-use super::forward::{linearizable_barrier, on_leader, write_via_leader};
-use super::{ApiError, ApiResult, parse_query};
 use crate::app::App;
 use crate::batcher::{Ack, WriteError};
+use crate::forward::leader::{linearizable_barrier, on_leader, write_via_leader};
 use crate::store::Record;
 use crate::types::{Command, Condition, Outcome, ReadConsistency, TxnOpResult};
+use crate::web::{ApiError, ApiResult, parse_query, read_body};
 
 /// The consistency of a read: the request's `consistency` parameter, else the cluster default.
 pub fn consistency(app: &App, s: Option<&String>) -> ApiResult<ReadConsistency> {
@@ -99,89 +99,6 @@ fn condition(headers: &HeaderMap) -> ApiResult<Condition> {
             format!("If-None-Match supports only *, to create a key that does not exist; got {n}"),
         )),
         (None, None) => Ok(Condition::None),
-    }
-}
-
-/// How much of a refused body is still read (and dropped) before the 413 goes out, and for
-/// how long. A client that writes its whole body before it reads the answer (most do) gets
-/// the 413 instead of a broken pipe when the server closes the connection under it; bodies
-/// past this are cut off as before.
-const LINGER_BYTES: usize = 16 << 20;
-const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Read and drop what is left of `body`, up to [`LINGER_BYTES`] and [`LINGER_TIME`].
-async fn linger(mut body: Body, mut seen: usize) {
-    use http_body_util::BodyExt;
-    let deadline = tokio::time::Instant::now() + LINGER_TIME;
-    while seen <= LINGER_BYTES {
-        match tokio::time::timeout_at(deadline, body.frame()).await {
-            Ok(Some(Ok(frame))) => seen += frame.data_ref().map_or(0, |d| d.len()),
-            _ => return,
-        }
-    }
-}
-
-/// Read a request body up to `limit` bytes, answering 413 beyond it.
-pub async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-    what: &str,
-    timeout: std::time::Duration,
-) -> ApiResult<Bytes> {
-    use http_body_util::BodyExt;
-    let too_large = |n: Option<usize>| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "value_too_large",
-            match n {
-                Some(n) => format!("the {what} is {n} bytes; the limit is {limit} bytes"),
-                None => format!("the {what} exceeds the limit of {limit} bytes"),
-            },
-        )
-    };
-    if let Some(len) = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && len > limit
-    {
-        if len <= LINGER_BYTES {
-            linger(body, 0).await;
-        }
-        return Err(too_large(Some(len)));
-    }
-    let mut body = body;
-    let mut buf = bytes::BytesMut::new();
-    // A body sent a byte at a time must not hold a connection and a handler for ever.
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let Ok(frame) = tokio::time::timeout_at(deadline, body.frame()).await else {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "the {what} did not arrive within {} ms (RSTORE_BODY_TIMEOUT_MS); send the body at once",
-                    timeout.as_millis()
-                ),
-            ));
-        };
-        let Some(frame) = frame else {
-            return Ok(buf.freeze());
-        };
-        let frame = frame.map_err(|e| {
-            ApiError::bad_request(
-                "invalid_request",
-                format!("could not read the request body: {e}"),
-            )
-        })?;
-        if let Some(data) = frame.data_ref() {
-            if buf.len() + data.len() > limit {
-                linger(body, buf.len() + data.len()).await;
-                return Err(too_large(None));
-            }
-            buf.extend_from_slice(data);
-        }
     }
 }
 
