@@ -263,15 +263,8 @@ impl Node {
             limits,
             metrics: app.metrics.clone(),
         };
-        // The peer port: Raft RPC and forwarded batches, and client API requests relayed by
-        // members, which the client API serves once the relay guard let them in.
-        let relayed = crate::api::router(app.clone()).layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            crate::forward::serve::relay_guard,
-        ));
-        let peer_router = crate::peer::router(app.clone(), crate::forward::serve::routes())
-            .fallback_service(relayed);
-        let peer = listener(Port::Peer, self.peer_listener).serve(peer_router, stop_rx.clone());
+        let peer = listener(Port::Peer, self.peer_listener)
+            .serve(peer_router(app.clone()), stop_rx.clone());
         let client = listener(Port::Client, self.client_listener)
             .serve(crate::api::router(app.clone()), stop_rx.clone());
         let (a, b) = tokio::join!(tokio::spawn(peer), tokio::spawn(client));
@@ -291,6 +284,16 @@ impl Node {
         tracing::info!("node stopped");
         Ok(())
     }
+}
+
+/// The peer port's router: Raft RPC and forwarded batches, and client API requests relayed
+/// by members, which the client API serves once the relay guard let them in.
+pub fn peer_router(app: Arc<App>) -> axum::Router {
+    let relayed = crate::api::router(app.clone()).layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        crate::forward::serve::relay_guard,
+    ));
+    crate::peer::router(app, crate::forward::serve::routes()).fallback_service(relayed)
 }
 
 /// Follow Raft's metrics: update gauges, count and log leader changes.

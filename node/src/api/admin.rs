@@ -160,19 +160,20 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     (StatusCode::OK, "ready").into_response()
 }
 
-/// Read a small JSON request body; `shape` tells the user what is expected.
+/// Read a small JSON request body within the configured body timeout (`--body-timeout-ms`,
+/// as for every other body); `shape` tells the user what is expected.
 async fn read_json<T: serde::de::DeserializeOwned>(
+    app: &App,
     headers: &HeaderMap,
     body: Body,
     shape: &str,
 ) -> ApiResult<(Bytes, T)> {
-    // Admin bodies are small and need the admin role: the default body timeout will do.
     let raw = read_body(
         headers,
         body,
         64 << 10,
         "request body",
-        std::time::Duration::from_millis(crate::config::DEFAULT_BODY_TIMEOUT_MS),
+        app.settings.body_timeout,
     )
     .await?;
     let value = serde_json::from_slice(&raw).map_err(|e| {
@@ -314,6 +315,7 @@ pub async fn add_member(
 ) -> ApiResult {
     parse_query(&uri, &[])?;
     let (body, req): (_, AddMember) = read_json(
+        &app,
         &headers,
         body,
         r#"{"id":u64,"peer_url":..,"client_url":..,"role":"voter|learner"}"#,
@@ -509,6 +511,7 @@ pub async fn put_config(
 ) -> ApiResult {
     parse_query(&uri, &[])?;
     let (body, change): (_, ConfigChange) = read_json(
+        &app,
         &headers,
         body,
         r#"{"replication_mode":"quorum|sync|async","read_consistency":"linearizable|leader|stale"}"#,
