@@ -147,6 +147,9 @@ impl<'ast> Visit<'ast> for FileVisitor<'_> {
     // Doc comments and other attributes name nothing the module depends on.
     fn visit_attribute(&mut self, _: &'ast syn::Attribute) {}
 
+    // `pub(super)` and `pub(in crate::x)` say who may see an item, not what it uses.
+    fn visit_visibility(&mut self, _: &'ast syn::Visibility) {}
+
     fn visit_item(&mut self, item: &'ast syn::Item) {
         let attrs: &[syn::Attribute] = match item {
             syn::Item::Const(i) => &i.attrs,
@@ -536,17 +539,21 @@ fn a_parent_and_child_that_use_each_other_are_a_cycle() {
         ("src/lib.rs", "pub mod api;\n"),
         (
             "src/api/mod.rs",
-            "pub mod kv;\npub struct Error;\npub fn router() { kv::get(); }\n",
+            "pub mod kv;\npub mod other;\npub struct Error;\npub fn router() { kv::get(); other::f(); }\n",
         ),
         (
             "src/api/kv.rs",
             "pub fn get() -> Option<super::Error> { None }\n",
+        ), // Visibility is not use: `other` is below `api`, not in a cycle with it.
+        (
+            "src/api/other.rs",
+            "pub(super) fn f() {}\npub(in crate::api) fn g() {}\n",
         ),
     ]);
     let found = cycles(&dir.path().join("src/lib.rs")).unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
-        found[0][0].contains("crate::api, crate::api::kv"),
+        found[0][0].ends_with("cycle among crate::api, crate::api::kv:"),
         "{found:?}"
     );
 }
