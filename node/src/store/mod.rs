@@ -20,9 +20,10 @@ use std::sync::Arc;
 
 pub use durable::{AckRegistry, FlushStats, Flusher};
 pub use log::LogStore;
-pub use sm::{
-    Event, EventKind, HistoryError, KvReader, Record, Retention, RevisionEvents, StateMachineStore,
-};
+pub use sm::StateMachineStore;
+pub use sm::history::{Event, EventKind, HistoryError, Retention, RevisionEvents};
+pub use sm::reader::KvReader;
+pub use sm::record::Record;
 
 /// Log segment size unless `RSTORE_WAL_SEGMENT_BYTES` says otherwise.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
