@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod authorize;
 pub mod kv;
+pub mod read;
 pub mod txn;
 pub mod watch;
 
@@ -25,13 +26,13 @@ use crate::web::ApiError;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/v1/kv", get(kv::list))
+        .route("/v1/kv", get(read::list))
         .route(
             "/v1/kv/{*key}",
-            get(kv::get).put(kv::put).delete(kv::delete),
+            get(read::get).put(kv::put).delete(kv::delete),
         )
         // An empty key is answered 400 invalid_key by the same handlers.
-        .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/kv/", get(read::get).put(kv::put).delete(kv::delete))
         .route("/v1/txn", post(txn::txn))
         .route("/v1/watch", get(watch::watch))
         .route(
