@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod authorize;
+pub mod cluster;
 pub mod kv;
 pub mod read;
 pub mod txn;
@@ -37,13 +38,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/watch", get(watch::watch))
         .route(
             "/v1/cluster/config",
-            get(admin::get_config).put(admin::put_config),
+            get(admin::get_config).put(cluster::put_config),
         )
         .route("/v1/node", get(admin::node))
         .route("/v1/cluster", get(admin::cluster))
-        .route("/v1/cluster/init", post(admin::init))
-        .route("/v1/cluster/members", post(admin::add_member))
-        .route("/v1/cluster/members/{id}", delete(admin::remove_member))
+        .route("/v1/cluster/init", post(cluster::init))
+        .route("/v1/cluster/members", post(cluster::add_member))
+        .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(metrics))
