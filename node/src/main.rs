@@ -1,4 +1,6 @@
-//! The `node` binary: parses the command line and runs the chosen command.
+//! The `node` binary, kept thin so that tests drive the same code through the library: it
+//! parses the command line, binds the listeners `node serve` names, and runs the chosen
+//! command.
 
 use clap::Parser;
 

@@ -1,5 +1,8 @@
 //! Starting and running one node: credentials, storage, Raft, the two listeners, and
-//! shutdown. The state they share is [`crate::app::App`].
+//! shutdown, wired together in one place so that no part below needs to know the others.
+//! [`Node::start`] takes listeners the caller bound (as mini-redis's `run` does), so that
+//! in-process tests bind port 0; the binary binds the addresses its flags name
+//! ([`bind`]). The state the parts share is [`crate::app::App`].
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -155,7 +158,7 @@ impl Node {
         let batcher = Batcher::start(
             raft.clone(),
             kv.clone(),
-            storage.acks.clone(),
+            log_handle.clone(),
             storage.flusher.clone(),
             metrics.clone(),
             BatcherConfig {

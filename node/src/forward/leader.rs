@@ -1,6 +1,7 @@
-//! The client API's side of forwarding: finding the leader, and running a request there: writes and read-index requests
-//! through the batched forwarder, other leader-only requests relayed whole to the leader's
-//! peer port (where only members get in) with the role established here.
+//! The client API's side of forwarding: finding the leader, and running a request there:
+//! writes and read-index requests through the batched forwarder, other leader-only requests
+//! relayed whole to the leader's peer port (where only members get in) with the role
+//! established here.
 //!
 //! A relayed request carries `x-rstore-forwarded`. A node that receives one but is not
 //! the leader (leadership moved in between) answers 503 with `x-rstore-not-leader`, and the

@@ -11,17 +11,17 @@
 //! segments whose entries are all purged can be removed without losing any of them (only
 //! those: see `Inner::removable`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
 
-use super::durable::{AckRegistry, Dirty, Flusher};
+use super::durable::{Dirty, Flusher};
 use super::wal::{self, Kind, Location, Wal};
 use crate::types::{Entry, LogId, NodeId, Request, StorageError, TypeConfig, Vote};
 
@@ -139,6 +139,43 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     bincode::serialize(v).expect("log records encode")
 }
 
+/// Leader-side waiters for "this batch is durable in my own log", used by the `async`
+/// replication mode ([`LogStore::when_durable`]). The batcher registers a batch id before
+/// submitting it; `append` takes the waiter when it writes that batch and hands it to the
+/// flusher, which wakes it after the barrier that covers the append.
+#[derive(Default)]
+struct AckRegistry {
+    waiting: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
+    count: AtomicUsize,
+}
+
+impl AckRegistry {
+    fn register(&self, id: u64) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut w = self.waiting.lock().expect("ack lock");
+        w.insert(id, tx);
+        self.count.store(w.len(), Ordering::Release);
+        rx
+    }
+
+    fn cancel(&self, id: u64) {
+        let mut w = self.waiting.lock().expect("ack lock");
+        w.remove(&id);
+        self.count.store(w.len(), Ordering::Release);
+    }
+
+    /// The waiter for batch `id`, if someone registered one.
+    fn take(&self, id: u64) -> Option<tokio::sync::oneshot::Sender<()>> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut w = self.waiting.lock().expect("ack lock");
+        let tx = w.remove(&id);
+        self.count.store(w.len(), Ordering::Release);
+        tx
+    }
+}
+
 /// The log store. Clones share the same log; openraft uses clones as log readers.
 #[derive(Clone)]
 pub struct LogStore {
@@ -251,22 +288,30 @@ impl Opened {
     }
 
     /// `committed` starts at the log's commit index; the watermark shares it.
-    pub fn into_store(
-        self,
-        flusher: Flusher,
-        acks: Arc<AckRegistry>,
-        committed: Arc<AtomicU64>,
-    ) -> LogStore {
+    pub fn into_store(self, flusher: Flusher, committed: Arc<AtomicU64>) -> LogStore {
         LogStore {
             inner: Arc::new(Mutex::new(self.inner)),
             flusher,
-            acks,
+            acks: Arc::default(),
             committed,
         }
     }
 }
 
 impl LogStore {
+    /// Wakes once batch `batch` (the id in [`crate::types::Batch`]) is durable in this log:
+    /// the leader's own durability, which is what the `async` replication mode acknowledges.
+    /// Register before submitting the batch to Raft, and [`LogStore::forget`] it when done
+    /// waiting (it is also forgotten once it fires).
+    pub fn when_durable(&self, batch: u64) -> tokio::sync::oneshot::Receiver<()> {
+        self.acks.register(batch)
+    }
+
+    /// Stop waiting for batch `batch` ([`LogStore::when_durable`]).
+    pub fn forget(&self, batch: u64) {
+        self.acks.cancel(batch)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("log lock")
     }
@@ -496,7 +541,7 @@ mod tests {
         let opened = Opened::read(dir, SEGMENT).unwrap();
         let barrier = Barrier::new(opened.dirty(), dir, None);
         let flusher = Flusher::start(barrier, |_| {}).unwrap();
-        opened.into_store(flusher, Arc::default(), Arc::new(AtomicU64::new(0)))
+        opened.into_store(flusher, Arc::new(AtomicU64::new(0)))
     }
 
     fn log_id(term: u64, index: u64) -> LogId {
