@@ -1,7 +1,8 @@
 //! rstore node: one member of a replicated key-value store cluster.
 //!
-//! The modules form a one-way stack: each uses only those below it (a test in
-//! `node/tests/module_cycles.rs`, run in CI, fails on any module cycle). Bottom to top:
+//! The modules form a one-way stack: each uses only its own layer and those below it
+//! (`node/tests/module_cycles.rs`, run in CI, fails on any module cycle and on any use of a
+//! layer above). Bottom to top:
 //! 1. storage and commands: [`types`] (the openraft type configuration, the commands in the
 //!    log), [`store`] (the Raft log and vote in a write-ahead log with a true durability
 //!    barrier; the state machine in memory, with snapshot files as checkpoints),

@@ -1,6 +1,7 @@
 //! No crate of the workspace has a module cycle: the modules of each crate form a one-way
 //! stack, so that each can be read, tested and changed knowing only those below it. CI runs
-//! this check as a step of its own (`.ci/run`, "module cycles").
+//! this check as a step of its own (`.ci/run`, "module cycles"). For the node, a second test
+//! holds the stack to the layers `node/src/lib.rs` describes ([`NODE_LAYERS`]).
 //!
 //! Why our own check: `cargo-modules` (the usual tool) needs a newer rustc in its current
 //! release, and its last release for our toolchain did not finish building within nine
@@ -324,7 +325,10 @@ fn cycles(root: &Path) -> Result<Vec<Vec<String>>, Vec<String>> {
         .collect())
 }
 
-fn cycle_sets(root: &Path) -> Result<Vec<Cycle>, Vec<String>> {
+/// A crate's file modules, and its edges with an example path for each.
+type Edges = (BTreeSet<String>, BTreeMap<(String, String), String>);
+
+fn edges(root: &Path) -> Result<Edges, Vec<String>> {
     let mut graph = Graph::default();
     load(&mut graph, root, vec!["crate".into()]);
     if !graph.errors.is_empty() {
@@ -340,9 +344,14 @@ fn cycle_sets(root: &Path) -> Result<Vec<Cycle>, Vec<String>> {
                 .or_insert_with(|| segs.join("::"));
         }
     }
+    Ok((graph.modules.into_values().collect(), edges))
+}
+
+fn cycle_sets(root: &Path) -> Result<Vec<Cycle>, Vec<String>> {
+    let (modules, edges) = edges(root)?;
     let mut g = DiGraph::<String, ()>::new();
     let mut index: BTreeMap<String, NodeIndex> = BTreeMap::new();
-    for file in graph.modules.values().collect::<BTreeSet<_>>() {
+    for file in &modules {
         index.insert(file.clone(), g.add_node(file.clone()));
     }
     for (from, to) in edges.keys() {
@@ -465,6 +474,73 @@ fn no_crate_of_the_workspace_has_a_module_cycle() {
         report.join("\n\n")
     );
     println!("{checked} crate roots checked: no module cycle but the known ones above");
+}
+
+/// The node's layers, bottom to top, as `node/src/lib.rs` describes them: a module may use
+/// modules of its own layer or below, never above. (Within a layer, the cycle check keeps
+/// the order one-way.) Each module is named by its path; a prefix covers its children.
+const NODE_LAYERS: &[&[&str]] = &[
+    // Storage and commands.
+    &["types", "store", "identity", "metrics"],
+    // Configuration, TLS, credentials, and what both HTTP ports share.
+    &["config", "auth", "tls", "web", "listener"],
+    // Peer traffic and the write path below HTTP.
+    &[
+        "network",
+        "batcher",
+        "readindex",
+        "watchdog",
+        "forward",
+        "forward::client",
+    ],
+    // The shared state.
+    &["app"],
+    // The client API and the peer server, with the leader-side of forwarding.
+    &["api", "peer", "forward::leader", "forward::serve"],
+    &["node"],
+    // The command line, which no server module may use.
+    &["cli"],
+];
+
+fn node_layer(module: &str) -> Option<usize> {
+    let name = module.strip_prefix("crate::")?;
+    let mut best: Option<(usize, usize)> = None;
+    for (layer, names) in NODE_LAYERS.iter().enumerate() {
+        for n in *names {
+            let covers = name == *n || name.starts_with(&format!("{n}::"));
+            if covers && best.is_none_or(|(len, _)| n.len() > len) {
+                best = Some((n.len(), layer));
+            }
+        }
+    }
+    best.map(|(_, layer)| layer)
+}
+
+#[test]
+fn the_node_is_a_one_way_stack_of_layers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs");
+    let (modules, edges) = edges(&root).unwrap();
+    let unplaced: Vec<&String> = modules
+        .iter()
+        .filter(|m| *m != "crate" && node_layer(m).is_none())
+        .collect();
+    assert!(
+        unplaced.is_empty(),
+        "modules in no layer of NODE_LAYERS: {unplaced:?}"
+    );
+    let upward: Vec<String> = edges
+        .iter()
+        .filter(|((from, to), _)| {
+            // The crate root declares the modules and re-exports `pki` (another crate's).
+            from != "crate" && to != "crate" && node_layer(from).unwrap() < node_layer(to).unwrap()
+        })
+        .map(|((from, to), via)| format!("{from} -> {to} (names `{via}`)"))
+        .collect();
+    assert!(
+        upward.is_empty(),
+        "modules that use a layer above their own:\n{}",
+        upward.join("\n")
+    );
 }
 
 /// A crate of `files` (path, source) in a temporary directory; its root is `src/lib.rs`.
