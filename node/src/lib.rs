@@ -19,6 +19,17 @@
 //! 6. [`node`]: starting and running one, on listeners the caller binds;
 //! 7. [`cli`]: the command line (`node serve`, `dev`, `cert`, and the `kv`/`cluster` client),
 //!    which no server module imports.
+//!
+//! A write, file by file (`PUT /v1/kv/{key}`):
+//! 1. `api/mod.rs` routes it, behind `api/authorize.rs`, to `api/kv.rs`, which parses the
+//!    key and condition, reads the body (`web.rs`) and answers at the end;
+//! 2. `forward/leader.rs` finds the leader: this node's batcher, or (on a follower)
+//!    `forward/client.rs`, which batches writes to the leader's peer port, where
+//!    `forward/serve.rs` (through `peer.rs`) hands them to the leader's batcher;
+//! 3. `batcher.rs` groups writes into one log entry and acknowledges each by replication
+//!    mode: in `async` mode once `store/log/mod.rs` says the entry is durable on the leader
+//!    (its `store/durable.rs` barrier), else once `store/sm/mod.rs` applied it
+//!    (`store/sm/apply.rs` decides the outcome).
 
 pub mod api;
 pub mod app;

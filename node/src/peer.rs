@@ -30,7 +30,7 @@ use crate::metrics::RpcLabels;
 use crate::network::{Envelope, MAX_RPC_BYTES, REFUSED_STATUS};
 use crate::tls::ConnInfo;
 use crate::types::{NodeId, TypeConfig};
-use crate::web::read_body;
+use crate::web::{ApiError, read_body};
 
 type PeerState = Arc<App>;
 
@@ -94,24 +94,21 @@ pub fn check_sender(app: &App, conn: Option<&ConnInfo>, from: NodeId) -> Result<
 
 /// A body refused for its size was not read to the end, so the connection cannot carry
 /// another request: say so, rather than let the sender write into a closed socket.
-async fn close_after_413(mut resp: Response) -> Response {
-    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        // The same JSON error as the client port's.
-        let body = serde_json::json!({"error": {
-            "code": "request_too_large",
-            "message": format!(
-                "the body exceeds what this peer endpoint reads ({} bytes for Raft RPC, {} for a forwarded batch)",
-                MAX_RPC_BYTES + 4096,
-                MAX_BODY_BYTES
-            ),
-        }});
-        resp = (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
-        resp.headers_mut().insert(
-            axum::http::header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
+async fn close_after_413(resp: Response) -> Response {
+    if resp.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return resp;
     }
-    resp
+    // The client port's JSON error, which also closes the connection.
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        format!(
+            "the body exceeds what this peer endpoint reads ({} bytes for Raft RPC, {} for a forwarded batch)",
+            MAX_RPC_BYTES + 4096,
+            MAX_BODY_BYTES
+        ),
+    )
+    .into_response()
 }
 
 fn refuse(msg: String) -> Response {
