@@ -446,3 +446,29 @@ async fn the_peer_port_refuses_strangers_malformed_rpcs_and_oversized_bodies() {
         (StatusCode::REQUEST_TIMEOUT, "request_timeout")
     );
 }
+
+#[tokio::test]
+async fn conflicting_cluster_changes_answer_409() {
+    let f = start().await;
+    let init = || {
+        f.req("POST", "/v1/cluster/init", Some(&f.admin))
+            .body(Body::empty())
+            .unwrap()
+    };
+    // Another membership change holds this node's lock.
+    {
+        let _running = f.app.membership_lock.lock().await;
+        let (status, _, body) = f.client(init()).await;
+        assert_eq!(
+            (status, code(&body).as_str()),
+            (StatusCode::CONFLICT, "membership_change_in_progress")
+        );
+    }
+    // A node another cluster added (it knows that cluster's id) cannot start a new one.
+    f.app.identity.adopt_cluster("another-cluster").unwrap();
+    let (status, _, body) = f.client(init()).await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (StatusCode::CONFLICT, "already_initialized")
+    );
+}
