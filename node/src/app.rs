@@ -1,114 +1,22 @@
-//! A running node's shared state ([`App`], handed to every handler on both ports) and its
-//! settings. Starting and stopping it is [`crate::node`].
+//! The state a running node shares with every handler on both ports, as openraft's
+//! examples keep it: one struct, built by `Node::start`, so that the handlers above it
+//! depend on one thing and the parts below it (storage, Raft, the batcher, peer traffic,
+//! configuration) know nothing of HTTP handlers.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
-
-use openraft::ServerState;
 
 use crate::auth::Tokens;
 use crate::batcher::Batcher;
+use crate::config::Settings;
+use crate::forward::client::Forwarder;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::network::client::ContactTracker;
-use crate::network::forwarder::Forwarder;
 use crate::network::http::PeerHttp;
 use crate::readindex::ReadIndex;
 use crate::store::{self, KvReader};
-use crate::tls::{Tls, TlsPaths};
+use crate::tls::Tls;
 use crate::types::{Member, NodeId, Raft, RaftMetrics};
-
-/// Everything a node needs to start. Built from the command line by `node serve`.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub data_dir: PathBuf,
-    pub listen_client: String,
-    pub advertise_client: String,
-    pub listen_peer: String,
-    pub advertise_peer: String,
-    pub max_key_bytes: usize,
-    pub max_value_bytes: usize,
-    pub heartbeat_ms: u64,
-    pub election_min_ms: u64,
-    pub election_max_ms: u64,
-    pub snapshot_logs: u64,
-    /// Size of each write-ahead log segment.
-    pub wal_segment_bytes: u64,
-    pub write_timeout: Duration,
-    pub sync_timeout: Duration,
-    /// Write batches in the Raft pipeline at once.
-    pub write_pipeline: usize,
-    /// `async` mode: most acknowledged-but-uncommitted log entries on the leader.
-    pub async_max_lag: u64,
-    /// `async` mode: how recently the leader must have heard from a quorum to acknowledge
-    /// before commit.
-    pub async_quorum_contact: Duration,
-    pub catch_up_timeout: Duration,
-    /// Writes that add data are refused (507) while the keys and values hold this many bytes.
-    pub max_data_bytes: u64,
-    /// Change history kept for watches.
-    pub watch_history: store::Retention,
-    /// TLS on both ports; `None` only with `--insecure-plaintext`.
-    pub tls: Option<TlsPaths>,
-    /// Bearer tokens (hashed) for the client port.
-    pub token_file: Option<PathBuf>,
-    /// `/metrics` answers without credentials.
-    pub metrics_open: bool,
-    /// Open connections per listener; more are closed at once.
-    pub max_connections: usize,
-    /// Time a connection has to finish its TLS handshake and each request head; also how
-    /// long a keep-alive connection may sit idle.
-    pub header_timeout: Duration,
-    /// Time a request body has to arrive whole (408 after).
-    pub body_timeout: Duration,
-    /// Concurrent watches on this member; more answer 429.
-    pub max_watches: usize,
-    /// Bytes a watch may have waiting to be sent before the watcher is cut off.
-    pub watch_buffer_bytes: usize,
-}
-
-impl Settings {
-    /// Whether the client port checks credentials: always with TLS, and in plaintext mode
-    /// when a token file is given.
-    pub fn authentication(&self) -> bool {
-        self.tls.is_some() || self.token_file.is_some()
-    }
-
-    /// The URL scheme members speak.
-    pub fn scheme(&self) -> &'static str {
-        if self.tls.is_some() { "https" } else { "http" }
-    }
-
-    pub fn write_limits(&self) -> crate::types::WriteLimits {
-        crate::types::WriteLimits {
-            max_key_bytes: self.max_key_bytes,
-            max_value_bytes: self.max_value_bytes,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot create data directory {0}: {1}")]
-    DataDir(PathBuf, std::io::Error),
-    #[error(transparent)]
-    Identity(#[from] crate::identity::IdentityError),
-    #[error(transparent)]
-    Store(#[from] store::OpenError),
-    #[error(
-        "this node is a member of cluster {cluster_id} (says {dir}/identity.json), but its write-ahead log {dir}/wal is gone. Starting empty under the same id would break Raft's safety. Restore the data directory from backup, or wipe it entirely (identity.json too) to rejoin as a new member"
-    )]
-    DataLost { dir: String, cluster_id: String },
-    #[error("invalid Raft settings: {0}")]
-    Config(String),
-    #[error("cannot start Raft: {0}")]
-    Raft(String),
-    #[error("cannot listen on {0}: {1}")]
-    Listen(String, std::io::Error),
-    #[error("{0:#}")]
-    Credentials(anyhow::Error),
-}
 
 /// Shared state of a running node, handed to every HTTP handler.
 pub struct App {
@@ -150,18 +58,5 @@ impl App {
             peer_url: self.settings.advertise_peer.clone(),
             client_url: self.settings.advertise_client.clone(),
         }
-    }
-}
-
-pub fn role_name(m: &RaftMetrics) -> &'static str {
-    let initialized = m.membership_config.membership().get_node(&m.id).is_some();
-    match m.state {
-        ServerState::Leader => "leader",
-        ServerState::Candidate => "candidate",
-        ServerState::Follower if !initialized => "uninitialized",
-        ServerState::Follower => "follower",
-        ServerState::Learner if !initialized => "uninitialized",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
     }
 }

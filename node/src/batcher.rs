@@ -26,7 +26,7 @@ use openraft::error::ClientWriteError;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::store::{AckRegistry, Flusher, KvReader};
+use crate::store::{Flusher, KvReader, LogStore};
 use crate::types::{
     Batch, Command, Invalid, NodeId, Outcome, Raft, ReplicationMode, Request, WriteLimits,
 };
@@ -74,7 +74,8 @@ struct Pending {
 struct Ctx {
     raft: Raft,
     kv: KvReader,
-    acks: Arc<AckRegistry>,
+    /// The leader's own log, which says when a batch is durable in it (`async` mode).
+    log: LogStore,
     flusher: Flusher,
     metrics: Arc<Metrics>,
     write_timeout: Duration,
@@ -165,7 +166,7 @@ impl Batcher {
     pub fn start(
         raft: Raft,
         kv: KvReader,
-        acks: Arc<AckRegistry>,
+        log: LogStore,
         flusher: Flusher,
         metrics: Arc<Metrics>,
         config: BatcherConfig,
@@ -177,7 +178,7 @@ impl Batcher {
         let ctx = Arc::new(Ctx {
             raft,
             kv,
-            acks,
+            log,
             flusher,
             metrics,
             write_timeout: config.write_timeout,
@@ -316,7 +317,7 @@ async fn submit(ctx: &Ctx, batch: Vec<Pending>, permit: tokio::sync::OwnedSemaph
     }
     let (cmds, txs): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, Some(p.tx))).unzip();
     let mut txs = txs;
-    let ack_rx = early.iter().any(|e| *e).then(|| ctx.acks.register(id));
+    let ack_rx = early.iter().any(|e| *e).then(|| ctx.log.when_durable(id));
     let deadline = tokio::time::Instant::now() + ctx.write_timeout;
 
     let mut rx = match ctx
@@ -326,7 +327,7 @@ async fn submit(ctx: &Ctx, batch: Vec<Pending>, permit: tokio::sync::OwnedSemaph
     {
         Ok(rx) => rx,
         Err(e) => {
-            ctx.acks.cancel(id);
+            ctx.log.forget(id);
             return fail(&mut txs, WriteError::Unknown(format!("raft stopped: {e}")));
         }
     };
@@ -343,7 +344,7 @@ async fn submit(ctx: &Ctx, batch: Vec<Pending>, permit: tokio::sync::OwnedSemaph
             r = &mut rx => result = Some(r),
             _ = tokio::time::sleep_until(deadline) => {}
         }
-        ctx.acks.cancel(id);
+        ctx.log.forget(id);
         // Let the next batch go without waiting for this one's commit, unless the leader
         // already holds too much that is acknowledged but not yet committed.
         let last = ctx.raft.metrics().borrow().last_log_index.unwrap_or(0);

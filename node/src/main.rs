@@ -1,4 +1,6 @@
-//! The `node` binary: parses the command line and runs the chosen command.
+//! The `node` binary, kept thin so that tests drive the same code through the library: it
+//! parses the command line, binds the listeners `node serve` names, and runs the chosen
+//! command.
 
 use clap::Parser;
 
@@ -9,8 +11,9 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use rstore_node::cli::{Cli, Command, LogFormat};
-use rstore_node::node::Node;
+use rstore_node::cli::{Cli, Command};
+use rstore_node::config::LogFormat;
+use rstore_node::node::{self, Node};
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -70,14 +73,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(hosts) = &args.hosts_file {
                 rstore_node::network::hosts::set_file(hosts.clone());
             }
-            let node = Node::start(settings).await?;
+            let (client, peer) = node::bind(&settings).await?;
+            let node = Node::start(settings, client, peer).await?;
             node.run(shutdown_signal(args.exit_with_stdin)).await
         }
-        Command::Dev(args) => rstore_node::dev::run(args).await,
+        Command::Dev(args) => rstore_node::cli::dev::run(args).await,
         // Client commands: one clear line on failure, never a backtrace.
-        Command::Kv(cmd) => client_result(rstore_node::cli::run_kv(cmd).await),
-        Command::Cluster(cmd) => client_result(rstore_node::cli::run_cluster(cmd).await),
-        Command::Cert(cmd) => client_result(rstore_node::cli::run_cert(cmd)),
+        Command::Kv(cmd) => client_result(rstore_node::cli::client::run_kv(cmd).await),
+        Command::Cluster(cmd) => client_result(rstore_node::cli::client::run_cluster(cmd).await),
+        Command::Cert(cmd) => client_result(rstore_node::cli::cert::run_cert(cmd)),
     }
 }
 

@@ -1,4 +1,6 @@
-//! Prometheus metrics of a node, served at `/metrics` on the client port.
+//! Prometheus metrics of a node, served at `/metrics` on the client port: what an operator
+//! needs to see a node's health, load and lag without reading its logs. At the bottom of
+//! the stack, so that any layer can count what it does.
 
 use std::sync::atomic::AtomicU64;
 

@@ -1,29 +1,67 @@
 //! Starting and running one node: credentials, storage, Raft, the two listeners, and
-//! shutdown. The state they share is [`crate::app::App`].
+//! shutdown, wired together in one place so that no part below needs to know the others.
+//! [`Node::start`] takes listeners the caller bound (as mini-redis's `run` does), so that
+//! in-process tests bind port 0; the binary binds the addresses its flags name
+//! ([`bind`]). The state the parts share is [`crate::app::App`].
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 
-use crate::app::{App, Settings, StartError, role_name};
+use crate::app::App;
 use crate::auth::Tokens;
 use crate::batcher::{Batcher, BatcherConfig};
+use crate::config::Settings;
+use crate::forward::client::Forwarder;
 use crate::identity::Identity;
 use crate::listener::{Limits, Listener};
 use crate::metrics::{Metrics, RoleLabels};
 use crate::network::client::{ContactTracker, PeerNetwork};
-use crate::network::forwarder::Forwarder;
 use crate::network::http::PeerHttp;
 use crate::readindex::ReadIndex;
 use crate::store;
 use crate::tls::{Port, Tls};
-use crate::types::{NodeId, Raft};
+use crate::types::{NodeId, Raft, role_name};
 
 /// How often certificate and token files are checked for changes.
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error(transparent)]
+    Store(#[from] crate::store::OpenError),
+    #[error(
+        "this node is a member of cluster {cluster_id} (says {dir}/identity.json), but its write-ahead log {dir}/wal is gone. Starting empty under the same id would break Raft's safety. Restore the data directory from backup, or wipe it entirely (identity.json too) to rejoin as a new member"
+    )]
+    DataLost { dir: String, cluster_id: String },
+    #[error("invalid Raft settings: {0}")]
+    Config(String),
+    #[error("cannot start Raft: {0}")]
+    Raft(String),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+    #[error("{0:#}")]
+    Credentials(anyhow::Error),
+}
+
+/// Bind the two listeners `settings` name, as `node serve` does before [`Node::start`].
+pub async fn bind(settings: &Settings) -> Result<(TcpListener, TcpListener), StartError> {
+    let client = TcpListener::bind(&settings.listen_client)
+        .await
+        .map_err(|e| StartError::Listen(settings.listen_client.clone(), e))?;
+    let peer = TcpListener::bind(&settings.listen_peer)
+        .await
+        .map_err(|e| StartError::Listen(settings.listen_peer.clone(), e))?;
+    Ok((client, peer))
+}
 
 /// A started node. `run` serves until `shutdown` resolves.
 pub struct Node {
@@ -33,7 +71,14 @@ pub struct Node {
 }
 
 impl Node {
-    pub async fn start(settings: Settings) -> Result<Self, StartError> {
+    /// Start a node that will serve on the listeners given (bound by the caller, so that
+    /// tests can bind port 0): the client port on `client_listener`, the peer port on
+    /// `peer_listener`. Nothing is served until [`Node::run`].
+    pub async fn start(
+        settings: Settings,
+        client_listener: TcpListener,
+        peer_listener: TcpListener,
+    ) -> Result<Self, StartError> {
         std::fs::create_dir_all(&settings.data_dir)
             .map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
         let identity = Arc::new(Identity::load_or_create(&settings.data_dir)?);
@@ -110,17 +155,10 @@ impl Node {
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
 
-        let client_listener = TcpListener::bind(&settings.listen_client)
-            .await
-            .map_err(|e| StartError::Listen(settings.listen_client.clone(), e))?;
-        let peer_listener = TcpListener::bind(&settings.listen_peer)
-            .await
-            .map_err(|e| StartError::Listen(settings.listen_peer.clone(), e))?;
-
         let batcher = Batcher::start(
             raft.clone(),
             kv.clone(),
-            storage.acks.clone(),
+            log_handle.clone(),
             storage.flusher.clone(),
             metrics.clone(),
             BatcherConfig {
@@ -228,14 +266,8 @@ impl Node {
             limits,
             metrics: app.metrics.clone(),
         };
-        // The peer port: Raft RPC and forwarded batches, and client API requests relayed by
-        // members, which the client API serves once the relay guard let them in.
-        let relayed = crate::api::router(app.clone()).layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            crate::network::server::relay_guard,
-        ));
-        let peer_router = crate::network::server::router(app.clone()).fallback_service(relayed);
-        let peer = listener(Port::Peer, self.peer_listener).serve(peer_router, stop_rx.clone());
+        let peer = listener(Port::Peer, self.peer_listener)
+            .serve(peer_router(app.clone()), stop_rx.clone());
         let client = listener(Port::Client, self.client_listener)
             .serve(crate::api::router(app.clone()), stop_rx.clone());
         let (a, b) = tokio::join!(tokio::spawn(peer), tokio::spawn(client));
@@ -255,6 +287,16 @@ impl Node {
         tracing::info!("node stopped");
         Ok(())
     }
+}
+
+/// The peer port's router: Raft RPC and forwarded batches, and client API requests relayed
+/// by members, which the client API serves once the relay guard let them in.
+pub fn peer_router(app: Arc<App>) -> axum::Router {
+    let relayed = crate::api::router(app.clone()).layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        crate::forward::serve::relay_guard,
+    ));
+    crate::peer::router(app, crate::forward::serve::routes()).fallback_service(relayed)
 }
 
 /// Follow Raft's metrics: update gauges, count and log leader changes.

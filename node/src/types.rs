@@ -6,6 +6,7 @@
 
 use std::io::Cursor;
 
+use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
 openraft::declare_raft_types!(
@@ -413,4 +414,18 @@ pub use rstore_api::{ReadConsistency, ReplicationMode};
 pub struct ClusterConfig {
     pub replication_mode: ReplicationMode,
     pub read_consistency: ReadConsistency,
+}
+
+/// The role a node's metrics show, as the admin API and the logs name it.
+pub fn role_name(m: &RaftMetrics) -> &'static str {
+    let initialized = m.membership_config.membership().get_node(&m.id).is_some();
+    match m.state {
+        ServerState::Leader => "leader",
+        ServerState::Candidate => "candidate",
+        ServerState::Follower if !initialized => "uninitialized",
+        ServerState::Follower => "follower",
+        ServerState::Learner if !initialized => "uninitialized",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
 }

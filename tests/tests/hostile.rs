@@ -210,7 +210,7 @@ async fn peer_rpcs_for_another_cluster_or_node_are_refused_and_have_no_effect() 
     let forward = format!(
         "{}{}",
         cluster.nodes[leader].peer_url,
-        rstore_node::network::forwarder::PATH
+        rstore_node::forward::PATH
     );
     let (status, text) = post(
         &member_http(&cluster, follower),
@@ -219,7 +219,7 @@ async fn peer_rpcs_for_another_cluster_or_node_are_refused_and_have_no_effect() 
             cluster.nodes[follower].id,
             Some(&other_cluster),
             cluster.nodes[leader].id,
-            rstore_node::network::forwarder::ForwardRequest {
+            rstore_node::forward::ForwardRequest {
                 writes: Vec::new(),
                 read_index: true,
             },
@@ -557,7 +557,7 @@ async fn malformed_and_oversized_bodies_get_4xx_and_the_cluster_keeps_serving() 
         let forward = format!(
             "{}{}",
             cluster.nodes[node].peer_url,
-            rstore_node::network::forwarder::PATH
+            rstore_node::forward::PATH
         );
         for (what, body) in &bodies {
             let (status, text) = post(&as_member, &forward, body.clone()).await;
@@ -587,7 +587,7 @@ async fn malformed_and_oversized_bodies_get_4xx_and_the_cluster_keeps_serving() 
     let forward = peer_dest(&cluster, leader, follower);
     let head = format!(
         "POST {} HTTP/1.1\r\nhost: x\r\ncontent-length: {over}\r\n\r\n",
-        rstore_node::network::forwarder::PATH
+        rstore_node::forward::PATH
     );
     let a = raw_exchange(&forward, head, over, false).await;
     assert_eq!(a.status, 413, "forward with {over} bytes declared: {a:?}");
@@ -1068,7 +1068,7 @@ async fn truncated_snapshot_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_forwarded_past_the_client_api_are_checked_by_the_batcher() {
     use rstore_node::batcher::{Ack, WriteError};
-    use rstore_node::network::forwarder::{ForwardRequest, ForwardResponse, MAX_BODY_BYTES, PATH};
+    use rstore_node::forward::{ForwardRequest, ForwardResponse, MAX_BODY_BYTES, PATH};
     use rstore_node::types::{Command as Cmd, Condition};
 
     let mut cluster = Cluster::start(3).await;
@@ -1188,7 +1188,7 @@ async fn a_64_mib_write_gets_413_on_every_route_and_the_cluster_keeps_committing
         for (method, path) in [
             ("PUT", "/v1/kv/huge"),
             ("POST", "/v1/txn"),
-            ("POST", rstore_node::network::forwarder::PATH),
+            ("POST", rstore_node::forward::PATH),
         ] {
             for chunked in [false, true] {
                 let framing = if chunked {

@@ -148,13 +148,13 @@ async fn forged_raft_traffic_changes_nothing_without_a_members_certificate() {
     let forward_url = format!(
         "{}{}",
         cluster.nodes[leader].peer_url,
-        rstore_node::network::forwarder::PATH
+        rstore_node::forward::PATH
     );
     let forward = envelope(
         FORGER,
         &cluster_id,
         leader_id,
-        rstore_node::network::forwarder::ForwardRequest {
+        rstore_node::forward::ForwardRequest {
             writes: vec![Cmd::Put {
                 key: "forged".into(),
                 value: b"evil".to_vec(),
@@ -1083,7 +1083,7 @@ async fn slow_body_senders_get_408() {
         .unwrap();
     // And the Raft RPCs: a member that stalls mid-body holds no handler past the timeout.
     for path in [
-        rstore_node::network::forwarder::PATH,
+        rstore_node::forward::PATH,
         "/raft/append",
         "/raft/vote",
         "/raft/snapshot",

@@ -1,40 +1,27 @@
-//! The KV API: get, put, delete and range listing of keys.
+//! The KV API's keys and writes: what a key is (`/v1/kv/{key}`, percent-decoded, within
+//! its limit), conditional writes (`If-Match`, `If-None-Match`), and the write handlers,
+//! from the request to the answer, so that a write reads top to bottom in one file:
+//! [`put`] and [`delete`] parse the request, run the command on the leader
+//! ([`crate::forward::leader::write_via_leader`]) and turn its outcome into the answer
+//! ([`write_response`]). Reads are [`super::read`].
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::Serialize;
 
-use super::forward::{linearizable_barrier, on_leader, write_via_leader};
-use super::{ApiError, ApiResult, parse_query};
 use crate::app::App;
 use crate::batcher::{Ack, WriteError};
-use crate::store::Record;
-use crate::types::{Command, Condition, Outcome, ReadConsistency, TxnOpResult};
-
-/// The consistency of a read: the request's `consistency` parameter, else the cluster default.
-pub fn consistency(app: &App, s: Option<&String>) -> ApiResult<ReadConsistency> {
-    parse_consistency(s.map(|s| s.as_str()), app.kv.config().read_consistency)
-}
-
-fn parse_consistency(s: Option<&str>, default: ReadConsistency) -> ApiResult<ReadConsistency> {
-    match s {
-        None => Ok(default),
-        Some(name) => name.parse().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_request",
-                format!("unknown consistency '{name}'; use linearizable, leader or stale"),
-            )
-        }),
-    }
-}
+use crate::forward::leader::write_via_leader;
+use crate::types::{Command, Condition, Outcome, TxnOpResult};
+use crate::web::{ApiError, ApiResult, parse_query, read_body};
 
 /// The key from `/v1/kv/{key}`: percent-decoded, UTF-8, within the size limit.
-fn key_from_path(max_key_bytes: usize, uri: &Uri) -> ApiResult<String> {
+pub(super) fn key_from_path(max_key_bytes: usize, uri: &Uri) -> ApiResult<String> {
     let raw = uri.path().strip_prefix("/v1/kv/").unwrap_or("");
     let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
     check_key(max_key_bytes, bytes)
@@ -102,90 +89,7 @@ fn condition(headers: &HeaderMap) -> ApiResult<Condition> {
     }
 }
 
-/// How much of a refused body is still read (and dropped) before the 413 goes out, and for
-/// how long. A client that writes its whole body before it reads the answer (most do) gets
-/// the 413 instead of a broken pipe when the server closes the connection under it; bodies
-/// past this are cut off as before.
-const LINGER_BYTES: usize = 16 << 20;
-const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Read and drop what is left of `body`, up to [`LINGER_BYTES`] and [`LINGER_TIME`].
-async fn linger(mut body: Body, mut seen: usize) {
-    use http_body_util::BodyExt;
-    let deadline = tokio::time::Instant::now() + LINGER_TIME;
-    while seen <= LINGER_BYTES {
-        match tokio::time::timeout_at(deadline, body.frame()).await {
-            Ok(Some(Ok(frame))) => seen += frame.data_ref().map_or(0, |d| d.len()),
-            _ => return,
-        }
-    }
-}
-
-/// Read a request body up to `limit` bytes, answering 413 beyond it.
-pub async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-    what: &str,
-    timeout: std::time::Duration,
-) -> ApiResult<Bytes> {
-    use http_body_util::BodyExt;
-    let too_large = |n: Option<usize>| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "value_too_large",
-            match n {
-                Some(n) => format!("the {what} is {n} bytes; the limit is {limit} bytes"),
-                None => format!("the {what} exceeds the limit of {limit} bytes"),
-            },
-        )
-    };
-    if let Some(len) = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && len > limit
-    {
-        if len <= LINGER_BYTES {
-            linger(body, 0).await;
-        }
-        return Err(too_large(Some(len)));
-    }
-    let mut body = body;
-    let mut buf = bytes::BytesMut::new();
-    // A body sent a byte at a time must not hold a connection and a handler for ever.
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let Ok(frame) = tokio::time::timeout_at(deadline, body.frame()).await else {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "the {what} did not arrive within {} ms (RSTORE_BODY_TIMEOUT_MS); send the body at once",
-                    timeout.as_millis()
-                ),
-            ));
-        };
-        let Some(frame) = frame else {
-            return Ok(buf.freeze());
-        };
-        let frame = frame.map_err(|e| {
-            ApiError::bad_request(
-                "invalid_request",
-                format!("could not read the request body: {e}"),
-            )
-        })?;
-        if let Some(data) = frame.data_ref() {
-            if buf.len() + data.len() > limit {
-                linger(body, buf.len() + data.len()).await;
-                return Err(too_large(None));
-            }
-            buf.extend_from_slice(data);
-        }
-    }
-}
-
-fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+pub(super) fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
     (status, axum::Json(v)).into_response()
 }
 
@@ -395,181 +299,6 @@ pub async fn delete(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap) -
     )
 }
 
-/// Serve a read locally once its consistency level allows, or forward it to the leader.
-async fn read<F>(
-    app: &Arc<App>,
-    consistency: ReadConsistency,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    local: F,
-) -> ApiResult
-where
-    F: Fn() -> ApiResult,
-{
-    match consistency {
-        ReadConsistency::Stale => local(),
-        ReadConsistency::Leader => {
-            on_leader(app, method, uri, headers, Bytes::new(), || async {
-                local().map(Some)
-            })
-            .await
-        }
-        ReadConsistency::Linearizable => {
-            linearizable_barrier(app).await?;
-            local()
-        }
-    }
-}
-
-fn revision_header(app: &App) -> (&'static str, String) {
-    ("x-rstore-revision", app.kv.revision().to_string())
-}
-
-pub async fn get(
-    State(app): State<Arc<App>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> ApiResult {
-    let key = key_from_path(app.settings.max_key_bytes, &uri)?;
-    let q = parse_query(&uri, &["consistency"])?;
-    let consistency = consistency(&app, q.get("consistency"))?;
-    read(&app, consistency, &method, &uri, &headers, || {
-        let record = app.kv.get(&key);
-        let rev = revision_header(&app);
-        match record {
-            Some(Record {
-                create_revision,
-                mod_revision,
-                version,
-                value,
-            }) => Ok((
-                StatusCode::OK,
-                [
-                    ("content-type", "application/octet-stream".to_string()),
-                    ("etag", format!("\"{version}\"")),
-                    rev,
-                    ("x-rstore-create-revision", create_revision.to_string()),
-                    ("x-rstore-mod-revision", mod_revision.to_string()),
-                ],
-                value,
-            )
-                .into_response()),
-            None => {
-                let mut r = ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "key_not_found",
-                    format!("key '{key}' does not exist"),
-                )
-                .into_response();
-                r.headers_mut()
-                    .insert(rev.0, HeaderValue::from_str(&rev.1).expect("header"));
-                Ok(r)
-            }
-        }
-    })
-    .await
-}
-
-#[derive(Serialize)]
-struct ListItem {
-    key: String,
-    value_base64: String,
-    version: u64,
-    create_revision: u64,
-    mod_revision: u64,
-}
-
-#[derive(Serialize)]
-struct ListResponse {
-    revision: u64,
-    items: Vec<ListItem>,
-    more: bool,
-}
-
-pub const MAX_LIST_LIMIT: usize = 10_000;
-
-/// The query of `GET /v1/kv`.
-#[derive(Debug, PartialEq, Eq)]
-struct ListParams {
-    prefix: String,
-    start_after: Option<String>,
-    limit: usize,
-    /// Checked against the cluster default by [`parse_consistency`].
-    consistency: Option<String>,
-}
-
-fn list_params(uri: &Uri) -> ApiResult<ListParams> {
-    let mut q = parse_query(uri, &["prefix", "start_after", "limit", "consistency"])?;
-    // Checked first, as before the refactoring: the default does not matter here.
-    if let Some(c) = q.get("consistency") {
-        parse_consistency(Some(c), ReadConsistency::Linearizable)?;
-    }
-    let limit = match q.get("limit") {
-        None => 100,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_request",
-                    format!("limit must be a number from 1 to {MAX_LIST_LIMIT}; got '{l}'"),
-                ));
-            }
-        },
-    };
-    Ok(ListParams {
-        prefix: q.remove("prefix").unwrap_or_default(),
-        start_after: q.remove("start_after"),
-        limit,
-        consistency: q.remove("consistency"),
-    })
-}
-
-/// A list page stops growing once its keys and values reach this many bytes (about 5.4 MiB
-/// of JSON with base64 values); `more` then says to continue with `start_after`.
-pub const MAX_LIST_BYTES: usize = 4 << 20;
-
-pub async fn list(
-    State(app): State<Arc<App>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> ApiResult {
-    let ListParams {
-        prefix,
-        start_after,
-        limit,
-        consistency,
-    } = list_params(&uri)?;
-    let consistency = parse_consistency(consistency.as_deref(), app.kv.config().read_consistency)?;
-    read(&app, consistency, &method, &uri, &headers, || {
-        let revision = app.kv.revision();
-        let (items, more) = app
-            .kv
-            .list(&prefix, start_after.as_deref(), limit, MAX_LIST_BYTES);
-        let items = items
-            .into_iter()
-            .map(|i| ListItem {
-                key: i.key,
-                value_base64: base64::engine::general_purpose::STANDARD.encode(&i.record.value),
-                version: i.record.version,
-                create_revision: i.record.create_revision,
-                mod_revision: i.record.mod_revision,
-            })
-            .collect();
-        Ok(json(
-            StatusCode::OK,
-            &ListResponse {
-                revision,
-                items,
-                more,
-            },
-        ))
-    })
-    .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,23 +334,6 @@ mod tests {
             let e = condition(&bad).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", e.message);
         }
-    }
-
-    #[test]
-    fn consistency_levels_parse_with_the_cluster_default() {
-        use ReadConsistency::*;
-        assert_eq!(parse_consistency(None, Stale).unwrap(), Stale);
-        assert_eq!(parse_consistency(None, Linearizable).unwrap(), Linearizable);
-        assert_eq!(
-            parse_consistency(Some("stale"), Linearizable).unwrap(),
-            Stale
-        );
-        assert_eq!(parse_consistency(Some("leader"), Stale).unwrap(), Leader);
-        assert_eq!(
-            parse_consistency(Some("linearizable"), Stale).unwrap(),
-            Linearizable
-        );
-        assert!(parse_consistency(Some("eventual"), Stale).is_err());
     }
 
     mod props {
@@ -692,14 +404,6 @@ mod tests {
             }
 
             #[test]
-            fn raw_path_segments_never_panic(path in "/v1/kv/[ -~]{0,80}") {
-                if let Ok(uri) = path.parse::<Uri>() {
-                    let _ = key_from_path(MAX, &uri);
-                    let _ = list_params(&uri);
-                }
-            }
-
-            #[test]
             fn conditions_parse_or_fail_with_400(
                 m in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..24)),
                 n in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..24)),
@@ -729,34 +433,6 @@ mod tests {
                 let tag = format!("{}\"{v}\"", if weak { "W/" } else { "" });
                 let h = headers(&[("if-match", &tag)]);
                 prop_assert_eq!(condition(&h).unwrap(), Condition::Version(v));
-            }
-
-            #[test]
-            fn list_queries_parse_or_fail_with_400(query in "[a-z_=&%0-9A-F.+-]{0,60}") {
-                let uri: Uri = format!("/v1/kv?{query}").parse().unwrap();
-                match list_params(&uri) {
-                    Ok(p) => prop_assert!((1..=MAX_LIST_LIMIT).contains(&p.limit)),
-                    Err(e) => {
-                        prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
-                        prop_assert!(matches!(e.code, "unknown_parameter" | "invalid_request"), "{}", e.code);
-                    }
-                }
-            }
-
-            #[test]
-            fn list_limits_are_checked(limit in any::<i64>()) {
-                let uri: Uri = format!("/v1/kv?limit={limit}&prefix=a%2F").parse().unwrap();
-                match list_params(&uri) {
-                    Ok(p) => {
-                        prop_assert!((1..=MAX_LIST_LIMIT as i64).contains(&limit));
-                        prop_assert_eq!(p.limit as i64, limit);
-                        prop_assert_eq!(p.prefix, "a/");
-                    }
-                    Err(e) => {
-                        prop_assert!(!(1..=MAX_LIST_LIMIT as i64).contains(&limit));
-                        prop_assert!(e.message.contains(&limit.to_string()), "{}", e.message);
-                    }
-                }
             }
         }
     }

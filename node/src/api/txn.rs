@@ -12,11 +12,11 @@ use axum::response::IntoResponse;
 use base64::Engine;
 use serde::Deserialize;
 
-use super::forward::write_via_leader;
-use super::kv::{check_key, read_body, write_response_txn};
-use super::{ApiError, ApiResult, parse_query};
+use super::kv::{check_key, write_response_txn};
 use crate::app::App;
+use crate::forward::leader::write_via_leader;
 use crate::types::{Command, Compare, CompareOp, CompareTarget, Txn, TxnOp};
+use crate::web::{ApiError, ApiResult, parse_query, read_body};
 
 pub use crate::types::MAX_TXN_OPS;
 

@@ -33,9 +33,9 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use tokio::sync::{broadcast, mpsc};
 
-use super::{ApiError, ApiResult, parse_query};
 use crate::app::App;
 use crate::store::{EventKind, HistoryError, KvReader, RevisionEvents};
+use crate::web::{ApiError, ApiResult, parse_query};
 
 fn compacted(requested: u64, oldest: u64) -> ApiError {
     ApiError::new(

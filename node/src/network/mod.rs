@@ -1,19 +1,14 @@
-//! Member-to-member traffic, all on the peer port (mutual TLS): Raft RPC in a compact binary
-//! (bincode) encoding over HTTP/1.1, write batches and read-index requests forwarded to the
-//! leader, and client API requests relayed to it.
-//! - sending: [`client`] (Raft RPC) and [`forwarder`], both through [`http`], which resolves
-//!   peer names through [`hosts`] first;
-//! - receiving: [`server`], which checks the sender's certificate against the membership and
-//!   every envelope's cluster id and target node id before openraft sees it.
+//! The sending side of member-to-member traffic, all to the peer port (mutual TLS): Raft RPC
+//! in a compact binary (bincode) encoding over HTTP/1.1 ([`client`]), through one pooled
+//! HTTP client ([`http`]) that resolves peer names through [`hosts`] first. The envelope and
+//! limits here are shared with the receiving side, the peer server ([`crate::peer`]), which
+//! checks the sender's certificate against the membership and every envelope's cluster id
+//! and target node id before openraft sees it. Forwarding to the leader is
+//! [`crate::forward`].
 
 pub mod client;
-pub mod forwarder;
 pub mod hosts;
 pub mod http;
-pub mod server;
-
-/// Header of a client API request a member relays to the leader: the sender's node id.
-pub const FORWARDED: &str = "x-rstore-forwarded";
 
 use serde::{Deserialize, Serialize};
 

@@ -12,10 +12,9 @@
 //! torn tail (a truncated segment) would otherwise come back as a node that silently
 //! forgot log entries and votes it had acknowledged.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -143,42 +142,6 @@ impl Barrier {
         {
             tracing::warn!(error = %e, "cannot update the durability watermark");
         }
-    }
-}
-
-/// Leader-side waiters for "this batch is durable in my own log", used by the `async`
-/// replication mode. The batcher registers a batch id before submitting it; the log store
-/// takes the waiter when it appends that batch and hands it to the flusher.
-#[derive(Default)]
-pub struct AckRegistry {
-    waiting: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
-    count: AtomicUsize,
-}
-
-impl AckRegistry {
-    pub fn register(&self, id: u64) -> tokio::sync::oneshot::Receiver<()> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut w = self.waiting.lock().expect("ack lock");
-        w.insert(id, tx);
-        self.count.store(w.len(), Ordering::Release);
-        rx
-    }
-
-    pub fn cancel(&self, id: u64) {
-        let mut w = self.waiting.lock().expect("ack lock");
-        w.remove(&id);
-        self.count.store(w.len(), Ordering::Release);
-    }
-
-    /// The waiter for batch `id`, if someone registered one.
-    pub fn take(&self, id: u64) -> Option<tokio::sync::oneshot::Sender<()>> {
-        if self.count.load(Ordering::Acquire) == 0 {
-            return None;
-        }
-        let mut w = self.waiting.lock().expect("ack lock");
-        let tx = w.remove(&id);
-        self.count.store(w.len(), Ordering::Release);
-        tx
     }
 }
 

@@ -18,11 +18,12 @@ pub mod wal;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use durable::{AckRegistry, FlushStats, Flusher};
+pub use durable::{FlushStats, Flusher};
 pub use log::LogStore;
-pub use sm::{
-    Event, EventKind, HistoryError, KvReader, Record, Retention, RevisionEvents, StateMachineStore,
-};
+pub use sm::StateMachineStore;
+pub use sm::history::{Event, EventKind, HistoryError, Retention, RevisionEvents};
+pub use sm::reader::KvReader;
+pub use sm::record::Record;
 
 /// Log segment size unless `RSTORE_WAL_SEGMENT_BYTES` says otherwise.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
@@ -66,7 +67,6 @@ pub struct Storage {
     pub log: LogStore,
     pub sm: StateMachineStore,
     pub flusher: Flusher,
-    pub acks: Arc<AckRegistry>,
 }
 
 /// Open (or create) the storage under `data_dir`.
@@ -103,12 +103,11 @@ pub async fn open(
             found: saved.map_or("none".into(), |s| s.to_string()),
         });
     }
-    let acks = Arc::new(AckRegistry::default());
     let committed = Arc::new(std::sync::atomic::AtomicU64::new(saved.unwrap_or(0)));
     let watermark = durable::Watermark::new(data_dir, committed.clone()).map_err(io)?;
     let barrier = durable::Barrier::new(opened.dirty(), &wal_dir, Some(watermark));
     let flusher = Flusher::start(barrier, observe).map_err(io)?;
-    let log = opened.into_store(flusher.clone(), acks.clone(), committed);
+    let log = opened.into_store(flusher.clone(), committed);
     let sm = StateMachineStore::open(&data_dir.join("snapshot"), log.clone(), retention)
         .map_err(|e| OpenError::StateMachine(e.to_string()))?;
     // The saved commit index always covers the snapshot file (`LogStore::cover_snapshot`).
@@ -129,10 +128,5 @@ pub async fn open(
             found: saved.map_or("none".into(), |s| s.to_string()),
         });
     }
-    Ok(Storage {
-        log,
-        sm,
-        flusher,
-        acks,
-    })
+    Ok(Storage { log, sm, flusher })
 }

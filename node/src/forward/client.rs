@@ -1,4 +1,5 @@
-//! Batched forwarding from a follower to the leader.
+//! The follower's side of forwarding: the batched client that sends writes and read-index
+//! requests to the leader.
 //!
 //! Under load, most client requests reach followers (a Kubernetes Service spreads them).
 //! Forwarding each one as its own HTTP request doubles the leader's per-request work, so a
@@ -13,9 +14,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::{ForwardRequest, ForwardResponse, MAX_BATCH_BYTES, PATH};
 use crate::batcher::{Ack, WriteError};
 use crate::identity::Identity;
 use crate::network::Envelope;
@@ -23,16 +24,9 @@ use crate::network::http::{self, PeerHttp};
 use crate::readindex::ReadError;
 use crate::types::{Command, NodeId};
 
-pub const PATH: &str = "/internal/v1/forward";
 /// Round trips to the leader in flight at once.
 const PIPELINE: usize = 8;
 const MAX_BATCH: usize = 1024;
-/// A forwarded batch stops growing past this many bytes of commands, so that it stays well
-/// within what the leader reads ([`MAX_BODY_BYTES`]) however many large writes queue up.
-const MAX_BATCH_BYTES: usize = 16 << 20;
-/// Largest forwarded batch the leader reads: one batch at its byte bound, plus one command
-/// at its limit, plus room for the envelope.
-pub const MAX_BODY_BYTES: usize = MAX_BATCH_BYTES + crate::types::MAX_COMMAND_BYTES + (1 << 20);
 
 impl Item {
     fn size(&self) -> usize {
@@ -41,19 +35,6 @@ impl Item {
             Item::Read(_) => 0,
         }
     }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ForwardRequest {
-    pub writes: Vec<Command>,
-    /// Whether a read index is wanted.
-    pub read_index: bool,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ForwardResponse {
-    pub writes: Vec<Result<Ack, WriteError>>,
-    pub read_index: Option<Result<u64, ReadError>>,
 }
 
 enum Item {

@@ -1,6 +1,7 @@
-//! Finding the leader, and forwarding a request to it: writes and read-index requests
-//! through the batched forwarder, other leader-only requests relayed whole to the leader's
-//! peer port (where only members get in) with the role established here.
+//! The client API's side of forwarding: finding the leader, and running a request there:
+//! writes and read-index requests through the batched forwarder, other leader-only requests
+//! relayed whole to the leader's peer port (where only members get in) with the role
+//! established here.
 //!
 //! A relayed request carries `x-rstore-forwarded`. A node that receives one but is not
 //! the leader (leadership moved in between) answers 503 with `x-rstore-not-leader`, and the
@@ -14,14 +15,13 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, ApiResult};
 use crate::app::App;
 use crate::batcher::{Ack, WriteError};
 use crate::readindex::ReadError;
 use crate::types::{Command, NodeId};
+use crate::web::{ApiError, ApiResult};
 
-pub use crate::network::FORWARDED;
-pub const NOT_LEADER: &str = "x-rstore-not-leader";
+use super::{FORWARDED, NOT_LEADER};
 
 /// Where a leader-only request should run.
 pub enum Route {

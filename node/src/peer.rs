@@ -1,6 +1,7 @@
 //! The receiving side of member-to-member traffic: the peer port's router. It serves Raft
-//! RPC, batches forwarded by followers ([`forwarder`](super::forwarder)), and client API
-//! requests relayed to the leader, and nothing else.
+//! RPC, and the routes of forwarding ([`crate::forward::serve`]: batches forwarded by
+//! followers, client API requests relayed to the leader), and nothing else. Every peer
+//! request's body is received here ([`receive`]): bounded, from an allowed sender, decoded.
 //!
 //! Every RPC must come from a current member (or a learner being added): with TLS the
 //! listener already required a certificate signed by the cluster CA, and [`check_sender`]
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -22,24 +23,26 @@ use bincode::Options;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::forwarder::{ForwardRequest, ForwardResponse, MAX_BODY_BYTES, PATH};
-use super::{Envelope, MAX_RPC_BYTES, REFUSED_STATUS};
 use crate::app::App;
+use crate::forward::MAX_BODY_BYTES;
 use crate::identity::Identity;
 use crate::metrics::RpcLabels;
+use crate::network::{Envelope, MAX_RPC_BYTES, REFUSED_STATUS};
 use crate::tls::ConnInfo;
 use crate::types::{NodeId, TypeConfig};
+use crate::web::{ApiError, read_body};
 
 type PeerState = Arc<App>;
 
-/// The peer port's own routes. Client API requests relayed by members are served by the
-/// fallback the caller adds, behind [`relay_guard`].
-pub fn router(app: Arc<App>) -> Router {
+/// The peer port's own routes: Raft RPC and `forwarded` (the routes of
+/// [`crate::forward::serve`]). Client API requests relayed by members are served by the
+/// fallback the caller adds, behind [`crate::forward::serve::relay_guard`].
+pub fn router(app: Arc<App>, forwarded: Router<Arc<App>>) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
-        .route(PATH, post(forwarded_batch))
+        .merge(forwarded)
         // Every route reads its body itself, bounded in bytes and in time ([`read_rpc`]).
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::map_response(close_after_413))
@@ -89,51 +92,23 @@ pub fn check_sender(app: &App, conn: Option<&ConnInfo>, from: NodeId) -> Result<
     }
 }
 
-/// The guard in front of relayed client API requests: they must name the member that sends
-/// them (`x-rstore-forwarded: <id>`) and come from it.
-pub async fn relay_guard(
-    State(app): State<Arc<App>>,
-    req: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let from = req
-        .headers()
-        .get(super::FORWARDED)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<NodeId>().ok());
-    let Some(from) = from else {
-        return (
-            StatusCode::NOT_FOUND,
-            "the peer port serves members only; clients use the client port",
-        )
-            .into_response();
-    };
-    if let Err(r) = check_sender(&app, req.extensions().get::<ConnInfo>(), from) {
-        return r;
-    }
-    next.run(req).await
-}
-
 /// A body refused for its size was not read to the end, so the connection cannot carry
 /// another request: say so, rather than let the sender write into a closed socket.
-async fn close_after_413(mut resp: Response) -> Response {
-    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        // The same JSON error as the client port's.
-        let body = serde_json::json!({"error": {
-            "code": "request_too_large",
-            "message": format!(
-                "the body exceeds what this peer endpoint reads ({} bytes for Raft RPC, {} for a forwarded batch)",
-                MAX_RPC_BYTES + 4096,
-                MAX_BODY_BYTES
-            ),
-        }});
-        resp = (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
-        resp.headers_mut().insert(
-            axum::http::header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
+async fn close_after_413(resp: Response) -> Response {
+    if resp.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return resp;
     }
-    resp
+    // The client port's JSON error, which also closes the connection.
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        format!(
+            "the body exceeds what this peer endpoint reads ({} bytes for Raft RPC, {} for a forwarded batch)",
+            MAX_RPC_BYTES + 4096,
+            MAX_BODY_BYTES
+        ),
+    )
+    .into_response()
 }
 
 fn refuse(msg: String) -> Response {
@@ -190,7 +165,7 @@ pub fn open_envelope<T: DeserializeOwned>(
     Ok((env.from, env.body))
 }
 
-fn reply<T: Serialize>(v: &T) -> Response {
+pub fn reply<T: Serialize>(v: &T) -> Response {
     match bincode::serialize(v) {
         Ok(b) => (StatusCode::OK, b).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -229,13 +204,13 @@ fn peek_sender(body: &[u8]) -> Result<(NodeId, &[u8]), Response> {
     Ok((head.from, body))
 }
 
-type Conn = Option<axum::Extension<ConnInfo>>;
+pub type Conn = Option<axum::Extension<ConnInfo>>;
 
 /// An RPC received whole and checked: its body read as the client port reads bodies (at
 /// most `limit` bytes: 413, after reading a bounded amount so that the sender sees the
 /// answer; within the body timeout: 408), from a sender allowed to send it, decoded. A
 /// sender with no member certificate is refused before its body is read.
-async fn receive<T: DeserializeOwned>(
+pub async fn receive<T: DeserializeOwned>(
     app: &App,
     conn: Option<&ConnInfo>,
     headers: &HeaderMap,
@@ -246,7 +221,7 @@ async fn receive<T: DeserializeOwned>(
     // The certificate is checked before the body is read, and the envelope is decoded (or a
     // cluster id adopted) only once its sender may send it.
     require_member_cert(app, conn)?;
-    let body = crate::api::kv::read_body(headers, body, limit, what, app.settings.body_timeout)
+    let body = read_body(headers, body, limit, what, app.settings.body_timeout)
         .await
         .map_err(IntoResponse::into_response)?;
     let (from, body) = peek_sender(&body)?;
@@ -333,46 +308,10 @@ async fn snapshot(
     reply(&s.raft.install_snapshot(req).await)
 }
 
-/// The leader's side of the batched forwarder. Every write goes through the batcher, which
-/// checks it as it checks writes from the client API.
-async fn forwarded_batch(
-    State(app): State<PeerState>,
-    conn: Conn,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let req = match receive::<ForwardRequest>(
-        &app,
-        conn.as_deref(),
-        &headers,
-        body,
-        MAX_BODY_BYTES,
-        "forwarded batch",
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    if app.metrics_snapshot().state != openraft::ServerState::Leader {
-        return (StatusCode::MISDIRECTED_REQUEST, "not the leader").into_response();
-    }
-    let writes = futures::future::join_all(req.writes.into_iter().map(|c| app.batcher.write(c)));
-    let read = async {
-        if req.read_index {
-            Some(app.reads.wait().await)
-        } else {
-            None
-        }
-    };
-    let (writes, read_index) = tokio::join!(writes, read);
-    reply(&ForwardResponse { writes, read_index })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::network::forwarder::ForwardRequest;
+    use crate::forward::ForwardRequest;
     use crate::types::{Command, Condition};
     use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
     use openraft::{CommittedLeaderId, LogId, Vote};
@@ -521,8 +460,8 @@ mod tests {
                 flipped[i.index(valid.len())] ^= 1 << bit;
             }
             decode_all(&ident, &flipped)?;
-            let _ = bincode::deserialize::<crate::network::forwarder::ForwardResponse>(&flipped);
-            let _ = bincode::deserialize::<crate::network::forwarder::ForwardResponse>(truncated);
+            let _ = bincode::deserialize::<crate::forward::ForwardResponse>(&flipped);
+            let _ = bincode::deserialize::<crate::forward::ForwardResponse>(truncated);
         }
 
         /// Valid envelopes, cut short or with bits flipped: a refusal or a decode, and a

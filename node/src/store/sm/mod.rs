@@ -1,0 +1,281 @@
+//! The key-value state machine and its snapshots.
+//!
+//! The state lives in memory: a sorted map of records and a bounded history of changes for
+//! watches, behind one lock that `apply` takes once per call (one group commit), so readers
+//! see whole apply calls. Applying writes nothing to disk: the Raft log is the durable
+//! record, and the snapshot file is the state machine's checkpoint.
+//!
+//! The current snapshot is a file, `snapshot/current`, written durably (temp, fsync,
+//! rename, fsync dir) before openraft may purge the log it covers. At start-up the state is
+//! loaded from that file, and openraft re-applies the log from the snapshot up to the saved
+//! commit index (`read_committed`), which brings back everything applied before the stop.
+//!
+//! Before a snapshot file is written, the log (with the commit index) is made durable and
+//! the commit index is raised to the snapshot's, so the log always covers its snapshot. A
+//! snapshot ahead of the log's commit index at start-up therefore means the log lost data
+//! it had made durable, and the node refuses to start (see [`super::open`]).
+//!
+//! Watch history is kept from the last snapshot on: a node that restarted, or installed a
+//! snapshot from its leader, keeps the revisions it applied since, and an older
+//! `start_revision` gets a clear 410 naming the oldest one kept.
+//!
+//! The parts, each with one reason to change: [`apply`] (what a command means, pure),
+//! [`record`] (a key's record, its encoding, the byte accounting), [`history`] (the events
+//! watches see), [`reader`] (reading the applied state), [`snapshot`] (the snapshot file);
+//! this module is the openraft glue that feeds entries to `apply` under the state's lock.
+
+pub mod apply;
+pub mod history;
+pub mod reader;
+pub mod record;
+pub mod snapshot;
+
+use std::collections::VecDeque;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, RaftSnapshotBuilder};
+
+use self::history::{Retention, RevisionEvents};
+use self::reader::{KvReader, State};
+use self::record::Data;
+use self::snapshot::{corrupt_snapshot, err_snapshot};
+use super::log::LogStore;
+use crate::types::{
+    ClusterConfig, Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
+};
+
+/// The state machine store.
+pub struct StateMachineStore {
+    snapshot_dir: PathBuf,
+    /// The log, made durable (and its commit index raised) before a snapshot file is written.
+    log: LogStore,
+    reader: KvReader,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    retention: Retention,
+}
+
+impl StateMachineStore {
+    /// Load the state from the snapshot file in `snapshot_dir`, if there is one.
+    pub fn open(
+        snapshot_dir: &Path,
+        log: LogStore,
+        retention: Retention,
+    ) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(snapshot_dir).map_err(err_snapshot)?;
+        let mut sm = Self {
+            reader: KvReader {
+                state: Arc::default(),
+                config: Arc::default(),
+                events: tokio::sync::broadcast::channel(4096).0,
+            },
+            snapshot_dir: snapshot_dir.to_path_buf(),
+            log,
+            last_applied: None,
+            membership: StoredMembership::default(),
+            retention,
+        };
+        let path = sm.snapshot_path();
+        if let Some(file) = snapshot::read_file(&path)? {
+            sm.replace_state(&file.payload)
+                .map_err(|e| corrupt_snapshot(&path, &format!("its payload is invalid: {e}")))?;
+        }
+        Ok(sm)
+    }
+
+    /// The log index the snapshot file covers, read without loading the payload.
+    pub fn snapshot_index(&self) -> Result<Option<u64>, StorageError> {
+        Ok(
+            snapshot::read_meta(&self.snapshot_path())?
+                .and_then(|m| m.last_log_id.map(|l| l.index)),
+        )
+    }
+
+    pub fn reader(&self) -> KvReader {
+        self.reader.clone()
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.snapshot_dir.join("current")
+    }
+
+    /// Replace the whole state with a snapshot payload. History before it is gone.
+    fn replace_state(&mut self, payload: &[u8]) -> Result<(), StorageError> {
+        let snap = snapshot::decode_payload(payload)?;
+        *self.reader.state.write().expect("state lock") = State {
+            data: snap.data,
+            revision: snap.revision,
+            history: VecDeque::new(),
+            history_bytes: 0,
+        };
+        self.last_applied = snap.last_applied;
+        self.membership = snap.membership;
+        *self.reader.config.write().expect("config lock") = snap.config;
+        Ok(())
+    }
+}
+
+/// A consistent copy of the state, taken in order with `apply`, and serialized, written
+/// and returned off the apply path.
+pub struct SnapshotBuilder {
+    copy: Option<(SnapshotMeta, u64, ClusterConfig, Data)>,
+    snapshot_dir: PathBuf,
+    log: LogStore,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (mut meta, revision, config, data) = self
+            .copy
+            .take()
+            .ok_or_else(|| err_snapshot(std::io::Error::other("snapshot builder used twice")))?;
+        // The log must cover the snapshot durably before the file exists (see the module doc).
+        self.log.cover_snapshot(meta.last_log_id).await?;
+        let dir = self.snapshot_dir.clone();
+        let (meta, bytes) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+            let bytes = snapshot::encode_payload(&meta, revision, config, data)?;
+            meta.snapshot_id = match meta.last_log_id {
+                Some(l) => format!(
+                    "{}-{}-{}",
+                    l.leader_id.term,
+                    l.index,
+                    crc32fast::hash(&bytes)
+                ),
+                None => format!("0-0-{}", crc32fast::hash(&bytes)),
+            };
+            snapshot::write_file(&dir, &meta, &bytes)?;
+            Ok((meta, bytes))
+        })
+        .await
+        .map_err(err_snapshot)??;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut changes: Vec<RevisionEvents> = Vec::new();
+        let mut responses = Vec::new();
+        let mut new_config = None;
+        let mut live = Vec::new();
+        {
+            let mut guard = self.reader.state.write().expect("state lock");
+            let state = &mut *guard;
+            let mut revision = state.revision;
+            for entry in entries {
+                self.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => responses.push(Response::default()),
+                    EntryPayload::Membership(m) => {
+                        self.membership = StoredMembership::new(Some(entry.log_id), m);
+                        responses.push(Response::default());
+                    }
+                    EntryPayload::Normal(Request::SetConfig(c)) => {
+                        new_config = Some(c);
+                        responses.push(Response::default());
+                    }
+                    EntryPayload::Normal(Request::Batch(batch)) => {
+                        let mut outcomes = Vec::with_capacity(batch.cmds.len());
+                        for cmd in batch.cmds {
+                            outcomes.push(apply::apply_command(
+                                &mut state.data,
+                                &mut changes,
+                                &mut revision,
+                                cmd,
+                            ));
+                        }
+                        responses.push(Response(outcomes));
+                    }
+                }
+            }
+            state.revision = revision;
+            for change in changes {
+                let change = Arc::new(change);
+                state.record(change.clone(), self.retention);
+                live.push(change);
+            }
+        }
+        if let Some(c) = new_config {
+            tracing::info!(
+                mode = c.replication_mode.as_str(),
+                reads = c.read_consistency.as_str(),
+                "cluster config applied"
+            );
+            *self.reader.config.write().expect("config lock") = c;
+        }
+        for change in live {
+            // No receivers is fine; slow receivers lag and catch up from history.
+            let _ = self.reader.events.send(change);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // This runs in order with `apply`, so the copy below is a consistent view.
+        let (revision, data) = {
+            let state = self.reader.state();
+            (state.revision, state.data.clone())
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id: String::new(),
+        };
+        SnapshotBuilder {
+            copy: Some((meta, revision, self.reader.config(), data)),
+            snapshot_dir: self.snapshot_dir.clone(),
+            log: self.log.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let payload = snapshot.into_inner();
+        // Validate before touching anything.
+        snapshot::check_payload(&payload)?;
+        self.log.cover_snapshot(meta.last_log_id).await?;
+        let dir = self.snapshot_dir.clone();
+        let meta2 = meta.clone();
+        let payload2 = payload.clone();
+        tokio::task::spawn_blocking(move || snapshot::write_file(&dir, &meta2, &payload2))
+            .await
+            .map_err(err_snapshot)??;
+        self.replace_state(&payload)?;
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(
+            snapshot::read_file(&self.snapshot_path())?.map(|f| Snapshot {
+                meta: f.meta,
+                snapshot: Box::new(Cursor::new(f.payload.into_vec())),
+            }),
+        )
+    }
+}
