@@ -35,13 +35,12 @@ use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use rstore_api::pki::{Ca, Pem, write_file};
 
-use super::agent::{self, Agent, AgentOptions};
+use super::agent::{self, Agent, AgentOptions, PROVISIONER, sigterm};
 use crate::netns::NetnsNet;
 
 /// The Service cluster-IP range (never routed here; see the module docs).
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// The provisioner name of the agent's StorageClasses.
-pub const PROVISIONER: &str = "rstore.dev/local-dir";
 /// The default StorageClass, named as kind names its own.
 pub const DEFAULT_STORAGE_CLASS: &str = "standard";
 
@@ -117,14 +116,6 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let _ = f.read_to_string(&mut s);
     let all: Vec<&str> = s.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Sends SIGTERM (the `kill` command: this workspace forbids `unsafe`, and so `libc::kill`).
-pub fn sigterm(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
 }
 
 fn kubeconfig_yaml(server: &str, ca: &str, user: &str, cert: &Pem) -> String {

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
-use super::Stores;
+use super::common::Stores;
 
 pub struct HostsFile {
     path: PathBuf,

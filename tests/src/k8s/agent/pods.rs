@@ -34,10 +34,9 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use super::common::{AgentOptions, ImageMap, Stores, now_rfc3339, sigterm};
 use super::events::{Events, PodEvents};
 use super::volumes::{self, Content, PodView, Tokens};
-use super::{AgentOptions, ImageMap, Stores, now_rfc3339};
-use crate::k8s::plane::sigterm;
 use crate::netns::NetnsNet;
 
 /// The PATH containers get.

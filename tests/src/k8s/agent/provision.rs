@@ -1,5 +1,5 @@
 //! The volume provisioner of the agent's StorageClasses (provisioner
-//! [`PROVISIONER`](crate::k8s::plane::PROVISIONER)), as kind's local-path provisioner:
+//! [`PROVISIONER`](crate::k8s::agent::common::PROVISIONER)), as kind's local-path provisioner:
 //! - a pending claim of such a class gets a PersistentVolume `pvc-<claim uid>`: a directory
 //!   `volumes/pvc-<uid>` of the plane, with the claim's size and access modes, pre-bound to
 //!   the claim (`claimRef`); Kubernetes's PV controller then binds the pair;
@@ -16,8 +16,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
-use super::Stores;
-use crate::k8s::plane::PROVISIONER;
+use super::common::{PROVISIONER, Stores};
 
 const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 

@@ -22,7 +22,7 @@ use kube::Client;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
-use super::Stores;
+use super::common::Stores;
 use super::quantity;
 
 /// Files of a volume: relative path to (contents, mode).
