@@ -396,7 +396,3 @@ async fn renew_lease(client: &Client, node: &str) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-}
