@@ -12,19 +12,17 @@
 //! a lost quorum, reported as Degraded with recovery steps and never forced; one voter paused
 //! beyond the replacement timeout is removed, and added back once it answers again.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{node_bin, wait_for};
 use kube::ResourceExt;
 use rstore_operator::crd::{
     MemberRole, Phase, ReplicatedStore, ReplicatedStoreSpec, ReplicatedStoreStatus, ReplicationMode,
 };
 use rstore_operator::local::{Fault, LocalControlPlane, LocalOptions};
 use rstore_operator::planner::Policy;
+use rstore_tests::harness::{node_bin, wait_for};
 use serde_json::Value;
 
 const NS: &str = "default";
