@@ -163,15 +163,20 @@ pub enum TxnResult {
     },
     Get {
         found: bool,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
-        #[serde(default, rename = "value_base64", with = "base64_opt")]
+        #[serde(
+            default,
+            rename = "value_base64",
+            with = "base64_opt",
+            skip_serializing_if = "Option::is_none"
+        )]
         value: Option<Vec<u8>>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         version: Option<u64>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         create_revision: Option<u64>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         mod_revision: Option<u64>,
     },
 }
@@ -201,11 +206,16 @@ pub struct Event {
     #[serde(rename = "type")]
     pub kind: String,
     pub key: String,
-    #[serde(default, rename = "value_base64", with = "base64_opt")]
+    #[serde(
+        default,
+        rename = "value_base64",
+        with = "base64_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub value: Option<Vec<u8>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_revision: Option<u64>,
     pub mod_revision: u64,
 }
