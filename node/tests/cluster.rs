@@ -12,9 +12,14 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use rstore_tests::harness::{
     Cluster, Consistency, ELECTION, Expected, NodeClient, assert_values, members, metric_value,
-    node_bin, wait_for, wait_until, write_keys,
+    wait_for, wait_until, write_keys,
 };
 use serde_json::Value;
+
+/// This package's `node` binary, which cargo builds for the package's tests.
+fn node_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_node"))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_three_voters_one_leader_all_ready() {

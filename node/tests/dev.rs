@@ -8,10 +8,15 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use rstore_tests::harness::{node_bin, wait_until};
+use rstore_tests::harness::wait_until;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+/// This package's `node` binary, which cargo builds for the package's tests.
+fn node_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_node"))
+}
 
 /// How long `node dev` may take to print its endpoints, and its members to stop.
 const STARTUP: Duration = Duration::from_secs(60);

@@ -18,10 +18,15 @@ use openraft::{CommittedLeaderId, LogId, SnapshotMeta, Vote};
 use rstore_node::network::{Envelope, MAX_RPC_BYTES, REFUSED_STATUS};
 use rstore_node::types::{NodeId, TypeConfig};
 use rstore_tests::harness::{
-    Cluster, Consistency, ELECTION, Expected, TestNode, node_bin, wait_for, write_keys,
+    Cluster, Consistency, ELECTION, Expected, TestNode, wait_for, write_keys,
 };
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// This package's `node` binary, which cargo builds for the package's tests.
+fn node_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_node"))
+}
 
 /// A node id no member has (ids are below 2^53).
 const STRANGER: NodeId = (1 << 60) + 7;

@@ -10,9 +10,14 @@ use std::time::{Duration, Instant};
 
 use rstore_tests::harness::{
     CATCH_UP, Cluster, Consistency, ELECTION, Expected, NodeClient, assert_values, count_matches,
-    kv_path, members, node_bin, wait_for, wait_until, write_keys,
+    kv_path, members, wait_for, wait_until, write_keys,
 };
 use serde_json::{Value, json};
+
+/// This package's `node` binary, which cargo builds for the package's tests.
+fn node_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_node"))
+}
 
 /// `RSTORE_SYNC_TIMEOUT_MS` of the sync-mode cluster.
 const SYNC_TIMEOUT: Duration = Duration::from_millis(1500);

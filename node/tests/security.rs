@@ -13,10 +13,15 @@ use openraft::{CommittedLeaderId, LogId, SnapshotMeta, Vote};
 use rstore_node::network::Envelope;
 use rstore_node::types::{Batch, Command as Cmd, Condition, NodeId, Request, TypeConfig};
 use rstore_tests::harness::{
-    Cluster, Consistency, ELECTION, metric_value, node_bin, wait_for, wait_until, write_keys,
+    Cluster, Consistency, ELECTION, metric_value, wait_for, wait_until, write_keys,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// This package's `node` binary, which cargo builds for the package's tests.
+fn node_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_node"))
+}
 
 /// A leader id no member has.
 const FORGER: NodeId = (1 << 60) + 99;

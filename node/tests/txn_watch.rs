@@ -16,9 +16,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rstore_tests::harness::{
     CATCH_UP, Cluster, Consistency, ELECTION, Expected, NodeClient, Resp, assert_values, kv_path,
-    node_bin, wait_for, write_keys,
+    wait_for, write_keys,
 };
 use serde_json::{Value, json};
+
+/// This package's `node` binary, which cargo builds for the package's tests.
+fn node_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_node"))
+}
 
 /// A watch stream that lives longer than the harness client's 20 s request timeout.
 const WATCH_REQUEST_TIMEOUT: Duration = CATCH_UP;

@@ -51,9 +51,9 @@ async fn serve_as_member(app: axum::Router, creds: &Creds) -> String {
         .ca
         .member(&["127.0.0.1".into()], &format!("https://{addr}"))
         .unwrap();
-    let certs = rstore_node::tls::certs_from_pem(pem.cert.as_bytes(), "liar").unwrap();
+    let certs = rstore_api::client::tls::certs_from_pem(pem.cert.as_bytes(), "liar").unwrap();
     let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(rstore_node::tls::provider())
+    let config = rustls::ServerConfig::builder_with_provider(rstore_api::client::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
