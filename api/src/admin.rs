@@ -126,6 +126,13 @@ pub struct ConfigChange {
     pub read_consistency: Option<String>,
 }
 
+/// `GET /v1/cluster/config`, and the answer of `PUT /v1/cluster/config`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub replication_mode: ReplicationMode,
+    pub read_consistency: ReadConsistency,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

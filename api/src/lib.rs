@@ -1,12 +1,15 @@
 //! The vocabulary shared by the node, the operator and the benchmark: how a cluster
 //! acknowledges writes ([`ReplicationMode`]) and serves reads by default
-//! ([`ReadConsistency`]), and the admin API's JSON bodies ([`admin`]).
+//! ([`ReadConsistency`]), the admin API's JSON bodies ([`admin`]), and (feature `client`)
+//! one typed client of a node's HTTP API ([`client`]).
 //!
 //! One definition, so that the names the node's admin API accepts, the values the CRD allows
 //! and the benchmark's `--mode` cannot drift apart. The serde form is the lowercase name, and
 //! the variant order is part of the node's Raft log format (bincode): append, never reorder.
 
 pub mod admin;
+#[cfg(feature = "client")]
+pub mod client;
 #[cfg(feature = "pki")]
 pub mod pki;
 

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use rstore_api::admin::{ClusterView, MemberRole, NodeInfo};
-use serde_json::json;
+use rstore_api::admin::MemberRole;
+use rstore_api::client::{ConfigChange, NodeClient};
 use tempfile::TempDir;
 
 /// How long a cluster may take to come up before the bench gives up.
@@ -54,17 +54,12 @@ pub enum ClusterError {
         timeout: Duration,
         last: String,
     },
-    #[error("{what} answered {status}: {body}")]
-    Status {
-        what: String,
-        status: reqwest::StatusCode,
-        body: String,
-    },
-    #[error("{what} failed: {source}")]
-    Http {
+    /// A call to a node, through the shared client.
+    #[error("{what}: {source}")]
+    Node {
         what: String,
         #[source]
-        source: reqwest::Error,
+        source: rstore_api::client::Error,
     },
     #[error("etcd {what} failed: {source}")]
     Etcd {
@@ -80,9 +75,9 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterErro
     move |source| ClusterError::Io { what, source }
 }
 
-fn http_err(what: impl Into<String>) -> impl FnOnce(reqwest::Error) -> ClusterError {
+fn api_err(what: impl Into<String>) -> impl FnOnce(rstore_api::client::Error) -> ClusterError {
     let what = what.into();
-    move |source| ClusterError::Http { what, source }
+    move |source| ClusterError::Node { what, source }
 }
 
 /// Finds `n` distinct free loopback ports. All listeners are held until every port is
@@ -252,18 +247,6 @@ async fn get_ok(http: &reqwest::Client, url: &str) -> Result<String, Wait> {
     }
 }
 
-/// Sends a request and returns the status and body, turning transport errors into
-/// [`ClusterError::Http`].
-async fn send(
-    what: &str,
-    req: reqwest::RequestBuilder,
-) -> Result<(reqwest::StatusCode, String), ClusterError> {
-    let resp = req.send().await.map_err(http_err(what))?;
-    let status = resp.status();
-    let body = resp.text().await.map_err(http_err(what))?;
-    Ok((status, body))
-}
-
 pub use rstore_api::ReplicationMode;
 
 /// What `--mode` led to.
@@ -345,22 +328,29 @@ impl RstoreCluster {
             peer_urls.push(peer_url);
         }
         let mut cluster = Self { nodes, client_urls };
+        let node = |url: &str| NodeClient::new(http.clone(), url);
 
         for url in &cluster.client_urls {
-            let healthz = format!("{url}/healthz");
-            let healthz = &healthz;
-            wait_for(&format!("GET {healthz}"), &mut cluster.nodes, move || {
-                get_ok(http, healthz)
-            })
+            let client = node(url);
+            let client = &client;
+            wait_for(
+                &format!("GET {url}/healthz"),
+                &mut cluster.nodes,
+                move || async move {
+                    client
+                        .healthz()
+                        .await
+                        .map_err(|e| Wait::NotYet(e.to_string()))
+                },
+            )
             .await?;
         }
 
-        let first = cluster.client_urls[0].clone();
-        let what = format!("POST {first}/v1/cluster/init");
-        let (status, body) = send(&what, http.post(format!("{first}/v1/cluster/init"))).await?;
-        if !status.is_success() {
-            return Err(ClusterError::Status { what, status, body });
-        }
+        let first = node(&cluster.client_urls[0]);
+        first
+            .init()
+            .await
+            .map_err(api_err(format!("POST {}/v1/cluster/init", first.base())))?;
 
         let joiners: Vec<(String, String)> = cluster
             .client_urls
@@ -371,58 +361,33 @@ impl RstoreCluster {
             .collect();
         for (i, (url, peer_url)) in joiners.into_iter().enumerate() {
             let node_no = i + 2;
-            let what = format!("GET {url}/v1/node");
-            let (status, body) = send(&what, http.get(format!("{url}/v1/node"))).await?;
-            if !status.is_success() {
-                return Err(ClusterError::Status { what, status, body });
-            }
-            let node: NodeInfo = serde_json::from_str(&body).map_err(|e| ClusterError::Status {
-                what: format!("{what} (unparsable: {e})"),
-                status,
-                body: body.clone(),
-            })?;
-            let add = json!({
-                "id": node.id,
-                "peer_url": peer_url,
-                "client_url": url,
-                "role": "voter",
-            });
+            let info = node(&url)
+                .node()
+                .await
+                .map_err(api_err(format!("GET {url}/v1/node")))?;
             // 409 (another membership change still settling), 503 (no leader yet)
             // and 504 (catch-up timeout) are transient right after init: retry.
-            let what = format!("POST {first}/v1/cluster/members (node {node_no})");
-            let members_url = format!("{first}/v1/cluster/members");
-            let (what_ref, url_ref, add_ref) = (&what, &members_url, &add);
+            let what = format!("POST {}/v1/cluster/members (node {node_no})", first.base());
+            let (what_ref, first, url, peer_url) = (&what, &first, &url, &peer_url);
             wait_for(&what, &mut cluster.nodes, move || async move {
-                let (status, body) = send(what_ref, http.post(url_ref).json(add_ref))
+                match first
+                    .add_member(info.id, peer_url, url, MemberRole::Voter)
                     .await
-                    .map_err(|e| Wait::NotYet(e.to_string()))?;
-                if status.is_success() {
-                    Ok(())
-                } else if status == reqwest::StatusCode::CONFLICT
-                    || status == reqwest::StatusCode::SERVICE_UNAVAILABLE
-                    || status == reqwest::StatusCode::GATEWAY_TIMEOUT
                 {
-                    Err(Wait::NotYet(format!("{status}: {body}")))
-                } else {
-                    Err(Wait::Fatal(ClusterError::Status {
-                        what: what_ref.clone(),
-                        status,
-                        body,
-                    }))
+                    Ok(_) => Ok(()),
+                    Err(e) if e.is_transient() => Err(Wait::NotYet(e.to_string())),
+                    Err(e) => Err(Wait::Fatal(api_err(what_ref.clone())(e))),
                 }
             })
             .await?;
         }
 
-        let cluster_url = format!("{first}/v1/cluster");
-        let cluster_url = &cluster_url;
+        let first = &first;
         wait_for(
             "3 voters and a leader in GET /v1/cluster",
             &mut cluster.nodes,
             move || async move {
-                let body = get_ok(http, cluster_url).await?;
-                let view: ClusterView = serde_json::from_str(&body)
-                    .map_err(|e| Wait::NotYet(format!("{e}: {body}")))?;
+                let view = first.cluster().await.map_err(|e| e.to_string())?;
                 let voters = view
                     .members
                     .iter()
@@ -434,17 +399,24 @@ impl RstoreCluster {
                     {
                         Ok(())
                     }
-                    _ => Err(Wait::NotYet(body)),
+                    _ => Err(Wait::NotYet(format!("{view:?}"))),
                 }
             },
         )
         .await?;
         for url in cluster.client_urls.clone() {
-            let readyz = format!("{url}/readyz");
-            let readyz = &readyz;
-            wait_for(&format!("GET {readyz}"), &mut cluster.nodes, move || {
-                get_ok(http, readyz)
-            })
+            let client = node(&url);
+            let client = &client;
+            wait_for(
+                &format!("GET {url}/readyz"),
+                &mut cluster.nodes,
+                move || async move {
+                    client
+                        .readyz()
+                        .await
+                        .map_err(|e| Wait::NotYet(e.to_string()))
+                },
+            )
             .await?;
         }
         Ok(cluster)
@@ -456,18 +428,15 @@ impl RstoreCluster {
         http: &reqwest::Client,
         mode: ReplicationMode,
     ) -> Result<ModeOutcome, ClusterError> {
-        let url = format!("{}/v1/cluster/config", self.client_urls[0]);
-        let what = format!("PUT {url}");
-        let req = http
-            .put(&url)
-            .json(&json!({ "replication_mode": mode.as_str() }));
-        let (status, body) = send(&what, req).await?;
-        if status.is_success() {
-            Ok(ModeOutcome::Applied)
-        } else if status == reqwest::StatusCode::NOT_FOUND {
-            Ok(ModeOutcome::Unsupported)
-        } else {
-            Err(ClusterError::Status { what, status, body })
+        let node = NodeClient::new(http.clone(), &self.client_urls[0]);
+        let change = ConfigChange {
+            replication_mode: Some(mode.as_str().to_string()),
+            read_consistency: None,
+        };
+        match node.set_config(&change).await {
+            Ok(_) => Ok(ModeOutcome::Applied),
+            Err(e) if e.status() == Some(404) => Ok(ModeOutcome::Unsupported),
+            Err(e) => Err(api_err(format!("PUT {}/v1/cluster/config", node.base()))(e)),
         }
     }
 

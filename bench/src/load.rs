@@ -8,7 +8,8 @@
 //!
 //! The driver is generic over [`Target`], with one implementation per system:
 //! [`RstoreTarget`] (its HTTP API, one HTTP/1.1 keep-alive connection per client task,
-//! through hyper) and [`EtcdTarget`] (etcd's gRPC API, one HTTP/2 connection per client
+//! through hyper, with the TLS configuration, token and error parser of
+//! `rstore_api::client`) and [`EtcdTarget`] (etcd's gRPC API, one HTTP/2 connection per client
 //! task). Task `i` talks to member `i % members`, for both systems.
 
 use crate::cluster::ReplicationMode;
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rstore_api::client::kv_path;
 use serde::Serialize;
 
 /// Highest latency the histograms can hold: one minute, in microseconds.
@@ -141,8 +143,9 @@ impl LoadShape {
 /// Why a single request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
-    #[error("HTTP {status}: {body}")]
-    Status { status: u16, body: String },
+    /// The node's answer, read by the shared parser of its JSON error body.
+    #[error("HTTP {0}")]
+    Api(rstore_api::client::ApiError),
     #[error("transport: {0}")]
     Transport(String),
     #[error("no answer within the request timeout")]
@@ -299,19 +302,17 @@ impl RstoreConn {
         if status.is_success() {
             Ok(body)
         } else {
-            let mut text = String::from_utf8_lossy(&body).into_owned();
-            text.truncate(200);
-            Err(OpError::Status {
-                status: status.as_u16(),
-                body: text,
-            })
+            Err(OpError::Api(rstore_api::client::ApiError::from_answer(
+                status.as_u16(),
+                &body,
+            )))
         }
     }
 }
 
 impl Conn for RstoreConn {
     async fn put(&mut self, key: &str, value: &Bytes) -> Result<(), OpError> {
-        self.call(hyper::Method::PUT, format!("/v1/kv/{key}"), value.clone())
+        self.call(hyper::Method::PUT, kv_path(key), value.clone())
             .await?;
         Ok(())
     }
@@ -321,7 +322,7 @@ impl Conn for RstoreConn {
             Op::GetStale => "stale",
             _ => "linearizable",
         };
-        let path = format!("/v1/kv/{key}?consistency={consistency}");
+        let path = format!("{}?consistency={consistency}", kv_path(key));
         Ok(self
             .call(hyper::Method::GET, path, Bytes::new())
             .await?

@@ -417,10 +417,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             RstoreTarget::new(
                 c.client_urls().to_vec(),
                 match &tls {
-                    Some(t) => Some(Arc::new(load::RstoreTls {
-                        config: t.rstore_client_config()?,
-                        authorization: format!("Bearer {}", t.token).parse()?,
-                    })),
+                    Some(t) => Some(Arc::new(t.rstore_load_tls()?)),
                     None => None,
                 },
             )

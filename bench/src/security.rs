@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use rstore_node::pki::{Ca, Pem, new_token, token_line, write_file};
+use rstore_api::client::Credentials;
+use rstore_api::pki::{Ca, Pem, new_token, token_line, write_file};
 use tempfile::TempDir;
 
 pub struct BenchTls {
@@ -72,33 +73,39 @@ impl BenchTls {
         ))
     }
 
+    /// What rstore's clients trust and send: the CA and the admin token.
+    pub fn rstore_credentials(&self) -> Credentials {
+        Credentials::ca(self.ca.pem().cert.as_bytes()).with_token(&self.token)
+    }
+
     /// A reqwest client trusting the CA, sending the rstore token, and presenting the etcd
     /// client certificate (etcd's `/health` needs one; rstore ignores it next to a token).
     pub fn admin_client(&self) -> anyhow::Result<reqwest::Client> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {}", self.token).parse()?,
-        );
-        rstore_node::tls::reqwest_client(
-            Some(self.ca.pem().cert.as_bytes()),
-            Some((
+        self.rstore_credentials()
+            .with_identity(
                 self.etcd_client.cert.as_bytes(),
                 self.etcd_client.key.as_bytes(),
-            )),
-        )?
-        .default_headers(headers)
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .context("build the HTTP client")
+            )
+            .reqwest_builder()?
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .context("build the HTTP client")
     }
 
-    /// The rustls client configuration of the rstore load clients.
-    pub fn rstore_client_config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-        Ok(Arc::new(rstore_node::tls::client_config(
-            self.ca.pem().cert.as_bytes(),
-            None,
-        )?))
+    /// The TLS configuration and `Authorization` value of the rstore load clients, from the
+    /// same credentials as every other client.
+    pub fn rstore_load_tls(&self) -> anyhow::Result<crate::load::RstoreTls> {
+        let credentials = self.rstore_credentials();
+        Ok(crate::load::RstoreTls {
+            config: Arc::new(
+                credentials
+                    .rustls_config()?
+                    .context("the rstore credentials have a CA")?,
+            ),
+            authorization: credentials
+                .authorization()?
+                .context("the rstore credentials have a token")?,
+        })
     }
 
     /// etcd's client TLS options. etcd-client's TLS (rustls 0.19) cannot verify IP

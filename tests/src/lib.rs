@@ -1,6 +1,5 @@
-//! Shared code for the cross-crate tests. The process harness lives in `tests/tests/common`;
-//! this library holds what the fault-injection suite (`tests/faults/README.md`) needs and
-//! what can be tested on its own:
+//! Shared code for the cross-crate tests and the `node` package's process tests:
+//! - [`harness`]: clusters of real `node` processes on loopback, and the tests' client;
 //! - [`faultnet`]: a TCP proxy between node processes that cuts, delays and heals links;
 //! - [`netns`]: one network namespace per node process, with nftables rules that cut links
 //!   and drop packets (used instead of the proxy where the tests run as root);
@@ -9,6 +8,7 @@
 //!   kubelet (`rstore-k8s up`).
 
 pub mod faultnet;
+pub mod harness;
 pub mod k8s;
 pub mod linearizability;
 pub mod netns;

@@ -7,20 +7,18 @@
 //! writes acknowledged within the last moments before the crash can be lost (replication
 //! runs continuously, so anything older has reached a follower), and prints the loss.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Consistency};
+use rstore_tests::harness::{Cluster, Consistency, node_bin};
 
 /// Writes acknowledged this long before the crash must survive it.
 const SAFE_AGE: Duration = Duration::from_millis(1000);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_leader_crash_loses_only_the_latest_writes() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(node_bin(), 3).await;
     let leader = cluster.leader().await;
     let client = cluster.client(leader);
     client.set_mode("async").await;
@@ -38,7 +36,7 @@ async fn async_mode_leader_crash_loses_only_the_latest_writes() {
                 match client
                     .try_send(
                         reqwest::Method::PUT,
-                        &common::kv_path(&key),
+                        &rstore_tests::harness::kv_path(&key),
                         &[],
                         Some(key.clone().into_bytes()),
                     )
@@ -60,7 +58,7 @@ async fn async_mode_leader_crash_loses_only_the_latest_writes() {
         }));
     }
     // Let load build up, then crash the leader in the middle of it.
-    common::wait_until(
+    rstore_tests::harness::wait_until(
         Duration::from_secs(20),
         "500 async writes acknowledged",
         async || acked.lock().unwrap().len() >= 500,
@@ -114,6 +112,7 @@ async fn async_mode_leader_crash_loses_only_the_latest_writes() {
 async fn async_mode_loses_what_no_follower_saw_and_quorum_mode_acknowledges_nothing() {
     for mode in ["async", "quorum"] {
         let mut cluster = Cluster::start_with_env(
+            node_bin(),
             3,
             &[
                 ("RSTORE_WRITE_TIMEOUT_MS", "1500"),
@@ -136,7 +135,7 @@ async fn async_mode_loses_what_no_follower_saw_and_quorum_mode_acknowledges_noth
             if let Ok(r) = client
                 .try_send(
                     reqwest::Method::PUT,
-                    &common::kv_path(&key),
+                    &rstore_tests::harness::kv_path(&key),
                     &[],
                     Some(b"v".to_vec()),
                 )
@@ -193,13 +192,15 @@ async fn async_mode_loses_what_no_follower_saw_and_quorum_mode_acknowledges_noth
 /// the followers back, the same leader acknowledges async writes early again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_holds_writes_once_the_leader_has_no_quorum() {
-    let mut cluster = Cluster::start_with_env(3, &[("RSTORE_WRITE_TIMEOUT_MS", "1500")]).await;
+    let mut cluster =
+        Cluster::start_with_env(node_bin(), 3, &[("RSTORE_WRITE_TIMEOUT_MS", "1500")]).await;
     let leader = cluster.leader().await;
     let client = cluster.client(leader);
     client.set_mode("async").await;
     let held = async || {
         let text = client.get_path("/metrics").await.text();
-        common::metric_value(&text, "rstore_async_writes_held_total").expect("the held counter")
+        rstore_tests::harness::metric_value(&text, "rstore_async_writes_held_total")
+            .expect("the held counter")
     };
     let r = client.put("contact/before", b"v").await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -210,8 +211,8 @@ async fn async_mode_holds_writes_once_the_leader_has_no_quorum() {
         cluster.nodes[*f].kill9();
     }
     // The leader's own view: no follower heard from for well over the window.
-    common::wait_for(
-        common::ELECTION,
+    rstore_tests::harness::wait_for(
+        rstore_tests::harness::ELECTION,
         "the followers silent for 1 s",
         async || {
             let view = client.cluster_view().await.json();
@@ -242,8 +243,8 @@ async fn async_mode_holds_writes_once_the_leader_has_no_quorum() {
     for f in &followers {
         cluster.nodes[*f].start().await;
     }
-    common::wait_for(
-        common::CATCH_UP,
+    rstore_tests::harness::wait_for(
+        rstore_tests::harness::CATCH_UP,
         "an async write acknowledged again",
         async || {
             let r = client.put("contact/after", b"v").await;

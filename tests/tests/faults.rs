@@ -18,8 +18,6 @@
 //! `RSTORE_FAULTS_SOAK_SECS=600` repeats the schedule (in random order) for that long.
 //! Scenarios, assertions and design: `tests/faults/README.md`.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::process::Command;
@@ -27,12 +25,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use common::{CATCH_UP, Cluster, ELECTION, Interposer, kv_path, metric_value, wait_for};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rstore_tests::CutLinks;
 use rstore_tests::faultnet::FaultNet;
+use rstore_tests::harness::{
+    CATCH_UP, Cluster, ELECTION, Interposer, kv_path, metric_value, node_bin, wait_for,
+};
 use rstore_tests::linearizability::{self, Input, Op, Output, Verdict};
 use rstore_tests::netns::{Mode, NetnsNet};
 use serde_json::Value;
@@ -382,7 +382,7 @@ impl Run {
             .copied()
             .collect();
         node_env.extend_from_slice(env);
-        let cluster = Cluster::start_interposed(3, &node_env, net.clone()).await;
+        let cluster = Cluster::start_interposed(node_bin(), 3, &node_env, net.clone()).await;
         let members = vec![0, 1, 2];
         if mode != "quorum" {
             cluster.client(0).set_mode(mode).await;

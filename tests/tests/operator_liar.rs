@@ -5,15 +5,13 @@
 //! the liar's view is marked unconfirmed, which the planner never removes members on
 //! (`planner::tests::an_unconfirmed_view_removes_no_member`).
 
-mod common;
-
 use std::time::Duration;
 
 use axum::routing::get;
-use common::{Cluster, Creds};
 use futures::StreamExt;
 use rstore_operator::nodeapi::{NodeApi, NodeInfo};
 use rstore_operator::observe::leader_view;
+use rstore_tests::harness::{Cluster, Creds, node_bin};
 use serde_json::json;
 
 /// A TLS listener for axum: the liar is a compromised member, with a member certificate of
@@ -53,9 +51,9 @@ async fn serve_as_member(app: axum::Router, creds: &Creds) -> String {
         .ca
         .member(&["127.0.0.1".into()], &format!("https://{addr}"))
         .unwrap();
-    let certs = rstore_node::tls::certs_from_pem(pem.cert.as_bytes(), "liar").unwrap();
+    let certs = rstore_api::client::tls::certs_from_pem(pem.cert.as_bytes(), "liar").unwrap();
     let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(rstore_node::tls::provider())
+    let config = rustls::ServerConfig::builder_with_provider(rstore_api::client::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
@@ -103,7 +101,7 @@ async fn liar(cluster_id: String, creds: &Creds) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_pod_cannot_make_the_operator_trust_its_view() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(node_bin(), 3).await;
     let leader = cluster.leader().await;
     let creds = cluster.creds.clone().expect("a TLS cluster");
     // The operator's client: the cluster CA and an admin token.

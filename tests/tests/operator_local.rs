@@ -12,19 +12,17 @@
 //! a lost quorum, reported as Degraded with recovery steps and never forced; one voter paused
 //! beyond the replacement timeout is removed, and added back once it answers again.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{node_bin, wait_for};
 use kube::ResourceExt;
 use rstore_operator::crd::{
     MemberRole, Phase, ReplicatedStore, ReplicatedStoreSpec, ReplicatedStoreStatus, ReplicationMode,
 };
 use rstore_operator::local::{Fault, LocalControlPlane, LocalOptions};
 use rstore_operator::planner::Policy;
+use rstore_tests::harness::{node_bin, wait_for};
 use serde_json::Value;
 
 const NS: &str = "default";
@@ -829,7 +827,7 @@ async fn with_an_issuer_ref_the_members_run_on_the_cert_manager_certificate() {
     );
 
     // cert-manager's part: a certificate with what the Certificate asks for.
-    let ca = rstore_node::pki::Ca::generate("corp").unwrap();
+    let ca = rstore_api::pki::Ca::generate("corp").unwrap();
     let mut hosts = cert.spec.dns_names.clone();
     hosts.extend(cert.spec.ip_addresses.clone());
     let pem = ca.member_of(&hosts, &cert.spec.uris).unwrap();
@@ -962,7 +960,7 @@ async fn a_certificate_due_for_renewal_is_reissued_and_served_without_a_restart(
     use k8s_openapi::api::core::v1::Secret;
     use kube::Api;
     use kube::api::PostParams;
-    use rstore_node::pki::{Ca, Pem};
+    use rstore_api::pki::{Ca, Pem};
     use rstore_operator::resources::Names;
     use rstore_operator::resources::credentials::member_hosts;
 
@@ -983,8 +981,8 @@ async fn a_certificate_due_for_renewal_is_reissued_and_served_without_a_restart(
     let addr = h.plane.runner.lock().await.client_addr(NS, "db-1").unwrap();
     // The certificate db-1 serves, as a client sees it.
     let served = async || -> Result<Vec<u8>, String> {
-        let config =
-            rstore_node::tls::client_config(ca_pem.as_bytes(), None).map_err(|e| e.to_string())?;
+        let config = rstore_api::client::tls::client_config(ca_pem.as_bytes(), None)
+            .map_err(|e| e.to_string())?;
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
@@ -1002,8 +1000,9 @@ async fn a_certificate_due_for_renewal_is_reissued_and_served_without_a_restart(
             .ok_or("no certificate")?;
         Ok(certs[0].to_vec())
     };
-    let der =
-        |pem: &str| rstore_node::tls::certs_from_pem(pem.as_bytes(), "t").unwrap()[0].to_vec();
+    let der = |pem: &str| {
+        rstore_api::client::tls::certs_from_pem(pem.as_bytes(), "t").unwrap()[0].to_vec()
+    };
     let original = text(&secrets.get("db-tls").await.unwrap(), "db-1.crt");
     assert_eq!(served().await.unwrap(), der(&original));
     let pod_uid = |pods: Vec<k8s_openapi::api::core::v1::Pod>| {
@@ -1051,7 +1050,7 @@ async fn a_certificate_due_for_renewal_is_reissued_and_served_without_a_restart(
         }
     })
     .await;
-    let (not_after, _) = rstore_node::pki::validity_of(&renewed).unwrap();
+    let (not_after, _) = rstore_api::pki::validity_of(&renewed).unwrap();
     let left = not_after
         .duration_since(std::time::SystemTime::now())
         .unwrap();

@@ -4,13 +4,11 @@
 //! its TLS client, because two rustls crypto providers were compiled in), and it must serve
 //! `/healthz` while it tries.
 
-mod common;
-
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::node_bin;
+use rstore_tests::harness::node_bin;
 
 #[test]
 fn run_without_a_reachable_api_server_fails_cleanly() {

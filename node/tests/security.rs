@@ -6,17 +6,22 @@
 //! reading watcher), so that a refusal is shown to be what protected the cluster, not a
 //! broken request.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Consistency, ELECTION, metric_value, wait_for, wait_until, write_keys};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
 use openraft::{CommittedLeaderId, LogId, SnapshotMeta, Vote};
 use rstore_node::network::Envelope;
 use rstore_node::types::{Batch, Command as Cmd, Condition, NodeId, Request, TypeConfig};
+use rstore_tests::harness::{
+    Cluster, Consistency, ELECTION, metric_value, wait_for, wait_until, write_keys,
+};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// This package's `node` binary, which cargo builds for the package's tests.
+fn node_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_node"))
+}
 
 /// A leader id no member has.
 const FORGER: NodeId = (1 << 60) + 99;
@@ -85,7 +90,7 @@ async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> Result<(u16, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_raft_traffic_changes_nothing_without_a_members_certificate() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(node_bin(), 3).await;
     let (leader, follower) = {
         let l = cluster.leader().await;
         (l, (l + 1) % 3)
@@ -298,7 +303,7 @@ async fn send(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_without_the_needed_role_get_401_or_403_and_change_nothing() {
     use reqwest::Method;
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(node_bin(), 3).await;
     let leader = cluster.leader().await;
     let follower = (leader + 1) % 3;
     let creds = cluster.creds();
@@ -316,7 +321,7 @@ async fn calls_without_the_needed_role_get_401_or_403_and_change_nothing() {
         .1
     };
     let config_before = config_of().await;
-    let members_before = common::members(
+    let members_before = rstore_tests::harness::members(
         &send(
             &admin,
             Method::GET,
@@ -434,7 +439,7 @@ async fn calls_without_the_needed_role_get_401_or_403_and_change_nothing() {
         "an admin's call relayed by a follower: {}",
         view.1
     );
-    assert_eq!(common::members(&view.1), members_before);
+    assert_eq!(rstore_tests::harness::members(&view.1), members_before);
 
     // The KV API: read may read, write may write, and neither may without a credential.
     let kv = |i: usize, key: &str| format!("{}/v1/kv/{key}", base(i));
@@ -541,13 +546,14 @@ async fn time_to_close(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_header_senders_and_idle_connections_are_cut_off() {
-    let cluster = Cluster::start_with_env(1, &[("RSTORE_HEADER_TIMEOUT_MS", "1000")]).await;
+    let cluster =
+        Cluster::start_with_env(node_bin(), 1, &[("RSTORE_HEADER_TIMEOUT_MS", "1000")]).await;
     let node = &cluster.nodes[0];
     let creds = cluster.creds.as_deref();
     let limit = Duration::from_secs(8);
 
     // A request head dribbled one byte every 100 ms never completes.
-    let mut slow = common::raw_connect(&node.direct_client_url, creds, None)
+    let mut slow = rstore_tests::harness::raw_connect(&node.direct_client_url, creds, None)
         .await
         .unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
@@ -587,7 +593,7 @@ async fn slow_header_senders_and_idle_connections_are_cut_off() {
     }
 
     // A keep-alive connection idle after a complete request.
-    let mut idle = common::raw_connect(&node.direct_client_url, creds, None)
+    let mut idle = rstore_tests::harness::raw_connect(&node.direct_client_url, creds, None)
         .await
         .unwrap();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -611,13 +617,13 @@ async fn slow_header_senders_and_idle_connections_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_are_closed_at_once() {
-    let cluster = Cluster::start_with_env(1, &[("RSTORE_MAX_CONNECTIONS", "16")]).await;
+    let cluster = Cluster::start_with_env(node_bin(), 1, &[("RSTORE_MAX_CONNECTIONS", "16")]).await;
     let node = &cluster.nodes[0];
     let creds = cluster.creds.as_deref();
     let mut held = Vec::new();
     let mut refused = 0;
     for _ in 0..40 {
-        match common::raw_connect(&node.direct_client_url, creds, None).await {
+        match rstore_tests::harness::raw_connect(&node.direct_client_url, creds, None).await {
             Ok(mut c) => {
                 // A refused connection may finish the TCP handshake and then be closed.
                 let mut b = [0u8; 1];
@@ -655,7 +661,7 @@ async fn connections_past_the_cap_are_closed_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_past_the_cap_get_429() {
-    let cluster = Cluster::start_with_env(1, &[("RSTORE_MAX_WATCHES", "2")]).await;
+    let cluster = Cluster::start_with_env(node_bin(), 1, &[("RSTORE_MAX_WATCHES", "2")]).await;
     let url = format!("{}/v1/watch?prefix=w", cluster.nodes[0].direct_client_url);
     let open = || {
         cluster
@@ -705,7 +711,8 @@ async fn read_watch(mut resp: reqwest::Response) -> (Vec<Value>, Option<Value>) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_that_never_reads_is_cut_off_and_can_resume() {
-    let cluster = Cluster::start_with_env(1, &[("RSTORE_WATCH_BUFFER_BYTES", "262144")]).await;
+    let cluster =
+        Cluster::start_with_env(node_bin(), 1, &[("RSTORE_WATCH_BUFFER_BYTES", "262144")]).await;
     let base = cluster.nodes[0].direct_client_url.clone();
     let client = cluster.client(0);
     let start = client.node_info().await["revision"].as_u64().unwrap() + 1;
@@ -790,7 +797,7 @@ async fn a_watcher_that_never_reads_is_cut_off_and_can_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_pages_are_bounded_in_bytes_and_continue() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(node_bin(), 1).await;
     let client = cluster.client(0);
     let value = vec![b'x'; 1 << 20];
     for i in 0..12 {
@@ -835,8 +842,12 @@ async fn list_pages_are_bounded_in_bytes_and_continue() {
 async fn concurrent_writes_cannot_overshoot_the_quota() {
     const QUOTA: u64 = 256 << 10;
     const VALUE: usize = 16 << 10;
-    let cluster =
-        Cluster::start_with_env(1, &[("RSTORE_MAX_DATA_BYTES", &QUOTA.to_string())]).await;
+    let cluster = Cluster::start_with_env(
+        node_bin(),
+        1,
+        &[("RSTORE_MAX_DATA_BYTES", &QUOTA.to_string())],
+    )
+    .await;
     let client = cluster.client(0);
     let value = vec![b'q'; VALUE];
     use futures::StreamExt;
@@ -870,7 +881,7 @@ async fn concurrent_writes_cannot_overshoot_the_quota() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_cert_files_start_a_member_and_the_cli_authenticates() {
     use std::process::Command;
-    let bin = common::node_bin();
+    let bin = node_bin();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let run = |args: &[&str], env: &[(&str, &str)]| {
@@ -1042,11 +1053,12 @@ async fn node_cert_files_start_a_member_and_the_cli_authenticates() {
 /// connection is closed; the value is not written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_body_senders_get_408() {
-    let cluster = Cluster::start_with_env(1, &[("RSTORE_BODY_TIMEOUT_MS", "1000")]).await;
+    let cluster =
+        Cluster::start_with_env(node_bin(), 1, &[("RSTORE_BODY_TIMEOUT_MS", "1000")]).await;
     let node = &cluster.nodes[0];
     let creds = cluster.creds();
     // One byte of body every 100 ms, reading the answer in between; the answer text.
-    async fn trickle(mut conn: Box<dyn common::RawStream>, head: String) -> String {
+    async fn trickle(mut conn: Box<dyn rstore_tests::harness::RawStream>, head: String) -> String {
         conn.write_all(head.as_bytes()).await.unwrap();
         let mut answer = Vec::new();
         let start = Instant::now();
@@ -1066,7 +1078,7 @@ async fn slow_body_senders_get_408() {
         String::from_utf8_lossy(&answer).into_owned()
     }
     // The client port.
-    let conn = common::raw_connect(&node.direct_client_url, Some(creds), None)
+    let conn = rstore_tests::harness::raw_connect(&node.direct_client_url, Some(creds), None)
         .await
         .unwrap();
     let head = format!(
@@ -1088,7 +1100,7 @@ async fn slow_body_senders_get_408() {
         "/raft/vote",
         "/raft/snapshot",
     ] {
-        let conn = common::raw_connect(&node.peer_url, Some(creds), Some(&member))
+        let conn = rstore_tests::harness::raw_connect(&node.peer_url, Some(creds), Some(&member))
             .await
             .unwrap();
         let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n");
@@ -1109,7 +1121,7 @@ async fn slow_body_senders_get_408() {
 /// `response_too_large` (its writes not applied); a smaller one is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_with_oversized_answers_are_refused_whole() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(node_bin(), 3).await;
     let leader = cluster.leader().await;
     let follower = (leader + 1) % 3;
     let client = cluster.client(follower);
@@ -1163,7 +1175,7 @@ async fn transactions_with_oversized_answers_are_refused_whole() {
 /// as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_http_to_a_tls_port_is_told_to_use_https() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(node_bin(), 1).await;
     let node = &cluster.nodes[0];
     for (url, says) in [
         (&node.direct_client_url, "--cacert"),

@@ -5,22 +5,25 @@
 //! Watch streams are read with reqwest's `chunk()` and split into NDJSON lines here. The
 //! writes a watch must report are recorded by [`Changes`] as the exact lines expected.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use common::{
-    CATCH_UP, Cluster, Consistency, ELECTION, Expected, NodeClient, Resp, assert_values, kv_path,
-    wait_for, write_keys,
-};
 use futures::future::join_all;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rstore_tests::harness::{
+    CATCH_UP, Cluster, Consistency, ELECTION, Expected, NodeClient, Resp, assert_values, kv_path,
+    wait_for, write_keys,
+};
 use serde_json::{Value, json};
+
+/// This package's `node` binary, which cargo builds for the package's tests.
+fn node_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_node"))
+}
 
 /// A watch stream that lives longer than the harness client's 20 s request timeout.
 const WATCH_REQUEST_TIMEOUT: Duration = CATCH_UP;
@@ -284,7 +287,7 @@ impl Changes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_receives_every_change_in_revision_order() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(node_bin(), 3).await;
     let (leader, follower) = cluster.leader_and_follower().await;
     // Served from the follower's applied state; written through the leader.
     let mut watch = Watch::open_ok(&cluster.client(follower), "prefix=w%2F&start_revision=1").await;
@@ -336,7 +339,7 @@ async fn watch_receives_every_change_in_revision_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_resumes_after_disconnect_without_gaps_or_duplicates() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(node_bin(), 3).await;
     let (leader, follower) = cluster.leader_and_follower().await;
     let watcher = cluster.client(follower);
     let mut changes = Changes::new(cluster.client(leader), "r/");
@@ -375,7 +378,8 @@ async fn watch_resumes_after_disconnect_without_gaps_or_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_from_compacted_revision_is_gone() {
-    let mut cluster = Cluster::start_with_env(3, &[("RSTORE_WATCH_HISTORY", "10")]).await;
+    let mut cluster =
+        Cluster::start_with_env(node_bin(), 3, &[("RSTORE_WATCH_HISTORY", "10")]).await;
     let (leader, follower) = cluster.leader_and_follower().await;
     // Compaction runs once history is 1024 revisions over the retention.
     write_keys(&cluster.client(leader), "c/k", 1100, 16).await;
@@ -437,7 +441,7 @@ async fn watch_from_compacted_revision_is_gone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_sends_progress_lines_when_idle() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(node_bin(), 1).await;
     let c = cluster.client(0);
     let ack = c.put("p/a", b"1").await.ok_json();
     let revision = ack["revision"].as_u64().expect("numeric revision");
@@ -507,7 +511,7 @@ async fn txn_increments(client: NodeClient, attempts: usize) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn txn_compare_and_set_counter_counts_every_success() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(node_bin(), 3).await;
     let key = "txn/counter";
     let created = cluster
         .client(0)
@@ -630,7 +634,7 @@ async fn transfer(client: NodeClient, seed: u64, attempts: usize) -> (Vec<i64>, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn txn_transfers_keep_the_total() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(node_bin(), 3).await;
     let (leader, follower) = {
         let leader = cluster.leader().await;
         (leader, (leader + 1) % 3)
@@ -696,7 +700,7 @@ async fn txn_transfers_keep_the_total() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn txn_rejects_bad_input_and_applies_nothing() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(node_bin(), 1).await;
     let c = cluster.client(0);
     let first_put = json!({"op": "put", "key": "bad/first", "value": "must not be written"});
 

@@ -3,17 +3,20 @@
 //! without leaving members behind; restarted on its data directory with the data and the
 //! credentials it had; and stopped at once, saying why, when a member cannot start.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{node_bin, wait_until};
+use rstore_tests::harness::wait_until;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+/// This package's `node` binary, which cargo builds for the package's tests.
+fn node_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_node"))
+}
 
 /// How long `node dev` may take to print its endpoints, and its members to stop.
 const STARTUP: Duration = Duration::from_secs(60);
@@ -291,7 +294,7 @@ async fn dev_is_secure_by_default_and_its_printed_commands_work() {
     let ep = format!("https://127.0.0.1:{}", dev.client_ports[0]);
     let admin = dev_client(dir, Some(admin_token));
     wait_until(
-        common::ELECTION,
+        rstore_tests::harness::ELECTION,
         "hello after the restart",
         async || match admin.get(format!("{ep}/v1/kv/hello")).send().await {
             Ok(r) if r.status() == 200 => r.text().await.is_ok_and(|t| t == "world"),

@@ -4,17 +4,20 @@
 //! Each test owns its cluster. Settings are changed through `PUT /v1/cluster/config`, and
 //! every acknowledged write is read back at the end with linearizable reads.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{
+use rstore_tests::harness::{
     CATCH_UP, Cluster, Consistency, ELECTION, Expected, NodeClient, assert_values, count_matches,
     kv_path, members, wait_for, wait_until, write_keys,
 };
 use serde_json::{Value, json};
+
+/// This package's `node` binary, which cargo builds for the package's tests.
+fn node_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_node"))
+}
 
 /// `RSTORE_SYNC_TIMEOUT_MS` of the sync-mode cluster.
 const SYNC_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -57,8 +60,12 @@ fn member(view: &Value, id: u64) -> &Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_mode_fails_writes_while_a_voter_is_down() {
     let timeout_ms = SYNC_TIMEOUT.as_millis().to_string();
-    let mut cluster =
-        Cluster::start_with_env(3, &[("RSTORE_SYNC_TIMEOUT_MS", timeout_ms.as_str())]).await;
+    let mut cluster = Cluster::start_with_env(
+        node_bin(),
+        3,
+        &[("RSTORE_SYNC_TIMEOUT_MS", timeout_ms.as_str())],
+    )
+    .await;
     let (leader, stopped) = cluster.leader_and_follower().await;
     let survivor = 3 - leader - stopped;
     let stopped_id = cluster.nodes[stopped].id;
@@ -134,7 +141,7 @@ async fn sync_mode_fails_writes_while_a_voter_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_mode_keeps_writing_with_one_voter_down() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(node_bin(), 3).await;
     let (leader, stopped) = cluster.leader_and_follower().await;
     let survivor = 3 - leader - stopped;
     assert_eq!(
@@ -220,7 +227,7 @@ async fn write_through_mode_changes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_modes_under_load_loses_no_write() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(node_bin(), 3).await;
     let leader = cluster.leader().await;
     assert_eq!(
         cluster.client(leader).config().await["replication_mode"],
@@ -301,7 +308,7 @@ async fn switching_modes_under_load_loses_no_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_read_consistency_default_serves_followers_locally() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(node_bin(), 3).await;
     let (leader, follower) = cluster.leader_and_follower().await;
     put_ok(&cluster.client(leader), "reads/k", b"written before").await;
 
@@ -371,7 +378,7 @@ async fn learners_stay_learners(clients: &[NodeClient], done: &AtomicBool) -> us
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learners_replicate_serve_stale_reads_and_never_lead() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(node_bin(), 3).await;
     let voter_ids = cluster.ids();
     let learners = [
         cluster.add_node_as("learner").await,

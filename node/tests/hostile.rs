@@ -9,19 +9,24 @@
 //! rejoins without ever serving data that disagrees with the cluster. It never comes back
 //! as an empty member under its old id, or with a new id over old data.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Consistency, ELECTION, Expected, TestNode, node_bin, wait_for, write_keys};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{CommittedLeaderId, LogId, SnapshotMeta, Vote};
 use rstore_node::network::{Envelope, MAX_RPC_BYTES, REFUSED_STATUS};
 use rstore_node::types::{NodeId, TypeConfig};
+use rstore_tests::harness::{
+    Cluster, Consistency, ELECTION, Expected, TestNode, wait_for, write_keys,
+};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// This package's `node` binary, which cargo builds for the package's tests.
+fn node_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_node"))
+}
 
 /// A node id no member has (ids are below 2^53).
 const STRANGER: NodeId = (1 << 60) + 7;
@@ -68,7 +73,7 @@ fn member_http(cluster: &Cluster, index: usize) -> reqwest::Client {
 /// Where a raw exchange goes, and with which credentials.
 struct Dest {
     url: String,
-    creds: Option<std::sync::Arc<common::Creds>>,
+    creds: Option<std::sync::Arc<rstore_tests::harness::Creds>>,
     identity: Option<rstore_node::pki::Pem>,
     token: Option<String>,
 }
@@ -135,7 +140,7 @@ async fn views(cluster: &mut Cluster) -> Vec<(u64, u64, Option<u64>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_rpcs_for_another_cluster_or_node_are_refused_and_have_no_effect() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(node_bin(), 3).await;
     let (leader, follower) = cluster.leader_and_follower().await;
     let acked = write_keys(&cluster.client(leader), "a", 20, 4).await;
     let info = cluster.client(follower).node_info().await;
@@ -285,9 +290,10 @@ struct RawAnswer {
 /// is complete. Then check the connection: either closed, or usable for `GET /healthz`.
 async fn raw_exchange(dest: &Dest, head: String, total: usize, chunked: bool) -> RawAnswer {
     let addr = dest.url.as_str();
-    let stream = common::raw_connect(addr, dest.creds.as_deref(), dest.identity.as_ref())
-        .await
-        .expect("connect");
+    let stream =
+        rstore_tests::harness::raw_connect(addr, dest.creds.as_deref(), dest.identity.as_ref())
+            .await
+            .expect("connect");
     let head = match (&dest.token, head.split_once("\r\n")) {
         (Some(t), Some((line, rest))) => format!("{line}\r\nauthorization: Bearer {t}\r\n{rest}"),
         _ => head,
@@ -421,7 +427,8 @@ async fn raw_exchange(dest: &Dest, head: String, total: usize, chunked: bool) ->
 async fn writes_past_the_data_quota_get_507_and_deletes_make_room() {
     // 1000-byte values with 3-byte keys count 1131 bytes each with the per-key bookkeeping
     // (128): 8 fit under 8192 bytes, the 9th is refused.
-    let mut cluster = Cluster::start_with_env(3, &[("RSTORE_MAX_DATA_BYTES", "8192")]).await;
+    let mut cluster =
+        Cluster::start_with_env(node_bin(), 3, &[("RSTORE_MAX_DATA_BYTES", "8192")]).await;
     let (leader, follower) = cluster.leader_and_follower().await;
     let value = vec![b'q'; 1000];
     let mut acked = Expected::new();
@@ -486,8 +493,12 @@ async fn writes_past_the_data_quota_get_507_and_deletes_make_room() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_bodies_get_4xx_and_the_cluster_keeps_serving() {
     const MAX_VALUE: usize = 64 << 10;
-    let mut cluster =
-        Cluster::start_with_env(3, &[("RSTORE_MAX_VALUE_BYTES", &MAX_VALUE.to_string())]).await;
+    let mut cluster = Cluster::start_with_env(
+        node_bin(),
+        3,
+        &[("RSTORE_MAX_VALUE_BYTES", &MAX_VALUE.to_string())],
+    )
+    .await;
     let (leader, follower) = cluster.leader_and_follower().await;
     let mut acked = write_keys(&cluster.client(leader), "m", 20, 4).await;
     let info = cluster.client(follower).node_info().await;
@@ -877,7 +888,7 @@ async fn damaged_follower(what: Damage, snapshots: bool, refusal: &[&str], may_r
         env.push(("RSTORE_WAL_SEGMENT_BYTES", "16384"));
     }
     let env = env.as_slice();
-    let mut cluster = Cluster::start_with_env(3, env).await;
+    let mut cluster = Cluster::start_with_env(node_bin(), 3, env).await;
     let (leader, follower) = cluster.leader_and_follower().await;
     // One write at a time: one log entry each, so that snapshots are taken.
     let acked: Expected = write_keys(&cluster.client(leader), "d", 120, 1).await;
@@ -961,7 +972,8 @@ async fn damaged_follower(what: Damage, snapshots: bool, refusal: &[&str], may_r
     expected.insert("after".into(), b"1".to_vec());
     cluster.assert_everywhere(&expected).await;
     for i in cluster.running() {
-        common::assert_values(&cluster.client(i), &expected, Consistency::Stale).await;
+        rstore_tests::harness::assert_values(&cluster.client(i), &expected, Consistency::Stale)
+            .await;
     }
 }
 
@@ -1071,7 +1083,7 @@ async fn writes_forwarded_past_the_client_api_are_checked_by_the_batcher() {
     use rstore_node::forward::{ForwardRequest, ForwardResponse, MAX_BODY_BYTES, PATH};
     use rstore_node::types::{Command as Cmd, Condition};
 
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(node_bin(), 3).await;
     let (leader, follower) = cluster.leader_and_follower().await;
     // Sent as a follower would (a compromised member): its id, its certificate.
     let from = cluster.nodes[follower].id;
@@ -1180,7 +1192,7 @@ async fn writes_forwarded_past_the_client_api_are_checked_by_the_batcher() {
 /// and the cluster keeps committing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_64_mib_write_gets_413_on_every_route_and_the_cluster_keeps_committing() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(node_bin(), 3).await;
     let (leader, follower) = cluster.leader_and_follower().await;
     let size = 64 << 20;
     for node in [leader, follower] {
@@ -1230,7 +1242,7 @@ async fn a_64_mib_write_gets_413_on_every_route_and_the_cluster_keeps_committing
 /// metrics series without bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_methods_add_no_metrics_series() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(node_bin(), 1).await;
     let base = cluster.nodes[0].direct_client_url.clone();
     let http = cluster.http.clone();
     let scrape = || async {

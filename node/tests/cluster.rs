@@ -4,23 +4,26 @@
 //! Each test owns its cluster (free ports, temp dirs), so tests run in parallel. Every
 //! acknowledged write is read back at the end, from every node that should have it.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{
+use futures::future::join_all;
+use rstore_tests::harness::{
     Cluster, Consistency, ELECTION, Expected, NodeClient, assert_values, members, metric_value,
     wait_for, wait_until, write_keys,
 };
-use futures::future::join_all;
 use serde_json::Value;
+
+/// This package's `node` binary, which cargo builds for the package's tests.
+fn node_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_node"))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_three_voters_one_leader_all_ready() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(node_bin(), 3).await;
     let ids = cluster.ids();
     assert_eq!(
         ids.iter().collect::<BTreeSet<_>>().len(),
@@ -82,7 +85,7 @@ async fn bootstrap_three_voters_one_leader_all_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_followers_are_readable_everywhere() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(node_bin(), 3).await;
     let leader = cluster.leader().await;
     let mut expected = Expected::new();
     let mut last_revision = 0;
@@ -154,7 +157,7 @@ async fn cas_increments(client: NodeClient, attempts: usize) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_and_set() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(node_bin(), 3).await;
     let (_, follower) = cluster.leader_and_follower().await;
     let c = cluster.client(follower);
 
@@ -216,7 +219,7 @@ async fn compare_and_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill9_elects_new_leader_and_keeps_writes() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(node_bin(), 3).await;
     let (old_leader, follower) = cluster.leader_and_follower().await;
     let old_term = cluster.client(old_leader).node_info().await["term"]
         .as_u64()
@@ -241,7 +244,7 @@ async fn leader_kill9_elects_new_leader_and_keeps_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_all_and_restart_keeps_acknowledged_writes() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(node_bin(), 3).await;
     let mut expected = Expected::new();
     for index in 0..3 {
         let prefix = format!("durable-via-{index}");
@@ -261,7 +264,8 @@ async fn kill9_all_and_restart_keeps_acknowledged_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_follower_catches_up_by_snapshot() {
-    let mut cluster = Cluster::start_with_env(3, &[("RSTORE_SNAPSHOT_LOGS", "50")]).await;
+    let mut cluster =
+        Cluster::start_with_env(node_bin(), 3, &[("RSTORE_SNAPSHOT_LOGS", "50")]).await;
     let (leader, lagging) = cluster.leader_and_follower().await;
     let leader_client = cluster.client(leader);
     let lagging_applied = applied_index(&cluster.client(lagging)).await;
@@ -299,7 +303,7 @@ async fn lagging_follower_catches_up_by_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_member_rejoins_under_a_new_id() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(node_bin(), 3).await;
     let (leader, follower) = cluster.leader_and_follower().await;
     let old_id = cluster.nodes[follower].id;
     let mut expected = write_keys(&cluster.client(leader), "before-remove", 30, 4).await;
@@ -364,7 +368,7 @@ async fn write_until(client: NodeClient, stop: Arc<AtomicBool>, max_latency: Dur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_node_joins_as_new_member_while_cluster_stays_available() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(node_bin(), 3).await;
     let (leader, wiped) = cluster.leader_and_follower().await;
     let old_id = cluster.nodes[wiped].id;
     let mut expected = write_keys(&cluster.client(leader), "before-wipe", 20, 4).await;
@@ -394,7 +398,7 @@ async fn wiped_node_joins_as_new_member_while_cluster_stays_available() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_key_is_invalid() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(node_bin(), 1).await;
     let c = cluster.client(0);
     c.put("", b"x").await.assert_error(400, "invalid_key");
     c.get("", Consistency::Stale)
@@ -405,7 +409,7 @@ async fn empty_key_is_invalid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_keys_and_values_get_413() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(node_bin(), 1).await;
     let c = cluster.client(0);
     let longest_key = "k".repeat(4096);
     c.put(&longest_key, b"ok").await.ok_json();
@@ -438,7 +442,7 @@ async fn oversized_keys_and_values_get_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_parameters_are_named() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(node_bin(), 1).await;
     let c = cluster.client(0);
     for (path, name) in [
         ("/v1/kv/k?consistncy=stale", "consistncy"),
@@ -457,7 +461,7 @@ async fn unknown_parameters_are_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_membership_requests_are_rejected() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(node_bin(), 1).await;
     let c = cluster.client(0);
     let malformed = c
         .post_raw("/v1/cluster/members", b"{\"id\": 1, ".to_vec())
@@ -503,7 +507,7 @@ async fn watch_configs(client: &NodeClient, known: &[u64], done: &AtomicBool) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_membership_changes_get_409_never_half_applied() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(node_bin(), 3).await;
     let leader = cluster.leader().await;
     // Some data, so that catching up the new members is not instantaneous.
     let expected = write_keys(&cluster.client(leader), "members", 100, 4).await;
