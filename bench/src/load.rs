@@ -12,7 +12,7 @@
 //! `rstore_api::client`) and [`EtcdTarget`] (etcd's gRPC API, one HTTP/2 connection per client
 //! task). Task `i` talks to member `i % members`, for both systems.
 
-use crate::cluster::ReplicationMode;
+use rstore_api::ReplicationMode;
 use std::fmt;
 use std::future::Future;
 use std::str::FromStr;

@@ -190,7 +190,7 @@ pub enum WatchLine {
     /// Every change up to `revision` has been delivered.
     Progress { progress: Progress },
     /// The last line of a watch the node ends (`compacted`).
-    Error { error: super::ErrorDetail },
+    Error { error: super::error::ErrorDetail },
 }
 
 /// `progress` of a progress line.

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 pub use rstore_api::ReadConsistency as Consistency;
 pub use rstore_api::client::kv_path;
 
-use super::ELECTION;
+use super::wait::ELECTION;
 use super::wait::wait_for;
 
 /// An HTTP answer, read whole.

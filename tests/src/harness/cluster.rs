@@ -14,7 +14,7 @@ use super::client::{Consistency, NodeClient};
 use super::creds::Creds;
 use super::process::{Interposer, TestNode};
 use super::wait::wait_for;
-use super::{CATCH_UP, ELECTION, LOG_TAIL_LINES};
+use super::wait::{CATCH_UP, ELECTION, LOG_TAIL_LINES};
 
 /// Real node processes forming one cluster, with their temp dir and an HTTP client.
 pub struct Cluster {

@@ -36,8 +36,6 @@ pub mod creds;
 pub mod process;
 pub mod wait;
 
-use std::time::Duration;
-
 pub use checks::{
     Expected, assert_values, count_matches, count_stale_matches, members, metric_value, write_keys,
 };
@@ -45,13 +43,4 @@ pub use client::{Consistency, NodeClient, Resp, kv_path};
 pub use cluster::Cluster;
 pub use creds::{Creds, RawStream, raw_connect};
 pub use process::{Interposer, TestNode, node_bin};
-pub use wait::{wait_for, wait_until};
-
-/// How long a process may take to answer `GET /v1/node` after it is spawned.
-pub const STARTUP: Duration = Duration::from_secs(20);
-/// How long an election, a forwarded write or a membership change may take under load.
-pub const ELECTION: Duration = Duration::from_secs(30);
-/// How long a node may take to catch up with the leader (log replay or snapshot).
-pub const CATCH_UP: Duration = Duration::from_secs(60);
-/// Lines of each node's log printed when a test fails.
-const LOG_TAIL_LINES: usize = 80;
+pub use wait::{CATCH_UP, ELECTION, STARTUP, wait_for, wait_until};

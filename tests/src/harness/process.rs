@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::client::NodeClient;
 use super::creds::Creds;
 use super::wait::POLL;
-use super::{LOG_TAIL_LINES, STARTUP};
+use super::wait::{LOG_TAIL_LINES, STARTUP};
 
 /// How long a SIGTERM'd node may take to exit before it is killed.
 const GRACEFUL_STOP: Duration = Duration::from_secs(10);

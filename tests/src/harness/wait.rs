@@ -3,6 +3,15 @@
 
 use std::time::{Duration, Instant};
 
+/// How long a process may take to answer `GET /v1/node` after it is spawned.
+pub const STARTUP: Duration = Duration::from_secs(20);
+/// How long an election, a forwarded write or a membership change may take under load.
+pub const ELECTION: Duration = Duration::from_secs(30);
+/// How long a node may take to catch up with the leader (log replay or snapshot).
+pub const CATCH_UP: Duration = Duration::from_secs(60);
+/// Lines of each node's log printed when a test fails.
+pub(crate) const LOG_TAIL_LINES: usize = 80;
+
 /// Poll interval of [`wait_until`] and [`wait_for`].
 pub const POLL: Duration = Duration::from_millis(50);
 

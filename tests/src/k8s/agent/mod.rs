@@ -395,4 +395,3 @@ async fn renew_lease(client: &Client, node: &str) -> Result<()> {
     }
     Ok(())
 }
-
