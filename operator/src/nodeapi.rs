@@ -15,105 +15,21 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use serde::Deserialize;
+use rstore_api::client::{Credentials, NodeClient, TlsError};
 
 use crate::crd::{MemberRole, ReadConsistency, ReplicationMode};
 
-/// Errors of a node API call.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeApiError {
-    /// The node could not be reached or did not answer in time.
-    #[error("node {url} unreachable: {source}")]
-    Unreachable {
-        /// Base URL called.
-        url: String,
-        /// Cause.
-        #[source]
-        source: reqwest::Error,
-    },
-    /// The node answered with an error.
-    #[error("node {url} answered {status} {code}: {message}")]
-    Refused {
-        /// Base URL called.
-        url: String,
-        /// HTTP status.
-        status: u16,
-        /// The stable error code of the JSON error body.
-        code: String,
-        /// Its message.
-        message: String,
-    },
-    /// The answer could not be read.
-    #[error("node {url} answered unexpected JSON: {source}")]
-    Decode {
-        /// Base URL called.
-        url: String,
-        /// Cause.
-        #[source]
-        source: reqwest::Error,
-    },
-    /// The answer was not the documented JSON.
-    #[error("node {url} answered unexpected JSON: {source}")]
-    Json {
-        /// Base URL called.
-        url: String,
-        /// Cause.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The answer was larger than any honest node sends.
-    #[error("node {url} sent an answer over {limit} bytes; ignored")]
-    TooLarge {
-        /// Base URL called.
-        url: String,
-        /// [`MAX_REPLY_BYTES`].
-        limit: usize,
-    },
-}
+/// Errors of a node API call: the typed client's (one definition of the node's HTTP
+/// contract, its error body and the reply cap).
+pub type NodeApiError = rstore_api::client::Error;
 
 /// The most the operator reads of one node's answer: a view of the largest cluster is a
 /// few kilobytes, and no pod can make the operator buffer more than this.
 pub const MAX_REPLY_BYTES: usize = 4 << 20;
 
-/// Read a body whole, up to `limit` bytes.
-async fn read_capped(
-    mut resp: reqwest::Response,
-    url: &str,
-    limit: usize,
-) -> Result<Vec<u8>, NodeApiError> {
-    let too_large = || NodeApiError::TooLarge {
-        url: url.to_owned(),
-        limit,
-    };
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|source| NodeApiError::Decode {
-        url: url.to_owned(),
-        source,
-    })? {
-        if out.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
-}
-
 // The node's admin JSON, shared with it (one definition: no drift).
 pub use rstore_api::admin::{AddMember, ClusterView, ConfigChange, MemberView, NodeInfo};
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    code: String,
-    message: String,
-}
+pub use rstore_api::client::ClusterConfig;
 
 /// Host names and the IPs to connect to for them, as a `reqwest` resolver: names it does not
 /// hold go to the system resolver. The operator fills it from the pods' IPs; the local
@@ -157,24 +73,18 @@ impl reqwest::dns::Resolve for HostTable {
     }
 }
 
-/// `b` trusting only `ca_pem` (no public roots) and sending `token` as a bearer token.
-pub fn with_credentials(
-    b: reqwest::ClientBuilder,
-    ca_pem: &str,
-    token: &str,
-) -> Result<reqwest::ClientBuilder, String> {
-    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
-        .map_err(|e| format!("the store's CA is not a PEM certificate: {e}"))?;
-    let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-        .map_err(|_| "the token is not a valid header value".to_owned())?;
-    auth.set_sensitive(true);
-    Ok(b.use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .default_headers(reqwest::header::HeaderMap::from_iter([(
-            reqwest::header::AUTHORIZATION,
-            auth,
-        )])))
+/// The message of credentials that make no client, as the operator has always put it in
+/// conditions and Events.
+pub fn credentials_error(e: TlsError) -> String {
+    match e {
+        TlsError::Invalid { what, detail } if what == "the CA" => {
+            format!("the store's CA is not a PEM certificate: {detail}")
+        }
+        TlsError::Invalid { what, .. } if what == "the token" => {
+            "the token is not a valid header value".to_owned()
+        }
+        other => other.to_string(),
+    }
 }
 
 /// The node admin API client.
@@ -215,16 +125,21 @@ impl NodeApi {
         tls: Option<(&str, &str)>,
     ) -> Result<Self, String> {
         let hosts = Arc::new(HostTable::default());
-        // Pods are reached directly, never through an HTTP_PROXY.
-        let mut b = reqwest::Client::builder()
-            .no_proxy()
+        let creds = match tls {
+            Some((ca_pem, token)) => Credentials::ca(ca_pem).with_token(token),
+            None => Credentials::none(),
+        };
+        // Pods are reached directly, never through an HTTP_PROXY (the builder has no proxy).
+        let mut b = creds
+            .reqwest_builder()
+            .map_err(credentials_error)?
             .connect_timeout(read_timeout)
             // Below the members' idle timeout (10 s), so that no request goes out on a
             // connection the member is closing.
             .pool_idle_timeout(Duration::from_secs(4))
             .dns_resolver(hosts.clone());
-        if let Some((ca_pem, token)) = tls {
-            b = with_credentials(b, ca_pem, token)?.https_only(true);
+        if tls.is_some() {
+            b = b.https_only(true);
         }
         Ok(Self {
             http: b
@@ -247,72 +162,31 @@ impl NodeApi {
         self.hosts.set(host, ip);
     }
 
-    async fn call<T: serde::de::DeserializeOwned>(
-        &self,
-        base: &str,
-        req: reqwest::RequestBuilder,
-    ) -> Result<T, NodeApiError> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| NodeApiError::Unreachable {
-                url: base.to_owned(),
-                source,
-            })?;
-        let status = resp.status();
-        let body = read_capped(resp, base, MAX_REPLY_BYTES).await?;
-        if !status.is_success() {
-            let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
-                Ok(b) => (b.error.code, b.error.message),
-                Err(_) => ("unknown".to_owned(), format!("HTTP {status}")),
-            };
-            return Err(NodeApiError::Refused {
-                url: base.to_owned(),
-                status: status.as_u16(),
-                code,
-                message,
-            });
-        }
-        serde_json::from_slice(&body).map_err(|source| NodeApiError::Json {
-            url: base.to_owned(),
-            source,
-        })
+    /// The node at `base`, its calls bounded by `timeout` and [`MAX_REPLY_BYTES`].
+    fn at(&self, base: &str, timeout: Duration) -> NodeClient {
+        NodeClient::new(self.http.clone(), base)
+            .with_timeout(timeout)
+            .with_reply_limit(MAX_REPLY_BYTES)
     }
 
     /// `GET /v1/node`.
     pub async fn node(&self, base: &str) -> Result<NodeInfo, NodeApiError> {
-        let req = self
-            .http
-            .get(format!("{base}/v1/node"))
-            .timeout(self.read_timeout);
-        self.call(base, req).await
+        self.at(base, self.read_timeout).node().await
     }
 
     /// `GET /v1/cluster` (the node forwards it to its leader).
     pub async fn cluster(&self, base: &str) -> Result<ClusterView, NodeApiError> {
-        let req = self
-            .http
-            .get(format!("{base}/v1/cluster"))
-            .timeout(self.read_timeout);
-        self.call(base, req).await
+        self.at(base, self.read_timeout).cluster().await
     }
 
     /// `GET /v1/cluster?consistency=stale`: the node's own view, not forwarded.
     pub async fn cluster_local(&self, base: &str) -> Result<ClusterView, NodeApiError> {
-        let req = self
-            .http
-            .get(format!("{base}/v1/cluster?consistency=stale"))
-            .timeout(self.read_timeout);
-        self.call(base, req).await
+        self.at(base, self.read_timeout).cluster_local().await
     }
 
     /// `POST /v1/cluster/init`.
     pub async fn init(&self, base: &str) -> Result<ClusterView, NodeApiError> {
-        let req = self
-            .http
-            .post(format!("{base}/v1/cluster/init"))
-            .timeout(self.change_timeout);
-        self.call(base, req).await
+        self.at(base, self.change_timeout).init().await
     }
 
     /// `POST /v1/cluster/members`.
@@ -324,27 +198,14 @@ impl NodeApi {
         client_url: &str,
         role: MemberRole,
     ) -> Result<ClusterView, NodeApiError> {
-        let body = AddMember {
-            id,
-            peer_url: peer_url.to_owned(),
-            client_url: client_url.to_owned(),
-            role: role.as_str().to_owned(),
-        };
-        let req = self
-            .http
-            .post(format!("{base}/v1/cluster/members"))
-            .json(&body)
-            .timeout(self.change_timeout);
-        self.call(base, req).await
+        self.at(base, self.change_timeout)
+            .add_member(id, peer_url, client_url, role)
+            .await
     }
 
     /// `DELETE /v1/cluster/members/{id}`.
     pub async fn remove_member(&self, base: &str, id: u64) -> Result<ClusterView, NodeApiError> {
-        let req = self
-            .http
-            .delete(format!("{base}/v1/cluster/members/{id}"))
-            .timeout(self.change_timeout);
-        self.call(base, req).await
+        self.at(base, self.change_timeout).remove_member(id).await
     }
 
     /// `PUT /v1/cluster/config`.
@@ -353,15 +214,11 @@ impl NodeApi {
         base: &str,
         mode: ReplicationMode,
         read_consistency: ReadConsistency,
-    ) -> Result<serde_json::Value, NodeApiError> {
-        let req = self
-            .http
-            .put(format!("{base}/v1/cluster/config"))
-            .json(&ConfigChange {
-                replication_mode: Some(mode.as_str().to_owned()),
-                read_consistency: Some(read_consistency.as_str().to_owned()),
-            })
-            .timeout(self.change_timeout);
-        self.call(base, req).await
+    ) -> Result<ClusterConfig, NodeApiError> {
+        let change = ConfigChange {
+            replication_mode: Some(mode.as_str().to_owned()),
+            read_consistency: Some(read_consistency.as_str().to_owned()),
+        };
+        self.at(base, self.change_timeout).set_config(&change).await
     }
 }

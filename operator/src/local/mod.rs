@@ -286,14 +286,16 @@ impl LocalControlPlane {
 
     fn build_client(&self, creds: Option<(String, String)>) -> Result<reqwest::Client> {
         let dns = self.dns.clone();
-        let mut b = reqwest::Client::builder()
-            .no_proxy()
+        let creds = match creds {
+            Some((ca, token)) => rstore_api::client::Credentials::ca(ca).with_token(token),
+            None => rstore_api::client::Credentials::none(),
+        };
+        creds
+            .reqwest_builder()
+            .map_err(|e| Error::Local(crate::nodeapi::credentials_error(e)))?
             .timeout(Duration::from_secs(5))
-            .dns_resolver(dns);
-        if let Some((ca, token)) = creds {
-            b = crate::nodeapi::with_credentials(b, &ca, &token).map_err(Error::Local)?;
-        }
-        b.build()
+            .dns_resolver(dns)
+            .build()
             .map_err(|e| Error::Local(format!("cannot build an HTTP client: {e}")))
     }
 
