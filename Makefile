@@ -8,7 +8,7 @@
 #
 # ---- image names: defined here, once -------------------------------------------------------
 # The same names are the defaults of charts/rstore-operator/values.yaml (operator image,
-# appVersion) and of DEFAULT_IMAGE in operator/src/crd.rs (node image); `make lint` fails when
+# appVersion) and of DEFAULT_IMAGE in operator/src/crd/spec.rs (node image); `make lint` fails when
 # they disagree.
 REGISTRY       ?= ghcr.io/rstore
 VERSION        ?= 0.1.0

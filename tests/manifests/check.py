@@ -175,7 +175,7 @@ def exposed_series() -> dict[str, set[str]]:
 
 
 def known_label_values() -> dict[tuple[str, str], set[str]]:
-    app = (ROOT / "node" / "src" / "app.rs").read_text()
+    app = (ROOT / "node" / "src" / "types.rs").read_text()
     role_fn = app.split("pub fn role_name", 1)[1].split("\n}\n", 1)[0]
     phases = set(crd_schema()["properties"]["status"]["properties"]["phase"]["enum"])
     return {
@@ -427,9 +427,9 @@ def main() -> int:
         images = makefile_images()
         values = yaml.safe_load((CHART / "values.yaml").read_text())
         chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-        crd_rs = (ROOT / "operator" / "src" / "crd.rs").read_text()
+        crd_rs = (ROOT / "operator" / "src" / "crd" / "spec.rs").read_text()
         default_image = re.search(r'pub const DEFAULT_IMAGE: &str = "([^"]+)";', crd_rs)
-        expect(default_image, "DEFAULT_IMAGE not found in operator/src/crd.rs")
+        expect(default_image, "DEFAULT_IMAGE not found in operator/src/crd/spec.rs")
         spec_default = crd_schema()["properties"]["spec"]["properties"]["image"]["default"]
         chart_image = f"{values['image']['repository']}:{values['image']['tag'] or chart['appVersion']}"
         problems = []
