@@ -24,7 +24,7 @@ RUN --mount=type=cache,id=rstore-cargo-registry,target=/usr/local/cargo/registry
 FROM ${RUNTIME_IMAGE}
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="rstore-node" \
-      org.opencontainers.image.description="rstore: one member of a replicated key-value store cluster (Raft over sled)" \
+      org.opencontainers.image.description="rstore: one member of a replicated key-value store cluster (Raft over its own write-ahead log)" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/node /usr/local/bin/node
