@@ -45,6 +45,8 @@ pub struct App {
     pub watches: Arc<std::sync::atomic::AtomicUsize>,
     /// Serializes membership changes on this node; others get 409.
     pub membership_lock: tokio::sync::Mutex<()>,
+    /// One backup streams from this member at a time (each holds a copy of the state).
+    pub backup_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl App {

@@ -81,6 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         // Client commands: one clear line on failure, never a backtrace.
         Command::Kv(cmd) => client_result(rstore_node::cli::client::run_kv(cmd).await),
         Command::Cluster(cmd) => client_result(rstore_node::cli::client::run_cluster(cmd).await),
+        Command::Backup(cmd) => client_result(rstore_node::cli::backup::run_backup(cmd).await),
         Command::Cert(cmd) => client_result(rstore_node::cli::cert::run_cert(cmd)),
     }
 }

@@ -68,6 +68,16 @@ pub struct Metrics {
     pub watches: Gauge,
     pub watches_refused: Counter,
     pub watches_cut_off: Counter,
+    /// Backups streamed from this member, by outcome (`complete`, `aborted`, `refused`).
+    pub backups: Family<OutcomeLabels, Counter>,
+    pub backup_bytes: Counter,
+    /// Seconds the state's lock was held to copy it for a backup (writes wait that long).
+    pub backup_copy_seconds: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
 }
 
 impl Default for Metrics {
@@ -108,6 +118,9 @@ impl Metrics {
             watches: Gauge::default(),
             watches_refused: Counter::default(),
             watches_cut_off: Counter::default(),
+            backups: Family::default(),
+            backup_bytes: Counter::default(),
+            backup_copy_seconds: latency_histogram(),
             registry: Registry::default(),
         };
         registry.register(
@@ -155,6 +168,21 @@ impl Metrics {
             "watches_cut_off",
             "Watches ended because the watcher fell behind its buffer bound",
             m.watches_cut_off.clone(),
+        );
+        registry.register(
+            "backups",
+            "Backups streamed from this member, by outcome: complete, aborted (the client or the stream failed), refused (another was streaming)",
+            m.backups.clone(),
+        );
+        registry.register(
+            "backup_bytes",
+            "Bytes of backup streams sent by this member",
+            m.backup_bytes.clone(),
+        );
+        registry.register(
+            "backup_copy_seconds",
+            "Time the state was held to copy it for a backup (writes wait for it)",
+            m.backup_copy_seconds.clone(),
         );
         registry.register("raft_term", "Current Raft term", m.term.clone());
         registry.register(

@@ -199,6 +199,7 @@ impl Node {
             metrics,
             settings,
             membership_lock: tokio::sync::Mutex::new(()),
+            backup_lock: Arc::default(),
         });
         tokio::spawn(watch_raft(app.clone()));
         crate::tls::spawn_reloader(app.tls.clone(), app.tokens.clone(), RELOAD_EVERY);

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod authorize;
+pub mod backup;
 pub mod cluster;
 pub mod kv;
 pub mod read;
@@ -42,6 +43,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/node", get(admin::node))
         .route("/v1/cluster", get(admin::cluster))
+        .route("/v1/cluster/backup", get(backup::backup))
         .route("/v1/cluster/init", post(cluster::init))
         .route("/v1/cluster/members", post(cluster::add_member))
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))

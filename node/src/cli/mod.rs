@@ -1,8 +1,10 @@
 //! The command line: `node serve` (whose flags are [`crate::config`]), and the commands
-//! that are not the server: `node dev` ([`dev`]), `node cert` ([`cert`]) and a client that
+//! that are not the server: `node dev` ([`dev`]), `node cert` ([`cert`]), `node backup`
+//! ([`backup`]) and a client that
 //! speaks the HTTP API in the manner of etcdctl ([`client`]). Nothing in the server imports
 //! this module; it is the top of the stack.
 
+pub mod backup;
 pub mod cert;
 pub mod client;
 pub mod dev;
@@ -36,6 +38,9 @@ pub enum Command {
     /// Inspect and change cluster membership.
     #[command(subcommand)]
     Cluster(client::ClusterCommand),
+    /// Back up a running cluster, check a backup, and restore one into a new cluster.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
     /// Make certificates and tokens: a cluster CA, member and client certificates.
     #[command(subcommand)]
     Cert(cert::CertCommand),

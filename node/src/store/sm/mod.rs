@@ -109,6 +109,7 @@ impl StateMachineStore {
         *self.reader.state.write().expect("state lock") = State {
             data: snap.data,
             revision: snap.revision,
+            applied_index: snap.last_applied.map_or(0, |l| l.index),
             history: VecDeque::new(),
             history_bytes: 0,
         };
@@ -207,6 +208,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
             state.revision = revision;
+            state.applied_index = self.last_applied.map_or(0, |l| l.index);
             for change in changes {
                 let change = Arc::new(change);
                 state.record(change.clone(), self.retention);

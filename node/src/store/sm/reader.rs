@@ -16,6 +16,8 @@ pub(super) struct State {
     pub(super) data: Data,
     /// The revision of the last applied write.
     pub(super) revision: u64,
+    /// The log index of the last applied entry.
+    pub(super) applied_index: u64,
     /// The newest revisions, contiguous and ending at `revision`.
     pub(super) history: VecDeque<Arc<RevisionEvents>>,
     pub(super) history_bytes: u64,
@@ -45,6 +47,14 @@ pub struct KvReader {
     pub(super) state: Arc<RwLock<State>>,
     pub(super) config: Arc<RwLock<ClusterConfig>>,
     pub(super) events: tokio::sync::broadcast::Sender<Arc<RevisionEvents>>,
+}
+
+/// The whole state at one revision ([`KvReader::copy_all`]).
+pub struct StateCopy {
+    pub revision: u64,
+    pub applied_index: u64,
+    pub config: ClusterConfig,
+    pub records: std::collections::BTreeMap<String, Record>,
 }
 
 /// One item of a range listing.
@@ -103,7 +113,19 @@ impl KvReader {
         self.state().data.bytes
     }
 
-    /// Keys with `prefix`, strictly after `start_after`, at most `limit`; and whether more exist.
+    /// A copy of the whole state as of one applied log entry, taken under the state's lock
+    /// (so it holds exactly the writes up to its revision), for a backup. Writes wait for
+    /// the copy, not for what the caller does with it.
+    pub fn copy_all(&self) -> StateCopy {
+        let state = self.state();
+        StateCopy {
+            revision: state.revision,
+            applied_index: state.applied_index,
+            config: self.config(),
+            records: state.data.map.clone(),
+        }
+    }
+
     /// Keys under `prefix` after `start_after`, in order: at most `limit` of them, and no
     /// more once their keys and values reach `max_bytes` (at least one, however big).
     /// The flag says whether more keys follow.

@@ -152,3 +152,175 @@ pub(super) fn write_file(
     // A failed fsync aborts the process (see `crate::store::fsync`).
     crate::store::fsync::write_durably(&dir.join("current"), &bytes).map_err(err_snapshot)
 }
+
+/// The first fields of [`SnapshotPayload`] alone. bincode writes a struct as its fields in
+/// order, so these bytes, then the length of `data` and its pairs, are the payload.
+#[derive(Serialize)]
+struct PayloadHead<'a> {
+    last_applied: &'a Option<LogId>,
+    membership: &'a StoredMembership,
+    revision: u64,
+    config: &'a ClusterConfig,
+}
+
+/// Writes a snapshot file record by record, for a restore from a backup, without holding
+/// the state or its encoding in memory. The file is byte for byte what [`write_file`]
+/// writes for the same state (tested), and is renamed into place only once complete.
+pub struct StreamWriter {
+    out: std::io::BufWriter<std::fs::File>,
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+    crc: crc32fast::Hasher,
+    keys_left: u64,
+    bytes_left: u64,
+}
+
+impl StreamWriter {
+    /// Start `dir/current` for a state of `keys` keys holding `data_bytes` bytes of keys
+    /// and values (the lengths go before the records).
+    pub fn create(
+        dir: &Path,
+        meta: &SnapshotMeta,
+        revision: u64,
+        config: &ClusterConfig,
+        keys: u64,
+        data_bytes: u64,
+    ) -> std::io::Result<Self> {
+        use std::io::Write;
+        let head = bincode::serialize(&PayloadHead {
+            last_applied: &meta.last_log_id,
+            membership: &meta.last_membership,
+            revision,
+            config,
+        })
+        .map_err(std::io::Error::other)?;
+        // Per key: two length prefixes (8 each) and the record's three counters (24).
+        let payload_len = head.len() as u64 + 8 + keys * 40 + data_bytes;
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("current");
+        let tmp = dir.join("current.restoring");
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        out.write_all(&bincode::serialize(meta).map_err(std::io::Error::other)?)?;
+        out.write_all(&payload_len.to_le_bytes())?;
+        let mut crc = crc32fast::Hasher::new();
+        for part in [&head[..], &keys.to_le_bytes()] {
+            out.write_all(part)?;
+            crc.update(part);
+        }
+        Ok(Self {
+            out,
+            tmp,
+            path,
+            crc,
+            keys_left: keys,
+            bytes_left: data_bytes,
+        })
+    }
+
+    pub fn push(&mut self, key: &str, r: &Record) -> std::io::Result<()> {
+        use std::io::Write;
+        let n = (key.len() + r.value.len()) as u64;
+        if self.keys_left == 0 || self.bytes_left < n {
+            return Err(std::io::Error::other(
+                "more records than the snapshot was started for",
+            ));
+        }
+        self.keys_left -= 1;
+        self.bytes_left -= n;
+        let parts: [&[u8]; 7] = [
+            &(key.len() as u64).to_le_bytes(),
+            key.as_bytes(),
+            &(24 + r.value.len() as u64).to_le_bytes(),
+            &r.create_revision.to_be_bytes(),
+            &r.mod_revision.to_be_bytes(),
+            &r.version.to_be_bytes(),
+            &r.value,
+        ];
+        for p in parts {
+            self.out.write_all(p)?;
+            self.crc.update(p);
+        }
+        Ok(())
+    }
+
+    /// Write the checksum, make the file durable and move it into place.
+    pub fn finish(self) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.keys_left != 0 || self.bytes_left != 0 {
+            return Err(std::io::Error::other(format!(
+                "{} keys ({} bytes) fewer than the snapshot was started for",
+                self.keys_left, self.bytes_left
+            )));
+        }
+        let mut out = self.out;
+        out.write_all(&self.crc.finalize().to_le_bytes())?;
+        let f = out.into_inner().map_err(|e| e.into_error())?;
+        crate::store::fsync::sync_all(&f, &self.tmp);
+        drop(f);
+        std::fs::rename(&self.tmp, &self.path)?;
+        crate::store::fsync::sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Member;
+
+    #[test]
+    fn a_streamed_snapshot_is_the_file_write_file_writes() {
+        let id = LogId::new(openraft::CommittedLeaderId::new(0, 0), 0);
+        let membership = openraft::Membership::new(
+            vec![[7u64].into_iter().collect()],
+            [(
+                7u64,
+                Member {
+                    peer_url: "http://p".into(),
+                    client_url: "http://c".into(),
+                },
+            )]
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>(),
+        );
+        let meta = SnapshotMeta {
+            last_log_id: Some(id),
+            last_membership: StoredMembership::new(Some(id), membership),
+            snapshot_id: "restored".into(),
+        };
+        let mut data = Data::default();
+        for (k, v) in [("a", &b"1"[..]), ("b/c", b""), ("zz", &[0u8; 300][..])] {
+            data.insert(
+                k.into(),
+                Record {
+                    create_revision: 2,
+                    mod_revision: 5,
+                    version: 3,
+                    value: v.to_vec(),
+                },
+            );
+        }
+        let config = ClusterConfig::default();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let payload = encode_payload(&meta, 9, config, data.clone()).unwrap();
+        write_file(a.path(), &meta, &payload).unwrap();
+        let bytes: u64 = data
+            .map
+            .iter()
+            .map(|(k, r)| (k.len() + r.value.len()) as u64)
+            .sum();
+        let mut w = StreamWriter::create(b.path(), &meta, 9, &config, data.map.len() as u64, bytes)
+            .unwrap();
+        for (k, r) in &data.map {
+            w.push(k, r).unwrap();
+        }
+        w.finish().unwrap();
+        assert_eq!(
+            std::fs::read(a.path().join("current")).unwrap(),
+            std::fs::read(b.path().join("current")).unwrap()
+        );
+        let file = read_file(&b.path().join("current")).unwrap().unwrap();
+        let decoded = decode_payload(&file.payload).unwrap();
+        assert_eq!(decoded.revision, 9);
+        assert_eq!(decoded.data.map, data.map);
+    }
+}

@@ -1,0 +1,138 @@
+//! `GET /v1/cluster/backup` (admin): a consistent backup of the whole store, streamed in
+//! the format of [`rstore_backup::format`].
+//!
+//! The member first passes a linearizable read barrier (so the backup holds every write
+//! acknowledged before the request), then copies the state under its lock in one go (so it
+//! holds exactly the writes up to one revision), and encodes and sends the copy off the
+//! lock, while writes go on. Any member can serve it; one backup streams from a member at
+//! a time, and a second gets 409. The answer's headers carry the revision, the cluster id
+//! and the key count before the body starts; the body's trailer carries its SHA-256.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use rstore_backup::format::{FORMAT_VERSION, Header, Writer};
+
+use super::admin::config_view;
+use crate::app::App;
+use crate::forward::leader::linearizable_barrier;
+use crate::metrics::OutcomeLabels;
+use crate::web::{ApiError, ApiResult, parse_query};
+
+/// Chunks queued between the encoder and the connection (each about 256 KiB).
+const QUEUE: usize = 8;
+
+pub async fn backup(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
+    parse_query(&uri, &[])?;
+    let outcome = |outcome| {
+        app.metrics
+            .backups
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc()
+    };
+    let Some(cluster_id) = app.identity.cluster_id() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_initialized",
+            "this member belongs to no cluster yet: initialize the cluster or add this member to one, then back it up",
+        ));
+    };
+    let Ok(permit) = app.backup_lock.clone().try_lock_owned() else {
+        outcome("refused");
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "backup_in_progress",
+            "a backup is already streaming from this member; retry when it ends, or take this one from another member",
+        ));
+    };
+    linearizable_barrier(&app).await?;
+    let started = Instant::now();
+    let copy = app.kv.copy_all();
+    app.metrics
+        .backup_copy_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let header = Header {
+        format: FORMAT_VERSION,
+        cluster_id: cluster_id.clone(),
+        revision: copy.revision,
+        log_index: copy.applied_index,
+        created_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        source_node: app.id,
+        keys: copy.records.len() as u64,
+        data_bytes: copy
+            .records
+            .iter()
+            .map(|(k, r)| (k.len() + r.value.len()) as u64)
+            .sum(),
+        config: config_view(&copy.config),
+    };
+    let revision = header.revision;
+    let keys = header.keys;
+    tracing::info!(revision, keys, bytes = header.data_bytes, "backup started");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
+    let metrics = app.metrics.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut w = Writer::new(header);
+        let mut sent = 0u64;
+        let send = |b: Vec<u8>, sent: &mut u64| {
+            *sent += b.len() as u64;
+            tx.blocking_send(Bytes::from(b)).is_ok()
+        };
+        for (key, r) in &copy.records {
+            w.push(
+                key.as_bytes(),
+                r.create_revision,
+                r.mod_revision,
+                r.version,
+                &r.value,
+            );
+            let ready = w.take();
+            if !ready.is_empty() && !send(ready, &mut sent) {
+                tracing::warn!(revision, sent, "backup aborted: the client went away");
+                metrics
+                    .backups
+                    .get_or_create(&OutcomeLabels { outcome: "aborted" })
+                    .inc();
+                return;
+            }
+        }
+        let ok = match w.finish() {
+            Ok(rest) => send(rest, &mut sent),
+            Err(e) => {
+                tracing::error!(error = %e, "backup aborted");
+                false
+            }
+        };
+        metrics.backup_bytes.inc_by(sent);
+        let outcome = if ok { "complete" } else { "aborted" };
+        metrics
+            .backups
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        tracing::info!(revision, keys, bytes = sent, outcome, "backup streamed");
+    });
+    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        let b = rx.recv().await?;
+        Some((Ok::<_, std::io::Error>(b), rx))
+    }));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/vnd.rstore.backup")
+        .header("x-rstore-revision", revision.to_string())
+        .header("x-rstore-cluster-id", cluster_id.as_str())
+        .header("x-rstore-keys", keys.to_string())
+        .header(
+            "content-disposition",
+            format!("attachment; filename=\"rstore-{cluster_id}-r{revision}.rsb\""),
+        )
+        .body(body)
+        .map_err(ApiError::internal)
+        .map(IntoResponse::into_response)
+}

@@ -1,0 +1,336 @@
+//! `node backup save | restore | inspect`: take a consistent backup of a running cluster into
+//! a file, in the manner of `etcdctl snapshot save`, check one, and prepare a new cluster's
+//! first member from one.
+//!
+//! A restore reads the backup once, checking every frame, the key order, the counts and the
+//! SHA-256 as it writes the new member's data into a staging directory beside the target;
+//! only a backup that checked out to its last byte is moved into place. A corrupt,
+//! truncated or spliced backup leaves nothing behind and names the file, the byte offset and
+//! what is wrong. The new member is the only voter of a new cluster (new cluster id, new
+//! member id) holding the backup's keys, values and revisions; more members join it with
+//! `node cluster add`, and get the data from it by Raft.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use openraft::storage::RaftLogStorage;
+use rstore_backup::format::{Header, Reader};
+
+use super::client::Endpoint;
+use crate::identity::{Identity, new_cluster_id};
+use crate::store::{self, Record, Retention, SnapshotWriter};
+use crate::types::{ClusterConfig, LogId, Member, SnapshotMeta, StoredMembership};
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCommand {
+    /// Stream a consistent backup from a member (admin role) into a file.
+    Save(SaveArgs),
+    /// Check a backup file to its last byte and print what it holds.
+    Inspect {
+        /// The backup file.
+        file: PathBuf,
+    },
+    /// Prepare the data directory of a new cluster's first member from a backup.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SaveArgs {
+    /// Where to write the backup; it is written to FILE.partial and renamed once complete
+    /// and checked.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub ep: Endpoint,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The backup file.
+    pub file: PathBuf,
+    /// The new member's data directory: it must not exist or be empty.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The new member's client URL, as it will be served (`node serve --advertise-client`).
+    #[arg(long)]
+    pub advertise_client: String,
+    /// The new member's peer URL, as it will be served (`node serve --advertise-peer`).
+    #[arg(long)]
+    pub advertise_peer: String,
+    /// Refuse the backup unless it is at this revision.
+    #[arg(long)]
+    pub expect_revision: Option<u64>,
+    /// Refuse the backup unless it was taken from this cluster.
+    #[arg(long)]
+    pub expect_cluster_id: Option<String>,
+}
+
+pub async fn run_backup(cmd: BackupCommand) -> anyhow::Result<()> {
+    match cmd {
+        BackupCommand::Save(args) => save(args).await,
+        BackupCommand::Inspect { file } => {
+            let (header, bytes) = inspect(&file)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "file": file.display().to_string(),
+                    "bytes": bytes,
+                    "header": header,
+                    "verified": true,
+                }))?
+            );
+            Ok(())
+        }
+        BackupCommand::Restore(args) => {
+            let r = restore(&args).await?;
+            println!(
+                "restored revision {} ({} keys) from {} into {}: new cluster {}, member {}\n\
+                 start it with: node serve --data-dir {} --advertise-client {} --advertise-peer {} ...\n\
+                 then add members with: node cluster add --client-url URL --peer-url URL",
+                r.revision,
+                r.keys,
+                args.file.display(),
+                args.data_dir.display(),
+                r.cluster_id,
+                r.node_id,
+                args.data_dir.display(),
+                args.advertise_client,
+                args.advertise_peer,
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Read the whole backup at `path`, checking everything; its header and size.
+pub fn inspect(path: &Path) -> anyhow::Result<(Header, u64)> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut r = Reader::open(std::io::BufReader::with_capacity(1 << 20, f))
+        .with_context(|| format!("backup {} is not usable", path.display()))?;
+    r.verify_rest()
+        .with_context(|| format!("backup {} is not usable", path.display()))?;
+    Ok((r.header().clone(), r.offset()))
+}
+
+async fn save(args: SaveArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let client = args.ep.client()?;
+    let url = format!(
+        "{}/v1/cluster/backup",
+        args.ep.endpoint.trim_end_matches('/')
+    );
+    let mut resp = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        bail!("{status}: {}", error_message(&body));
+    }
+    let partial = args.out.with_extension("partial");
+    let mut out = std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(&partial)
+            .with_context(|| format!("cannot create {}", partial.display()))?,
+    );
+    let mut bytes = 0u64;
+    let copied: anyhow::Result<()> = async {
+        while let Some(chunk) = resp.chunk().await.context("the backup stream broke off")? {
+            out.write_all(&chunk)?;
+            bytes += chunk.len() as u64;
+        }
+        let f = out.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        Ok(())
+    }
+    .await;
+    let checked = copied.and_then(|()| inspect(&partial));
+    let header = match checked {
+        Ok((h, _)) => h,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.context(format!("no backup was saved to {}", args.out.display())));
+        }
+    };
+    std::fs::rename(&partial, &args.out)
+        .with_context(|| format!("cannot move the backup to {}", args.out.display()))?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "file": args.out.display().to_string(),
+            "cluster_id": header.cluster_id,
+            "revision": header.revision,
+            "keys": header.keys,
+            "bytes": bytes,
+            "seconds": (secs * 1000.0).round() / 1000.0,
+        })
+    );
+    Ok(())
+}
+
+fn error_message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            let e = v.get("error")?;
+            Some(format!(
+                "{}: {}",
+                e.get("code")?.as_str()?,
+                e.get("message")?.as_str()?
+            ))
+        })
+        .unwrap_or_else(|| body.to_string())
+}
+
+/// What a restore made.
+pub struct Restored {
+    pub cluster_id: String,
+    pub node_id: u64,
+    pub revision: u64,
+    pub keys: u64,
+}
+
+/// Prepare `args.data_dir` from the backup: checked in full before the directory appears.
+pub async fn restore(args: &RestoreArgs) -> anyhow::Result<Restored> {
+    let dir = &args.data_dir;
+    if let Ok(mut entries) = std::fs::read_dir(dir)
+        && let Some(entry) = entries.next()
+    {
+        bail!(
+            "{} is not empty (it holds {}): restore into a new, empty data directory",
+            dir.display(),
+            entry?.file_name().to_string_lossy()
+        );
+    }
+    let name = dir
+        .file_name()
+        .with_context(|| format!("{} names no directory", dir.display()))?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let staging = parent.join(format!(
+        ".{}.restoring-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    match seed(args, &staging).await {
+        Ok(r) => {
+            if dir.exists() {
+                std::fs::remove_dir(dir)
+                    .with_context(|| format!("cannot replace the empty {}", dir.display()))?;
+            }
+            std::fs::rename(&staging, dir)
+                .with_context(|| format!("cannot move the restored data to {}", dir.display()))?;
+            store::fsync::sync_dir(&parent)?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e.context(format!(
+                "backup {} was not restored; {} was left as it was",
+                args.file.display(),
+                dir.display()
+            )))
+        }
+    }
+}
+
+/// Write a new member's data into `staging`: identity, a log that starts after the
+/// snapshot, and the snapshot holding the backup.
+async fn seed(args: &RestoreArgs, staging: &Path) -> anyhow::Result<Restored> {
+    let file = &args.file;
+    let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let mut reader = Reader::open(std::io::BufReader::with_capacity(1 << 20, f))?;
+    let header = reader.header().clone();
+    if let Some(want) = args.expect_revision
+        && want != header.revision
+    {
+        bail!(
+            "it is at revision {}, not the expected {want}",
+            header.revision
+        );
+    }
+    if let Some(want) = &args.expect_cluster_id
+        && *want != header.cluster_id
+    {
+        bail!(
+            "it was taken from cluster {}, not the expected {want}",
+            header.cluster_id
+        );
+    }
+    let config: ClusterConfig = serde_json::from_value(header.config.clone())
+        .context("its cluster settings are not valid")?;
+
+    let identity = Identity::load_or_create(staging)?;
+    let cluster_id = new_cluster_id();
+    identity.adopt_cluster(&cluster_id)?;
+    let node_id = identity.node_id();
+
+    // The state a cluster has just after `init`, compacted: a membership of one voter at
+    // log index 0, covered by the snapshot, with the log purged up to it.
+    let at = LogId::new(openraft::CommittedLeaderId::new(0, 0), 0);
+    let member = Member {
+        peer_url: args.advertise_peer.trim_end_matches('/').to_string(),
+        client_url: args.advertise_client.trim_end_matches('/').to_string(),
+    };
+    let membership = openraft::Membership::new(
+        vec![[node_id].into_iter().collect()],
+        [(node_id, member)]
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    );
+    let meta = SnapshotMeta {
+        last_log_id: Some(at),
+        last_membership: StoredMembership::new(Some(at), membership),
+        snapshot_id: format!("restored-{}-r{}", header.cluster_id, header.revision),
+    };
+    {
+        let retention = Retention {
+            revisions: 1,
+            bytes: 1,
+        };
+        let mut opened = store::open(staging, store::SEGMENT_BYTES, retention, |_| {}).await?;
+        opened.log.purge(at).await?;
+        opened.log.cover_snapshot(Some(at)).await?;
+    }
+
+    let snapshot_dir = staging.join("snapshot");
+    let mut w = SnapshotWriter::create(
+        &snapshot_dir,
+        &meta,
+        header.revision,
+        &config,
+        header.keys,
+        header.data_bytes,
+    )?;
+    while let Some(e) = reader.next_entry()? {
+        w.push(
+            &e.key,
+            &Record {
+                create_revision: e.create_revision,
+                mod_revision: e.mod_revision,
+                version: e.version,
+                value: e.value,
+            },
+        )?;
+    }
+    w.finish()?;
+    Ok(Restored {
+        cluster_id,
+        node_id,
+        revision: header.revision,
+        keys: header.keys,
+    })
+}
