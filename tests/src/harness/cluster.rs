@@ -121,6 +121,13 @@ impl Cluster {
 
     /// Start a fresh, uninitialized process; returns its index. It is not a member yet.
     pub async fn spawn_node(&mut self) -> usize {
+        self.spawn_node_prepared(|_| {}).await
+    }
+
+    /// As [`Cluster::spawn_node`], calling `prepare` with the node (its empty data dir and
+    /// the URLs it will advertise) before its process starts: e.g. to restore a backup
+    /// into its data dir.
+    pub async fn spawn_node_prepared(&mut self, prepare: impl FnOnce(&TestNode)) -> usize {
         let index = self.nodes.len();
         let dir = self.tmp.path().join(format!("node-{index}"));
         let mut node = TestNode::new(
@@ -132,6 +139,7 @@ impl Cluster {
             self.interposer.clone(),
             self.creds.clone(),
         );
+        prepare(&node);
         node.start().await;
         self.nodes.push(node);
         index

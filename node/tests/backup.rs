@@ -1,0 +1,375 @@
+//! Backups of real clusters: `node backup save` under write load holds exactly the writes
+//! acknowledged up to its revision; `node backup restore` makes a new cluster (new ids) that
+//! serves them and grows by Raft; corrupt, truncated, spliced and mismatched backups are
+//! refused, naming what is wrong, and leave nothing behind; a second backup while one
+//! streams gets 409 and the member keeps serving.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rstore_backup::format::{Entry, Reader};
+use rstore_tests::harness::{Cluster, Consistency, ELECTION, TestNode, wait_until};
+
+fn node_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_node"))
+}
+
+/// Run `node ARGS...`; its exit status, stdout and stderr.
+fn node(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(node_bin())
+        .args(args)
+        .output()
+        .expect("run node");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `node backup save` from member `index` of `cluster` into `out`, as an admin.
+async fn save(cluster: &Cluster, index: usize, out: &Path) -> (bool, String, String) {
+    let creds = cluster.creds();
+    let args: Vec<String> = vec![
+        "backup".into(),
+        "save".into(),
+        "--out".into(),
+        out.display().to_string(),
+        "--endpoint".into(),
+        cluster.nodes[index].direct_client_url.clone(),
+        "--cacert".into(),
+        creds.ca_file().display().to_string(),
+        "--token".into(),
+        creds.admin_token.clone(),
+    ];
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        node(&args)
+    })
+    .await
+    .unwrap()
+}
+
+fn read_backup(path: &Path) -> (rstore_backup::format::Header, BTreeMap<String, Entry>) {
+    let mut r = Reader::open(std::fs::File::open(path).unwrap()).unwrap();
+    let mut entries = BTreeMap::new();
+    while let Some(e) = r.next_entry().unwrap() {
+        entries.insert(e.key.clone(), e);
+    }
+    (r.header().clone(), entries)
+}
+
+/// Restore `backup` into `n`'s empty data dir, with the URLs it will advertise.
+fn restore_into(backup: &Path, n: &TestNode, extra: &[&str]) -> (bool, String, String) {
+    let dir = n.data_dir.display().to_string();
+    let file = backup.display().to_string();
+    let mut args = vec![
+        "backup",
+        "restore",
+        &file,
+        "--data-dir",
+        &dir,
+        "--advertise-client",
+        &n.client_url,
+        "--advertise-peer",
+        &n.peer_url,
+    ];
+    args.extend_from_slice(extra);
+    node(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_under_load_restores_exactly_the_writes_up_to_its_revision() {
+    let source = Cluster::start(node_bin(), 3).await;
+    // Writers on every member (followers forward), each key written once, so that a key's
+    // presence says whether its write is in the backup.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let client = source.client(w);
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let (mut acked, mut unsure) = (BTreeMap::new(), Vec::new());
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w{w}/{i:06}");
+                let value = format!("value of {key}");
+                let r = client.put(&key, value.as_bytes()).await;
+                if r.status == 200 {
+                    acked.insert(key, r.json()["revision"].as_u64().unwrap());
+                } else {
+                    unsure.push(key);
+                }
+                i += 1;
+            }
+            (acked, unsure)
+        }));
+    }
+    wait_until(ELECTION, "writes to start", async || {
+        source.client(0).node_info().await["revision"].as_u64() > Some(200)
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("load.rsb");
+    // From a follower: it passes the read barrier through the leader.
+    let leader = source.leader().await;
+    let follower = (leader + 1) % 3;
+    let (ok, out, err) = save(&source, follower, &file).await;
+    assert!(ok, "backup save failed: {out}{err}");
+    // Writes go on after the backup, so some are sure to come after its revision.
+    let after = source.client(0).node_info().await["revision"]
+        .as_u64()
+        .unwrap();
+    wait_until(ELECTION, "writes after the backup", async || {
+        source.client(0).node_info().await["revision"].as_u64() > Some(after + 100)
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut acked, mut unsure) = (BTreeMap::new(), Vec::new());
+    for w in writers {
+        let (a, u) = w.await.unwrap();
+        acked.extend(a);
+        unsure.extend(u);
+    }
+
+    let (header, entries) = read_backup(&file);
+    let rev = header.revision;
+    let saved: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(saved["revision"], rev, "{out}");
+    assert_eq!(
+        header.cluster_id,
+        source.client(0).node_info().await["cluster_id"]
+    );
+    let (before, after): (Vec<_>, Vec<_>) = acked.iter().partition(|(_, r)| **r <= rev);
+    assert!(
+        before.len() > 100 && after.len() > 100,
+        "{} writes before and {} after revision {rev}",
+        before.len(),
+        after.len()
+    );
+    for (key, r) in &before {
+        let e = entries
+            .get(*key)
+            .unwrap_or_else(|| panic!("{key} (revision {r}) acknowledged before {rev} is missing"));
+        assert_eq!(e.mod_revision, **r, "{key}");
+        assert_eq!(e.value, format!("value of {key}").into_bytes());
+    }
+    for (key, r) in &after {
+        assert!(
+            !entries.contains_key(*key),
+            "{key} written at revision {r} is in a backup at {rev}"
+        );
+    }
+    for key in entries.keys() {
+        assert!(
+            acked.contains_key(key) || unsure.contains(key),
+            "{key} in the backup was never written"
+        );
+    }
+
+    // Restore into a new cluster: one member from the backup, two more join it.
+    let mut restored = Cluster::new(node_bin(), &[]);
+    let mut restore_out = String::new();
+    restored
+        .spawn_node_prepared(|n| {
+            let (ok, out, err) = restore_into(&file, n, &[]);
+            assert!(ok, "restore failed: {out}{err}");
+            restore_out = out;
+        })
+        .await;
+    assert!(
+        restore_out.contains(&format!("restored revision {rev}")),
+        "{restore_out}"
+    );
+    let first = restored.client(0);
+    wait_until(ELECTION, "the restored member to lead", async || {
+        first.node_info().await["role"] == "leader"
+    })
+    .await;
+    for i in 1..3 {
+        restored.spawn_node().await;
+        restored.add_member(0, i, "voter").await;
+    }
+    restored.wait_for_voters(&restored.ids()).await;
+    let info = first.node_info().await;
+    assert_ne!(
+        info["cluster_id"],
+        header.cluster_id.as_str(),
+        "a new cluster id"
+    );
+    for id in restored.ids() {
+        assert!(!source.ids().contains(&id), "member id {id} reused");
+    }
+    assert_eq!(info["revision"], rev, "the revision is kept");
+    // Every member has exactly the backup's keys, read linearizably through a new member.
+    let reader = restored.client(2);
+    for (key, r) in &before {
+        let got = reader.get(key, Consistency::Linearizable).await;
+        assert_eq!(got.status, 200, "{key} (revision {r}) after restore");
+        assert_eq!(got.body, format!("value of {key}").into_bytes());
+        assert_eq!(got.header("x-rstore-mod-revision"), Some(&*r.to_string()));
+    }
+    for (key, _) in after.iter().take(200) {
+        assert_eq!(
+            reader.get(key, Consistency::Linearizable).await.status,
+            404,
+            "{key}"
+        );
+    }
+    // The next write continues from the backup's revision.
+    let w = restored.client(1).put_acked("after/restore", b"x").await;
+    assert_eq!(w["revision"].as_u64(), Some(rev + 1), "{w}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_truncated_spliced_and_mismatched_backups_are_refused_and_leave_nothing() {
+    let source = Cluster::start(node_bin(), 1).await;
+    let c = source.client(0);
+    for i in 0..300 {
+        c.put_acked(&format!("k/{i:04}"), &vec![b'a' + (i % 26) as u8; 700])
+            .await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a.rsb"), tmp.path().join("b.rsb"));
+    assert!(save(&source, 0, &a).await.0);
+    // The same keys and revisions' shape, one value changed: frames valid on their own.
+    c.put_acked("k/0150", &[b'Z'; 700]).await;
+    c.delete("k/0299").await;
+    assert!(save(&source, 0, &b).await.0);
+    let good = std::fs::read(&a).unwrap();
+    let other = std::fs::read(&b).unwrap();
+
+    let case = |name: &str, bytes: &[u8]| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x01;
+    let mut spliced = good.clone();
+    spliced[..other.len().min(good.len()) / 2]
+        .copy_from_slice(&other[..other.len().min(good.len()) / 2]);
+    let cases = [
+        (
+            case("truncated.rsb", &good[..good.len() * 2 / 3]),
+            vec![],
+            "truncated at byte",
+        ),
+        (case("flipped.rsb", &flipped), vec![], "fails its checksum"),
+        (case("spliced.rsb", &spliced), vec![], "corrupt at byte"),
+        (case("empty.rsb", b""), vec![], "not an rstore backup"),
+        (
+            a.clone(),
+            vec!["--expect-revision", "1"],
+            "not the expected 1",
+        ),
+        (
+            a.clone(),
+            vec!["--expect-cluster-id", "nope"],
+            "not the expected nope",
+        ),
+    ];
+    let mut target = Cluster::new(node_bin(), &[]);
+    for (i, (file, extra, want)) in cases.iter().enumerate() {
+        let dir = tmp.path().join(format!("restore-{i}"));
+        let (ok, _, err) = node(
+            &[
+                "backup",
+                "restore",
+                file.to_str().unwrap(),
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--advertise-client",
+                "https://127.0.0.1:1",
+                "--advertise-peer",
+                "https://127.0.0.1:2",
+            ]
+            .iter()
+            .copied()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
+        );
+        assert!(!ok, "{} was restored", file.display());
+        assert!(err.contains(want), "{}: {err}", file.display());
+        assert!(
+            err.contains(file.to_str().unwrap()),
+            "names the file: {err}"
+        );
+        assert!(!dir.exists(), "{} was created", dir.display());
+        let (ok, _, err) = node(&["backup", "inspect", file.to_str().unwrap()]);
+        if extra.is_empty() {
+            assert!(
+                !ok && err.contains(want),
+                "inspect {}: {err}",
+                file.display()
+            );
+        }
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("restoring"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+    // A directory that holds anything is refused too, and kept as it was.
+    let busy = tmp.path().join("busy");
+    std::fs::create_dir(&busy).unwrap();
+    std::fs::write(busy.join("keep"), b"x").unwrap();
+    let (ok, _, err) = node(&[
+        "backup",
+        "restore",
+        a.to_str().unwrap(),
+        "--data-dir",
+        busy.to_str().unwrap(),
+        "--advertise-client",
+        "https://127.0.0.1:1",
+        "--advertise-peer",
+        "https://127.0.0.1:2",
+    ]);
+    assert!(!ok && err.contains("is not empty"), "{err}");
+    assert_eq!(std::fs::read(busy.join("keep")).unwrap(), b"x");
+
+    // The good one restores, with its 300 keys.
+    target
+        .spawn_node_prepared(|n| assert!(restore_into(&a, n, &[]).0))
+        .await;
+    let t = target.client(0);
+    let page = t.get_path("/v1/kv?limit=1000").await.ok_json();
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(300), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_backup_while_one_streams_gets_409_and_writes_go_on() {
+    let source = Cluster::start(node_bin(), 1).await;
+    let c = source.client(0);
+    // Enough state that the stream outlasts the queue and the socket buffers.
+    let value = vec![7u8; 200 << 10];
+    for i in 0..100 {
+        c.put_acked(&format!("big/{i:03}"), &value).await;
+    }
+    let url = format!("{}/v1/cluster/backup", source.nodes[0].direct_client_url);
+    let http = source.http_builder().build().unwrap();
+    let first = http.get(&url).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-rstore-keys"], "100");
+    // The first is not read: it holds the member's one backup slot.
+    let second = http.get(&url).send().await.unwrap();
+    assert_eq!(second.status(), 409);
+    let body: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "backup_in_progress", "{body}");
+    // Writes and reads go on meanwhile.
+    let w = c.put_acked("during", b"backup").await;
+    assert!(w["revision"].as_u64() > Some(100));
+    // A reader may not take a backup.
+    let reader = source.creds().http(Some(&source.creds().read_token));
+    assert_eq!(reader.get(&url).send().await.unwrap().status(), 403);
+    // Once the first client goes away, the slot frees.
+    drop(first);
+    wait_until(Duration::from_secs(10), "the slot to free", async || {
+        http.get(&url).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
