@@ -159,7 +159,7 @@ fn check(reader: &store::KvReader, model: &[Change], retention: Retention, sampl
                         assert_eq!(r.events.len(), 1, "one event per plain write");
                         let e = &r.events[0];
                         let v = match e.kind {
-                            EventKind::Put => Some(String::from_utf8(e.value.clone()).unwrap()),
+                            EventKind::Put => Some(String::from_utf8(e.value.to_vec()).unwrap()),
                             EventKind::Delete => None,
                         };
                         (r.revision, (e.key.clone(), v))

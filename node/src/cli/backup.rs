@@ -322,7 +322,7 @@ async fn seed(args: &RestoreArgs, staging: &Path) -> anyhow::Result<Restored> {
                 create_revision: e.create_revision,
                 mod_revision: e.mod_revision,
                 version: e.version,
-                value: e.value,
+                value: e.value.into(),
             },
         )?;
     }

@@ -307,6 +307,18 @@ impl Wal {
     }
 }
 
+/// A dropped log waits for the segment it was preparing: that thread writes zeros into
+/// `<next>.tmp`, which is the name a log reopened in the same process gives its first new
+/// segment. Left running, it zero-filled the reopened log's records (seen as a purge lost
+/// across an in-process restart in `truncated_entries_do_not_come_back_after_purge_and_restart`).
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Some(next) = self.next.take() {
+            let _ = next.join();
+        }
+    }
+}
+
 /// Read a payload back.
 pub fn read(at: &Location) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; at.len as usize];

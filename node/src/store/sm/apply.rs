@@ -47,7 +47,7 @@ fn compare_holds(c: &Compare, cur: &Option<Record>) -> bool {
         (CompareTarget::CreateRevision(w), r) => r.as_ref().map_or(0, |r| r.create_revision).cmp(w),
         (CompareTarget::ModRevision(w), r) => r.as_ref().map_or(0, |r| r.mod_revision).cmp(w),
         (CompareTarget::Value(_), None) => return c.op == CompareOp::NotEqual,
-        (CompareTarget::Value(w), Some(r)) => r.value.as_slice().cmp(w.as_slice()),
+        (CompareTarget::Value(w), Some(r)) => r.value[..].cmp(w.as_slice()),
     };
     match c.op {
         CompareOp::Equal => ord == O::Equal,
@@ -71,13 +71,13 @@ fn put(
             create_revision: c.create_revision,
             mod_revision: revision,
             version: c.version + 1,
-            value,
+            value: value.into(),
         },
         None => Record {
             create_revision: revision,
             mod_revision: revision,
             version: 1,
-            value,
+            value: value.into(),
         },
     };
     let version = rec.version;
@@ -96,7 +96,7 @@ fn delete(data: &mut Data, events: &mut Vec<Event>, cur: &Record, key: String) {
     events.push(Event {
         kind: EventKind::Delete,
         key: key.clone(),
-        value: Vec::new(),
+        value: bytes::Bytes::new(),
         version: 0,
         create_revision: cur.create_revision,
     });
@@ -164,7 +164,7 @@ fn apply_txn(
             },
             TxnOp::Get { key } => TxnOpResult::Get(current(data, &key).map(|r| KeyValue {
                 key,
-                value: r.value,
+                value: r.value.to_vec(),
                 version: r.version,
                 create_revision: r.create_revision,
                 mod_revision: r.mod_revision,
@@ -377,7 +377,7 @@ mod tests {
             create_revision: 2,
             mod_revision: 5,
             version: 3,
-            value: b"m".to_vec(),
+            value: bytes::Bytes::from_static(b"m"),
         });
         let holds = |op, target| compare_holds(&cmp("k", op, target), &present);
         assert!(holds(CompareOp::Greater, CompareTarget::Version(2)));

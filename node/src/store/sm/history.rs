@@ -8,9 +8,8 @@ use serde::{Deserialize, Serialize};
 pub struct Event {
     pub kind: EventKind,
     pub key: String,
-    /// The new value (empty for deletes).
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
+    /// The new value (empty for deletes), serialized as bytes.
+    pub value: bytes::Bytes,
     /// Version after the change (0 for deletes).
     pub version: u64,
     pub create_revision: u64,

@@ -14,7 +14,8 @@ pub struct Record {
     pub mod_revision: u64,
     /// Number of writes since creation, starting at 1.
     pub version: u64,
-    pub value: Vec<u8>,
+    /// Shared, not copied, by reads and by the copy a backup takes.
+    pub value: bytes::Bytes,
 }
 
 impl Record {
@@ -39,7 +40,7 @@ impl Record {
             create_revision: u(0),
             mod_revision: u(8),
             version: u(16),
-            value: bytes[Self::HEADER..].to_vec(),
+            value: bytes::Bytes::copy_from_slice(&bytes[Self::HEADER..]),
         })
     }
 }
@@ -92,7 +93,7 @@ mod tests {
             create_revision: 3,
             mod_revision: 9,
             version: 4,
-            value: b"hello".to_vec(),
+            value: bytes::Bytes::from_static(b"hello"),
         };
         assert_eq!(Record::decode(&r.encode()), Some(r));
         assert_eq!(Record::decode(b"short"), None);
@@ -104,7 +105,7 @@ mod tests {
             create_revision: 1,
             mod_revision: 1,
             version: 1,
-            value: v.to_vec(),
+            value: bytes::Bytes::copy_from_slice(v),
         };
         let mut d = Data::default();
         d.insert("ab".into(), rec(b"xyz"));

@@ -295,7 +295,7 @@ mod tests {
                     create_revision: 2,
                     mod_revision: 5,
                     version: 3,
-                    value: v.to_vec(),
+                    value: bytes::Bytes::copy_from_slice(v),
                 },
             );
         }
