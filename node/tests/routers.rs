@@ -472,3 +472,42 @@ async fn conflicting_cluster_changes_answer_409() {
         (StatusCode::CONFLICT, "already_initialized")
     );
 }
+
+#[tokio::test]
+async fn the_backup_route_answers_who_may_take_one_and_when() {
+    let f = start().await;
+    let get = |token: &str| {
+        f.req("GET", "/v1/cluster/backup", Some(token))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, _, body) = f.client(get(&f.reader)).await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (StatusCode::FORBIDDEN, "permission_denied")
+    );
+    // Before the member belongs to a cluster there is nothing to back up.
+    let (status, _, body) = f.client(get(&f.admin)).await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (StatusCode::CONFLICT, "not_initialized")
+    );
+    let (status, _, body) = f
+        .client(
+            f.req("GET", "/v1/cluster/backup?at=3", Some(&f.admin))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body:?}");
+    f.init().await;
+    let (status, headers, body) = f.client(get(&f.admin)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-rstore-keys"], "0");
+    let mut r = rstore_backup::format::Reader::open(&body[..]).unwrap();
+    assert_eq!(r.verify_rest().unwrap(), 0);
+    assert_eq!(
+        headers["x-rstore-cluster-id"].to_str().unwrap(),
+        r.header().cluster_id
+    );
+}
