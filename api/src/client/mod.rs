@@ -202,33 +202,39 @@ impl NodeClient {
         key: &str,
         consistency: Option<ReadConsistency>,
     ) -> Result<Option<Versioned>, Error> {
+        match self.get_existing(key, consistency).await {
+            Ok(v) => Ok(Some(v)),
+            Err(Error::Api { api, .. }) if api.is(404, "key_not_found") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /v1/kv/{key}` of a key that should exist: a missing one is the node's 404
+    /// `key_not_found` [`Error::Api`], with the node's message (what the command line
+    /// prints).
+    pub async fn get_existing(
+        &self,
+        key: &str,
+        consistency: Option<ReadConsistency>,
+    ) -> Result<Versioned, Error> {
         let mut path = kv_path(key);
         if let Some(c) = consistency {
             path.push_str("?consistency=");
             path.push_str(c.as_str());
         }
-        let resp = self.send(self.request(Method::GET, &path)).await?;
-        if let Some(api) = resp.api_error() {
-            if api.is(404, "key_not_found") {
-                return Ok(None);
-            }
-            return Err(Error::Api {
-                url: self.base.clone(),
-                api,
-            });
-        }
+        let resp = self.send_ok(self.request(Method::GET, &path)).await?;
         let num = |name: &str| resp.header(name).and_then(|v| v.parse().ok());
         let version = resp.etag_version().ok_or_else(|| Error::Decode {
             url: self.base.clone(),
             detail: format!("GET {path}: no ETag version"),
         })?;
-        Ok(Some(Versioned {
+        Ok(Versioned {
             version,
             revision: num("x-rstore-revision"),
             create_revision: num("x-rstore-create-revision"),
             mod_revision: num("x-rstore-mod-revision"),
             value: resp.body.to_vec(),
-        }))
+        })
     }
 
     /// `PUT /v1/kv/{key}` with `value`, under `condition`.
