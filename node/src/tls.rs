@@ -287,19 +287,6 @@ pub fn spawn_reloader(
     });
 }
 
-/// A `reqwest` client for the client API: trusting `ca` (if given), with a client
-/// certificate (if given). For the CLI, `node dev`, the tests and the benchmark.
-pub fn reqwest_client(
-    ca: Option<&[u8]>,
-    identity: Option<(&[u8], &[u8])>,
-) -> anyhow::Result<reqwest::ClientBuilder> {
-    let b = reqwest::Client::builder().no_proxy();
-    Ok(match ca {
-        Some(ca) => b.use_preconfigured_tls(client_config(ca, identity)?),
-        None => b,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -373,3 +373,95 @@ async fn a_second_backup_while_one_streams_gets_409_and_writes_go_on() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_change_mid_backup_spoils_nothing_and_a_killed_source_leaves_no_file() {
+    let mut source = Cluster::start(node_bin(), 3).await;
+    let value = vec![3u8; 256 << 10];
+    let c = source.client(0);
+    for i in 0..200 {
+        c.put_acked(&format!("big/{i:03}"), &value).await;
+    }
+    let leader = source.leader().await;
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let url = format!(
+        "{}/v1/cluster/backup",
+        source.nodes[follower].direct_client_url
+    );
+    let http = source.http_builder().build().unwrap();
+
+    // A backup from a follower, whose leader dies after the stream began: the copy was
+    // taken, so the stream goes on to a good end.
+    let mut resp = http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.chunk().await.unwrap().unwrap().to_vec();
+    source.nodes[leader].kill9();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    let mut r = Reader::open(&body[..]).unwrap();
+    assert_eq!(r.verify_rest().unwrap(), 200);
+
+    // The member streaming a backup is stopped and then killed mid-stream: the save fails,
+    // saying the stream broke off, and leaves neither the backup nor its partial file.
+    // The survivors elect a leader, through which the next backup passes its barrier (a
+    // write through the follower shows it is in touch with it).
+    source.leader().await;
+    source.client(follower).put_acked("before/cut", b"x").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cut.rsb");
+    let partial = out.with_extension("partial");
+    let saving = {
+        let creds = source.creds();
+        let args: Vec<String> = [
+            "backup",
+            "save",
+            "--out",
+            out.to_str().unwrap(),
+            "--endpoint",
+            &source.nodes[follower].direct_client_url,
+            "--cacert",
+            creds.ca_file().to_str().unwrap(),
+            "--token",
+            &creds.admin_token,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            node(&args)
+        })
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "the save to start writing",
+        async || partial.exists() || out.exists() || saving.is_finished(),
+    )
+    .await;
+    assert!(
+        !saving.is_finished(),
+        "the save ended early: {:?}",
+        saving.await
+    );
+    source.nodes[follower].pause();
+    assert!(
+        !out.exists(),
+        "the save finished before the member was stopped"
+    );
+    source.nodes[follower].kill9();
+    let (ok, stdout, err) = saving.await.unwrap();
+    assert!(!ok, "a cut backup was saved: {stdout}");
+    assert!(err.contains("no backup was saved"), "{err}");
+    assert!(!out.exists() && !partial.exists(), "files left behind");
+
+    // The survivors serve, and a backup from them is whole.
+    source.nodes[leader].start().await;
+    let w = source.client(other).put_acked("after/faults", b"x").await;
+    let (ok, stdout, err) = save(&source, other, &out).await;
+    assert!(ok, "{stdout}{err}");
+    let (header, entries) = read_backup(&out);
+    assert!(header.revision >= w["revision"].as_u64().unwrap());
+    assert_eq!(entries.len(), 202);
+}

@@ -193,6 +193,30 @@ impl NodeClient {
         })
     }
 
+    /// `GET /v1/cluster/backup` (admin): a consistent backup of the whole store, as an open
+    /// answer to read with `chunk()`. It has no total timeout and no size cap (a backup of a
+    /// large store takes a while); a refusal is [`Error::Api`].
+    pub async fn backup(&self) -> Result<reqwest::Response, Error> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/cluster/backup", self.base))
+            .send()
+            .await
+            .map_err(|source| Error::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap_or_default();
+        Err(Error::Api {
+            url: self.base.clone(),
+            api: ApiError::from_answer(status, &body),
+        })
+    }
+
     // ---- KV API ----
 
     /// `GET /v1/kv/{key}`; `None` for 404 `key_not_found`. `consistency: None` uses the
@@ -202,33 +226,39 @@ impl NodeClient {
         key: &str,
         consistency: Option<ReadConsistency>,
     ) -> Result<Option<Versioned>, Error> {
+        match self.get_existing(key, consistency).await {
+            Ok(v) => Ok(Some(v)),
+            Err(Error::Api { api, .. }) if api.is(404, "key_not_found") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /v1/kv/{key}` of a key that should exist: a missing one is the node's 404
+    /// `key_not_found` [`Error::Api`], with the node's message (what the command line
+    /// prints).
+    pub async fn get_existing(
+        &self,
+        key: &str,
+        consistency: Option<ReadConsistency>,
+    ) -> Result<Versioned, Error> {
         let mut path = kv_path(key);
         if let Some(c) = consistency {
             path.push_str("?consistency=");
             path.push_str(c.as_str());
         }
-        let resp = self.send(self.request(Method::GET, &path)).await?;
-        if let Some(api) = resp.api_error() {
-            if api.is(404, "key_not_found") {
-                return Ok(None);
-            }
-            return Err(Error::Api {
-                url: self.base.clone(),
-                api,
-            });
-        }
+        let resp = self.send_ok(self.request(Method::GET, &path)).await?;
         let num = |name: &str| resp.header(name).and_then(|v| v.parse().ok());
         let version = resp.etag_version().ok_or_else(|| Error::Decode {
             url: self.base.clone(),
             detail: format!("GET {path}: no ETag version"),
         })?;
-        Ok(Some(Versioned {
+        Ok(Versioned {
             version,
             revision: num("x-rstore-revision"),
             create_revision: num("x-rstore-create-revision"),
             mod_revision: num("x-rstore-mod-revision"),
             value: resp.body.to_vec(),
-        }))
+        })
     }
 
     /// `PUT /v1/kv/{key}` with `value`, under `condition`.

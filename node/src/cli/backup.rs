@@ -118,20 +118,7 @@ pub fn inspect(path: &Path) -> anyhow::Result<(Header, u64)> {
 async fn save(args: SaveArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let client = args.ep.client()?;
-    let url = format!(
-        "{}/v1/cluster/backup",
-        args.ep.endpoint.trim_end_matches('/')
-    );
-    let mut resp = client
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        bail!("{status}: {}", error_message(&body));
-    }
+    let mut resp = client.backup().await.map_err(super::client::explain)?;
     let partial = args.out.with_extension("partial");
     let mut out = std::io::BufWriter::with_capacity(
         1 << 20,
@@ -172,20 +159,6 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
         })
     );
     Ok(())
-}
-
-fn error_message(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            let e = v.get("error")?;
-            Some(format!(
-                "{}: {}",
-                e.get("code")?.as_str()?,
-                e.get("message")?.as_str()?
-            ))
-        })
-        .unwrap_or_else(|| body.to_string())
 }
 
 /// What a restore made.

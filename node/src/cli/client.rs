@@ -1,11 +1,18 @@
 //! `node kv ...` and `node cluster ...`: a client of the HTTP API, in the manner of
-//! etcdctl. It reaches the server only over HTTP, as any user's client does.
+//! etcdctl. It reaches the server only over HTTP, as any user's client does, through the
+//! one typed client ([`rstore_api::client::NodeClient`]); this module owns the flags, the
+//! printers and the words of a failure.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
-use base64::Engine;
+use anyhow::Context;
 use clap::{Args, Subcommand};
+use rstore_api::admin::MemberRole;
+use rstore_api::client::{
+    ApiError, ConfigChange, Credentials, Error, NodeClient, Precondition, RangeQuery, TlsError,
+    WatchLine,
+};
+use serde::Serialize;
 
 #[derive(Args, Debug, Clone)]
 pub struct Endpoint {
@@ -53,32 +60,31 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// An HTTP client with these credentials.
-    pub fn client(&self) -> anyhow::Result<reqwest::Client> {
-        let read =
-            |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
-        let ca = self.cacert.as_ref().map(read).transpose()?;
-        let identity = match (&self.cert, &self.key) {
-            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-            _ => None,
-        };
-        let mut b = crate::tls::reqwest_client(
-            ca.as_deref(),
-            identity.as_ref().map(|(c, k)| (&c[..], &k[..])),
-        )?;
+    /// The typed client of the member at `--endpoint`, with these credentials (and
+    /// `--hosts-file` consulted before DNS).
+    pub fn client(&self) -> anyhow::Result<NodeClient> {
+        let creds = Credentials::from_files(
+            self.cacert.as_deref(),
+            self.cert.as_deref().zip(self.key.as_deref()),
+            self.token.as_deref(),
+        )
+        .map_err(unreadable)?;
+        let mut b = creds.reqwest_builder()?;
         if let Some(hosts) = &self.hosts_file {
             crate::network::hosts::set_file(hosts.clone());
             b = b.dns_resolver(std::sync::Arc::new(crate::network::hosts::ReqwestResolver));
         }
-        if let Some(t) = &self.token {
-            let mut h = reqwest::header::HeaderMap::new();
-            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
-                .context("the token is not a valid header value")?;
-            v.set_sensitive(true);
-            h.insert(reqwest::header::AUTHORIZATION, v);
-            b = b.default_headers(h);
+        Ok(NodeClient::new(b.build()?, &self.endpoint))
+    }
+}
+
+/// A credential file that cannot be read, as `cannot read PATH: why` (once, not twice).
+fn unreadable(e: TlsError) -> anyhow::Error {
+    match e {
+        TlsError::Read { path, source } => {
+            anyhow::Error::new(source).context(format!("cannot read {path}"))
         }
-        Ok(b.build()?)
+        other => other.into(),
     }
 }
 
@@ -186,63 +192,61 @@ pub enum ClusterCommand {
     },
 }
 
-fn encode_key(key: &str) -> String {
-    percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
-    if resp.status().is_success() {
-        return Ok(resp);
-    }
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    let msg = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| {
-            let e = v.get("error")?;
-            Some(format!(
-                "{}: {}",
-                e.get("code")?.as_str()?,
-                e.get("message")?.as_str()?
-            ))
-        })
-        .unwrap_or(body);
-    bail!("{status}: {msg}")
-}
-
-/// One watch line as `REV  TYPE  KEY  VALUE`, or progress and errors as they are.
-fn print_watch_line(line: &[u8]) {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
-        return;
-    };
-    let Some(events) = v["events"].as_array() else {
-        if !v["error"].is_null() {
-            eprintln!("{}", v["error"]);
+/// A failed call in the command line's words: `STATUS: code: message` as the node answered
+/// it (`403 Forbidden: permission_denied: ...`), or why the endpoint could not be reached.
+pub(super) fn explain(e: Error) -> anyhow::Error {
+    match e {
+        Error::Api { api, .. } => {
+            let status = reqwest::StatusCode::from_u16(api.status)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|_| api.status.to_string());
+            if api.code == ApiError::UNKNOWN {
+                anyhow::anyhow!("{status}: {}", api.message)
+            } else {
+                anyhow::anyhow!("{status}: {}: {}", api.code, api.message)
+            }
         }
-        return;
-    };
-    for e in events {
-        let value = base64::engine::general_purpose::STANDARD
-            .decode(e["value_base64"].as_str().unwrap_or(""))
-            .unwrap_or_default();
-        println!(
-            "{}\t{}\t{}\t{}",
-            v["revision"],
-            e["type"].as_str().unwrap_or(""),
-            e["key"].as_str().unwrap_or(""),
-            String::from_utf8_lossy(&value)
-        );
+        Error::Unreachable { source, .. } => {
+            anyhow::Error::new(source).context("cannot reach the endpoint")
+        }
+        other => other.into(),
     }
 }
 
-/// Send a request, fail on an error answer, and decode the JSON body.
-async fn send_json(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
-    let resp = req.send().await.context("cannot reach the endpoint")?;
-    Ok(check(resp).await?.json().await?)
+/// An answer as indented JSON, its keys sorted.
+fn pretty(v: &impl Serialize) -> String {
+    let v = serde_json::to_value(v).unwrap_or_default();
+    serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
-fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+fn print_json(v: &impl Serialize) {
+    println!("{}", pretty(v));
+}
+
+/// A number as JSON prints it: `null` when absent.
+fn or_null(v: Option<u64>) -> String {
+    v.map_or_else(|| "null".to_string(), |v| v.to_string())
+}
+
+/// One watch line: each event as `REV  TYPE  KEY  VALUE`; the error that ends a watch on
+/// standard error; progress not at all.
+fn print_watch_line(line: WatchLine) {
+    match line {
+        WatchLine::Events { revision, events } => {
+            for e in events {
+                println!(
+                    "{revision}\t{}\t{}\t{}",
+                    e.kind,
+                    e.key,
+                    String::from_utf8_lossy(e.value.as_deref().unwrap_or_default())
+                );
+            }
+        }
+        WatchLine::Error { error } => {
+            eprintln!("{}", serde_json::to_value(&error).unwrap_or_default());
+        }
+        WatchLine::Progress { .. } => {}
+    }
 }
 
 impl KvCommand {
@@ -271,60 +275,40 @@ impl ClusterCommand {
 }
 
 pub async fn run_kv(cmd: KvCommand) -> anyhow::Result<()> {
-    let http = cmd.endpoint().client()?;
+    let node = cmd.endpoint().client()?;
     match cmd {
         KvCommand::Put {
             key,
             value,
             if_version,
             if_absent,
-            ep,
+            ..
         } => {
-            let mut req = http
-                .put(format!("{}/v1/kv/{}", ep.endpoint, encode_key(&key)))
-                .body(value);
-            if let Some(v) = if_version {
-                req = req.header("if-match", format!("\"{v}\""));
-            }
-            if if_absent {
-                req = req.header("if-none-match", "*");
-            }
-            print_json(&send_json(req).await?);
+            let condition = match (if_version, if_absent) {
+                (Some(v), _) => Precondition::Version(v),
+                (None, true) => Precondition::Absent,
+                (None, false) => Precondition::None,
+            };
+            print_json(&node.put(&key, value, condition).await.map_err(explain)?);
         }
         KvCommand::Get {
-            key,
-            consistency,
-            ep,
+            key, consistency, ..
         } => {
-            let resp = http
-                .get(format!("{}/v1/kv/{}", ep.endpoint, encode_key(&key)))
-                .query(&[("consistency", consistency)])
-                .send()
+            let consistency = consistency.parse()?;
+            let v = node
+                .get_existing(&key, Some(consistency))
                 .await
-                .context("cannot reach the endpoint")?;
-            let resp = check(resp).await?;
-            let version = resp
-                .headers()
-                .get("etag")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            let body = resp.bytes().await?;
-            eprintln!("version {}", version.trim_matches('"'));
-            println!("{}", String::from_utf8_lossy(&body));
+                .map_err(explain)?;
+            eprintln!("version {}", v.version);
+            println!("{}", String::from_utf8_lossy(&v.value));
         }
         KvCommand::Del {
-            key,
-            if_version,
-            ep,
+            key, if_version, ..
         } => {
-            let mut req = http.delete(format!("{}/v1/kv/{}", ep.endpoint, encode_key(&key)));
-            if let Some(v) = if_version {
-                req = req.header("if-match", format!("\"{v}\""));
-            }
-            print_json(&send_json(req).await?);
+            let condition = if_version.map_or(Precondition::None, Precondition::Version);
+            print_json(&node.delete(&key, condition).await.map_err(explain)?);
         }
-        KvCommand::Txn { file, ep } => {
+        KvCommand::Txn { file, .. } => {
             let body = match file {
                 Some(f) => {
                     std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?
@@ -335,69 +319,36 @@ pub async fn run_kv(cmd: KvCommand) -> anyhow::Result<()> {
                     b
                 }
             };
-            let req = http
-                .post(format!("{}/v1/txn", ep.endpoint))
-                .header("content-type", "application/json")
-                .body(body);
-            print_json(&send_json(req).await?);
+            print_json(&node.txn_raw(body).await.map_err(explain)?);
         }
         KvCommand::Watch {
             prefix,
             start_revision,
-            ep,
+            ..
         } => {
-            let mut q = vec![("prefix", prefix)];
-            if let Some(r) = start_revision {
-                q.push(("start_revision", r.to_string()));
-            }
-            let mut resp = check(
-                http.get(format!("{}/v1/watch", ep.endpoint))
-                    .query(&q)
-                    .send()
-                    .await
-                    .context("cannot reach the endpoint")?,
-            )
-            .await?;
-            let mut buf = Vec::new();
-            while let Some(chunk) = resp.chunk().await? {
-                buf.extend_from_slice(&chunk);
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    print_watch_line(&line);
-                }
+            let mut watch = node.watch(&prefix, start_revision).await.map_err(explain)?;
+            while let Some(line) = watch.next().await.map_err(explain)? {
+                print_watch_line(line);
             }
         }
-        KvCommand::List { prefix, limit, ep } => {
-            let mut start_after: Option<String> = None;
+        KvCommand::List { prefix, limit, .. } => {
+            let mut query = RangeQuery {
+                prefix,
+                ..RangeQuery::default()
+            };
             let mut left = limit;
             loop {
-                let mut q = vec![
-                    ("prefix", prefix.clone()),
-                    ("limit", left.min(1000).to_string()),
-                ];
-                if let Some(s) = &start_after {
-                    q.push(("start_after", s.clone()));
+                query.limit = Some(left.min(1000));
+                let page = node.range(&query).await.map_err(explain)?;
+                for item in &page.items {
+                    println!("{}\t{}", item.key, String::from_utf8_lossy(&item.value));
                 }
-                let v = send_json(http.get(format!("{}/v1/kv", ep.endpoint)).query(&q)).await?;
-                let items = v["items"].as_array().cloned().unwrap_or_default();
-                for item in &items {
-                    let value = base64::engine::general_purpose::STANDARD
-                        .decode(item["value_base64"].as_str().unwrap_or(""))
-                        .unwrap_or_default();
-                    println!(
-                        "{}\t{}",
-                        item["key"].as_str().unwrap_or(""),
-                        String::from_utf8_lossy(&value)
-                    );
-                }
-                left = left.saturating_sub(items.len());
-                if left == 0 || !v["more"].as_bool().unwrap_or(false) || items.is_empty() {
+                left = left.saturating_sub(page.items.len());
+                let Some(last) = page.items.last() else { break };
+                if left == 0 || !page.more {
                     break;
                 }
-                start_after = items
-                    .last()
-                    .and_then(|i| i["key"].as_str())
-                    .map(String::from);
+                query.start_after = Some(last.key.clone());
             }
         }
     }
@@ -405,82 +356,123 @@ pub async fn run_kv(cmd: KvCommand) -> anyhow::Result<()> {
 }
 
 pub async fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
-    let http = cmd.endpoint().client()?;
-    let v: serde_json::Value = match cmd {
-        ClusterCommand::Status { ep } => {
-            let c: serde_json::Value =
-                send_json(http.get(format!("{}/v1/cluster", ep.endpoint))).await?;
+    let node = cmd.endpoint().client()?;
+    match cmd {
+        ClusterCommand::Status { .. } => {
+            let c = node.cluster().await.map_err(explain)?;
             println!(
                 "cluster {}  leader {}  term {}",
-                c["cluster_id"].as_str().unwrap_or("-"),
-                c["leader_id"],
-                c["term"]
+                c.cluster_id.as_deref().unwrap_or("-"),
+                or_null(c.leader_id),
+                c.term
             );
             println!(
                 "{:<18} {:<8} {:<28} {:>10} {:>8} {:>10}",
                 "ID", "ROLE", "CLIENT URL", "MATCHED", "LAG", "CONTACT"
             );
-            for m in c["members"].as_array().cloned().unwrap_or_default() {
-                let leader = if m["id"] == c["leader_id"] { "*" } else { "" };
+            for m in &c.members {
+                let leader = if Some(m.id) == c.leader_id { "*" } else { "" };
                 println!(
                     "{:<18} {:<8} {:<28} {:>10} {:>8} {:>10}",
-                    format!("{}{}", m["id"], leader),
-                    m["role"].as_str().unwrap_or(""),
-                    m["client_url"].as_str().unwrap_or(""),
-                    m["matched_index"].to_string(),
-                    m["lag"].to_string(),
-                    m["last_contact_ms"]
-                        .as_u64()
+                    format!("{}{}", m.id, leader),
+                    m.role.as_str(),
+                    m.client_url,
+                    or_null(m.matched_index),
+                    or_null(m.lag),
+                    m.last_contact_ms
                         .map(|v| format!("{v}ms"))
                         .unwrap_or("-".into()),
                 );
             }
-            return Ok(());
         }
-        ClusterCommand::Init { ep } => {
-            send_json(http.post(format!("{}/v1/cluster/init", ep.endpoint))).await?
-        }
+        ClusterCommand::Init { .. } => print_json(&node.init().await.map_err(explain)?),
         ClusterCommand::Add {
             id,
             peer_url,
             client_url,
             learner,
-            ep,
+            ..
         } => {
-            let body = serde_json::json!({"id": id, "peer_url": peer_url, "client_url": client_url,
-                "role": if learner { "learner" } else { "voter" }});
-            send_json(
-                http.post(format!("{}/v1/cluster/members", ep.endpoint))
-                    .json(&body),
-            )
-            .await?
+            let role = if learner {
+                MemberRole::Learner
+            } else {
+                MemberRole::Voter
+            };
+            let view = node.add_member(id, &peer_url, &client_url, role).await;
+            print_json(&view.map_err(explain)?);
         }
         ClusterCommand::Config {
             mode,
             read_consistency,
-            ep,
+            ..
         } => {
-            if mode.is_none() && read_consistency.is_none() {
-                send_json(http.get(format!("{}/v1/cluster/config", ep.endpoint))).await?
+            let config = if mode.is_none() && read_consistency.is_none() {
+                node.config().await
             } else {
-                let mut body = serde_json::Map::new();
-                if let Some(m) = mode {
-                    body.insert("replication_mode".into(), m.into());
-                }
-                if let Some(r) = read_consistency {
-                    body.insert("read_consistency".into(), r.into());
-                }
-                send_json(
-                    http.put(format!("{}/v1/cluster/config", ep.endpoint))
-                        .json(&body),
-                )
-                .await?
-            }
+                let change = ConfigChange {
+                    replication_mode: mode,
+                    read_consistency,
+                };
+                node.set_config(&change).await
+            };
+            print_json(&config.map_err(explain)?);
         }
-        ClusterCommand::Remove { id, ep } => {
-            send_json(http.delete(format!("{}/v1/cluster/members/{id}", ep.endpoint))).await?
+        ClusterCommand::Remove { id, .. } => {
+            print_json(&node.remove_member(id).await.map_err(explain)?)
         }
-    };
-    print_json(&v);
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_read_as_before() {
+        let api = |status, body: &str| Error::Api {
+            url: "https://n:7379".into(),
+            api: ApiError::from_answer(status, body.as_bytes()),
+        };
+        let text = |e: Error| format!("{:#}", explain(e));
+        assert_eq!(
+            text(api(
+                403,
+                r#"{"error":{"code":"permission_denied","message":"no"}}"#
+            )),
+            "403 Forbidden: permission_denied: no"
+        );
+        assert_eq!(
+            text(api(502, "<html>bad gateway</html>")),
+            "502 Bad Gateway: <html>bad gateway</html>"
+        );
+        let ep = Endpoint {
+            endpoint: "https://127.0.0.1:1".into(),
+            cacert: Some("/nonexistent/ca.crt".into()),
+            cert: None,
+            key: None,
+            token: None,
+            hosts_file: None,
+        };
+        let err = format!("{:#}", ep.client().unwrap_err());
+        assert_eq!(
+            err,
+            "cannot read /nonexistent/ca.crt: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn answers_print_as_the_node_wrote_them() {
+        let written: rstore_api::client::Written =
+            serde_json::from_str(r#"{"revision":null,"version":null,"durability":"leader"}"#)
+                .unwrap();
+        assert_eq!(
+            pretty(&written),
+            "{\n  \"durability\": \"leader\",\n  \"revision\": null,\n  \"version\": null\n}"
+        );
+        let txn = r#"{"succeeded":true,"revision":9,"results":[{"op":"get","found":false},{"op":"put","version":2}]}"#;
+        let typed: rstore_api::client::TxnResponse = serde_json::from_str(txn).unwrap();
+        let raw: serde_json::Value = serde_json::from_str(txn).unwrap();
+        assert_eq!(pretty(&typed), pretty(&raw));
+    }
 }

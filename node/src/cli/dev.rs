@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use rstore_api::admin::{MemberRole, NodeInfo};
+use rstore_api::client::{Credentials, NodeClient};
 use tokio::process::{Child, Command};
 
 #[derive(Args, Debug)]
@@ -99,17 +101,9 @@ impl Creds {
         ))
     }
 
-    fn client(&self) -> anyhow::Result<reqwest::Client> {
-        let mut h = reqwest::header::HeaderMap::new();
-        h.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {}", self.admin_token).parse()?,
-        );
-        Ok(
-            crate::tls::reqwest_client(Some(self.ca.pem().cert.as_bytes()), None)?
-                .default_headers(h)
-                .build()?,
-        )
+    /// Trusting the cluster CA, with the admin token.
+    fn credentials(&self) -> Credentials {
+        Credentials::ca(self.ca.pem().cert.as_bytes()).with_token(self.admin_token.clone())
     }
 }
 
@@ -117,6 +111,8 @@ struct Member {
     child: Child,
     /// Held open for the member's lifetime: its end tells the member to shut down.
     _stdin: Option<tokio::process::ChildStdin>,
+    /// Its client URL's API, as the admin.
+    api: NodeClient,
     client: String,
     peer: String,
     log: PathBuf,
@@ -154,23 +150,17 @@ fn terminate(pid: Option<u32>) {
     }
 }
 
-/// The JSON `member` answers at `path`, once it answers; an error if it exits first.
-async fn wait_http(
-    http: &reqwest::Client,
-    member: &mut Member,
-    path: &str,
-    deadline: Instant,
-) -> anyhow::Result<serde_json::Value> {
-    let url = format!("{}{path}", member.client);
+/// What `member` says of itself (`GET /v1/node`), once it answers; an error if it exits
+/// first.
+async fn wait_node(member: &mut Member, deadline: Instant) -> anyhow::Result<NodeInfo> {
+    let api = member.api.clone().with_timeout(Duration::from_secs(2));
     loop {
         member.check_running()?;
-        if let Ok(r) = http.get(&url).timeout(Duration::from_secs(2)).send().await
-            && r.status().is_success()
-        {
-            return Ok(r.json().await?);
+        if let Ok(info) = api.node().await {
+            return Ok(info);
         }
         if Instant::now() > deadline {
-            bail!("{url} did not answer in time");
+            bail!("{}/v1/node did not answer in time", member.client);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -196,10 +186,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     } else {
         Some(Creds::prepare(&root)?)
     };
-    let http = match &creds {
-        Some(c) => c.client()?,
-        None => reqwest::Client::new(),
-    };
+    let http = creds
+        .as_ref()
+        .map_or_else(Credentials::none, Creds::credentials)
+        .reqwest_builder()?
+        .build()?;
     let scheme = if creds.is_some() { "https" } else { "http" };
     let mut members = Vec::new();
     for i in 0..args.nodes {
@@ -240,15 +231,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .kill_on_drop(true)
             .spawn()
             .context("cannot start a member")?;
+        let client = format!("{scheme}://{client}");
         members.push(Member {
             _stdin: child.stdin.take(),
             child,
-            client: format!("{scheme}://{client}"),
+            api: NodeClient::new(http.clone(), &client),
+            client,
             peer: format!("{scheme}://{peer}"),
             log: dir.join("node.log"),
         });
     }
-    let result = bootstrap(&http, &mut members).await;
+    let result = bootstrap(&mut members).await;
     if let Err(e) = result {
         for m in &members {
             terminate(m.child.id());
@@ -348,36 +341,26 @@ async fn stop_requested(members: &mut [Member]) -> anyhow::Result<()> {
     }
 }
 
-async fn bootstrap(http: &reqwest::Client, members: &mut [Member]) -> anyhow::Result<()> {
+async fn bootstrap(members: &mut [Member]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let (first, rest) = members.split_first_mut().expect("at least one member");
-    let info = wait_http(http, first, "/v1/node", deadline).await?;
-    if info["role"] == "uninitialized" {
-        let r = http
-            .post(format!("{}/v1/cluster/init", first.client))
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!("init failed: {}", r.text().await.unwrap_or_default());
-        }
+    let info = wait_node(first, deadline).await?;
+    if info.role == "uninitialized"
+        && let Err(e) = first.api.init().await
+    {
+        bail!("init failed: {e}");
     }
     for m in rest {
-        let info = wait_http(http, m, "/v1/node", deadline).await?;
-        if info["role"] != "uninitialized" {
+        let info = wait_node(m, deadline).await?;
+        if info.role != "uninitialized" {
             continue; // restarted with kept data: already a member
         }
-        let body = serde_json::json!({"id": info["id"], "peer_url": m.peer, "client_url": m.client, "role": "voter"});
-        let r = http
-            .post(format!("{}/v1/cluster/members", first.client))
-            .json(&body)
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!(
-                "adding {} failed: {}",
-                m.client,
-                r.text().await.unwrap_or_default()
-            );
+        if let Err(e) = first
+            .api
+            .add_member(info.id, &m.peer, &m.client, MemberRole::Voter)
+            .await
+        {
+            bail!("adding {} failed: {e}", m.client);
         }
     }
     Ok(())

@@ -161,6 +161,8 @@ impl Rpc {
 enum Transport {
     Unreachable(Unreachable),
     Network(NetworkError),
+    /// No answer within the deadline (the request may have been sent).
+    TimedOut(NetworkError),
     TooLarge,
 }
 
@@ -168,7 +170,7 @@ impl<E: std::error::Error> From<Transport> for RPCError<NodeId, Member, E> {
     fn from(t: Transport) -> Self {
         match t {
             Transport::Unreachable(u) => RPCError::Unreachable(u),
-            Transport::Network(n) => RPCError::Network(n),
+            Transport::Network(n) | Transport::TimedOut(n) => RPCError::Network(n),
             Transport::TooLarge => RPCError::Network(NetworkError::new(&std::io::Error::other(
                 "RPC body exceeds the peer limit",
             ))),
@@ -212,7 +214,9 @@ impl PeerClient {
         let (status, body) = http::post(&client, uri, bytes, timeout)
             .await
             .map_err(|e| {
-                if e.maybe_sent() {
+                if matches!(e, http::PostError::Timeout(_)) {
+                    Transport::TimedOut(NetworkError::new(&e))
+                } else if e.maybe_sent() {
                     Transport::Network(NetworkError::new(&e))
                 } else {
                     Transport::Unreachable(Unreachable::new(&e))
@@ -250,8 +254,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let res: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
             match self.call(Rpc::Append, rpc, option.hard_ttl()).await {
                 Ok(r) => r,
-                // Ask openraft to send fewer entries per request.
-                Err(Transport::TooLarge) if n > 1 => {
+                // Ask openraft to send fewer entries per request: when they exceed the
+                // peer's limit, and when they could not be sent within the deadline (the
+                // heartbeat interval), which many large entries to a lagging follower on a
+                // busy machine can miss on every retry, so that it never catches up.
+                Err(Transport::TooLarge | Transport::TimedOut(_)) if n > 1 => {
                     return Err(RPCError::PayloadTooLarge(
                         PayloadTooLarge::new_entries_hint(n / 2),
                     ));
