@@ -512,6 +512,11 @@ impl<R: Read> Reader<R> {
         Ok(())
     }
 
+    /// The stream read from.
+    pub fn into_inner(self) -> R {
+        self.r
+    }
+
     /// Read and check the rest of the stream, counting the records.
     pub fn verify_rest(&mut self) -> Result<u64, FormatError> {
         let mut n = 0;

@@ -120,26 +120,33 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
     let client = args.ep.client()?;
     let mut resp = client.backup().await.map_err(super::client::explain)?;
     let partial = args.out.with_extension("partial");
-    let mut out = std::io::BufWriter::with_capacity(
-        1 << 20,
-        std::fs::File::create(&partial)
-            .with_context(|| format!("cannot create {}", partial.display()))?,
-    );
+    let file = std::fs::File::create(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    // The stream is written and checked as it arrives, in one pass, on a thread of its own.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(16);
+    let writer = std::thread::spawn(move || write_checked(rx, file));
     let mut bytes = 0u64;
-    let copied: anyhow::Result<()> = async {
-        while let Some(chunk) = resp.chunk().await.context("the backup stream broke off")? {
-            out.write_all(&chunk)?;
-            bytes += chunk.len() as u64;
+    let mut broke = None;
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                bytes += chunk.len() as u64;
+                if tx.send(chunk).is_err() {
+                    break; // the checker stopped: its error says why
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                broke = Some(anyhow::Error::new(e).context("the backup stream broke off"));
+                break;
+            }
         }
-        let f = out.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        Ok(())
     }
-    .await;
-    let checked = copied.and_then(|()| inspect(&partial));
-    let header = match checked {
-        Ok((h, _)) => h,
-        Err(e) => {
+    drop(tx);
+    let checked = writer.join().expect("the backup writer panicked");
+    let header = match (broke, checked) {
+        (None, Ok(h)) => h,
+        (Some(e), _) | (None, Err(e)) => {
             let _ = std::fs::remove_file(&partial);
             return Err(e.context(format!("no backup was saved to {}", args.out.display())));
         }
@@ -159,6 +166,50 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// Write the chunks from `rx` to `file` while checking them as a backup stream; the file is
+/// synced once the stream checked out to its end.
+fn write_checked(
+    rx: std::sync::mpsc::Receiver<bytes::Bytes>,
+    file: std::fs::File,
+) -> anyhow::Result<Header> {
+    let tee = Tee {
+        rx,
+        chunk: bytes::Bytes::new(),
+        out: std::io::BufWriter::with_capacity(1 << 20, file),
+    };
+    let mut reader = Reader::open(tee).context("the backup is not usable")?;
+    reader.verify_rest().context("the backup is not usable")?;
+    let header = reader.header().clone();
+    let tee = reader.into_inner();
+    let f = tee.out.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    Ok(header)
+}
+
+/// Reads the chunks of a channel, writing each to `out` as it is taken.
+struct Tee {
+    rx: std::sync::mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl std::io::Read for Tee {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.recv() {
+                Ok(c) => {
+                    self.out.write_all(&c)?;
+                    self.chunk = c;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
 }
 
 /// What a restore made.
