@@ -215,6 +215,22 @@ impl Node {
             peer = %app.settings.advertise_peer,
             "node started"
         );
+        // The membership holds the URLs this member had when it joined (or was restored
+        // from a backup with): others reach it there, whatever it advertises now.
+        if let Some(m) = app.metrics_snapshot().membership_config.membership().get_node(&id)
+            && (m.client_url != app.settings.advertise_client
+                || m.peer_url != app.settings.advertise_peer)
+        {
+            tracing::warn!(
+                member_client = %m.client_url,
+                member_peer = %m.peer_url,
+                client = %app.settings.advertise_client,
+                peer = %app.settings.advertise_peer,
+                "this member's URLs in the cluster's membership differ from what it advertises: \
+                 peers and forwarded requests use the membership's; start it with those, or \
+                 remove and re-add it with the new ones"
+            );
+        }
         Ok(Self {
             app,
             client_listener,
