@@ -301,13 +301,17 @@ impl BackupStore {
             .await
     }
 
+    async fn get_result(&self, name: &str) -> Result<object_store::GetResult, StoreError> {
+        let path = self.path(name)?;
+        self.store
+            .get(&path)
+            .await
+            .map_err(|e| self.err(e, name, "read"))
+    }
+
     /// Reads an object as a stream of bytes.
     pub async fn get(&self, name: &str) -> Result<Download, StoreError> {
-        let got = self
-            .store
-            .get(&self.path(name)?)
-            .await
-            .map_err(|e| self.err(e, name, "read"))?;
+        let got = self.get_result(name).await?;
         let size = got.meta.size;
         let this = self.clone();
         let name = name.to_string();
@@ -320,11 +324,7 @@ impl BackupStore {
 
     /// Reads a whole (small) object.
     pub async fn get_bytes(&self, name: &str) -> Result<Bytes, StoreError> {
-        let got = self
-            .store
-            .get(&self.path(name)?)
-            .await
-            .map_err(|e| self.err(e, name, "read"))?;
+        let got = self.get_result(name).await?;
         got.bytes().await.map_err(|e| self.err(e, name, "read"))
     }
 

@@ -187,19 +187,19 @@ pub(crate) fn build(
         max_retries: opts.max_retries,
         retry_timeout: opts.retry_timeout,
     };
-    let store: Arc<dyn ObjectStore> = match backend {
-        Backend::S3 => {
-            let mut b = AmazonS3Builder::new();
-            for (k, v) in &settings {
-                if let Ok(key) = k.parse() {
-                    b = b.with_config(key, v);
-                }
-            }
-            b = b
+    // Every backend: the settings it knows, then the URL, the client and the retries.
+    macro_rules! builder {
+        ($new:expr) => {
+            known(&settings)
+                .fold($new, |b, (k, v)| b.with_config(k, v))
                 .with_url(url)
                 .with_client_options(client)
                 .with_retry(retry)
-                .with_allow_http(allow_http);
+        };
+    }
+    let store: Arc<dyn ObjectStore> = match backend {
+        Backend::S3 => {
+            let mut b = builder!(AmazonS3Builder::new()).with_allow_http(allow_http);
             if let Some(e) = endpoint {
                 b = b.with_endpoint(e);
             }
@@ -208,31 +208,13 @@ pub(crate) fn build(
             }
             Arc::new(b.build().map_err(config_err)?)
         }
-        Backend::Gcs => {
-            let mut b = GoogleCloudStorageBuilder::new();
-            for (k, v) in &settings {
-                if let Ok(key) = k.parse() {
-                    b = b.with_config(key, v);
-                }
-            }
-            b = b
-                .with_url(url)
-                .with_client_options(client)
-                .with_retry(retry);
-            Arc::new(b.build().map_err(config_err)?)
-        }
+        Backend::Gcs => Arc::new(
+            builder!(GoogleCloudStorageBuilder::new())
+                .build()
+                .map_err(config_err)?,
+        ),
         Backend::Azure => {
-            let mut b = MicrosoftAzureBuilder::new();
-            for (k, v) in &settings {
-                if let Ok(key) = k.parse() {
-                    b = b.with_config(key, v);
-                }
-            }
-            b = b
-                .with_url(url)
-                .with_client_options(client)
-                .with_retry(retry)
-                .with_allow_http(allow_http);
+            let mut b = builder!(MicrosoftAzureBuilder::new()).with_allow_http(allow_http);
             if let Some(e) = endpoint {
                 b = b.with_endpoint(e);
             }
@@ -241,6 +223,13 @@ pub(crate) fn build(
         Backend::Local => unreachable!("handled above"),
     };
     Ok((store, prefix, backend))
+}
+
+/// The settings whose keys the backend's builder knows (by object_store's key names).
+fn known<K: std::str::FromStr>(settings: &[(String, String)]) -> impl Iterator<Item = (K, &str)> {
+    settings
+        .iter()
+        .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str())))
 }
 
 fn lookup(settings: &[(String, String)], keys: &[&str]) -> Option<String> {
