@@ -1,0 +1,148 @@
+//! What the store tests share: test data streamed in chunks, and a real S3 API server
+//! (`moto_server`, from PyPI's `moto[server]`) started on a free loopback port and killed
+//! when dropped, even when the test fails.
+//!
+//! The server is found by `RSTORE_MOTO_SERVER`, else in `~/.cache/rstore/moto-venv` (where
+//! `.ci/run` installs it), else in `/work/.venv-moto`. Without one the S3 tests are skipped with a
+//! message, unless `RSTORE_REQUIRE_MOTO=1` (CI), when they fail.
+
+#![allow(dead_code)]
+
+pub mod scenario;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::{self, Stream};
+
+/// `len` deterministic pseudo-random bytes (xorshift), so that no two parts are alike.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = (seed + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// `bytes` as a stream of `chunk`-sized pieces, as a backup arrives from a node.
+pub fn chunks(
+    bytes: Vec<u8>,
+    chunk: usize,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin + Send {
+    let bytes = Bytes::from(bytes);
+    let pieces: Vec<_> = (0..bytes.len())
+        .step_by(chunk)
+        .map(|i| Ok(bytes.slice(i..(i + chunk).min(bytes.len()))))
+        .collect();
+    stream::iter(pieces)
+}
+
+/// Lowercase hex SHA-256, computed independently of the crate.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn moto_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("RSTORE_MOTO_SERVER") {
+        return Some(PathBuf::from(path));
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    let cached = cache.map(|c| c.join("rstore/moto-venv/bin/moto_server"));
+    let fallback = PathBuf::from("/work/.venv-moto/bin/moto_server");
+    cached.into_iter().chain([fallback]).find(|p| p.is_file())
+}
+
+/// A running moto server.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    /// Starts a server; `None` (after saying so) when moto is not installed and not required.
+    /// With `auth`, moto checks signatures against its IAM users, of which there are none, so
+    /// every request's credentials are wrong.
+    pub fn start(test: &str, auth: bool) -> Option<Moto> {
+        let Some(bin) = moto_binary().filter(|p| p.is_file()) else {
+            let msg = "moto_server not found: set RSTORE_MOTO_SERVER, or run .ci/run's install step \
+                       (python3 -m venv ~/.cache/rstore/moto-venv && ~/.cache/rstore/moto-venv/bin/pip install 'moto[server]')";
+            if std::env::var("RSTORE_REQUIRE_MOTO").is_ok_and(|v| v == "1") {
+                panic!("{test}: RSTORE_REQUIRE_MOTO=1 but {msg}");
+            }
+            eprintln!("SKIPPED {test}: {msg}");
+            return None;
+        };
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if auth {
+            cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", "0");
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{test}: cannot start {}: {e}", bin.display()));
+        let mut moto = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                panic!("{test}: {} exited at start: {status}", bin.display());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{test}: moto_server did not listen on {port} within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(moto)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a bucket (moto without auth takes an unsigned request); the HTTP status.
+    pub fn create_bucket(&self, bucket: &str) -> u16 {
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let req = format!(
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        conn.write_all(req.as_bytes()).unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).unwrap();
+        response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+}
