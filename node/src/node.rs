@@ -217,7 +217,11 @@ impl Node {
         );
         // The membership holds the URLs this member had when it joined (or was restored
         // from a backup with): others reach it there, whatever it advertises now.
-        if let Some(m) = app.metrics_snapshot().membership_config.membership().get_node(&id)
+        if let Some(m) = app
+            .metrics_snapshot()
+            .membership_config
+            .membership()
+            .get_node(&id)
             && (m.client_url != app.settings.advertise_client
                 || m.peer_url != app.settings.advertise_peer)
         {

@@ -19,6 +19,8 @@ use clap::{Args, Subcommand};
 use openraft::storage::RaftLogStorage;
 use rstore_backup::format::{Header, Reader};
 
+mod remote;
+
 use super::client::Endpoint;
 use crate::identity::{Identity, new_cluster_id};
 use crate::store::{self, Record, Retention, SnapshotWriter};
@@ -39,18 +41,36 @@ pub enum BackupCommand {
 
 #[derive(Args, Debug)]
 pub struct SaveArgs {
-    /// Where to write the backup; it is written to FILE.partial and renamed once complete
-    /// and checked.
+    /// Where to write the backup: a file (written to FILE.partial, renamed once complete and
+    /// checked), or an object store URL (`s3://bucket/prefix`, `gs://…`, `az://…`,
+    /// `file:///dir`), where it is written once under CLUSTER/backup-TIME-rREVISION.rsb with
+    /// a manifest beside it.
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: String,
+    /// A directory of credential files for the object store, one per variable name
+    /// (AWS_ACCESS_KEY_ID, …: a Kubernetes Secret mounted as files); the environment works too.
+    #[arg(long, env = "RSTORE_BACKUP_CREDENTIALS_DIR")]
+    pub credentials_dir: Option<PathBuf>,
     #[command(flatten)]
     pub ep: Endpoint,
 }
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// The backup file.
-    pub file: PathBuf,
+    /// The backup: a file, an object URL (STORE/CLUSTER/backup-TIME-rREVISION.rsb), or a
+    /// store URL, from which the newest complete backup is taken (see --at-revision and
+    /// --at-time).
+    pub source: String,
+    /// From a store URL: the newest complete backup at or before this revision.
+    #[arg(long)]
+    pub at_revision: Option<u64>,
+    /// From a store URL: the newest complete backup taken at or before this UTC time
+    /// (2026-12-05T10:00:00Z).
+    #[arg(long)]
+    pub at_time: Option<String>,
+    /// A directory of credential files for the object store (see `backup save`).
+    #[arg(long, env = "RSTORE_BACKUP_CREDENTIALS_DIR")]
+    pub credentials_dir: Option<PathBuf>,
     /// The new member's data directory: it must not exist or be empty.
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -63,13 +83,18 @@ pub struct RestoreArgs {
     /// Refuse the backup unless it is at this revision.
     #[arg(long)]
     pub expect_revision: Option<u64>,
-    /// Refuse the backup unless it was taken from this cluster.
+    /// Refuse the backup unless it was taken from this cluster (from a store URL: take only
+    /// this cluster's backups).
     #[arg(long)]
     pub expect_cluster_id: Option<String>,
 }
 
 pub async fn run_backup(cmd: BackupCommand) -> anyhow::Result<()> {
     match cmd {
+        BackupCommand::Save(args) if remote::is_url(&args.out) => {
+            let url = args.out.clone();
+            remote::save(&args, &url).await
+        }
         BackupCommand::Save(args) => save(args).await,
         BackupCommand::Inspect { file } => {
             let (header, bytes) = inspect(&file)?;
@@ -92,7 +117,7 @@ pub async fn run_backup(cmd: BackupCommand) -> anyhow::Result<()> {
                  then add members with: node cluster add --client-url URL --peer-url URL",
                 r.revision,
                 r.keys,
-                args.file.display(),
+                r.source,
                 args.data_dir.display(),
                 r.cluster_id,
                 r.node_id,
@@ -119,7 +144,8 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let client = args.ep.client()?;
     let mut resp = client.backup().await.map_err(super::client::explain)?;
-    let partial = args.out.with_extension("partial");
+    let out = PathBuf::from(&args.out);
+    let partial = out.with_extension("partial");
     let file = std::fs::File::create(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
     // The stream is written and checked as it arrives, in one pass, on a thread of its own.
@@ -148,16 +174,16 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
         (None, Ok(h)) => h,
         (Some(e), _) | (None, Err(e)) => {
             let _ = std::fs::remove_file(&partial);
-            return Err(e.context(format!("no backup was saved to {}", args.out.display())));
+            return Err(e.context(format!("no backup was saved to {}", out.display())));
         }
     };
-    std::fs::rename(&partial, &args.out)
-        .with_context(|| format!("cannot move the backup to {}", args.out.display()))?;
+    std::fs::rename(&partial, &out)
+        .with_context(|| format!("cannot move the backup to {}", out.display()))?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "{}",
         serde_json::json!({
-            "file": args.out.display().to_string(),
+            "file": out.display().to_string(),
             "cluster_id": header.cluster_id,
             "revision": header.revision,
             "keys": header.keys,
@@ -214,6 +240,8 @@ impl std::io::Read for Tee {
 
 /// What a restore made.
 pub struct Restored {
+    /// The file or object URL restored from.
+    pub source: String,
     pub cluster_id: String,
     pub node_id: u64,
     pub revision: u64,
@@ -246,10 +274,37 @@ pub async fn restore(args: &RestoreArgs) -> anyhow::Result<Restored> {
         name.to_string_lossy(),
         std::process::id()
     ));
+    // From object storage: downloaded beside the target and checked against its manifest.
+    let (file, source, download) = if remote::is_url(&args.source) {
+        let target = remote::Target {
+            revision: args.at_revision,
+            time: args.at_time.clone(),
+            cluster_id: args.expect_cluster_id.clone(),
+        };
+        let (local, url) = remote::fetch(
+            &args.source,
+            &target,
+            args.credentials_dir.as_deref(),
+            &parent,
+        )
+        .await?;
+        (local.clone(), url, Some(local))
+    } else {
+        if args.at_revision.is_some() || args.at_time.is_some() {
+            bail!(
+                "--at-revision and --at-time choose among the backups of a store URL, not a file"
+            );
+        }
+        (PathBuf::from(&args.source), args.source.clone(), None)
+    };
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir(&staging)
         .with_context(|| format!("cannot create {}", staging.display()))?;
-    match seed(args, &staging).await {
+    let seeded = seed(args, &file, &source, &staging).await;
+    if let Some(d) = download {
+        let _ = std::fs::remove_file(d);
+    }
+    match seeded {
         Ok(r) => {
             if dir.exists() {
                 std::fs::remove_dir(dir)
@@ -263,8 +318,7 @@ pub async fn restore(args: &RestoreArgs) -> anyhow::Result<Restored> {
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
             Err(e.context(format!(
-                "backup {} was not restored; {} was left as it was",
-                args.file.display(),
+                "backup {source} was not restored; {} was left as it was",
                 dir.display()
             )))
         }
@@ -273,8 +327,12 @@ pub async fn restore(args: &RestoreArgs) -> anyhow::Result<Restored> {
 
 /// Write a new member's data into `staging`: identity, a log that starts after the
 /// snapshot, and the snapshot holding the backup.
-async fn seed(args: &RestoreArgs, staging: &Path) -> anyhow::Result<Restored> {
-    let file = &args.file;
+async fn seed(
+    args: &RestoreArgs,
+    file: &Path,
+    source: &str,
+    staging: &Path,
+) -> anyhow::Result<Restored> {
     let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let mut reader = Reader::open(std::io::BufReader::with_capacity(1 << 20, f))?;
     let header = reader.header().clone();
@@ -352,6 +410,7 @@ async fn seed(args: &RestoreArgs, staging: &Path) -> anyhow::Result<Restored> {
     }
     w.finish()?;
     Ok(Restored {
+        source: source.to_string(),
         cluster_id,
         node_id,
         revision: header.revision,

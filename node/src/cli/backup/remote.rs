@@ -1,0 +1,268 @@
+//! Backups in object storage for `node backup save | restore`: a destination or source
+//! given as a URL (`s3://bucket/prefix`, `gs://…`, `az://…`, `file:///dir`) goes through
+//! [`rstore_backup::store`].
+//!
+//! A save checks that the store answers before it asks for a backup, streams the backup
+//! into a write-once object named after its cluster, time and revision while checking the
+//! stream as it passes, and then writes the manifest beside it: `complete` with the object's
+//! size and SHA-256, or `failed` with the reason (so a schedule never counts it).
+//! A restore takes an object URL, or a store URL and a target (the newest good backup, or
+//! the newest at or before a revision or a time); it downloads the object beside the data
+//! directory, checks it against its manifest, and restores it as a local file.
+
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use futures::StreamExt;
+use rstore_backup::format::{Header, Reader};
+use rstore_backup::manifest::{BackupName, Manifest, Sha256, parse_utc};
+use rstore_backup::retention::State;
+use rstore_backup::store::{BackupStore, StoreOptions};
+
+use super::SaveArgs;
+
+/// Whether `s` names an object store rather than a local path.
+pub fn is_url(s: &str) -> bool {
+    s.contains("://")
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn open(url: &str, credentials_dir: Option<&Path>) -> anyhow::Result<BackupStore> {
+    let opts = StoreOptions {
+        credentials_dir: credentials_dir.map(Path::to_path_buf),
+        ..StoreOptions::default()
+    };
+    Ok(BackupStore::open(url, &opts)?)
+}
+
+/// `node backup save --out URL`.
+pub async fn save(args: &SaveArgs, url: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let started_ms = now_ms();
+    let store = open(url, args.credentials_dir.as_deref())?;
+    // Wrong credentials or a missing bucket fail here, before the cluster streams anything.
+    store.check().await?;
+    let client = args.ep.client()?;
+    let resp = client
+        .backup()
+        .await
+        .map_err(super::super::client::explain)?;
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .with_context(|| format!("the member's answer lacks the {name} header"))
+    };
+    let cluster_id = header("x-rstore-cluster-id")?;
+    let revision: u64 = header("x-rstore-revision")?.parse()?;
+    let object = BackupName::new(&cluster_id, started_ms, revision).object();
+
+    // Every chunk goes to the upload and to a thread that checks the stream.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
+    let checker = std::thread::spawn(move || -> anyhow::Result<Header> {
+        let mut r = Reader::open(Chunks {
+            rx,
+            chunk: Bytes::new(),
+        })?;
+        r.verify_rest()?;
+        Ok(r.header().clone())
+    });
+    let stream = futures::stream::unfold(Some(resp), |resp| async move {
+        let mut resp = resp?;
+        match resp.chunk().await {
+            Ok(Some(chunk)) => Some((Ok(chunk), Some(resp))),
+            Ok(None) => None,
+            Err(e) => Some((Err(format!("the backup stream broke off: {e}")), None)),
+        }
+    })
+    .map(move |r| {
+        if let Ok(chunk) = &r {
+            // A checker that stopped has its error; the upload goes on to its end.
+            let _ = tx.send(chunk.clone());
+        }
+        r
+    });
+    let uploaded = store.upload(&object, Box::pin(stream)).await;
+    let checked = checker.join().expect("the backup checker panicked");
+    let finished_ms = now_ms();
+    let outcome = match (uploaded, checked) {
+        (Ok(up), Ok(h)) => Ok((up, h)),
+        (Err(e), _) => Err(anyhow::Error::new(e)),
+        (Ok(_), Err(e)) => Err(e.context("the backup stream is not usable")),
+    };
+    match outcome {
+        Ok((up, h)) => {
+            let manifest =
+                Manifest::complete(&object, &h, up.size, &up.sha256, started_ms, finished_ms);
+            store.write_manifest(&manifest).await?;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "url": up.url,
+                    "object": object,
+                    "cluster_id": h.cluster_id,
+                    "revision": h.revision,
+                    "keys": h.keys,
+                    "bytes": up.size,
+                    "sha256": up.sha256,
+                    "seconds": (secs * 1000.0).round() / 1000.0,
+                })
+            );
+            Ok(())
+        }
+        Err(e) => {
+            // Recorded, so that retention never counts it and the next save is not confused.
+            let reason = format!("{e:#}");
+            let manifest = Manifest::failed(&object, &reason, None, started_ms, finished_ms);
+            if let Err(m) = store.write_manifest(&manifest).await {
+                tracing::warn!(error = %m, "could not record the failed backup's manifest");
+            }
+            Err(e.context(format!(
+                "no backup was saved to {}",
+                store.object_url(&object)
+            )))
+        }
+    }
+}
+
+/// Reads the chunks of a channel as one stream of bytes.
+struct Chunks {
+    rx: std::sync::mpsc::Receiver<Bytes>,
+    chunk: Bytes,
+}
+
+impl std::io::Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.recv() {
+                Ok(c) => self.chunk = c,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Which backup of a store to restore.
+#[derive(Debug, Default, Clone)]
+pub struct Target {
+    /// The newest good backup at or before this revision.
+    pub revision: Option<u64>,
+    /// The newest good backup taken at or before this time (`2026-12-05T10:00:00Z`).
+    pub time: Option<String>,
+    pub cluster_id: Option<String>,
+}
+
+/// Download the backup that `source` names (an object URL ending in `.rsb`, or a store URL
+/// and `target`) into `dir`, checked against its manifest; its local path and object URL.
+pub async fn fetch(
+    source: &str,
+    target: &Target,
+    credentials_dir: Option<&Path>,
+    dir: &Path,
+) -> anyhow::Result<(PathBuf, String)> {
+    let (store, object) = match source.strip_suffix(".rsb") {
+        Some(_) => {
+            // `<store>/<cluster>/backup-….rsb`: the store is what precedes the last two parts.
+            let mut parts = source.rsplitn(3, '/');
+            let (name, cluster, root) = (parts.next(), parts.next(), parts.next());
+            let (Some(name), Some(cluster), Some(root)) = (name, cluster, root) else {
+                bail!(
+                    "{source} does not name a backup object (STORE/CLUSTER/backup-TIME-rREVISION.rsb)"
+                );
+            };
+            let object = format!("{cluster}/{name}");
+            if BackupName::parse(&object).is_none() {
+                bail!(
+                    "{source} does not name a backup object (STORE/CLUSTER/backup-TIME-rREVISION.rsb)"
+                );
+            }
+            (open(root, credentials_dir)?, object)
+        }
+        None => {
+            let store = open(source, credentials_dir)?;
+            let object = pick(&store, target).await?;
+            (store, object)
+        }
+    };
+    let url = store.object_url(&object);
+    let manifest = store.read_manifest(&object).await?.with_context(|| {
+        format!("{url} has no manifest: it is still being written, or its save was cut off")
+    })?;
+    let local = dir.join(format!(".download-{}.rsb", std::process::id()));
+    let written: anyhow::Result<()> = async {
+        use std::io::Write;
+        let mut download = store.get(&object).await?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&local)?);
+        let (mut sha, mut size) = (Sha256::default(), 0u64);
+        while let Some(chunk) = download.stream.next().await {
+            let chunk = chunk?;
+            sha.update(&chunk);
+            size += chunk.len() as u64;
+            out.write_all(&chunk)?;
+        }
+        out.flush()?;
+        manifest.check(size, Some(&sha.finish_hex()))?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&local);
+        return Err(e.context(format!("backup {url} was not restored")));
+    }
+    Ok((local, url))
+}
+
+/// The newest good backup of `store` that meets `target`.
+async fn pick(store: &BackupStore, target: &Target) -> anyhow::Result<String> {
+    let before_ms = match &target.time {
+        // 2026-12-05T10:00:00Z, or as in object names: 20261205T100000Z.
+        Some(t) => Some(
+            parse_utc(&t.replace(['-', ':'], "")).with_context(|| {
+                format!("--at-time {t}: give a UTC time like 2026-12-05T10:00:00Z")
+            })? * 1000
+                + 999,
+        ),
+        None => None,
+    };
+    let listed = store.list_backups(target.cluster_id.as_deref()).await?;
+    let good = listed
+        .iter()
+        .filter(|l| l.state() == State::Good)
+        .filter(|l| target.revision.is_none_or(|r| l.name.revision <= r))
+        .filter(|l| before_ms.is_none_or(|t| l.name.unix_secs * 1000 <= t))
+        .max_by_key(|l| (l.name.revision, l.name.unix_secs));
+    match good {
+        Some(l) => Ok(l.object.clone()),
+        None => bail!(
+            "{} holds no complete backup{}{}{} ({} backups listed)",
+            store.url(),
+            target
+                .cluster_id
+                .as_ref()
+                .map(|c| format!(" of cluster {c}"))
+                .unwrap_or_default(),
+            target
+                .revision
+                .map(|r| format!(" at or before revision {r}"))
+                .unwrap_or_default(),
+            target
+                .time
+                .as_ref()
+                .map(|t| format!(" taken at or before {t}"))
+                .unwrap_or_default(),
+            listed.len()
+        ),
+    }
+}
