@@ -92,8 +92,7 @@ pub struct RestoreArgs {
 pub async fn run_backup(cmd: BackupCommand) -> anyhow::Result<()> {
     match cmd {
         BackupCommand::Save(args) if remote::is_url(&args.out) => {
-            let url = args.out.clone();
-            remote::save(&args, &url).await
+            remote::save(&args.ep, args.credentials_dir.as_deref(), &args.out).await
         }
         BackupCommand::Save(args) => save(args).await,
         BackupCommand::Inspect { file } => {

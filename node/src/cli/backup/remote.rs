@@ -21,7 +21,7 @@ use rstore_backup::manifest::{BackupName, Manifest, Sha256, parse_utc};
 use rstore_backup::retention::State;
 use rstore_backup::store::{BackupStore, StoreOptions};
 
-use super::SaveArgs;
+use crate::cli::client::{Endpoint, explain};
 
 /// Whether `s` names an object store rather than a local path.
 pub fn is_url(s: &str) -> bool {
@@ -43,17 +43,14 @@ fn open(url: &str, credentials_dir: Option<&Path>) -> anyhow::Result<BackupStore
 }
 
 /// `node backup save --out URL`.
-pub async fn save(args: &SaveArgs, url: &str) -> anyhow::Result<()> {
+pub async fn save(ep: &Endpoint, credentials_dir: Option<&Path>, url: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     let started_ms = now_ms();
-    let store = open(url, args.credentials_dir.as_deref())?;
+    let store = open(url, credentials_dir)?;
     // Wrong credentials or a missing bucket fail here, before the cluster streams anything.
     store.check().await?;
-    let client = args.ep.client()?;
-    let resp = client
-        .backup()
-        .await
-        .map_err(super::super::client::explain)?;
+    let client = ep.client()?;
+    let resp = client.backup().await.map_err(explain)?;
     let header = |name: &str| {
         resp.headers()
             .get(name)
