@@ -3,24 +3,25 @@
 //!
 //! [`reconcile_once`] is the same function whether it runs under kube-runtime's `Controller`
 //! against a real API server ([`run`]) or under the local control plane against the in-memory
-//! one. Its stages run in this order, one module each:
+//! one. Its stages run in this order, each called from the body of `pipeline`:
 //!
 //! 1. [`validate`]: the spec the store runs with and the planner's target, without a client;
 //! 2. [`build`]: every object the store should own, without a client;
 //! 3. [`apply`]: the owned objects and the credential Secrets ([`secrets`]) written;
-//! 4. observe and plan: the StatefulSet, pods and nodes ([`crate::observe`]) reduced to the
-//!    one next safe step ([`crate::planner::plan`], pure);
-//! 5. [`act`]: that step performed (a StatefulSet change, a node admin call, a pod deletion);
-//! 6. [`report`]: status and Events, written only when they changed.
+//! 4. observe: the pods and nodes ([`crate::observe`]), reduced to the planner's input with
+//!    the health clocks ([`crate::observe::health`]);
+//! 5. plan: the one next safe step ([`crate::planner::plan`], pure);
+//! 6. [`act`]: that step performed (a StatefulSet change, a node admin call, a pod deletion);
+//! 7. status: computed ([`crate::status::compute`], pure), then [`report`]ed: Events, and
+//!    status written only when it changed.
 //!
 //! Each stage has its own error type, keeping its source; [`Error`] is their sum.
-//! [`context`] holds what every reconcile shares; [`events`] publishes Events.
+//! [`context`] holds what every reconcile shares; [`report`] publishes every Event.
 
 pub mod act;
 pub mod apply;
 pub mod build;
 pub mod context;
-pub mod events;
 pub mod report;
 pub mod secrets;
 pub mod validate;
@@ -31,6 +32,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -40,17 +42,13 @@ use tracing::warn;
 
 pub use context::{Caches, Context, Settings};
 
-use crate::controller::events::event;
-use crate::controller::report::Stuck;
-use crate::controller::validate::Valid;
+use crate::controller::report::{Stuck, event};
 use crate::crd::ReplicatedStore;
 use crate::metrics::MemberCounts;
-use crate::nodeapi::NodeApi;
-use crate::observe::{Observation, observe, pods_of};
-use crate::planner::{Observed, Step, plan};
-use crate::resources::credentials::Credentials;
-use crate::resources::statefulset::revision_of;
+use crate::observe::observe;
+use crate::planner::{Step, plan};
 use crate::resources::{LABEL_INSTANCE, LABEL_NAME, Names};
+use crate::status;
 
 /// Why a reconcile failed; it is retried from a fresh observation ([`error_policy`]).
 #[derive(Debug, thiserror::Error)]
@@ -180,71 +178,50 @@ async fn pipeline(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome, Error>
         Err(e) => return Err(e.into()),
     };
 
-    // 4. Observe and plan.
-    let world = look(ctx, &valid, &key, creds.as_ref(), existing).await?;
-    let step = plan(&built.desired, &world.observed, &ctx.settings.policy);
+    // 4. Observe: the pods and every node, reduced to the planner's input.
+    ctx.metrics.certificate_expiry(
+        &names.namespace,
+        &names.name,
+        creds.as_ref().and_then(|c| c.expires),
+    );
+    let nodes = ctx
+        .node_api(&key, creds.as_ref())
+        .map_err(Error::NodeClient)?;
+    let cached_pods = ctx.caches.get().map(|c| &c.pods);
+    let credentials_secret = creds.as_ref().map(|_| names.credentials_secret());
+    let obs = observe(
+        &ctx.client,
+        cached_pods,
+        &nodes,
+        rs,
+        existing,
+        credentials_secret,
+    )
+    .await
+    .map_err(Error::Observe)?;
+    let observed = ctx.clocks.observed(&key, rs, &obs, &ctx.settings.policy);
 
-    // 5. Act.
-    let acted = act::act(ctx, rs, &built, &world.nodes, &world.obs, &step).await;
+    // 5. Plan.
+    let step = plan(&built.desired, &observed, &ctx.settings.policy);
 
-    // 6. Status, written even when the step failed, then the step's error.
-    let status_written =
-        report::report(ctx, rs, &built.desired, &world.obs, &world.observed, &step).await?;
+    // 6. Act.
+    let acted = act::act(ctx, rs, &built, &nodes, &obs, &step).await;
+
+    // 7. Status, computed and written even when the step failed, then the step's error.
+    let status = status::compute(
+        rs,
+        &built.desired,
+        &obs,
+        &observed,
+        &step,
+        &ctx.settings.policy,
+        &Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    let status_written = report::report(ctx, rs, status, &observed, &step).await?;
     acted?;
     Ok(Outcome {
         step,
         status_written,
-    })
-}
-
-/// What one observation saw, and the node client it used.
-struct World {
-    nodes: NodeApi,
-    obs: Observation,
-    observed: Observed,
-}
-
-/// Observes the StatefulSet, pods and nodes, and reduces them to the planner's input.
-async fn look(
-    ctx: &Context,
-    valid: &Valid<'_>,
-    key: &str,
-    creds: Option<&Credentials>,
-    existing: Option<StatefulSet>,
-) -> Result<World, Error> {
-    let rs = valid.rs.as_ref();
-    let names = Names::of(rs);
-    ctx.metrics
-        .certificate_expiry(&names.namespace, &names.name, creds.and_then(|c| c.expires));
-    let nodes = ctx.node_api(key, creds).map_err(Error::NodeClient)?;
-    let cached_pods = ctx.caches.get().map(|c| &c.pods);
-    let pods = pods_of(&ctx.client, cached_pods, rs)
-        .await
-        .map_err(Error::Observe)?;
-    let mut obs = observe(&nodes, rs, existing, pods)
-        .await
-        .map_err(Error::Observe)?;
-    obs.credentials_secret = creds.map(|_| names.credentials_secret());
-    let sts_revision = obs
-        .statefulset
-        .as_ref()
-        .and_then(|s| s.spec.as_ref())
-        .and_then(|s| revision_of(s.template.metadata.as_ref()));
-    let known_cluster_id = rs.status.as_ref().and_then(|s| s.cluster_id.clone());
-    let observed = {
-        let mut clocks = ctx.clocks.lock().unwrap_or_else(|e| e.into_inner());
-        clocks.entry(key.to_owned()).or_default().to_planner(
-            &obs,
-            sts_revision,
-            known_cluster_id,
-            &ctx.settings.policy,
-            Instant::now(),
-        )
-    };
-    Ok(World {
-        nodes,
-        obs,
-        observed,
     })
 }
 

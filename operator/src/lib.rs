@@ -6,11 +6,11 @@
 //!
 //! - [`crd`]: the `ReplicatedStore` types, from which the CRD YAML is generated;
 //! - [`resources`]: the owned objects (StatefulSet, Services, PDB, ...), built without IO;
-//! - [`observe`]: the Kubernetes objects and every node's answers, read;
-//! - [`health`]: that observation reduced to the planner's input, with health clocks;
+//! - [`observe`]: the Kubernetes objects and every node's answers, read, and reduced to the
+//!   planner's input with health clocks ([`observe::health`]);
 //! - [`planner`]: the pure step planner, which picks exactly one next step;
-//! - [`controller`]: the reconcile pipeline (validate, build, apply, observe and plan, act,
-//!   status), one module per stage, and the kube-runtime controller;
+//! - [`controller`]: the reconcile pipeline (validate, build, apply, observe, plan, act,
+//!   status), and the kube-runtime controller;
 //! - [`status`]: the status and conditions, computed without IO;
 //! - [`nodeapi`]: the typed client of the node's admin API;
 //! - [`metrics`]: Prometheus metrics and the health endpoints;
@@ -22,7 +22,6 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 mod error;
-pub mod health;
 pub mod leader;
 pub mod local;
 pub mod metrics;

@@ -12,9 +12,9 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 
-use crate::health::HealthClock;
 use crate::metrics::Metrics;
 use crate::nodeapi::NodeApi;
+use crate::observe::health::Clocks;
 use crate::planner::Policy;
 use crate::resources::credentials::Credentials;
 
@@ -73,7 +73,7 @@ pub struct Context {
     /// Tunables.
     pub settings: Settings,
     /// Per store: how long each member has been unhealthy, and the leader unknown.
-    pub(crate) clocks: Mutex<HashMap<String, HealthClock>>,
+    pub(crate) clocks: Clocks,
     /// Per store: the credentials its client was built with, and the client.
     secure: Mutex<HashMap<String, (Credentials, NodeApi)>>,
     /// Stores already warned about running in plaintext.
@@ -112,7 +112,7 @@ impl Context {
             client,
             metrics,
             settings,
-            clocks: Mutex::default(),
+            clocks: Clocks::default(),
             secure: Mutex::default(),
             warned: Mutex::default(),
             applied: Mutex::default(),

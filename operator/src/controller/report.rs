@@ -1,25 +1,25 @@
-//! Status stage: the status computed from the observation and the step
-//! ([`crate::status::compute`], pure), the Warning Events that announce news (a refusal, a
+//! Status stage, after the status was computed from the observation and the step
+//! ([`crate::status::compute`], pure): the Warning Events that announce news (a refusal, a
 //! loss of quorum, a store that cannot progress), the member metrics, and the one write of
-//! `status`, made only when it changed.
+//! `status`, made only when it changed. Every Event of the pipeline is published here
+//! ([`event`], [`publish`]); a failure to publish is logged, never fatal: an Event is a
+//! report, not a step.
 
 use std::sync::OnceLock;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::EventType;
-use kube::{Api, ResourceExt};
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
 
 use crate::controller::context::Context;
-use crate::controller::events::event;
 use crate::crd::{MemberRole, Phase, ReplicatedStore, ReplicatedStoreStatus};
 use crate::metrics::MemberCounts;
-use crate::observe::Observation;
-use crate::planner::{Desired, Observed, Policy, Step, member_caught_up};
+use crate::planner::{Observed, Policy, Step, member_caught_up};
 use crate::resources::Names;
-use crate::status::{self, DEGRADED, PROGRESSING};
+use crate::status::{DEGRADED, PROGRESSING};
 
 /// Why status could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -53,26 +53,17 @@ pub enum Stuck {
     Credentials,
 }
 
-/// Reports the pass that chose `step`: status, a Warning Event when a refusal or a loss of
-/// quorum is new, and the member metrics. Returns whether status was written.
+/// Reports the pass that chose `step`, whose `status` was computed: a Warning Event when a
+/// refusal or a loss of quorum is new, the member metrics, and status. Returns whether status
+/// was written.
 pub async fn report(
     ctx: &Context,
     rs: &ReplicatedStore,
-    desired: &Desired,
-    obs: &Observation,
+    status: ReplicatedStoreStatus,
     observed: &Observed,
     step: &Step,
 ) -> Result<bool, Error> {
     let names = Names::of(rs);
-    let status = status::compute(
-        rs,
-        desired,
-        obs,
-        observed,
-        step,
-        &ctx.settings.policy,
-        &Time(k8s_openapi::jiff::Timestamp::now()),
-    );
     report_refusal(ctx, rs, step, &status).await;
     let counts = member_counts(observed, &ctx.settings.policy);
     ctx.metrics
@@ -190,6 +181,46 @@ fn member_counts(observed: &Observed, policy: &Policy) -> MemberCounts {
         }
     }
     counts
+}
+
+/// Publishes an Event about `rs`.
+pub async fn event(
+    ctx: &Context,
+    rs: &ReplicatedStore,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    publish(ctx, rs, type_, reason, note, None).await;
+}
+
+/// Publishes an Event about `rs`, naming the pod it concerns as the related object. The
+/// recorder folds repeats of one (reason, related object) into a series; naming the pod keeps
+/// a change to each member its own Event.
+pub async fn publish(
+    ctx: &Context,
+    rs: &ReplicatedStore,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+    pod: Option<String>,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: reason.into(),
+        secondary: pod.map(|name| k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(name),
+            namespace: rs.namespace(),
+            ..Default::default()
+        }),
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &rs.object_ref(&())).await {
+        warn!(error = %e, reason, "cannot publish an Event");
+    }
 }
 
 /// Writes status when it differs from what the resource holds.

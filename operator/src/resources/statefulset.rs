@@ -29,9 +29,9 @@ pub use pod::{TLS_VOLUME, pod_template, revision_of, template_revision};
 
 /// The StatefulSet with `replicas` pods of `template`.
 ///
-/// Reconcile passes the desired template ([`pod_template`]) only when the planner decides to
-/// roll, and otherwise the template the StatefulSet already has, so that a spec change never
-/// reaches pods before the planner allows it.
+/// The build stage makes it with the desired template ([`pod_template`]); a step writes that
+/// template only when the planner decides to roll, and otherwise the template the StatefulSet
+/// already has, so that a spec change never reaches pods before the planner allows it.
 pub fn build(rs: &ReplicatedStore, replicas: u32, template: PodTemplateSpec) -> StatefulSet {
     let names = Names::of(rs);
     let storage = &rs.spec.storage;

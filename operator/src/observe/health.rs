@@ -1,14 +1,49 @@
-//! The observation reduced to the planner's input ([`Observed`]), with the clocks that turn
-//! "unhealthy now" into "unhealthy for this long" ([`HealthClock`]). Pure: the time is passed
-//! in, so tests drive it.
+//! The last part of the observe step: the observation reduced to the planner's input
+//! ([`Observed`]), with the clocks that turn "unhealthy now" into "unhealthy for this long"
+//! ([`HealthClock`], pure: the time is passed in, so tests drive it). [`Clocks`] keeps one per
+//! store across reconciles.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::crd::ReplicatedStore;
 use crate::observe::Observation;
 use crate::planner::{
     ClusterObs, MemberObs, NodeObs, Observed, PodObs, Policy, StatefulSetObs, member_healthy,
 };
+use crate::resources::statefulset::revision_of;
+
+/// The health clock of every store, by the store's `namespace/name`.
+#[derive(Debug, Default)]
+pub struct Clocks(Mutex<HashMap<String, HealthClock>>);
+
+impl Clocks {
+    /// `obs` of the store `rs` (`key`) reduced to the planner's input, its clock advanced to
+    /// now.
+    pub fn observed(
+        &self,
+        key: &str,
+        rs: &ReplicatedStore,
+        obs: &Observation,
+        policy: &Policy,
+    ) -> Observed {
+        let sts_revision = obs
+            .statefulset
+            .as_ref()
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| revision_of(s.template.metadata.as_ref()));
+        let known_cluster_id = rs.status.as_ref().and_then(|s| s.cluster_id.clone());
+        let mut clocks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        clocks.entry(key.to_owned()).or_default().to_planner(
+            obs,
+            sts_revision,
+            known_cluster_id,
+            policy,
+            Instant::now(),
+        )
+    }
+}
 
 /// How long each member has been unhealthy, and how long no leader has been known, for one
 /// `ReplicatedStore`. Kept in memory: after an operator restart every clock starts again,
