@@ -611,3 +611,103 @@ fn restore_into_url(store: &str, n: &TestNode) -> (bool, String, String) {
         &n.peer_url,
     ])
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_to_s3_with_credentials_from_files_restores_and_a_missing_bucket_is_named() {
+    let Some(moto) = rstore_tests::moto::Moto::start("node backup to S3", false) else {
+        return;
+    };
+    assert_eq!(moto.create_bucket("backups"), 200);
+    let source = Cluster::start(node_bin(), 1).await;
+    let c = source.client(0);
+    for i in 0..20 {
+        c.put_acked(&format!("s3/{i:02}"), format!("v{i}").as_bytes())
+            .await;
+    }
+    // Credentials as a Kubernetes Secret mounted as files: one file per variable.
+    let tmp = tempfile::tempdir().unwrap();
+    let creds_dir = tmp.path().join("s3-credentials");
+    std::fs::create_dir(&creds_dir).unwrap();
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT", moto.endpoint()),
+        ("AWS_ALLOW_HTTP", "true".to_string()),
+    ] {
+        std::fs::write(creds_dir.join(k), v).unwrap();
+    }
+    let creds = source.creds();
+    let (ca, token) = (
+        creds.ca_file().display().to_string(),
+        creds.admin_token.clone(),
+    );
+    let endpoint = source.nodes[0].direct_client_url.clone();
+    let dir = creds_dir.display().to_string();
+    let save_to = |url: &str| {
+        node(&[
+            "backup",
+            "save",
+            "--out",
+            url,
+            "--credentials-dir",
+            &dir,
+            "--endpoint",
+            &endpoint,
+            "--cacert",
+            &ca,
+            "--token",
+            &token,
+        ])
+    };
+    let (ok, out, err) = tokio::task::block_in_place(|| save_to("s3://backups/team-a"));
+    assert!(ok, "{out}{err}");
+    let saved: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let rev = saved["revision"].as_u64().unwrap();
+    assert!(
+        saved["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("s3://backups/team-a/"),
+        "{saved}"
+    );
+
+    // A bucket that does not exist is named before the cluster streams anything.
+    let before = c.get_path("/metrics").await.text();
+    let (ok, _, err) = tokio::task::block_in_place(|| save_to("s3://no-such-bucket/x"));
+    assert!(!ok && err.contains("no-such-bucket"), "{err}");
+    let after = c.get_path("/metrics").await.text();
+    let complete = |m: &str| {
+        rstore_tests::harness::metric_value(m, "rstore_backups_total{outcome=\"complete\"}")
+    };
+    assert_eq!(complete(&before), Some(1.0), "{before}");
+    assert_eq!(
+        complete(&after),
+        Some(1.0),
+        "a backup was streamed for nothing"
+    );
+
+    // Restore the newest backup of the prefix into a new member.
+    let restored_dir = tmp.path().join("restored");
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        node(&[
+            "backup",
+            "restore",
+            "s3://backups/team-a",
+            "--credentials-dir",
+            &dir,
+            "--data-dir",
+            restored_dir.to_str().unwrap(),
+            "--advertise-client",
+            "https://127.0.0.1:1",
+            "--advertise-peer",
+            "https://127.0.0.1:2",
+        ])
+    });
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&format!("restored revision {rev} (20 keys)")),
+        "{out}"
+    );
+    assert!(restored_dir.join("snapshot/current").is_file());
+}

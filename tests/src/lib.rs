@@ -4,6 +4,7 @@
 //! - [`netns`]: one network namespace per node process, with nftables rules that cut links
 //!   and drop packets (used instead of the proxy where the tests run as root);
 //! - [`linearizability`]: operation histories and their linearizability check;
+//! - [`moto`]: a real S3 API server (moto) for the backup tests;
 //! - [`k8s`]: the real Kubernetes control plane on this machine, with a node agent as its
 //!   kubelet (`rstore-k8s up`).
 
@@ -11,6 +12,7 @@ pub mod faultnet;
 pub mod harness;
 pub mod k8s;
 pub mod linearizability;
+pub mod moto;
 pub mod netns;
 
 /// Cutting links between nodes, the part both fault networks share: a backend cuts one

@@ -10,11 +10,8 @@
 
 pub mod scenario;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+#[allow(unused_imports)] // store_local.rs needs no S3 server
+pub use rstore_tests::moto::Moto;
 
 use bytes::Bytes;
 use futures::stream::{self, Stream};
@@ -53,96 +50,4 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn moto_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("RSTORE_MOTO_SERVER") {
-        return Some(PathBuf::from(path));
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
-    let cached = cache.map(|c| c.join("rstore/moto-venv/bin/moto_server"));
-    let fallback = PathBuf::from("/work/.venv-moto/bin/moto_server");
-    cached.into_iter().chain([fallback]).find(|p| p.is_file())
-}
-
-/// A running moto server.
-pub struct Moto {
-    child: Child,
-    pub port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Moto {
-    /// Starts a server; `None` (after saying so) when moto is not installed and not required.
-    /// With `auth`, moto checks signatures against its IAM users, of which there are none, so
-    /// every request's credentials are wrong.
-    pub fn start(test: &str, auth: bool) -> Option<Moto> {
-        let Some(bin) = moto_binary().filter(|p| p.is_file()) else {
-            let msg = "moto_server not found: set RSTORE_MOTO_SERVER, or run .ci/run's install step \
-                       (python3 -m venv ~/.cache/rstore/moto-venv && ~/.cache/rstore/moto-venv/bin/pip install 'moto[server]')";
-            if std::env::var("RSTORE_REQUIRE_MOTO").is_ok_and(|v| v == "1") {
-                panic!("{test}: RSTORE_REQUIRE_MOTO=1 but {msg}");
-            }
-            eprintln!("SKIPPED {test}: {msg}");
-            return None;
-        };
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut cmd = Command::new(&bin);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if auth {
-            cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", "0");
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("{test}: cannot start {}: {e}", bin.display()));
-        let mut moto = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("{test}: {} exited at start: {status}", bin.display());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{test}: moto_server did not listen on {port} within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(moto)
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Creates a bucket (moto without auth takes an unsigned request); the HTTP status.
-    pub fn create_bucket(&self, bucket: &str) -> u16 {
-        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let req = format!(
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
-        );
-        conn.write_all(req.as_bytes()).unwrap();
-        let mut response = String::new();
-        conn.read_to_string(&mut response).unwrap();
-        response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
-    }
 }
