@@ -10,7 +10,6 @@
 //! member id) holding the backup's keys, values and revisions; more members join it with
 //! `node cluster add`, and get the data from it by Raft.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -19,6 +18,7 @@ use clap::{Args, Subcommand};
 use openraft::storage::RaftLogStorage;
 use rstore_backup::format::{Header, Reader};
 
+mod check;
 mod remote;
 
 use super::client::Endpoint;
@@ -147,16 +147,15 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
     let partial = out.with_extension("partial");
     let file = std::fs::File::create(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
-    // The stream is written and checked as it arrives, in one pass, on a thread of its own.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(16);
-    let writer = std::thread::spawn(move || write_checked(rx, file));
+    // The stream is written and checked as it arrives, in one pass.
+    let checker = check::Checker::start(Some(file));
     let mut bytes = 0u64;
     let mut broke = None;
     loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
                 bytes += chunk.len() as u64;
-                if tx.send(chunk).is_err() {
+                if !checker.feed(chunk) {
                     break; // the checker stopped: its error says why
                 }
             }
@@ -167,8 +166,7 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
             }
         }
     }
-    drop(tx);
-    let checked = writer.join().expect("the backup writer panicked");
+    let checked = checker.finish();
     let header = match (broke, checked) {
         (None, Ok(h)) => h,
         (Some(e), _) | (None, Err(e)) => {
@@ -191,50 +189,6 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
         })
     );
     Ok(())
-}
-
-/// Write the chunks from `rx` to `file` while checking them as a backup stream; the file is
-/// synced once the stream checked out to its end.
-fn write_checked(
-    rx: std::sync::mpsc::Receiver<bytes::Bytes>,
-    file: std::fs::File,
-) -> anyhow::Result<Header> {
-    let tee = Tee {
-        rx,
-        chunk: bytes::Bytes::new(),
-        out: std::io::BufWriter::with_capacity(1 << 20, file),
-    };
-    let mut reader = Reader::open(tee).context("the backup is not usable")?;
-    reader.verify_rest().context("the backup is not usable")?;
-    let header = reader.header().clone();
-    let tee = reader.into_inner();
-    let f = tee.out.into_inner().map_err(|e| e.into_error())?;
-    f.sync_all()?;
-    Ok(header)
-}
-
-/// Reads the chunks of a channel, writing each to `out` as it is taken.
-struct Tee {
-    rx: std::sync::mpsc::Receiver<bytes::Bytes>,
-    chunk: bytes::Bytes,
-    out: std::io::BufWriter<std::fs::File>,
-}
-
-impl std::io::Read for Tee {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.rx.recv() {
-                Ok(c) => {
-                    self.out.write_all(&c)?;
-                    self.chunk = c;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk.split_to(n));
-        Ok(n)
-    }
 }
 
 /// What a restore made.

@@ -14,13 +14,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use futures::StreamExt;
-use rstore_backup::format::{Header, Reader};
 use rstore_backup::manifest::{BackupName, Manifest, Sha256, parse_utc};
 use rstore_backup::retention::State;
 use rstore_backup::store::{BackupStore, StoreOptions};
 
+use super::check::Checker;
 use crate::cli::client::{Endpoint, explain};
 
 /// Whether `s` names an object store rather than a local path.
@@ -62,16 +61,9 @@ pub async fn save(ep: &Endpoint, credentials_dir: Option<&Path>, url: &str) -> a
     let revision: u64 = header("x-rstore-revision")?.parse()?;
     let object = BackupName::new(&cluster_id, started_ms, revision).object();
 
-    // Every chunk goes to the upload and to a thread that checks the stream.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
-    let checker = std::thread::spawn(move || -> anyhow::Result<Header> {
-        let mut r = Reader::open(Chunks {
-            rx,
-            chunk: Bytes::new(),
-        })?;
-        r.verify_rest()?;
-        Ok(r.header().clone())
-    });
+    // Every chunk goes to the upload and to the checker.
+    let checker = Checker::start(None);
+    let feed = checker.feeder();
     let stream = futures::stream::unfold(Some(resp), |resp| async move {
         let mut resp = resp?;
         match resp.chunk().await {
@@ -83,17 +75,18 @@ pub async fn save(ep: &Endpoint, credentials_dir: Option<&Path>, url: &str) -> a
     .map(move |r| {
         if let Ok(chunk) = &r {
             // A checker that stopped has its error; the upload goes on to its end.
-            let _ = tx.send(chunk.clone());
+            feed(chunk.clone());
         }
         r
     });
     let uploaded = store.upload(&object, Box::pin(stream)).await;
-    let checked = checker.join().expect("the backup checker panicked");
+    // The upload dropped the stream, and with it the feeder: the checker sees the end.
+    let checked = checker.finish();
     let finished_ms = now_ms();
     let outcome = match (uploaded, checked) {
         (Ok(up), Ok(h)) => Ok((up, h)),
         (Err(e), _) => Err(anyhow::Error::new(e)),
-        (Ok(_), Err(e)) => Err(e.context("the backup stream is not usable")),
+        (Ok(_), Err(e)) => Err(e),
     };
     match outcome {
         Ok((up, h)) => {
@@ -128,26 +121,6 @@ pub async fn save(ep: &Endpoint, credentials_dir: Option<&Path>, url: &str) -> a
                 store.object_url(&object)
             )))
         }
-    }
-}
-
-/// Reads the chunks of a channel as one stream of bytes.
-struct Chunks {
-    rx: std::sync::mpsc::Receiver<Bytes>,
-    chunk: Bytes,
-}
-
-impl std::io::Read for Chunks {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.rx.recv() {
-                Ok(c) => self.chunk = c,
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk.split_to(n));
-        Ok(n)
     }
 }
 

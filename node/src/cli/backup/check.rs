@@ -1,0 +1,87 @@
+//! Checking a backup stream as it arrives, on a thread of its own: the chunks a save
+//! receives are fed to [`Checker`], which reads them as a backup (every frame, the key order,
+//! the counts, the SHA-256) and, for a save to a file, writes each to the file as it takes it.
+//! Both kinds of save use it, so a stream is read once and checked once.
+
+use std::io::Write;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use bytes::Bytes;
+use rstore_backup::format::{Header, Reader};
+
+/// Chunks queued for the checker.
+const QUEUE: usize = 16;
+
+pub struct Checker {
+    tx: SyncSender<Bytes>,
+    thread: JoinHandle<anyhow::Result<Header>>,
+}
+
+impl Checker {
+    /// Start checking; with `copy_to`, each chunk is also written there, and the file is
+    /// synced once the stream checked out.
+    pub fn start(copy_to: Option<std::fs::File>) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let thread = std::thread::spawn(move || {
+            let chunks = Chunks {
+                rx,
+                chunk: Bytes::new(),
+                out: copy_to.map(|f| std::io::BufWriter::with_capacity(1 << 20, f)),
+            };
+            let mut reader = Reader::open(chunks).context("the backup is not usable")?;
+            reader.verify_rest().context("the backup is not usable")?;
+            let header = reader.header().clone();
+            if let Some(out) = reader.into_inner().out {
+                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            }
+            Ok(header)
+        });
+        Self { tx, thread }
+    }
+
+    /// Pass on the next chunk; `false` once the checker stopped ([`Checker::finish`] says why).
+    pub fn feed(&self, chunk: Bytes) -> bool {
+        self.tx.send(chunk).is_ok()
+    }
+
+    /// A handle that feeds this checker from elsewhere (a stream adapter); the stream ends
+    /// once every handle and the checker's own were dropped.
+    pub fn feeder(&self) -> impl Fn(Bytes) -> bool + Send + 'static {
+        let tx = self.tx.clone();
+        move |chunk| tx.send(chunk).is_ok()
+    }
+
+    /// The end of the stream: its header if it checked out to its last byte.
+    pub fn finish(self) -> anyhow::Result<Header> {
+        drop(self.tx);
+        self.thread.join().expect("the backup checker panicked")
+    }
+}
+
+/// The chunks of a channel as one stream of bytes, each written to `out` as it is taken.
+struct Chunks {
+    rx: Receiver<Bytes>,
+    chunk: Bytes,
+    out: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl std::io::Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.recv() {
+                Ok(c) => {
+                    if let Some(out) = &mut self.out {
+                        out.write_all(&c)?;
+                    }
+                    self.chunk = c;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
