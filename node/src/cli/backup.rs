@@ -113,7 +113,7 @@ pub async fn run_backup(cmd: BackupCommand) -> anyhow::Result<()> {
             println!(
                 "restored revision {} ({} keys) from {} into {}: new cluster {}, member {}\n\
                  start it with: node serve --data-dir {} --advertise-client {} --advertise-peer {} ...\n\
-                 then add members with: node cluster add --client-url URL --peer-url URL",
+                 then add members with: node cluster add --id ID --client-url URL --peer-url URL (ID from the new member's GET /v1/node)",
                 r.revision,
                 r.keys,
                 r.source,
