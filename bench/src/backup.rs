@@ -14,25 +14,30 @@
 //!    and as many while backups run back to back from member 1 (idle and busy windows
 //!    alternate); the drop of throughput in %, and the serving member's peak RSS.
 //!
-//! etcd runs with `--quota-backend-bytes` of 8 GiB so that a large data set does not hit
-//! its 2 GiB default.
+//! etcd runs with `--quota-backend-bytes` of 8 GiB and rstore with `RSTORE_MAX_DATA_BYTES`
+//! of 8 GiB, so that 1 GB of data does not hit their defaults (2 GiB and 1 GiB).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::Serialize;
 use tracing::info;
 
 use crate::cluster::{EtcdCluster, RstoreCluster, RstoreConfig};
-use crate::load::{self, EtcdTarget, LoadShape, Phase, PhaseStats, Populated, RstoreTarget};
+use crate::load::{self, EtcdTarget, LoadShape, Phase, Populated, RstoreTarget};
 use crate::security::BenchTls;
 use crate::snapshot::{BackupLoop, LoopStats, Restored, RssSampler, System, Tools};
+
+mod report;
+use report::{BackupRun, Config, LoadRun, Report, RestoreRun, SystemReport, print_report};
 
 /// The etcd members' backend quota: the 2 GiB default is too small for 1 GB of data plus
 /// its revisions.
 const ETCD_QUOTA_BYTES: u64 = 8 << 30;
+/// rstore's data quota (`RSTORE_MAX_DATA_BYTES`), like etcd's: the 1 GiB default is too
+/// small for 1 GB of keys and values.
+const RSTORE_QUOTA_BYTES: u64 = 8 << 30;
 /// Seconds both idle clusters settle after populating, before the first backup.
 const SETTLE: Duration = Duration::from_secs(3);
 
@@ -52,90 +57,6 @@ pub struct Options {
     pub json: Option<PathBuf>,
 }
 
-#[derive(Debug, Serialize)]
-struct Config {
-    keys: usize,
-    value_bytes: usize,
-    /// Keys plus values, in bytes.
-    data_bytes: u64,
-    runs: u32,
-    load_keys: usize,
-    load_value_bytes: usize,
-    load_window_seconds: f64,
-    load_warmup_seconds: f64,
-    rounds: u32,
-    node_bin: PathBuf,
-    etcd_bin: PathBuf,
-    etcdctl_bin: PathBuf,
-    etcd_version: Option<String>,
-    cpus: usize,
-    tls: bool,
-}
-
-/// One backup taken.
-#[derive(Debug, Serialize)]
-struct BackupRun {
-    seconds: f64,
-    file_bytes: u64,
-    /// Logical data (keys plus values) per second, MB = 10^6 bytes.
-    data_mb_per_sec: f64,
-    file_mb_per_sec: f64,
-    /// The serving member's peak RSS during this backup.
-    peak_rss_mib: Option<f64>,
-}
-
-/// One restore.
-#[derive(Debug, Serialize)]
-struct RestoreRun {
-    /// `node backup restore` / `etcdctl snapshot restore`.
-    seconds: f64,
-    /// From starting the server on the restored directory to its first answered read.
-    serving_seconds: f64,
-}
-
-/// The put load without and with backups running.
-#[derive(Debug, Serialize)]
-struct LoadRun {
-    phase: String,
-    idle: PhaseStats,
-    during_backup: PhaseStats,
-    /// `100 * (1 - during / idle)` of the throughput; negative if it rose.
-    drop_percent: f64,
-    backups: LoopStats,
-    /// The serving member's peak RSS while the load and the backups ran.
-    peak_rss_mib: Option<f64>,
-}
-
-/// Everything measured on one system.
-#[derive(Debug, Serialize)]
-struct SystemReport {
-    populate: Populated,
-    /// The member backups are taken from, and its RSS just before the first backup.
-    member: String,
-    idle_rss_mib: Option<f64>,
-    backups: Vec<BackupRun>,
-    restores: Vec<RestoreRun>,
-    load: Option<LoadRun>,
-}
-
-impl SystemReport {
-    fn mean(&self, f: impl Fn(&BackupRun) -> f64) -> f64 {
-        mean(self.backups.iter().map(f))
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct Report {
-    config: Config,
-    rstore: SystemReport,
-    etcd: SystemReport,
-}
-
-fn mean(v: impl Iterator<Item = f64>) -> f64 {
-    let (n, sum) = v.fold((0u32, 0.0), |(n, s), x| (n + 1, s + x));
-    if n == 0 { f64::NAN } else { sum / f64::from(n) }
-}
-
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     if opts.keys == 0 || opts.runs == 0 || opts.rounds == 0 {
         bail!("--backup-keys, --backup-runs and --rounds must be at least 1");
@@ -151,10 +72,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let tls = BenchTls::new().context("make the benchmark's certificates")?;
     let admin = tls.admin_client()?;
+    let mut env = opts.rstore_env.clone();
+    if !env.iter().any(|(k, _)| k == "RSTORE_MAX_DATA_BYTES") {
+        env.push((
+            "RSTORE_MAX_DATA_BYTES".into(),
+            RSTORE_QUOTA_BYTES.to_string(),
+        ));
+    }
     let rstore_cfg = RstoreConfig {
         node_bin: opts.node_bin.clone(),
         tls: Some(tls.clone()),
-        env: opts.rstore_env.clone(),
+        env,
     };
     info!("starting 3 rstore nodes and 3 etcd members (TLS)");
     let rstore = RstoreCluster::start(&rstore_cfg, &admin)
@@ -428,182 +356,4 @@ fn merge_loops(loops: &[LoopStats]) -> LoopStats {
         mean_seconds: (completed > 0).then(|| total / f64::from(completed)),
         error: loops.iter().find_map(|l| l.error.clone()),
     }
-}
-
-fn print_report(r: &Report) {
-    let c = &r.config;
-    println!(
-        "Backup benchmark: {} keys x {} B ({:.1} MB of keys and values), TLS, etcd {}",
-        c.keys,
-        c.value_bytes,
-        c.data_bytes as f64 / 1e6,
-        c.etcd_version.as_deref().unwrap_or("?")
-    );
-    for (name, s) in [("rstore", &r.rstore), ("etcd", &r.etcd)] {
-        println!(
-            "  populate {name}: {:.1} s ({:.0} keys/s, 64 clients)",
-            s.populate.seconds,
-            s.populate.keys as f64 / s.populate.seconds
-        );
-    }
-    println!();
-    println!(
-        "{:<8} {:>4} | {:>9} {:>10} {:>11} {:>11} {:>10} | {:>10} {:>10}",
-        "system",
-        "run",
-        "backup s",
-        "file MB",
-        "data MB/s",
-        "file MB/s",
-        "peak MiB",
-        "restore s",
-        "serving s"
-    );
-    println!("{}", "-".repeat(104));
-    for (name, s) in [("rstore", &r.rstore), ("etcd", &r.etcd)] {
-        for (i, b) in s.backups.iter().enumerate() {
-            let rest = s.restores.get(i);
-            println!(
-                "{name:<8} {:>4} | {:>9.2} {:>10.1} {:>11.1} {:>11.1} {:>10} | {:>10} {:>10}",
-                i + 1,
-                b.seconds,
-                b.file_bytes as f64 / 1e6,
-                b.data_mb_per_sec,
-                b.file_mb_per_sec,
-                opt(b.peak_rss_mib, 1),
-                opt(rest.map(|x| x.seconds), 2),
-                opt(rest.map(|x| x.serving_seconds), 2),
-            );
-        }
-    }
-    println!();
-    let (rs, es) = (&r.rstore, &r.etcd);
-    let restore_mean = |s: &SystemReport| mean(s.restores.iter().map(|x| x.seconds));
-    let serving_mean = |s: &SystemReport| mean(s.restores.iter().map(|x| x.serving_seconds));
-    let load = |s: &SystemReport, f: fn(&LoadRun) -> f64| s.load.as_ref().map(f);
-    let rows: Vec<(&str, Option<f64>, Option<f64>, usize)> = vec![
-        (
-            "backup s (mean)",
-            Some(rs.mean(|b| b.seconds)),
-            Some(es.mean(|b| b.seconds)),
-            2,
-        ),
-        (
-            "backup data MB/s (mean)",
-            Some(rs.mean(|b| b.data_mb_per_sec)),
-            Some(es.mean(|b| b.data_mb_per_sec)),
-            1,
-        ),
-        (
-            "backup file MB/s (mean)",
-            Some(rs.mean(|b| b.file_mb_per_sec)),
-            Some(es.mean(|b| b.file_mb_per_sec)),
-            1,
-        ),
-        (
-            "restore s (mean)",
-            Some(restore_mean(rs)),
-            Some(restore_mean(es)),
-            2,
-        ),
-        (
-            "start to first read s (mean)",
-            Some(serving_mean(rs)),
-            Some(serving_mean(es)),
-            2,
-        ),
-        (
-            "put64 ops/s, no backup",
-            load(rs, |l| l.idle.ops_per_sec),
-            load(es, |l| l.idle.ops_per_sec),
-            0,
-        ),
-        (
-            "put64 ops/s, during backups",
-            load(rs, |l| l.during_backup.ops_per_sec),
-            load(es, |l| l.during_backup.ops_per_sec),
-            0,
-        ),
-        (
-            "put64 drop %",
-            load(rs, |l| l.drop_percent),
-            load(es, |l| l.drop_percent),
-            1,
-        ),
-        (
-            "put64 p99 ms, no backup",
-            load(rs, |l| l.idle.p99_ms),
-            load(es, |l| l.idle.p99_ms),
-            2,
-        ),
-        (
-            "put64 p99 ms, during backups",
-            load(rs, |l| l.during_backup.p99_ms),
-            load(es, |l| l.during_backup.p99_ms),
-            2,
-        ),
-        (
-            "backups done during load",
-            load(rs, |l| f64::from(l.backups.completed)),
-            load(es, |l| f64::from(l.backups.completed)),
-            0,
-        ),
-        (
-            "RSS idle MiB (member 1)",
-            rs.idle_rss_mib,
-            es.idle_rss_mib,
-            1,
-        ),
-        (
-            "RSS peak during backup MiB",
-            rs.backups
-                .iter()
-                .filter_map(|b| b.peak_rss_mib)
-                .reduce(f64::max),
-            es.backups
-                .iter()
-                .filter_map(|b| b.peak_rss_mib)
-                .reduce(f64::max),
-            1,
-        ),
-        (
-            "RSS peak, load + backups MiB",
-            rs.load.as_ref().and_then(|l| l.peak_rss_mib),
-            es.load.as_ref().and_then(|l| l.peak_rss_mib),
-            1,
-        ),
-    ];
-    println!("{:<30} {:>12} {:>12} {:>8}", "", "rstore", "etcd", "r/e");
-    println!("{}", "-".repeat(65));
-    for (name, a, b, prec) in rows {
-        let ratio = match (a, b) {
-            (Some(a), Some(b)) if b != 0.0 && a.is_finite() && b.is_finite() => Some(a / b),
-            _ => None,
-        };
-        println!(
-            "{name:<30} {:>12} {:>12} {:>8}",
-            opt(a, prec),
-            opt(b, prec),
-            opt(ratio, 2)
-        );
-    }
-    for (name, s) in [("rstore", rs), ("etcd", es)] {
-        if let Some(l) = &s.load
-            && (l.backups.failed > 0 || l.idle.errors > 0 || l.during_backup.errors > 0)
-        {
-            println!(
-                "  ! {name}: {} failed backups ({:?}), put errors {} / {} ({:?} {:?})",
-                l.backups.failed,
-                l.backups.error,
-                l.idle.errors,
-                l.during_backup.errors,
-                l.idle.error_samples,
-                l.during_backup.error_samples
-            );
-        }
-    }
-}
-
-fn opt(v: Option<f64>, prec: usize) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.prec$}"))
 }
