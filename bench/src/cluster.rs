@@ -115,7 +115,7 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
-    fn spawn(name: &str, mut cmd: Command, dir: TempDir) -> Result<Self, ClusterError> {
+    pub fn spawn(name: &str, mut cmd: Command, dir: TempDir) -> Result<Self, ClusterError> {
         let log_path = dir.path().join("output.log");
         let log =
             File::create(&log_path).map_err(io_err(format!("create {}", log_path.display())))?;
@@ -146,7 +146,7 @@ impl ChildGuard {
     }
 
     /// Fails with the log tail if the process has already exited.
-    fn check_alive(&mut self) -> Result<(), ClusterError> {
+    pub fn check_alive(&mut self) -> Result<(), ClusterError> {
         match self.child.try_wait() {
             Ok(Some(status)) => Err(ClusterError::Exited {
                 name: self.name.clone(),
@@ -182,7 +182,7 @@ fn log_tail(path: &Path) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-fn temp_dir(prefix: &str) -> Result<TempDir, ClusterError> {
+pub fn temp_dir(prefix: &str) -> Result<TempDir, ClusterError> {
     tempfile::Builder::new()
         .prefix(prefix)
         .tempdir()
@@ -267,6 +267,53 @@ pub struct RstoreConfig {
     pub env: Vec<(String, String)>,
 }
 
+/// `node serve` on `data_dir` with the client and peer listeners on these loopback ports,
+/// as the bench runs every node: with TLS and tokens unless `cfg.tls` is `None`. `name`
+/// names the node's certificate files.
+pub fn rstore_serve_command(
+    cfg: &RstoreConfig,
+    data_dir: &Path,
+    name: &str,
+    client_port: u16,
+    peer_port: u16,
+) -> Result<Command, ClusterError> {
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    let client_url = format!("{scheme}://127.0.0.1:{client_port}");
+    let peer_url = format!("{scheme}://127.0.0.1:{peer_port}");
+    let mut cmd = Command::new(&cfg.node_bin);
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen-client")
+        .arg(format!("127.0.0.1:{client_port}"))
+        .arg("--advertise-client")
+        .arg(&client_url)
+        .arg("--listen-peer")
+        .arg(format!("127.0.0.1:{peer_port}"))
+        .arg("--advertise-peer")
+        .arg(&peer_url)
+        .envs(cfg.env.iter().map(|(k, v)| (k, v)));
+    match &cfg.tls {
+        Some(tls) => {
+            let (cert, key) = tls
+                .server_files(name, &peer_url)
+                .map_err(|e| ClusterError::Tls(e.to_string()))?;
+            cmd.arg("--tls-ca-file")
+                .arg(tls.ca_file())
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--token-file")
+                .arg(tls.token_file());
+        }
+        None => {
+            cmd.arg("--insecure-plaintext");
+        }
+    }
+    Ok(cmd)
+}
+
 /// A running, bootstrapped 3-node rstore cluster.
 #[derive(Debug)]
 pub struct RstoreCluster {
@@ -291,38 +338,13 @@ impl RstoreCluster {
             let client_url = format!("{scheme}://127.0.0.1:{client_port}");
             let peer_url = format!("{scheme}://127.0.0.1:{peer_port}");
             let dir = temp_dir(&format!("rstore-bench-node{}-", i + 1))?;
-            let data_dir = dir.path().join("data");
-            let mut cmd = Command::new(&cfg.node_bin);
-            cmd.arg("serve")
-                .arg("--data-dir")
-                .arg(&data_dir)
-                .arg("--listen-client")
-                .arg(format!("127.0.0.1:{client_port}"))
-                .arg("--advertise-client")
-                .arg(&client_url)
-                .arg("--listen-peer")
-                .arg(format!("127.0.0.1:{peer_port}"))
-                .arg("--advertise-peer")
-                .arg(&peer_url)
-                .envs(cfg.env.iter().map(|(k, v)| (k, v)));
-            match &cfg.tls {
-                Some(tls) => {
-                    let (cert, key) = tls
-                        .server_files(&format!("rstore-{}", i + 1), &peer_url)
-                        .map_err(|e| ClusterError::Tls(e.to_string()))?;
-                    cmd.arg("--tls-ca-file")
-                        .arg(tls.ca_file())
-                        .arg("--tls-cert-file")
-                        .arg(cert)
-                        .arg("--tls-key-file")
-                        .arg(key)
-                        .arg("--token-file")
-                        .arg(tls.token_file());
-                }
-                None => {
-                    cmd.arg("--insecure-plaintext");
-                }
-            }
+            let cmd = rstore_serve_command(
+                cfg,
+                &dir.path().join("data"),
+                &format!("rstore-{}", i + 1),
+                client_port,
+                peer_port,
+            )?;
             nodes.push(ChildGuard::spawn(&format!("rstore-{}", i + 1), cmd, dir)?);
             client_urls.push(client_url);
             peer_urls.push(peer_url);
@@ -469,6 +491,79 @@ fn go_arch() -> &'static str {
     }
 }
 
+/// What one etcd member is started with.
+pub struct EtcdMember<'a> {
+    pub name: &'a str,
+    pub data_dir: &'a Path,
+    pub client_url: &'a str,
+    pub peer_url: &'a str,
+    /// `name=peer_url,...` of every member.
+    pub initial_cluster: &'a str,
+    pub token: &'a str,
+}
+
+/// The etcd command line of one member, as the bench runs every member: with TLS on both
+/// listeners and client certificates required on both, unless `tls` is `None`.
+pub fn etcd_member_command(
+    etcd_bin: &Path,
+    m: &EtcdMember<'_>,
+    tls: Option<&std::sync::Arc<crate::security::BenchTls>>,
+) -> Result<Command, ClusterError> {
+    let mut cmd = Command::new(etcd_bin);
+    // Our own environment must not reconfigure etcd behind the flags' back.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ETCD_") {
+            cmd.env_remove(key);
+        }
+    }
+    // etcd 3.4 refuses to start on anything but amd64 and ppc64le unless told.
+    if !matches!(go_arch(), "amd64" | "ppc64le") {
+        cmd.env("ETCD_UNSUPPORTED_ARCH", go_arch());
+    }
+    cmd.arg("--name")
+        .arg(m.name)
+        .arg("--data-dir")
+        .arg(m.data_dir)
+        .arg("--listen-client-urls")
+        .arg(m.client_url)
+        .arg("--advertise-client-urls")
+        .arg(m.client_url)
+        .arg("--listen-peer-urls")
+        .arg(m.peer_url)
+        .arg("--initial-advertise-peer-urls")
+        .arg(m.peer_url)
+        .arg("--initial-cluster")
+        .arg(m.initial_cluster)
+        .arg("--initial-cluster-state")
+        .arg("new")
+        .arg("--initial-cluster-token")
+        .arg(m.token)
+        .arg("--logger")
+        .arg("zap")
+        .arg("--log-outputs")
+        .arg("stderr");
+    if let Some(tls) = tls {
+        let (cert, key) = tls
+            .server_files(m.name, m.peer_url)
+            .map_err(|e| ClusterError::Tls(e.to_string()))?;
+        cmd.arg("--cert-file")
+            .arg(&cert)
+            .arg("--key-file")
+            .arg(&key)
+            .arg("--trusted-ca-file")
+            .arg(tls.ca_file())
+            .arg("--client-cert-auth")
+            .arg("--peer-cert-file")
+            .arg(&cert)
+            .arg("--peer-key-file")
+            .arg(&key)
+            .arg("--peer-trusted-ca-file")
+            .arg(tls.ca_file())
+            .arg("--peer-client-cert-auth");
+    }
+    Ok(cmd)
+}
+
 impl EtcdCluster {
     /// Number of members started.
     pub const SIZE: usize = 3;
@@ -479,6 +574,17 @@ impl EtcdCluster {
         etcd_bin: &Path,
         http: &reqwest::Client,
         tls: Option<&std::sync::Arc<crate::security::BenchTls>>,
+    ) -> Result<Self, ClusterError> {
+        Self::start_with(etcd_bin, http, tls, &[]).await
+    }
+
+    /// [`Self::start`] with extra flags for every member (e.g. a larger
+    /// `--quota-backend-bytes`).
+    pub async fn start_with(
+        etcd_bin: &Path,
+        http: &reqwest::Client,
+        tls: Option<&std::sync::Arc<crate::security::BenchTls>>,
+        extra_args: &[String],
     ) -> Result<Self, ClusterError> {
         let ports = free_ports(2 * Self::SIZE)?;
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -497,67 +603,22 @@ impl EtcdCluster {
             .map(|(n, p)| format!("{n}={p}"))
             .collect::<Vec<_>>()
             .join(",");
-        // etcd 3.4 refuses to start on anything but amd64 and ppc64le unless told.
-        let unsupported_arch = !matches!(go_arch(), "amd64" | "ppc64le");
         // A fresh token per run keeps members of an earlier, leaked run from joining.
         let token = format!("rstore-bench-{}-{}", std::process::id(), ports[0]);
 
         let mut members = Vec::with_capacity(Self::SIZE);
         for i in 0..Self::SIZE {
             let dir = temp_dir(&format!("rstore-bench-etcd{}-", i + 1))?;
-            let mut cmd = Command::new(etcd_bin);
-            // Our own environment must not reconfigure etcd behind the flags' back.
-            for (key, _) in std::env::vars_os() {
-                if key.to_string_lossy().starts_with("ETCD_") {
-                    cmd.env_remove(key);
-                }
-            }
-            if unsupported_arch {
-                cmd.env("ETCD_UNSUPPORTED_ARCH", go_arch());
-            }
-            cmd.arg("--name")
-                .arg(&names[i])
-                .arg("--data-dir")
-                .arg(dir.path().join("data"))
-                .arg("--listen-client-urls")
-                .arg(&client_urls[i])
-                .arg("--advertise-client-urls")
-                .arg(&client_urls[i])
-                .arg("--listen-peer-urls")
-                .arg(&peer_urls[i])
-                .arg("--initial-advertise-peer-urls")
-                .arg(&peer_urls[i])
-                .arg("--initial-cluster")
-                .arg(&initial_cluster)
-                .arg("--initial-cluster-state")
-                .arg("new")
-                .arg("--initial-cluster-token")
-                .arg(&token)
-                .arg("--logger")
-                .arg("zap")
-                .arg("--log-outputs")
-                .arg("stderr");
-            if let Some(tls) = tls {
-                // As etcd is deployed with TLS: certificates on both listeners, client
-                // certificates required on both.
-                let (cert, key) = tls
-                    .server_files(&names[i], &peer_urls[i])
-                    .map_err(|e| ClusterError::Tls(e.to_string()))?;
-                cmd.arg("--cert-file")
-                    .arg(&cert)
-                    .arg("--key-file")
-                    .arg(&key)
-                    .arg("--trusted-ca-file")
-                    .arg(tls.ca_file())
-                    .arg("--client-cert-auth")
-                    .arg("--peer-cert-file")
-                    .arg(&cert)
-                    .arg("--peer-key-file")
-                    .arg(&key)
-                    .arg("--peer-trusted-ca-file")
-                    .arg(tls.ca_file())
-                    .arg("--peer-client-cert-auth");
-            }
+            let member = EtcdMember {
+                name: &names[i],
+                data_dir: &dir.path().join("data"),
+                client_url: &client_urls[i],
+                peer_url: &peer_urls[i],
+                initial_cluster: &initial_cluster,
+                token: &token,
+            };
+            let mut cmd = etcd_member_command(etcd_bin, &member, tls)?;
+            cmd.args(extra_args);
             members.push(ChildGuard::spawn(&format!("etcd-{}", i + 1), cmd, dir)?);
         }
         let mut cluster = Self {

@@ -18,14 +18,18 @@
 //!
 //! Layout: `cluster.rs` spawns and bootstraps both clusters and owns the child
 //! processes; `load.rs` is the closed-loop driver and its two clients; this file holds
-//! the command line, the orchestration and the report.
+//! the command line, the orchestration and the report. `--backup` runs the backup and
+//! restore benchmark of `backup.rs` instead (with the commands of `snapshot.rs`; it also
+//! needs `/usr/bin/etcdctl` from Debian's `etcd-client`).
 //!
 //! Typical run (from the workspace root, after `cargo build --release`):
 //! `target/release/rstore-bench --node-bin target/release/node --json bench.json`
 
+mod backup;
 mod cluster;
 mod load;
 mod security;
+mod snapshot;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -116,6 +120,32 @@ struct Cli {
     #[arg(long, env = "RSTORE_BENCH_PLAINTEXT",
           value_parser = clap::builder::BoolishValueParser::new())]
     plaintext: bool,
+
+    /// Instead of the phases, benchmark backup and restore against etcd's snapshot save and
+    /// restore on `--backup-keys` keys, and put64 (on `--keys`, `--value-bytes`, for
+    /// `--seconds` over `--rounds`) with and without backups running. Always with TLS.
+    #[arg(long)]
+    backup: bool,
+
+    /// Keys written before the backups (`--backup`).
+    #[arg(long, env = "RSTORE_BENCH_BACKUP_KEYS", default_value_t = 1_000_000)]
+    backup_keys: usize,
+
+    /// Bytes per value written before the backups (`--backup`).
+    #[arg(long, env = "RSTORE_BENCH_BACKUP_VALUE_BYTES", default_value_t = 1024)]
+    backup_value_bytes: usize,
+
+    /// Backups and restores per system (`--backup`), run alternately.
+    #[arg(long, env = "RSTORE_BENCH_BACKUP_RUNS", default_value_t = 2)]
+    backup_runs: u32,
+
+    /// etcd's command-line client (Debian's etcd-client 3.4), for `--backup`.
+    #[arg(
+        long,
+        env = "RSTORE_BENCH_ETCDCTL_BIN",
+        default_value = "/usr/bin/etcdctl"
+    )]
+    etcdctl_bin: PathBuf,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -286,6 +316,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         seconds("warmup", cli.warmup)?,
         measure,
     );
+    if cli.backup {
+        if cli.plaintext || cli.skip_etcd || cli.skip_rstore || cli.mode.is_some() {
+            bail!("--backup runs both systems with TLS in their default modes");
+        }
+        return backup::run(backup::Options {
+            node_bin: node_bin(&cli)?,
+            etcd_version: etcd_version(&cli.etcd_bin).await,
+            etcd_bin: cli.etcd_bin,
+            etcdctl_bin: cli.etcdctl_bin,
+            rstore_env: cli.rstore_env,
+            keys: cli.backup_keys,
+            value_bytes: cli.backup_value_bytes,
+            runs: cli.backup_runs,
+            load: shape,
+            rounds: cli.rounds,
+            json: cli.json,
+        })
+        .await;
+    }
     let settle = seconds("settle", cli.settle)?;
     let tls = if cli.plaintext {
         None
@@ -324,20 +373,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let rstore = if cli.skip_rstore {
         None
     } else {
-        let node_bin = match cli.node_bin.clone() {
-            Some(p) => p,
-            None => std::env::current_exe()
-                .context("locate this executable")?
-                .parent()
-                .context("this executable has no parent directory")?
-                .join("node"),
-        };
-        if !node_bin.is_file() {
-            bail!(
-                "node binary {} not found: build it (cargo build --release -p node) or pass --node-bin",
-                node_bin.display()
-            );
-        }
+        let node_bin = node_bin(&cli)?;
         info!(node_bin = %node_bin.display(), "starting 3 rstore nodes");
         let cfg = RstoreConfig {
             node_bin: node_bin.clone(),
@@ -508,6 +544,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // The clusters are dropped (and their processes killed) here.
     drop((rstore, etcd));
     Ok(())
+}
+
+/// `--node-bin`, or `node` next to this executable; it must exist.
+fn node_bin(cli: &Cli) -> anyhow::Result<PathBuf> {
+    let node_bin = match cli.node_bin.clone() {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("locate this executable")?
+            .parent()
+            .context("this executable has no parent directory")?
+            .join("node"),
+    };
+    if !node_bin.is_file() {
+        bail!(
+            "node binary {} not found: build it (cargo build --release -p node) or pass --node-bin",
+            node_bin.display()
+        );
+    }
+    Ok(node_bin)
 }
 
 /// `a / b` when both are known and `b` is not zero.

@@ -73,6 +73,15 @@ impl BenchTls {
         ))
     }
 
+    /// The etcd client certificate and key as files, for `etcdctl --cert --key`.
+    pub fn etcd_client_files(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let cert = self.dir.path().join("etcd-client.crt");
+        let key = self.dir.path().join("etcd-client.key");
+        write_file(&cert, &self.etcd_client.cert, false)?;
+        write_file(&key, &self.etcd_client.key, true)?;
+        Ok((cert, key))
+    }
+
     /// What rstore's clients trust and send: the CA and the admin token.
     pub fn rstore_credentials(&self) -> Credentials {
         Credentials::ca(self.ca.pem().cert.as_bytes()).with_token(&self.token)
