@@ -30,14 +30,18 @@ fn node(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// `node backup save` from member `index` of `cluster` into `out`, as an admin.
-async fn save(cluster: &Cluster, index: usize, out: &Path) -> (bool, String, String) {
+/// `node backup save --out OUT` from member `index` of `cluster`, as an admin, on a thread.
+fn save_task(
+    cluster: &Cluster,
+    index: usize,
+    out: &str,
+) -> tokio::task::JoinHandle<(bool, String, String)> {
     let creds = cluster.creds();
     let args: Vec<String> = vec![
         "backup".into(),
         "save".into(),
         "--out".into(),
-        out.display().to_string(),
+        out.to_string(),
         "--endpoint".into(),
         cluster.nodes[index].direct_client_url.clone(),
         "--cacert".into(),
@@ -49,8 +53,13 @@ async fn save(cluster: &Cluster, index: usize, out: &Path) -> (bool, String, Str
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         node(&args)
     })
-    .await
-    .unwrap()
+}
+
+/// `node backup save` from member `index` of `cluster` into `out`, as an admin.
+async fn save(cluster: &Cluster, index: usize, out: &Path) -> (bool, String, String) {
+    save_task(cluster, index, out.to_str().unwrap())
+        .await
+        .unwrap()
 }
 
 fn read_backup(path: &Path) -> (rstore_backup::format::Header, BTreeMap<String, Entry>) {
@@ -412,28 +421,7 @@ async fn a_leader_change_mid_backup_spoils_nothing_and_a_killed_source_leaves_no
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cut.rsb");
     let partial = out.with_extension("partial");
-    let saving = {
-        let creds = source.creds();
-        let args: Vec<String> = [
-            "backup",
-            "save",
-            "--out",
-            out.to_str().unwrap(),
-            "--endpoint",
-            &source.nodes[follower].direct_client_url,
-            "--cacert",
-            creds.ca_file().to_str().unwrap(),
-            "--token",
-            &creds.admin_token,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            node(&args)
-        })
-    };
+    let saving = save_task(&source, follower, out.to_str().unwrap());
     wait_until(
         Duration::from_secs(60),
         "the save to start writing",
@@ -498,30 +486,7 @@ async fn backups_in_a_store_restore_by_object_revision_and_time_and_a_damaged_on
         assert!(out.0, "save failed: {}{}", out.1, out.2);
         serde_json::from_str(out.1.trim()).unwrap()
     };
-    let save_url = async |source: &Cluster| {
-        let creds = source.creds();
-        let args: Vec<String> = [
-            "backup",
-            "save",
-            "--out",
-            &store,
-            "--endpoint",
-            &source.nodes[0].direct_client_url,
-            "--cacert",
-            creds.ca_file().to_str().unwrap(),
-            "--token",
-            &creds.admin_token,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            node(&args)
-        })
-        .await
-        .unwrap()
-    };
+    let save_url = async |source: &Cluster| save_task(source, 0, &store).await.unwrap();
     let first = saved(&save_url(&source).await);
     for i in 0..5 {
         c.put_acked(&format!("second/{i}"), b"2").await;
