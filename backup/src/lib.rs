@@ -2,16 +2,21 @@
 //! command (which saves and restores one) and the operator (which schedules them and keeps
 //! the newest).
 //!
+//! - [`check`]: checking a backup stream as it arrives, on a thread of its own.
 //! - [`format`]: the backup stream: a header (cluster, revision, counts), the records in
 //!   checksummed frames, and a trailer with the SHA-256 of everything before it; its writer
 //!   and its checking reader, which names what is wrong with a corrupt or truncated stream.
 //! - [`manifest`]: the JSON kept beside each backup object (what it holds, its size and
 //!   checksum, whether it completed), and the names objects are written under.
 //! - [`retention`]: which backups a schedule keeps, by count and by age (pure).
-//! - [`store`] (feature `store`): object storage by URL through the `object_store` crate.
+//! - [`store`] (feature `store`): object storage by URL through the `object_store` crate;
+//!   [`save`]: a backup stream saved into a store, checked, with its manifest.
 
+pub mod check;
 pub mod format;
 pub mod manifest;
 pub mod retention;
+#[cfg(feature = "store")]
+pub mod save;
 #[cfg(feature = "store")]
 pub mod store;

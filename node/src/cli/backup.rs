@@ -18,7 +18,6 @@ use clap::{Args, Subcommand};
 use openraft::storage::RaftLogStorage;
 use rstore_backup::format::{Header, Reader};
 
-mod check;
 mod remote;
 
 use super::client::Endpoint;
@@ -148,7 +147,7 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
     let file = std::fs::File::create(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
     // The stream is written and checked as it arrives, in one pass.
-    let checker = check::Checker::start(Some(file));
+    let checker = rstore_backup::check::Checker::start(Some(file));
     let mut bytes = 0u64;
     let mut broke = None;
     loop {
@@ -166,7 +165,7 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let checked = checker.finish();
+    let checked = checker.finish().map_err(anyhow::Error::from);
     let header = match (broke, checked) {
         (None, Ok(h)) => h,
         (Some(e), _) | (None, Err(e)) => {

@@ -121,6 +121,12 @@ impl Context {
         }
     }
 
+    /// The client the store's last reconcile made with its credentials, if it made one.
+    pub(crate) fn cached_node_api(&self, key: &str) -> Option<NodeApi> {
+        let secure = self.secure.lock().unwrap_or_else(|e| e.into_inner());
+        secure.get(key).map(|(_, api)| api.clone())
+    }
+
     /// The node client for store `key`: the plaintext one, or one with the store's CA and the
     /// operator's token (kept while those stay the same, for its connection pool). The error
     /// is [`NodeApi::secure`]'s message (that interface is kept as it is).
