@@ -134,7 +134,10 @@ pub async fn run(
             Api::<Backup>::namespaced(client.clone(), ns),
             Api::<BackupSchedule>::namespaced(client.clone(), ns),
         ),
-        None => (Api::<Backup>::all(client.clone()), Api::<BackupSchedule>::all(client)),
+        None => (
+            Api::<Backup>::all(client.clone()),
+            Api::<BackupSchedule>::all(client),
+        ),
     };
     let bctx = Arc::new(BackupContext::new(ctx));
     let backup_errors = |b: Arc<Backup>, e: &Error, _: Arc<BackupContext>| {

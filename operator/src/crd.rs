@@ -23,9 +23,9 @@ mod tests;
 
 pub use generate::{all_crds, all_crds_yaml, crd, crd_yaml, reference_markdown};
 pub use spec::{
-    DEFAULT_ELECTION_MAX_MS, DEFAULT_ELECTION_MIN_MS, DEFAULT_HEARTBEAT_MS, DEFAULT_IMAGE,
-    DEFAULT_REPLICAS, DEFAULT_STORAGE_SIZE, IssuerRef, MAX_READ_REPLICAS, MAX_REPLICAS, PvcPolicy,
-    PvcRetention, RaftSpec, ReadConsistency, ReplicatedStore, ReplicatedStoreSpec, ReplicationMode,
-    ReplicationSpec, StorageSpec, TlsSpec,
+    BootstrapSpec, DEFAULT_ELECTION_MAX_MS, DEFAULT_ELECTION_MIN_MS, DEFAULT_HEARTBEAT_MS,
+    DEFAULT_IMAGE, DEFAULT_REPLICAS, DEFAULT_STORAGE_SIZE, FromBackup, IssuerRef,
+    MAX_READ_REPLICAS, MAX_REPLICAS, PvcPolicy, PvcRetention, RaftSpec, ReadConsistency,
+    ReplicatedStore, ReplicatedStoreSpec, ReplicationMode, ReplicationSpec, StorageSpec, TlsSpec,
 };
 pub use status::{MemberRole, MemberStatus, Phase, ReplicatedStoreStatus};

@@ -65,6 +65,9 @@ OPERATOR_RBAC = {
     ("rstore.dev", "backupschedules"): {"get", "list", "watch"},
     ("rstore.dev", "backupschedules/status"): {"get", "patch"},
     ("rstore.dev", "backupschedules/finalizers"): {"update"},
+    # A store created from a backup: the ConfigMap its first pod restores from (server-side
+    # apply), deleted once the restored cluster is up.
+    ("", "configmaps"): {"create", "patch", "delete"},
 }
 LEASE_RBAC = {("coordination.k8s.io", "leases"): {"get", "create", "update", "patch"}}
 

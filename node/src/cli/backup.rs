@@ -18,6 +18,7 @@ use clap::{Args, Subcommand};
 use openraft::storage::RaftLogStorage;
 use rstore_backup::format::{Header, Reader};
 
+pub mod bootstrap;
 mod remote;
 
 use super::client::Endpoint;

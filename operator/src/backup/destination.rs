@@ -68,12 +68,11 @@ pub async fn open(
                 name: name.clone(),
             })?;
         for (key, value) in secret.data.unwrap_or_default() {
-            let text =
-                String::from_utf8(value.0).map_err(|_| DestinationError::NotText {
-                    namespace: namespace.to_owned(),
-                    name: name.clone(),
-                    key: key.clone(),
-                })?;
+            let text = String::from_utf8(value.0).map_err(|_| DestinationError::NotText {
+                namespace: namespace.to_owned(),
+                name: name.clone(),
+                key: key.clone(),
+            })?;
             opts = opts.with(&key.to_ascii_lowercase(), text.trim());
         }
         for (key, value) in secret.string_data.unwrap_or_default() {

@@ -23,8 +23,7 @@ use super::timing::{Schedule, parse_age, stale};
 use super::{BackupContext, Error, FIELD_MANAGER, LABEL_SCHEDULE, destination};
 use crate::crd::ReplicatedStore;
 use crate::crd::backup::{
-    Backup, BackupPhase, BackupSchedule, BackupScheduleStatus, BackupSpec, LastBackup,
-    LastFailure,
+    Backup, BackupPhase, BackupSchedule, BackupScheduleStatus, BackupSpec, LastBackup, LastFailure,
 };
 
 /// Retention runs at least this often, besides after each finished backup.
@@ -85,12 +84,8 @@ pub async fn reconcile(
         .items;
     backups.sort_by_key(|b| std::cmp::Reverse(b.metadata.creation_timestamp.clone()));
     let phase = |b: &Backup| b.status.as_ref().and_then(|s| s.phase);
-    let finished = |b: &Backup| {
-        matches!(
-            phase(b),
-            Some(BackupPhase::Succeeded | BackupPhase::Failed)
-        )
-    };
+    let finished =
+        |b: &Backup| matches!(phase(b), Some(BackupPhase::Succeeded | BackupPhase::Failed));
     let last_good = backups
         .iter()
         .find(|b| phase(b) == Some(BackupPhase::Succeeded));
@@ -115,11 +110,7 @@ pub async fn reconcile(
         .find(|b| phase(b) == Some(BackupPhase::Failed))
         .map(|b| LastFailure {
             name: b.name_any(),
-            time: b
-                .metadata
-                .creation_timestamp
-                .clone()
-                .unwrap_or(Time(now)),
+            time: b.metadata.creation_timestamp.clone().unwrap_or(Time(now)),
             reason: b
                 .status
                 .as_ref()
@@ -207,12 +198,23 @@ pub async fn reconcile(
         event(&bctx, &sched, EventType::Warning, "Stale", &stale_msg).await;
     }
     status.conditions = vec![
-        condition(&old, "Ready", true, "Scheduled", "the schedule is valid", now),
+        condition(
+            &old,
+            "Ready",
+            true,
+            "Scheduled",
+            "the schedule is valid",
+            now,
+        ),
         condition(
             &old,
             "Stale",
             is_stale,
-            if is_stale { "NoRecentBackup" } else { "RecentBackup" },
+            if is_stale {
+                "NoRecentBackup"
+            } else {
+                "RecentBackup"
+            },
             &stale_msg,
             now,
         ),
@@ -348,8 +350,10 @@ async fn write_status(
     sched: &BackupSchedule,
     status: &BackupScheduleStatus,
 ) -> Result<(), Error> {
-    let api: Api<BackupSchedule> =
-        Api::namespaced(bctx.ctx.client.clone(), &sched.namespace().unwrap_or_default());
+    let api: Api<BackupSchedule> = Api::namespaced(
+        bctx.ctx.client.clone(),
+        &sched.namespace().unwrap_or_default(),
+    );
     let patch = serde_json::json!({
         "apiVersion": BackupSchedule::api_version(&()),
         "kind": BackupSchedule::kind(&()),
@@ -379,12 +383,7 @@ async fn event(
         action: "BackupSchedule".into(),
         secondary: None,
     };
-    if let Err(e) = bctx
-        .ctx
-        .recorder
-        .publish(&ev, &sched.object_ref(&()))
-        .await
-    {
+    if let Err(e) = bctx.ctx.recorder.publish(&ev, &sched.object_ref(&())).await {
         warn!(error = %e, reason, "cannot publish an Event");
     }
 }

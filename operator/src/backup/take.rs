@@ -55,10 +55,15 @@ pub async fn reconcile(backup: Arc<Backup>, bctx: Arc<BackupContext>) -> Result<
         // middle of that attempt.
         Some(BackupPhase::Running) if !bctx.is_running(&backup) => {
             let reason = "the operator stopped during this attempt".to_owned();
-            return settle(&bctx, &backup, status, Attempt::Failed {
-                reason,
-                retry: true,
-            })
+            return settle(
+                &bctx,
+                &backup,
+                status,
+                Attempt::Failed {
+                    reason,
+                    retry: true,
+                },
+            )
             .await;
         }
         Some(BackupPhase::Running) => return Ok(Action::requeue(WAIT)),
@@ -316,7 +321,10 @@ async fn settle(
                     backup.spec.max_attempts,
                     delay.as_secs()
                 ));
-                bctx.ctx.metrics.backup.outcome(&ns, store, "attempt_failed");
+                bctx.ctx
+                    .metrics
+                    .backup
+                    .outcome(&ns, store, "attempt_failed");
                 event(
                     bctx,
                     backup,

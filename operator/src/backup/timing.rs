@@ -171,8 +171,18 @@ mod tests {
         let period = s.period(now).unwrap();
         assert_eq!(period, Duration::from_secs(6 * 3600));
         let created = ts("2026-12-01T00:00:00Z");
-        assert!(!stale(Some(ts("2026-12-05T01:00:01Z")), created, period, now));
-        assert!(stale(Some(ts("2026-12-05T00:59:59Z")), created, period, now));
+        assert!(!stale(
+            Some(ts("2026-12-05T01:00:01Z")),
+            created,
+            period,
+            now
+        ));
+        assert!(stale(
+            Some(ts("2026-12-05T00:59:59Z")),
+            created,
+            period,
+            now
+        ));
         // Never succeeded: counted from creation.
         assert!(!stale(None, ts("2026-12-05T02:00:00Z"), period, now));
         assert!(stale(None, created, period, now));

@@ -135,7 +135,11 @@ pub(crate) async fn run(args: &RunArgs) -> Result<()> {
         metrics.set_leader(true);
     }
     let ctx = Arc::new(Context::new(client, Settings::default(), metrics, &holder));
-    let stores = controller::run(ctx.clone(), args.namespace.clone(), stopped(stop_rx.clone()));
+    let stores = controller::run(
+        ctx.clone(),
+        args.namespace.clone(),
+        stopped(stop_rx.clone()),
+    );
     let backups = crate::backup::run(ctx, args.namespace.clone(), {
         let rx = stop_rx.clone();
         async move { stopped(rx).await }.shared()

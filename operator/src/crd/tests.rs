@@ -48,8 +48,8 @@ fn every_crd_file_matches_the_rust_types() {
     for (file, crd) in all_crds() {
         let generated = serde_yaml::to_string(&crd).unwrap();
         for folder in ["crds", "charts/rstore-operator/crds"] {
-            let on_disk = std::fs::read_to_string(format!("{dir}/{folder}/{file}"))
-                .unwrap_or_default();
+            let on_disk =
+                std::fs::read_to_string(format!("{dir}/{folder}/{file}")).unwrap_or_default();
             assert!(
                 on_disk == generated,
                 "{folder}/{file} is out of date with the Rust types in operator/src/crd/; \

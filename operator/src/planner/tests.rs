@@ -19,6 +19,7 @@ fn desired(voters: u32, learners: u32) -> Desired {
         mode: ReplicationMode::Quorum,
         read_consistency: ReadConsistency::Linearizable,
         paused: false,
+        restore: false,
     }
 }
 
@@ -608,6 +609,7 @@ fn arb_desired(max_voters: u32, max_learners: u32) -> impl Strategy<Value = Desi
                 mode,
                 read_consistency,
                 paused: false,
+                restore: false,
             },
         )
 }
