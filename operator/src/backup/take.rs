@@ -47,8 +47,18 @@ enum Attempt {
 
 /// kube-runtime's entry point for `Backup`s.
 pub async fn reconcile(backup: Arc<Backup>, bctx: Arc<BackupContext>) -> Result<Action, Error> {
-    let status = backup.status.clone().unwrap_or_default();
+    if finished(&backup) {
+        return Ok(Action::await_change());
+    }
+    // The watch cache can lag behind this controller's own last status write (a reconcile
+    // queued by the `Running` write may run after the final one): read it fresh, so that a
+    // finished backup is never taken again, nor a live attempt mistaken for a dead one.
     let ns = backup.namespace().unwrap_or_default();
+    let api: Api<Backup> = Api::namespaced(bctx.ctx.client.clone(), &ns);
+    let Some(backup) = api.get_opt(&backup.name_any()).await.map_err(Error::Kube)? else {
+        return Ok(Action::await_change());
+    };
+    let status = backup.status.clone().unwrap_or_default();
     match status.phase {
         Some(BackupPhase::Succeeded | BackupPhase::Failed) => return Ok(Action::await_change()),
         // Running with nobody running it: this operator (or its predecessor) died in the
@@ -93,6 +103,13 @@ pub async fn reconcile(backup: Arc<Backup>, bctx: Arc<BackupContext>) -> Result<
     };
     let outcome = attempt(&bctx, &backup, &rs, status.clone()).await;
     settle(&bctx, &backup, status, outcome?).await
+}
+
+fn finished(backup: &Backup) -> bool {
+    matches!(
+        backup.status.as_ref().and_then(|s| s.phase),
+        Some(BackupPhase::Succeeded | BackupPhase::Failed)
+    )
 }
 
 /// One attempt: checks, `Running` in status, the stream saved.
