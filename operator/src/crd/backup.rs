@@ -177,9 +177,11 @@ pub struct BackupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
 
-    /// When the successful attempt started and ended.
+    /// When the successful attempt started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
+
+    /// When the successful attempt ended (the backup object and its manifest written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Time>,
 
@@ -316,12 +318,16 @@ pub struct LastBackup {
     pub name: String,
     /// When it completed.
     pub time: Time,
+    /// The revision it holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<u64>,
+    /// Size of its object in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
+    /// How long the save took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
+    /// Its object's URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
 }
@@ -332,7 +338,9 @@ pub struct LastBackup {
 pub struct LastFailure {
     /// The `Backup` resource.
     pub name: String,
+    /// When it was created.
     pub time: Time,
+    /// Why it failed.
     pub reason: String,
 }
 
@@ -373,3 +381,6 @@ pub struct BackupScheduleStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
+
+#[cfg(test)]
+mod tests;

@@ -194,6 +194,28 @@ fn bootstrap_inits_pod_zero_then_adds_and_promotes_one_at_a_time() {
 }
 
 #[test]
+fn a_store_restored_from_a_backup_is_never_initialized_empty() {
+    let d = Desired {
+        restore: true,
+        ..desired(3, 0)
+    };
+    let mut w = World::default();
+    w.apply(&plan_in(&w, &d)).unwrap();
+    // Pod 0 answers, uninitialized (still restoring, or started without its restore): wait.
+    for _ in 0..5 {
+        let step = plan_in(&w, &d);
+        assert!(is_wait(&step), "{step:?}");
+        assert!(step.to_string().contains("restore"), "{step}");
+        w.tick();
+    }
+    // Pod 0 came up with the restored cluster: the others join it as usual.
+    w.apply(&Step::InitCluster { pod: 0 }).unwrap();
+    let steps = converge(&mut w, &d, 50).unwrap();
+    assert!(!steps.iter().any(|s| matches!(s, Step::InitCluster { .. })));
+    assert_shape(&w, &d).unwrap();
+}
+
+#[test]
 fn never_inits_while_a_cluster_is_known_or_pod_zero_is_silent() {
     let d = desired(3, 0);
     let mut w = World::default();

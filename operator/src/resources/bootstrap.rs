@@ -121,3 +121,80 @@ pub fn credentials_volume(rs: &ReplicatedStore) -> Option<(Volume, VolumeMount)>
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{BootstrapSpec, FromBackup, ReplicatedStoreSpec};
+
+    fn store(bootstrap: Option<BootstrapSpec>) -> ReplicatedStore {
+        let mut rs = ReplicatedStore::new(
+            "db",
+            ReplicatedStoreSpec {
+                bootstrap,
+                ..ReplicatedStoreSpec::default()
+            },
+        );
+        rs.metadata.namespace = Some("ns".into());
+        rs.metadata.uid = Some("uid-1".into());
+        rs
+    }
+
+    fn from(credentials: Option<&str>) -> Option<BootstrapSpec> {
+        Some(BootstrapSpec {
+            from_backup: FromBackup {
+                url: Some("s3://b/p".into()),
+                backup: None,
+                credentials_secret: credentials.map(str::to_owned),
+                at_revision: Some(42),
+                at_time: None,
+            },
+        })
+    }
+
+    #[test]
+    fn only_a_store_from_a_backup_reads_the_config_map_and_only_pod_zero_restores() {
+        assert!(env(&store(None)).is_empty());
+        assert!(credentials_volume(&store(None)).is_none());
+        let rs = store(from(Some("creds")));
+        let env = env(&rs);
+        let refs: Vec<_> = env
+            .iter()
+            .filter_map(|e| e.value_from.as_ref()?.config_map_key_ref.as_ref())
+            .collect();
+        assert_eq!(refs.len(), 4);
+        assert!(
+            refs.iter()
+                .all(|r| r.name == "db-bootstrap" && r.optional == Some(true))
+        );
+        assert!(env.iter().any(|e| e.name == "RSTORE_BACKUP_CREDENTIALS_DIR"
+            && e.value.as_deref() == Some(CREDENTIALS_MOUNT)));
+        let (volume, mount) = credentials_volume(&rs).unwrap();
+        assert_eq!(volume.secret.unwrap().secret_name.as_deref(), Some("creds"));
+        assert_eq!(mount.read_only, Some(true));
+        let source = Source {
+            url: "s3://b/p".into(),
+            at_revision: Some(42),
+            at_time: None,
+        };
+        let cm = config_map(&rs, &source);
+        let data = cm.data.unwrap();
+        assert_eq!(data["RSTORE_RESTORE_ON_POD"], "db-0");
+        assert_eq!(data["RSTORE_RESTORE_FROM"], "s3://b/p");
+        assert_eq!(data["RSTORE_RESTORE_AT_REVISION"], "42");
+        assert!(!data.contains_key("RSTORE_RESTORE_AT_TIME"));
+        assert_eq!(
+            cm.metadata.owner_references.unwrap()[0].uid,
+            "uid-1",
+            "owned by the store"
+        );
+        // Without credentials, no volume and no credentials directory.
+        let rs = store(from(None));
+        assert!(credentials_volume(&rs).is_none());
+        assert!(
+            !super::env(&rs)
+                .iter()
+                .any(|e| e.name == "RSTORE_BACKUP_CREDENTIALS_DIR")
+        );
+    }
+}
