@@ -256,6 +256,7 @@ async fn create_backup(
             store: sched.spec.store.clone(),
             destination: sched.spec.destination.clone(),
             max_attempts: sched.spec.max_attempts,
+            max_rate: sched.spec.max_rate.clone(),
         },
     );
     backup.metadata.namespace = sched.namespace();

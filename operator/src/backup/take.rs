@@ -20,7 +20,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
-use rstore_backup::save::{now_unix_ms, save_stream};
+use rstore_backup::save::{now_unix_ms, paced, parse_rate, save_stream};
 use tracing::{info, warn};
 
 use super::destination;
@@ -201,9 +201,20 @@ async fn attempt(
             ),
         });
     }
+    let rate = match backup.spec.max_rate.as_deref().map(parse_rate) {
+        Some(Err(reason)) => {
+            return Ok(Attempt::Failed {
+                retry: false,
+                reason,
+            });
+        }
+        Some(Ok(r)) => Some(r),
+        None => None,
+    };
     let stream = resp
         .bytes_stream()
         .map(|r| r.map_err(|e| format!("the backup stream from {pod} broke off: {e}")));
+    let stream = paced(stream, rate);
     let saved = save_stream(&store, &cluster_id, revision, started_ms, Box::pin(stream)).await;
     let seconds = started.elapsed().as_secs_f64();
     match saved {

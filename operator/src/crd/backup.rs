@@ -90,6 +90,14 @@ pub struct BackupSpec {
     #[serde(default = "default_attempts")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 20").message("maxAttempts must be between 1 and 20"))]
     pub max_attempts: u32,
+
+    /// Read the backup from the member no faster than this, in bytes per second (`64MiB`,
+    /// `500KB`): the member then spends proportionally less CPU on it beside the writes it
+    /// serves, and the backup takes longer. Unlimited when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(B|K|KB|Ki|KiB|M|MB|Mi|MiB|G|GB|Gi|GiB)?$')").message("maxRate must be bytes per second: a number and an optional unit (KB, KiB, MB, MiB, GB, GiB), such as 64MiB"))]
+    pub max_rate: Option<String>,
 }
 
 /// An object store location and how to authenticate to it.
@@ -280,6 +288,14 @@ pub struct BackupScheduleSpec {
     #[serde(default = "default_attempts")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 20").message("maxAttempts must be between 1 and 20"))]
     pub max_attempts: u32,
+
+    /// Read the backup from the member no faster than this, in bytes per second (`64MiB`,
+    /// `500KB`): the member then spends proportionally less CPU on it beside the writes it
+    /// serves, and the backup takes longer. Unlimited when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(B|K|KB|Ki|KiB|M|MB|Mi|MiB|G|GB|Gi|GiB)?$')").message("maxRate must be bytes per second: a number and an optional unit (KB, KiB, MB, MiB, GB, GiB), such as 64MiB"))]
+    pub max_rate: Option<String>,
 
     /// `Backup` resources kept as history (default 10); older ones are deleted, never their
     /// objects, which only retention deletes.

@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use rstore_backup::manifest::{BackupName, Sha256, parse_utc};
 use rstore_backup::retention::State;
-use rstore_backup::save::{now_unix_ms, save_stream};
+use rstore_backup::save::{now_unix_ms, paced, save_stream};
 use rstore_backup::store::{BackupStore, StoreOptions};
 
 use crate::cli::client::{Endpoint, explain};
@@ -36,7 +36,12 @@ fn open(url: &str, credentials_dir: Option<&Path>) -> anyhow::Result<BackupStore
 }
 
 /// `node backup save --out URL`.
-pub async fn save(ep: &Endpoint, credentials_dir: Option<&Path>, url: &str) -> anyhow::Result<()> {
+pub async fn save(
+    ep: &Endpoint,
+    credentials_dir: Option<&Path>,
+    url: &str,
+    max_rate: Option<u64>,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let started_ms = now_unix_ms();
     let store = open(url, credentials_dir)?;
@@ -61,6 +66,7 @@ pub async fn save(ep: &Endpoint, credentials_dir: Option<&Path>, url: &str) -> a
             Err(e) => Some((Err(format!("the backup stream broke off: {e}")), None)),
         }
     });
+    let stream = paced(Box::pin(stream), max_rate);
     let saved = save_stream(&store, &cluster_id, revision, started_ms, Box::pin(stream)).await?;
     let secs = started.elapsed().as_secs_f64();
     println!(
