@@ -51,6 +51,8 @@ pub struct Options {
     pub keys: usize,
     pub value_bytes: usize,
     pub runs: u32,
+    /// `node backup save --max-rate` for rstore's backups.
+    pub max_rate: Option<String>,
     /// The load during backup: its shape (key space, value size, warmup, window).
     pub load: LoadShape,
     pub rounds: u32,
@@ -92,13 +94,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let etcd = EtcdCluster::start_with(&opts.etcd_bin, &admin, Some(&tls), &quota)
         .await
         .context("start the etcd cluster")?;
-    let tools = Arc::new(Tools::new(
-        rstore_cfg,
-        opts.etcd_bin.clone(),
-        opts.etcdctl_bin.clone(),
-        tls.clone(),
-        admin.clone(),
-    )?);
+    let tools = Arc::new(
+        Tools::new(
+            rstore_cfg,
+            opts.etcd_bin.clone(),
+            opts.etcdctl_bin.clone(),
+            tls.clone(),
+            admin.clone(),
+        )?
+        .with_max_rate(opts.max_rate.clone()),
+    );
     let rstore_target = Arc::new(RstoreTarget::new(
         rstore.client_urls().to_vec(),
         Some(Arc::new(tls.rstore_load_tls()?)),
@@ -280,6 +285,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             etcd_version: opts.etcd_version.clone(),
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
             tls: true,
+            rstore_max_rate: opts.max_rate.clone(),
         },
         rstore: rstore_report,
         etcd: etcd_report,

@@ -139,6 +139,11 @@ struct Cli {
     #[arg(long, env = "RSTORE_BENCH_BACKUP_RUNS", default_value_t = 2)]
     backup_runs: u32,
 
+    /// Pace rstore's backups (`node backup save --max-rate`, bytes per second such as
+    /// `64MiB`) in `--backup`; etcdctl has no such setting. Unlimited when left out.
+    #[arg(long, env = "RSTORE_BENCH_BACKUP_MAX_RATE")]
+    backup_max_rate: Option<String>,
+
     /// etcd's command-line client (Debian's etcd-client 3.4), for `--backup`.
     #[arg(
         long,
@@ -329,6 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             keys: cli.backup_keys,
             value_bytes: cli.backup_value_bytes,
             runs: cli.backup_runs,
+            max_rate: cli.backup_max_rate,
             load: shape,
             rounds: cli.rounds,
             json: cli.json,

@@ -58,9 +58,17 @@ pub struct Tools {
     etcd_key: PathBuf,
     /// An HTTP client with the CA and the rstore token, for reads of restored nodes.
     http: reqwest::Client,
+    /// `--max-rate` of rstore's saves.
+    max_rate: Option<String>,
 }
 
 impl Tools {
+    /// rstore's saves paced to `rate` (`node backup save --max-rate`).
+    pub fn with_max_rate(mut self, rate: Option<String>) -> Self {
+        self.max_rate = rate;
+        self
+    }
+
     pub fn new(
         rstore: RstoreConfig,
         etcd_bin: PathBuf,
@@ -77,6 +85,7 @@ impl Tools {
             etcd_cert,
             etcd_key,
             http,
+            max_rate: None,
         })
     }
 
@@ -115,6 +124,9 @@ impl Tools {
                     .arg(self.tls.ca_file())
                     .arg("--token")
                     .arg(&self.tls.token);
+                if let Some(rate) = &self.max_rate {
+                    cmd.arg("--max-rate").arg(rate);
+                }
                 cmd
             }
             System::Etcd => {

@@ -26,6 +26,8 @@ pub struct Config {
     pub etcd_version: Option<String>,
     pub cpus: usize,
     pub tls: bool,
+    /// rstore's backups paced to this (`--backup-max-rate`), or unlimited.
+    pub rstore_max_rate: Option<String>,
 }
 
 /// One backup taken.
@@ -101,6 +103,11 @@ pub fn print_report(r: &Report) {
         c.data_bytes as f64 / 1e6,
         c.etcd_version.as_deref().unwrap_or("?")
     );
+    if let Some(rate) = &c.rstore_max_rate {
+        println!(
+            "  rstore's backups paced to {rate}/s (node backup save --max-rate); etcd's unpaced"
+        );
+    }
     for (name, s) in [("rstore", &r.rstore), ("etcd", &r.etcd)] {
         println!(
             "  populate {name}: {:.1} s ({:.0} keys/s, 64 clients)",
