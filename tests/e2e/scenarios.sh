@@ -315,11 +315,17 @@ EOF
   k get backupschedule every-minute
   [ "$(k get backupschedule every-minute -o jsonpath='{.status.conditions[?(@.type=="Stale")].status}')" = False ] \
     || fail "BackupSchedule every-minute is Stale"
-  k delete backupschedule every-minute >/dev/null
-  pass "BackupSchedule every-minute: a backup each minute, 2 kept by retention, not Stale"
+  k patch backupschedule every-minute --type merge -p '{"spec":{"suspend":true}}' >/dev/null
+  revision=$(k get backupschedule every-minute -o jsonpath='{.status.lastSuccessful.revision}')
+  [ -n "$revision" ] || fail "BackupSchedule every-minute has no lastSuccessful.revision"
+  # Retention keeps the 2 newest good backups of the cluster: the first Backup's object,
+  # older than both, was deleted, and an Event says so.
+  [ -n "$(k get events --field-selector involvedObject.name=every-minute,reason=Retention -o name)" ] \
+    || fail "no Retention Event for BackupSchedule every-minute"
+  pass "BackupSchedule every-minute: a backup each minute, 2 kept by retention (revision $revision the newest), not Stale"
 
-  # A new store restored from the newest backup at or before the first one's revision: it
-  # holds every key written before that backup.
+  # A new store restored from the newest backup at or before that revision: it holds every
+  # key written before the first backup.
   k apply -f - <<EOF
 apiVersion: rstore.dev/v1alpha1
 kind: ReplicatedStore
@@ -344,6 +350,7 @@ EOF
   done
   rm -f "$restored_ca"
   k delete rstore restored --wait=false >/dev/null
+  k delete backupschedule every-minute >/dev/null
   pass "store restored at revision $revision: a new cluster ($restored_cluster) of 3 with the backup's keys"
 else
   log "backups: SKIPPED (no object store: set BACKUP_S3_ENDPOINT for tests/e2e/local.sh)"
