@@ -179,7 +179,9 @@ async fn the_store_dying_mid_upload_fails_the_save_and_keeps_the_earlier_backup_
     assert!(ok, "the first save: {out}{err}");
     let good: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
 
-    // The second save: the store dies once 1 MiB of it has reached the store.
+    // The second save: the store dies once 1 MiB of it has reached the store. (A write
+    // first: two saves at one revision within one second would share an object name.)
+    c.put_acked("between/saves", b"v").await;
     let second = tokio::spawn(save());
     let base = proxy.sent.load(Ordering::SeqCst);
     let sent = proxy.sent.clone();

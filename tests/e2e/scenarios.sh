@@ -342,10 +342,11 @@ EOF
     "! kubectl -n $NS get configmap restored-bootstrap -o name 2>/dev/null | grep -q ."
   restored_token=$(secret_value restored-credentials token)
   restored_ca=$(mktemp -t rstore-e2e-restored-ca.XXXXXX)
-  secret_value restored-credentials ca.crt >"$restored_ca"
+  secret_value restored-credentials 'ca\.crt' >"$restored_ca"
   for key in e2e/greeting initial/1 initial/10 before-backup/5; do
     got=$(node_cli kv get "$key" --endpoint "https://restored.$NS.svc:7379" --token "$restored_token" \
-      --cacert "$restored_ca" 2>&1) || fail "read $key from the restored store: $got"
+      --cacert "$restored_ca" 2>"$WRITER_DIR/restored-err") \
+      || fail "read $key from the restored store: $(cat "$WRITER_DIR/restored-err")"
     [ "$got" = "${DATA[$key]}" ] || fail "restored $key is '$got', want '${DATA[$key]}'"
   done
   rm -f "$restored_ca"

@@ -19,8 +19,9 @@ use kube::{Api, Resource, ResourceExt};
 use rstore_backup::retention::{self, Policy};
 use tracing::{info, warn};
 
+use super::context::{BackupContext, Error, FIELD_MANAGER, LABEL_SCHEDULE};
+use super::destination;
 use super::timing::{Schedule, parse_age, stale};
-use super::{BackupContext, Error, FIELD_MANAGER, LABEL_SCHEDULE, destination};
 use crate::crd::ReplicatedStore;
 use crate::crd::backup::{
     Backup, BackupPhase, BackupSchedule, BackupScheduleStatus, BackupSpec, LastBackup, LastFailure,

@@ -23,9 +23,9 @@ use kube::{Api, Resource, ResourceExt};
 use rstore_backup::save::{now_unix_ms, paced, parse_rate, save_stream};
 use tracing::{info, warn};
 
+use super::context::{BackupContext, Error, FIELD_MANAGER};
 use super::destination;
 use super::timing::{human_size, retry_delay};
-use super::{BackupContext, Error, FIELD_MANAGER};
 use crate::crd::ReplicatedStore;
 use crate::crd::backup::{Backup, BackupPhase, BackupStatus};
 use crate::nodeapi::NodeApi;
@@ -251,7 +251,11 @@ async fn attempt(
                 sha256: Some(saved.sha256),
                 started_at: at(saved.started_unix_ms),
                 completed_at: at(saved.finished_unix_ms),
-                duration: Some(format!("{seconds:.1}s")),
+                duration: Some(if seconds < 10.0 {
+                    format!("{seconds:.2}s")
+                } else {
+                    format!("{seconds:.0}s")
+                }),
             })))
         }
         Err(e) => Ok(Attempt::Failed {
