@@ -8,10 +8,18 @@
 //! - [`manifest`]: the JSON kept beside each backup object (what it holds, its size and
 //!   checksum, whether it completed), and the names objects are written under.
 //! - [`retention`]: which backups a schedule keeps, by count and by age (pure).
+//! - [`frame`]: the checksummed framing both streams share (backups and segments).
+//! - [`segment`]: an archived segment of the change stream (every change in a range of
+//!   revisions, as `node backup archive` received it), its writer and its checking reader.
+//! - [`archive`]: point-in-time recovery, the pure part: segment names, which segments take
+//!   a backup to a revision, and replaying them exactly up to it.
 //! - [`store`] (feature `store`): object storage by URL through the `object_store` crate.
 
+pub mod archive;
 pub mod format;
+pub mod frame;
 pub mod manifest;
 pub mod retention;
+pub mod segment;
 #[cfg(feature = "store")]
 pub mod store;
