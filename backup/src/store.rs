@@ -18,7 +18,11 @@
 //!   describes.
 //!
 //! Uploads stream: at most about `part_size × (upload_concurrency + 1)` bytes are held.
+//!
+//! Archived segments of the change stream (`archive.rs`) are small objects written once
+//! with `PutMode::Create`, each followed by its manifest.
 
+mod archive;
 mod error;
 pub mod options;
 
@@ -33,6 +37,7 @@ use crate::manifest::{
     BackupName, Manifest, OBJECT_SUFFIX, Sha256, manifest_name, object_of_manifest,
 };
 use crate::retention::{Entry, State};
+pub use archive::ListedSegment;
 pub use error::StoreError;
 pub use options::{Backend, MIN_PART_SIZE, StoreOptions};
 

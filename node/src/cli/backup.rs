@@ -18,7 +18,9 @@ use clap::{Args, Subcommand};
 use openraft::storage::RaftLogStorage;
 use rstore_backup::format::{Header, Reader};
 
+mod archive;
 mod check;
+mod pitr;
 mod remote;
 
 use super::client::Endpoint;
@@ -35,8 +37,12 @@ pub enum BackupCommand {
         /// The backup file.
         file: PathBuf,
     },
-    /// Prepare the data directory of a new cluster's first member from a backup.
+    /// Prepare the data directory of a new cluster's first member from a backup, or from a
+    /// backup and the archived changes after it (point-in-time recovery).
     Restore(RestoreArgs),
+    /// Archive the cluster's changes continuously into the store that holds its full
+    /// backups, for point-in-time recovery (runs until SIGTERM or Ctrl-C).
+    Archive(archive::ArchiveArgs),
 }
 
 #[derive(Args, Debug)]
@@ -61,11 +67,14 @@ pub struct RestoreArgs {
     /// store URL, from which the newest complete backup is taken (see --at-revision and
     /// --at-time).
     pub source: String,
-    /// From a store URL: the newest complete backup at or before this revision.
+    /// From a store URL: the state exactly at this revision, from the newest full backup at
+    /// or before it and the archived changes after it (`node backup archive`); when the
+    /// cluster has no archive, the newest complete backup at or before it.
     #[arg(long)]
     pub at_revision: Option<u64>,
-    /// From a store URL: the newest complete backup taken at or before this UTC time
-    /// (2026-12-05T10:00:00Z).
+    /// From a store URL: the state at this UTC time (2026-12-05T10:00:00Z), as the
+    /// archiver received the changes; without an archive, the newest complete backup taken
+    /// at or before then.
     #[arg(long)]
     pub at_time: Option<String>,
     /// A directory of credential files for the object store (see `backup save`).
@@ -108,6 +117,7 @@ pub async fn run_backup(cmd: BackupCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        BackupCommand::Archive(args) => archive::run(args).await,
         BackupCommand::Restore(args) => {
             let r = restore(&args).await?;
             println!(
@@ -227,8 +237,22 @@ pub async fn restore(args: &RestoreArgs) -> anyhow::Result<Restored> {
         name.to_string_lossy(),
         std::process::id()
     ));
+    // To a point in time: the full backup it starts from, and the archived changes after.
+    let pitr = match remote::is_url(&args.source) {
+        true => pitr::prepare(args).await?,
+        false => None,
+    };
     // From object storage: downloaded beside the target and checked against its manifest.
-    let (file, source, download) = if remote::is_url(&args.source) {
+    let (file, source, download) = if let Some(p) = &pitr {
+        let (local, url) = remote::fetch(
+            &p.base_url,
+            &remote::Target::default(),
+            args.credentials_dir.as_deref(),
+            &parent,
+        )
+        .await?;
+        (local.clone(), url, Some(local))
+    } else if remote::is_url(&args.source) {
         let target = remote::Target {
             revision: args.at_revision,
             time: args.at_time.clone(),
@@ -253,7 +277,10 @@ pub async fn restore(args: &RestoreArgs) -> anyhow::Result<Restored> {
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir(&staging)
         .with_context(|| format!("cannot create {}", staging.display()))?;
-    let seeded = seed(args, &file, &source, &staging).await;
+    let seeded = match &pitr {
+        Some(p) => pitr::seed(args, p, &file, &staging).await,
+        None => seed(args, &file, &source, &staging).await,
+    };
     if let Some(d) = download {
         let _ = std::fs::remove_file(d);
     }
@@ -307,40 +334,8 @@ async fn seed(
     }
     let config: ClusterConfig = serde_json::from_value(header.config.clone())
         .context("its cluster settings are not valid")?;
-
-    let identity = Identity::load_or_create(staging)?;
-    let cluster_id = new_cluster_id();
-    identity.adopt_cluster(&cluster_id)?;
-    let node_id = identity.node_id();
-
-    // The state a cluster has just after `init`, compacted: a membership of one voter at
-    // log index 0, covered by the snapshot, with the log purged up to it.
-    let at = LogId::new(openraft::CommittedLeaderId::new(0, 0), 0);
-    let member = Member {
-        peer_url: args.advertise_peer.trim_end_matches('/').to_string(),
-        client_url: args.advertise_client.trim_end_matches('/').to_string(),
-    };
-    let membership = openraft::Membership::new(
-        vec![[node_id].into_iter().collect()],
-        [(node_id, member)]
-            .into_iter()
-            .collect::<std::collections::BTreeMap<_, _>>(),
-    );
-    let meta = SnapshotMeta {
-        last_log_id: Some(at),
-        last_membership: StoredMembership::new(Some(at), membership),
-        snapshot_id: format!("restored-{}-r{}", header.cluster_id, header.revision),
-    };
-    {
-        let retention = Retention {
-            revisions: 1,
-            bytes: 1,
-        };
-        let mut opened = store::open(staging, store::SEGMENT_BYTES, retention, |_| {}).await?;
-        opened.log.purge(at).await?;
-        opened.log.cover_snapshot(Some(at)).await?;
-    }
-
+    let snapshot_id = format!("restored-{}-r{}", header.cluster_id, header.revision);
+    let (cluster_id, node_id, meta) = new_member(args, staging, snapshot_id).await?;
     let snapshot_dir = staging.join("snapshot");
     let mut w = SnapshotWriter::create(
         &snapshot_dir,
@@ -369,4 +364,47 @@ async fn seed(
         revision: header.revision,
         keys: header.keys,
     })
+}
+
+/// A new member's identity in `staging` (a new cluster id and member id) and a log that
+/// starts after the snapshot it is to hold; the cluster id, the member id and the
+/// snapshot's meta.
+async fn new_member(
+    args: &RestoreArgs,
+    staging: &Path,
+    snapshot_id: String,
+) -> anyhow::Result<(String, u64, SnapshotMeta)> {
+    let identity = Identity::load_or_create(staging)?;
+    let cluster_id = new_cluster_id();
+    identity.adopt_cluster(&cluster_id)?;
+    let node_id = identity.node_id();
+
+    // The state a cluster has just after `init`, compacted: a membership of one voter at
+    // log index 0, covered by the snapshot, with the log purged up to it.
+    let at = LogId::new(openraft::CommittedLeaderId::new(0, 0), 0);
+    let member = Member {
+        peer_url: args.advertise_peer.trim_end_matches('/').to_string(),
+        client_url: args.advertise_client.trim_end_matches('/').to_string(),
+    };
+    let membership = openraft::Membership::new(
+        vec![[node_id].into_iter().collect()],
+        [(node_id, member)]
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    );
+    let meta = SnapshotMeta {
+        last_log_id: Some(at),
+        last_membership: StoredMembership::new(Some(at), membership),
+        snapshot_id,
+    };
+    {
+        let retention = Retention {
+            revisions: 1,
+            bytes: 1,
+        };
+        let mut opened = store::open(staging, store::SEGMENT_BYTES, retention, |_| {}).await?;
+        opened.log.purge(at).await?;
+        opened.log.cover_snapshot(Some(at)).await?;
+    }
+    Ok((cluster_id, node_id, meta))
 }

@@ -1,0 +1,462 @@
+//! `node backup archive`: continuous archiving of a cluster's change stream into object
+//! storage, for point-in-time recovery (docs/backup.md, "Point-in-time recovery").
+//!
+//! It watches every key from the revision after the newest archived segment (or, when there
+//! is none, after the newest full backup: a full backup is the base every restore starts
+//! from), cuts the changes into segments by size and age ([`rstore_backup::segment`]) and
+//! uploads each once, with its manifest, under `CLUSTER/wal/`. A revision is never split.
+//!
+//! The watch is resumed from the next revision after any break (a member restarting, a
+//! leader change, a slow-watcher cut-off), on the same member or another one of the
+//! cluster's (learned from `GET /v1/cluster`), with backoff. If the cluster no longer keeps
+//! the next revision, the archive cannot continue without a gap: the archiver continues
+//! after a newer full backup if there is one that covers the gap, and fails otherwise,
+//! naming the gap. SIGTERM or Ctrl-C uploads what is pending and exits.
+
+mod metrics;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use rstore_api::client::{Error as ClientError, NodeClient, WatchLine};
+use rstore_backup::retention::State;
+use rstore_backup::segment::{Change, ChangeKind, Revision, SegmentWriter};
+use rstore_backup::store::{BackupStore, StoreError};
+use tokio::sync::mpsc;
+
+use self::metrics::ArchiveMetrics;
+use crate::cli::client::Endpoint;
+
+#[derive(Args, Debug)]
+pub struct ArchiveArgs {
+    /// The store to archive into (`s3://bucket/prefix`, `gs://…`, `az://…`, `file:///dir`):
+    /// the one `node backup save --out` writes the cluster's full backups to.
+    #[arg(long)]
+    pub to: String,
+    /// A directory of credential files for the object store (see `backup save`).
+    #[arg(long, env = "RSTORE_BACKUP_CREDENTIALS_DIR")]
+    pub credentials_dir: Option<PathBuf>,
+    /// Cut a segment once it holds this many bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub segment_max_bytes: usize,
+    /// Cut a segment once its oldest change is this many seconds old (bounds the archive
+    /// lag, and so what losing the cluster loses).
+    #[arg(long, default_value_t = 60.0)]
+    pub segment_max_seconds: f64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks one; printed).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    pub ep: Endpoint,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the watch task passes on.
+enum Seen {
+    Line(WatchLine),
+    /// The stream ended or broke (the error, if any).
+    Ended(Option<String>),
+}
+
+struct Archiver {
+    store: BackupStore,
+    cluster_id: String,
+    /// The clients of the cluster's members; `current` is watched.
+    members: Vec<NodeClient>,
+    current: usize,
+    metrics: Arc<ArchiveMetrics>,
+    args: ArchiveArgs,
+    /// The next revision to archive.
+    next: u64,
+    segment: SegmentWriter,
+    /// When the current segment's first change arrived.
+    opened: Option<Instant>,
+}
+
+/// `node backup archive`.
+pub async fn run(args: ArchiveArgs) -> anyhow::Result<()> {
+    if args.segment_max_bytes == 0
+        || args.segment_max_seconds.is_nan()
+        || args.segment_max_seconds <= 0.0
+    {
+        bail!("--segment-max-bytes and --segment-max-seconds must be more than 0");
+    }
+    let store = super::remote::open(&args.to, args.credentials_dir.as_deref())?;
+    store.check().await?;
+    let client = args.ep.client()?;
+    let node = client
+        .node()
+        .await
+        .map_err(crate::cli::client::explain)
+        .context("cannot learn the cluster id from the member")?;
+    let cluster_id = node.cluster_id.with_context(|| {
+        format!(
+            "{} is not a member of a cluster yet: initialize it or join it first",
+            client.base()
+        )
+    })?;
+    let metrics = Arc::new(ArchiveMetrics::new());
+    let metrics_url = match args.metrics_addr {
+        Some(addr) => {
+            let bound = metrics::serve(addr, metrics.clone()).await?;
+            Some(format!("http://{bound}/metrics"))
+        }
+        None => None,
+    };
+    let next = resume_point(&store, &cluster_id).await?;
+    metrics.archived_revision.set(next - 1);
+    println!(
+        "{}",
+        serde_json::json!({
+            "archiving": cluster_id,
+            "to": store.url(),
+            "from_revision": next,
+            "metrics": metrics_url,
+        })
+    );
+    let mut a = Archiver {
+        segment: SegmentWriter::new(&cluster_id, next),
+        store,
+        cluster_id,
+        members: vec![client],
+        current: 0,
+        metrics,
+        args,
+        next,
+        opened: None,
+    };
+    a.run().await
+}
+
+/// The revision after the newest complete segment, or after the newest full backup when
+/// there is no segment; a segment left without its manifest by an archiver that died is
+/// adopted first when it checks out.
+async fn resume_point(store: &BackupStore, cluster_id: &str) -> anyhow::Result<u64> {
+    let mut newest = None::<u64>;
+    for s in store.list_segments(cluster_id).await? {
+        match s.state() {
+            State::Good => newest = newest.max(Some(s.name.last)),
+            State::InProgress if s.size.is_some() => {
+                let h = store.adopt_segment(&s.object, now_ms()).await?;
+                tracing::info!(segment = %s.object, "adopted a segment uploaded without its manifest");
+                newest = newest.max(Some(h.last_revision));
+            }
+            _ => {}
+        }
+    }
+    if let Some(last) = newest {
+        return Ok(last + 1);
+    }
+    match newest_backup(store, cluster_id).await? {
+        Some(r) => Ok(r + 1),
+        None => bail!(
+            "{} holds no complete full backup of cluster {cluster_id} and no archived segment: take a full backup first (node backup save --out {} ...); the archive starts after it",
+            store.url(),
+            store.url()
+        ),
+    }
+}
+
+async fn newest_backup(store: &BackupStore, cluster_id: &str) -> anyhow::Result<Option<u64>> {
+    Ok(store
+        .list_backups(Some(cluster_id))
+        .await?
+        .iter()
+        .filter(|b| b.state() == State::Good && b.name.cluster_id == cluster_id)
+        .map(|b| b.name.revision)
+        .max())
+}
+
+impl Archiver {
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let mut backoff = Duration::from_millis(100);
+        let stop = shutdown();
+        tokio::pin!(stop);
+        loop {
+            let client = self.members[self.current].clone();
+            let watch = match client.watch("", Some(self.next)).await {
+                Ok(w) => w,
+                Err(ClientError::Api { api, .. }) if api.code == "compacted" => {
+                    self.compacted(&api.message).await?;
+                    continue;
+                }
+                Err(e) => {
+                    self.metrics.fail("watch");
+                    tracing::warn!(error = %e, "cannot watch; retrying on another member");
+                    self.flush_if_due().await?;
+                    self.next_member(&mut backoff).await;
+                    continue;
+                }
+            };
+            self.learn_members(&client).await;
+            let (tx, mut rx) = mpsc::channel(256);
+            let reader = tokio::spawn(read_lines(watch, tx));
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            let ended = loop {
+                tokio::select! {
+                    seen = rx.recv() => match seen {
+                        Some(Seen::Line(line)) => {
+                            backoff = Duration::from_millis(100);
+                            if let Some(code) = self.take(line)? {
+                                break Some(code);
+                            }
+                            self.flush_if_due().await?;
+                        }
+                        Some(Seen::Ended(e)) => break e,
+                        None => break None,
+                    },
+                    _ = tick.tick() => {
+                        self.flush_if_due().await?;
+                        self.update_lag();
+                    }
+                    _ = &mut stop => {
+                        reader.abort();
+                        self.flush().await?;
+                        tracing::info!(next = self.next, "stopped; everything received was archived");
+                        return Ok(());
+                    }
+                }
+            };
+            reader.abort();
+            match ended {
+                Some(message) if message.starts_with("compacted:") => {
+                    self.compacted(&message).await?;
+                }
+                Some(message) => {
+                    self.metrics.fail("watch");
+                    tracing::warn!(error = %message, "the watch broke off; resuming");
+                    self.next_member(&mut backoff).await;
+                }
+                None => {
+                    self.metrics.fail("watch");
+                    tracing::info!("the member ended the watch; resuming");
+                    self.next_member(&mut backoff).await;
+                }
+            }
+        }
+    }
+
+    /// Take one watch line; `Some(reason)` when the stream must be reopened.
+    fn take(&mut self, line: WatchLine) -> anyhow::Result<Option<String>> {
+        match line {
+            WatchLine::Events { revision, events } => {
+                self.metrics
+                    .cluster_revision
+                    .set(self.metrics.cluster_revision.get().max(revision));
+                if revision < self.next {
+                    return Ok(None); // delivered before a reconnect
+                }
+                let changes = events
+                    .into_iter()
+                    .map(|e| {
+                        let kind = match e.kind.as_str() {
+                            "put" => ChangeKind::Put,
+                            "delete" => ChangeKind::Delete,
+                            other => bail!("the watch sent an event of unknown type {other:?}"),
+                        };
+                        Ok(Change {
+                            kind,
+                            key: e.key,
+                            value: e.value.unwrap_or_default(),
+                            create_revision: e.create_revision.unwrap_or(0),
+                            version: e.version.unwrap_or(0),
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let rev = Revision {
+                    revision,
+                    received_unix_ms: now_ms(),
+                    changes,
+                };
+                self.segment.push(&rev)?;
+                self.opened.get_or_insert_with(Instant::now);
+                self.next = revision + 1;
+                self.update_lag();
+                Ok(None)
+            }
+            WatchLine::Progress { progress } => {
+                self.metrics
+                    .cluster_revision
+                    .set(self.metrics.cluster_revision.get().max(progress.revision));
+                self.update_lag();
+                Ok(None)
+            }
+            WatchLine::Error { error } if error.code == "compacted" => {
+                Ok(Some(format!("compacted: {}", error.message)))
+            }
+            WatchLine::Error { error } => Ok(Some(format!("{}: {}", error.code, error.message))),
+        }
+    }
+
+    fn update_lag(&self) {
+        let m = &self.metrics;
+        m.lag_revisions.set(
+            m.cluster_revision
+                .get()
+                .saturating_sub(m.archived_revision.get()),
+        );
+        let secs = match self.segment.first_received_unix_ms() {
+            Some(first) => now_ms().saturating_sub(first) as f64 / 1000.0,
+            None => 0.0,
+        };
+        m.lag_seconds.set(secs);
+    }
+
+    async fn flush_if_due(&mut self) -> anyhow::Result<()> {
+        let due = self.segment.len() >= self.args.segment_max_bytes
+            || self
+                .opened
+                .is_some_and(|t| t.elapsed().as_secs_f64() >= self.args.segment_max_seconds);
+        if due { self.flush().await } else { Ok(()) }
+    }
+
+    /// Upload the current segment (if it holds anything), retrying while the store fails.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        let Some(last) = self.segment.last_pushed() else {
+            return Ok(());
+        };
+        let started = now_ms();
+        let full = std::mem::replace(
+            &mut self.segment,
+            SegmentWriter::new(&self.cluster_id, last + 1),
+        );
+        self.opened = None;
+        let (header, bytes) = full.finish(last, started)?;
+        let mut backoff = Duration::from_millis(200);
+        let up = loop {
+            match self
+                .store
+                .write_segment(&header, bytes.clone(), started, now_ms())
+                .await
+            {
+                Ok(up) => break up,
+                Err(e @ StoreError::AlreadyExists { .. }) => {
+                    return Err(anyhow::Error::new(e).context(
+                        "another archiver writes this cluster's archive, or one that died left this segment: run one archiver per cluster, and restart this one (it resumes after what is archived)",
+                    ));
+                }
+                Err(e) if e.is_transient() => {
+                    self.metrics.fail("upload");
+                    tracing::warn!(error = %e, "segment upload failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => {
+                    self.metrics.fail("upload");
+                    return Err(e.into());
+                }
+            }
+        };
+        self.metrics.segments.inc();
+        self.metrics.bytes.inc_by(up.size);
+        self.metrics.archived_revision.set(last);
+        self.update_lag();
+        println!(
+            "{}",
+            serde_json::json!({
+                "segment": up.object,
+                "first_revision": header.first_revision,
+                "last_revision": last,
+                "revisions": header.revisions,
+                "bytes": up.size,
+            })
+        );
+        Ok(())
+    }
+
+    /// The cluster no longer keeps `self.next`: continue after a newer full backup that
+    /// covers the gap, or fail naming it.
+    async fn compacted(&mut self, message: &str) -> anyhow::Result<()> {
+        self.metrics.fail("compacted");
+        self.flush().await?;
+        let oldest = oldest_kept(message);
+        if let Some(b) = newest_backup(&self.store, &self.cluster_id).await?
+            && b + 1 > self.next
+            && oldest.is_none_or(|o| b + 1 >= o)
+        {
+            tracing::warn!(
+                from = self.next,
+                to = b,
+                "the cluster no longer keeps these revisions; continuing after the full backup at the last of them (restores between them are not possible)"
+            );
+            self.next = b + 1;
+            self.segment = SegmentWriter::new(&self.cluster_id, self.next);
+            return Ok(());
+        }
+        bail!(
+            "the cluster no longer keeps revision {} ({message}): revisions {} to {} are lost to the archive. Take a full backup now (node backup save --out {} ...) and start the archiver again: it continues after that backup",
+            self.next,
+            self.next,
+            oldest.map_or("the oldest kept".into(), |o| (o - 1).to_string()),
+            self.store.url()
+        )
+    }
+
+    /// Learn the cluster's other members, to fail over to.
+    async fn learn_members(&mut self, client: &NodeClient) {
+        let Ok(view) = client.cluster_local().await else {
+            return;
+        };
+        for m in view.members {
+            let url = m.client_url.trim_end_matches('/');
+            if !self.members.iter().any(|c| c.base() == url) {
+                self.members
+                    .push(NodeClient::new(client.http().clone(), url));
+            }
+        }
+    }
+
+    async fn next_member(&mut self, backoff: &mut Duration) {
+        self.current = (self.current + 1) % self.members.len();
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// "… the oldest revision kept is N …" in a `compacted` message.
+fn oldest_kept(message: &str) -> Option<u64> {
+    let rest = message.split("oldest revision kept is ").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+async fn read_lines(mut watch: rstore_api::client::Watch, tx: mpsc::Sender<Seen>) {
+    loop {
+        let seen = match watch.next().await {
+            Ok(Some(line)) => Seen::Line(line),
+            Ok(None) => Seen::Ended(None),
+            Err(e) => Seen::Ended(Some(e.to_string())),
+        };
+        let end = matches!(seen, Seen::Ended(_));
+        if tx.send(seen).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
