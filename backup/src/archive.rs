@@ -6,7 +6,8 @@
 //! Segments live beside the full backups of their cluster:
 //! `<cluster_id>/wal/seg-<first revision, 20 digits>-<last revision, 20 digits>.rsw`, each with
 //! a manifest (`.manifest.json`, as for backups: [`crate::manifest::Manifest`] with its
-//! `segment` set). Names sort by revision.
+//! `segment` set). Names sort by revision. Beside them, [`Position`] says up to when an idle
+//! archiver confirmed that nothing changed after the newest segment.
 
 use std::collections::BTreeMap;
 
@@ -63,6 +64,24 @@ impl SegmentName {
         }
         let name = Self::new(cluster_id, first.parse().ok()?, last.parse().ok()?);
         (name.first <= name.last && name.object() == object).then_some(name)
+    }
+}
+
+/// What an idle archiver last confirmed: at `confirmed_unix_ms` the cluster was at
+/// `revision`, and every change up to it was archived. Kept (and replaced) at
+/// `<cluster_id>/wal/position.json`, so that a restore at a time after the newest segment
+/// knows whether the cluster changed since; the one object of the archive that is replaced.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    pub cluster_id: String,
+    pub revision: u64,
+    pub confirmed_unix_ms: u64,
+}
+
+impl Position {
+    /// Where a cluster's position is kept.
+    pub fn object(cluster_id: &str) -> String {
+        format!("{}/position.json", SegmentName::folder(cluster_id))
     }
 }
 

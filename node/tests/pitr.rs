@@ -449,6 +449,50 @@ async fn pitr_restores_exactly_up_to_the_target_revision() {
         "at {at}: {out}"
     );
 
+    // After the newest segment, once the idle archiver confirmed nothing changed since.
+    let cluster_id = c.node_info().await["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let position = store_dir
+        .join(&cluster_id)
+        .join("wal")
+        .join("position.json");
+    let last_ms = received.last().unwrap().0;
+    let mut confirmed = 0;
+    wait_until(CATCH_UP, "the archiver to confirm it is idle", async || {
+        let Ok(bytes) = std::fs::read(&position) else {
+            return false;
+        };
+        let p: Value = serde_json::from_slice(&bytes).unwrap();
+        confirmed = p["confirmed_unix_ms"].as_u64().unwrap();
+        p["revision"] == newest && confirmed / 1000 > last_ms / 1000 + 2
+    })
+    .await;
+    let at = chrono_utc(confirmed / 1000 - 1);
+    let dir = tmp.path().join("idle");
+    let (ok, out, err) = restore(
+        &store,
+        &dir,
+        "https://127.0.0.1:1",
+        "https://127.0.0.1:2",
+        &["--at-time", &at],
+    );
+    assert!(
+        ok && out.contains(&format!("restored revision {newest} ")),
+        "at {at}: {out}{err}"
+    );
+    let dir = tmp.path().join("future");
+    let (ok, _, err) = restore(
+        &store,
+        &dir,
+        "https://127.0.0.1:1",
+        "https://127.0.0.1:2",
+        &["--at-time", "2099-01-01T00:00:00Z"],
+    );
+    assert!(!ok && err.contains("beyond the archive"), "{err}");
+    assert!(!dir.exists());
+
     // Beyond the archive, and before the oldest full backup: refused, nothing made.
     let dir = tmp.path().join("beyond");
     let beyond = (newest + 1000).to_string();

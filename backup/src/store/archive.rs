@@ -4,9 +4,10 @@
 //! names the segment's URL and what is wrong with it.
 
 use bytes::Bytes;
+use object_store::ObjectStoreExt;
 
 use super::{BackupStore, StoreError, Uploaded};
-use crate::archive::SegmentName;
+use crate::archive::{Position, SegmentName};
 use crate::frame::sha256_hex;
 use crate::manifest::{Manifest, segment_of_manifest};
 use crate::retention::State;
@@ -170,6 +171,38 @@ impl BackupStore {
         );
         self.write_manifest(&manifest).await?;
         Ok(header)
+    }
+}
+
+impl BackupStore {
+    /// Records what an idle archiver confirmed (replacing the previous record).
+    pub async fn write_position(&self, p: &Position) -> Result<(), StoreError> {
+        let name = Position::object(&p.cluster_id);
+        let bytes = serde_json::to_vec(p).expect("a position serializes");
+        match self
+            .store
+            .put(&self.path(&name)?, object_store::PutPayload::from(bytes))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.err(e, &name, "write")),
+        }
+    }
+
+    /// What the archiver of `cluster_id` last confirmed, if it recorded anything.
+    pub async fn read_position(&self, cluster_id: &str) -> Result<Option<Position>, StoreError> {
+        let name = Position::object(cluster_id);
+        match self.get_bytes(&name).await {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Other {
+                    object: self.object_url(&name),
+                    op: "read",
+                    detail: format!("it is not an archive position: {e}"),
+                }),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

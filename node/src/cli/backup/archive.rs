@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::Args;
 use rstore_api::client::{Error as ClientError, NodeClient, WatchLine};
+use rstore_backup::archive::Position;
 use rstore_backup::retention::State;
 use rstore_backup::segment::{Change, ChangeKind, Revision, SegmentWriter};
 use rstore_backup::store::{BackupStore, StoreError};
@@ -80,6 +81,10 @@ struct Archiver {
     segment: SegmentWriter,
     /// When the current segment's first change arrived.
     opened: Option<Instant>,
+    /// The newest revision a progress line confirmed, and when the position was last
+    /// recorded in the store.
+    progress: u64,
+    recorded: Option<Instant>,
 }
 
 /// `node backup archive`.
@@ -133,6 +138,8 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<()> {
         args,
         next,
         opened: None,
+        progress: 0,
+        recorded: None,
     };
     a.run().await
 }
@@ -210,6 +217,7 @@ impl Archiver {
                                 break Some(code);
                             }
                             self.flush_if_due().await?;
+                            self.record_position().await;
                         }
                         Some(Seen::Ended(e)) => break e,
                         None => break None,
@@ -284,6 +292,7 @@ impl Archiver {
                 Ok(None)
             }
             WatchLine::Progress { progress } => {
+                self.progress = progress.revision;
                 self.metrics
                     .cluster_revision
                     .set(self.metrics.cluster_revision.get().max(progress.revision));
@@ -371,6 +380,31 @@ impl Archiver {
             })
         );
         Ok(())
+    }
+
+    /// When idle (everything up to the revision the member last confirmed is archived),
+    /// record that in the store, at most once per `--segment-max-seconds`: a restore at a
+    /// time after the newest segment then knows that nothing changed since.
+    async fn record_position(&mut self) {
+        let interval = Duration::from_secs_f64(self.args.segment_max_seconds);
+        if !self.segment.is_empty()
+            || self.progress + 1 != self.next
+            || self.recorded.is_some_and(|t| t.elapsed() < interval)
+        {
+            return;
+        }
+        let position = Position {
+            cluster_id: self.cluster_id.clone(),
+            revision: self.progress,
+            confirmed_unix_ms: now_ms(),
+        };
+        match self.store.write_position(&position).await {
+            Ok(()) => self.recorded = Some(Instant::now()),
+            Err(e) => {
+                self.metrics.fail("upload");
+                tracing::warn!(error = %e, "cannot record the archive's position");
+            }
+        }
     }
 
     /// The cluster no longer keeps `self.next`: continue after a newer full backup that

@@ -155,12 +155,29 @@ async fn at_time(
         .iter()
         .max_by_key(|(n, _)| n.last)
         .expect("segments are not empty");
+    // After the newest segment: only if the archiver confirmed nothing changed by then.
+    let idle = match ms > newest.1.closed_unix_ms {
+        true => store.read_position(&newest.0.cluster_id).await?,
+        false => None,
+    };
+    let confirmed = idle
+        .as_ref()
+        .filter(|p| p.revision == newest.0.last)
+        .map_or(newest.1.closed_unix_ms, |p| p.confirmed_unix_ms);
+    if let Some(p) = idle.filter(|p| p.revision == newest.0.last && p.confirmed_unix_ms >= ms) {
+        let from_backups = backups
+            .iter()
+            .filter(|b| b.name.unix_secs * 1000 <= ms)
+            .map(|b| b.name.revision)
+            .max();
+        return Ok(from_backups.unwrap_or(0).max(p.revision));
+    }
     if ms > newest.1.closed_unix_ms {
         bail!(
-            "{t} is beyond the archive: its newest segment {} holds the changes up to revision {}, archived at {} (UTC). Restore at or before then, or wait for the archiver to upload more",
+            "{t} is beyond the archive: its newest segment {} holds the changes up to revision {}, and the archive knows of no change after it up to {} (UTC), but not later. Restore at or before then, or wait for the archiver to upload or confirm more",
             store.object_url(&newest.0.object()),
             newest.0.last,
-            utc(newest.1.closed_unix_ms)
+            utc(confirmed)
         );
     }
     let from_backups = backups
@@ -287,11 +304,10 @@ pub async fn seed(
     }
     w.finish()?;
     Ok(Restored {
-        source: format!(
-            "{} and {} archived segments",
-            plan.base_url,
-            plan.segments.len()
-        ),
+        source: match plan.segments.len() {
+            1 => format!("{} and 1 archived segment", plan.base_url),
+            n => format!("{} and {n} archived segments", plan.base_url),
+        },
         cluster_id,
         node_id,
         revision,
