@@ -184,6 +184,42 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
+/// Reads the fields of one record in a frame's body, naming the record's offset (`at`) when
+/// it runs past the frame.
+pub(crate) struct Cursor<'a> {
+    body: &'a [u8],
+    pub(crate) pos: usize,
+    at: u64,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(body: &'a [u8], at: u64) -> Self {
+        Self { body, pos: 0, at }
+    }
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
+        let got = self
+            .pos
+            .checked_add(n)
+            .and_then(|end| self.body.get(self.pos..end))
+            .ok_or_else(|| {
+                FormatError::corrupt(self.at, "a record runs past the end of its frame")
+            })?;
+        self.pos += n;
+        Ok(got)
+    }
+    pub(crate) fn u8(&mut self) -> Result<u8, FormatError> {
+        Ok(self.bytes(1)?[0])
+    }
+    pub(crate) fn u32(&mut self) -> Result<usize, FormatError> {
+        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().expect("4 bytes")) as usize)
+    }
+    pub(crate) fn u64(&mut self) -> Result<u64, FormatError> {
+        Ok(u64::from_le_bytes(
+            self.bytes(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+}
+
 /// Fill `buf` as far as the stream goes; returns how many bytes were read.
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;

@@ -31,7 +31,7 @@ use std::io::Read;
 use serde::{Deserialize, Serialize};
 
 use crate::format::FormatError;
-use crate::frame::{FrameReader, Start, put_frame, put_start, sha256_hex};
+use crate::frame::{Cursor, FrameReader, Start, put_frame, put_start, sha256_hex};
 
 /// The first bytes of every segment.
 pub const MAGIC: &[u8; 8] = b"RSTOREWL";
@@ -352,7 +352,7 @@ impl<R: Read> SegmentReader<R> {
     fn revision(&mut self) -> Result<Revision, FormatError> {
         let at = self.fr.frame_at + self.pos as u64;
         let body = &self.fr.frame[self.pos..];
-        let mut p = Cursor { body, pos: 0, at };
+        let mut p = Cursor::new(body, at);
         let revision = p.u64()?;
         let received_unix_ms = p.u64()?;
         let n = p.u32()?;
@@ -473,39 +473,6 @@ impl<R: Read> SegmentReader<R> {
             out.push(r);
         }
         Ok((self.header, out))
-    }
-}
-
-/// Reads the fields of one revision record, naming the record's offset when it runs past
-/// its frame.
-struct Cursor<'a> {
-    body: &'a [u8],
-    pos: usize,
-    at: u64,
-}
-
-impl<'a> Cursor<'a> {
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
-        let got = self
-            .pos
-            .checked_add(n)
-            .and_then(|end| self.body.get(self.pos..end))
-            .ok_or_else(|| {
-                FormatError::corrupt(self.at, "a revision runs past the end of its frame")
-            })?;
-        self.pos += n;
-        Ok(got)
-    }
-    fn u8(&mut self) -> Result<u8, FormatError> {
-        Ok(self.bytes(1)?[0])
-    }
-    fn u32(&mut self) -> Result<usize, FormatError> {
-        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().expect("4 bytes")) as usize)
-    }
-    fn u64(&mut self) -> Result<u64, FormatError> {
-        Ok(u64::from_le_bytes(
-            self.bytes(8)?.try_into().expect("8 bytes"),
-        ))
     }
 }
 

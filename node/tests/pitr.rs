@@ -66,6 +66,7 @@ async fn full_backup(cluster: &Cluster, index: usize, store: &str) -> u64 {
 struct Archiver {
     child: Child,
     lines: mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
     metrics: String,
 }
 
@@ -85,9 +86,20 @@ impl Archiver {
             .args(endpoint(cluster, index))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start the archiver");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (err, errors) = (child.stderr.take().unwrap(), stderr.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { return };
+                eprintln!("archiver: {line}");
+                let mut all = errors.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -106,8 +118,27 @@ impl Archiver {
         Archiver {
             child,
             lines,
+            stderr,
             metrics,
         }
+    }
+
+    /// Wait for it to exit on its own: its success and what it printed on stderr.
+    async fn exit(&mut self) -> (bool, String) {
+        let mut status = None;
+        wait_until(CATCH_UP, "the archiver to exit", async || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        })
+        .await;
+        // Its stderr reaches the end with the process.
+        let mut text = String::new();
+        wait_until(ELECTION, "the archiver's stderr", async || {
+            text = self.stderr.lock().unwrap().clone();
+            text.contains("rror")
+        })
+        .await;
+        (status.unwrap().success(), text)
     }
 
     /// The segments it reported uploading so far (one JSON line each).
@@ -769,4 +800,70 @@ async fn a_corrupt_missing_or_foreign_segment_is_refused_naming_it() {
         .filter(|n| n.contains("restoring") || n.contains(".download"))
         .collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_gap_stops_the_archiver_naming_it_until_a_full_backup_covers_it() {
+    // A member that keeps 20 revisions of history for watches.
+    let cluster = Cluster::start_with_env(node_bin(), 1, &[("RSTORE_WATCH_HISTORY", "20")]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tmp.path().join("store");
+    std::fs::create_dir(&store_dir).unwrap();
+    let store = format!("file://{}", store_dir.display());
+    let c = cluster.client(0);
+    let mut rev = 0;
+    let put = async |n: usize, rev: &mut u64| {
+        for i in 0..n {
+            *rev = c
+                .put_acked(&format!("k/{:03}", i % 25), format!("{rev}").as_bytes())
+                .await["revision"]
+                .as_u64()
+                .unwrap();
+        }
+    };
+    put(5, &mut rev).await;
+    assert_eq!(full_backup(&cluster, 0, &store).await, 5);
+    let archiver = Archiver::start(&cluster, 0, &store, 1 << 20);
+    put(10, &mut rev).await;
+    archiver.wait_archived(15).await;
+    drop(archiver);
+    // The archiver is away while the member forgets revisions 16 to 45.
+    put(50, &mut rev).await;
+    assert_eq!(rev, 65);
+    let mut archiver = Archiver::start(&cluster, 0, &store, 1 << 20);
+    let (ok, err) = archiver.exit().await;
+    assert!(!ok, "{err}");
+    assert!(err.contains("no longer keeps revision 16"), "{err}");
+    assert!(err.contains("revisions 16 to 45 are lost"), "{err}");
+    assert!(err.contains("Take a full backup now"), "{err}");
+
+    // A full backup covers the gap: the archiver continues after it.
+    assert_eq!(full_backup(&cluster, 0, &store).await, 65);
+    let archiver = Archiver::start(&cluster, 0, &store, 1 << 20);
+    put(10, &mut rev).await;
+    archiver.wait_archived(75).await;
+    let failures = archiver
+        .metric("rstore_archive_failures_total{kind=\"compacted\"}")
+        .await;
+    assert_eq!(failures, Some(1.0));
+    drop(archiver);
+    let at = |r: u64, name: &str| {
+        restore(
+            &store,
+            &tmp.path().join(name),
+            "https://127.0.0.1:1",
+            "https://127.0.0.1:2",
+            &["--at-revision", &r.to_string()],
+        )
+    };
+    let (ok, out, err) = at(70, "after");
+    assert!(ok && out.contains("restored revision 70 "), "{out}{err}");
+    let (ok, out, err) = at(12, "before");
+    assert!(ok && out.contains("restored revision 12 "), "{out}{err}");
+    let (ok, _, err) = at(30, "lost");
+    assert!(
+        !ok && err.contains("gap") && err.contains("revision 16"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("lost").exists());
 }

@@ -277,9 +277,10 @@ pub async fn restore(args: &RestoreArgs) -> anyhow::Result<Restored> {
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir(&staging)
         .with_context(|| format!("cannot create {}", staging.display()))?;
+    // A target a full backup holds exactly is restored from it alone, as before.
     let seeded = match &pitr {
-        Some(p) => pitr::seed(args, p, &file, &staging).await,
-        None => seed(args, &file, &source, &staging).await,
+        Some(p) if !p.is_exact() => pitr::seed(args, p, &file, &staging).await,
+        _ => seed(args, &file, &source, &staging).await,
     };
     if let Some(d) = download {
         let _ = std::fs::remove_file(d);

@@ -37,6 +37,13 @@ pub struct Plan {
     segments: Vec<SegmentName>,
 }
 
+impl Plan {
+    /// Whether the full backup is at the target: no segment to replay.
+    pub fn is_exact(&self) -> bool {
+        self.base_revision == self.target
+    }
+}
+
 /// The plan of a restore from a store URL to `--at-revision` or `--at-time`, or `None`
 /// when no point in time was asked for or the cluster has no archive.
 pub async fn prepare(args: &RestoreArgs) -> anyhow::Result<Option<Plan>> {
