@@ -331,15 +331,23 @@ async fn pitr_restores_exactly_up_to_the_target_revision() {
 
     let archiver = Archiver::start(&source, follower, &store, 4096);
     let mut revs = Vec::new();
-    while i < 260 {
+    let mut c = c;
+    while i < 300 {
         revs.push(write(&c, &mut model, i).await);
         i += 1;
-        if i == 150 {
+        match i {
             // The watched member goes away: the archiver carries on through another one.
-            source.nodes[follower].stop().await;
-        }
-        if i == 200 {
-            source.nodes[follower].start().await;
+            120 => source.nodes[follower].stop().await,
+            160 => source.nodes[follower].start().await,
+            // Then the leader: writes go on through the new one.
+            200 => {
+                source.nodes[leader].stop().await;
+                let new = source.leader().await;
+                assert_ne!(new, leader);
+                c = source.client(new);
+            }
+            240 => source.nodes[leader].start().await,
+            _ => {}
         }
     }
     let newest = *revs.last().unwrap();
