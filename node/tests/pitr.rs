@@ -50,8 +50,14 @@ fn endpoint(cluster: &Cluster, index: usize) -> Vec<String> {
 
 /// `node backup save --out STORE` from member `index`; the revision saved.
 async fn full_backup(cluster: &Cluster, index: usize, store: &str) -> u64 {
+    full_backup_with(cluster, index, store, &[]).await
+}
+
+/// As [`full_backup`], with extra flags.
+async fn full_backup_with(cluster: &Cluster, index: usize, store: &str, extra: &[&str]) -> u64 {
     let mut args: Vec<String> = vec!["backup".into(), "save".into(), "--out".into(), store.into()];
     args.extend(endpoint(cluster, index));
+    args.extend(extra.iter().map(|a| a.to_string()));
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
         node(&args.iter().map(String::as_str).collect::<Vec<_>>())
     })
@@ -72,6 +78,16 @@ struct Archiver {
 
 impl Archiver {
     fn start(cluster: &Cluster, index: usize, store: &str, max_bytes: usize) -> Archiver {
+        Self::start_with(cluster, index, store, max_bytes, &[])
+    }
+
+    fn start_with(
+        cluster: &Cluster,
+        index: usize,
+        store: &str,
+        max_bytes: usize,
+        extra: &[&str],
+    ) -> Archiver {
         let mut child = Command::new(node_bin())
             .args([
                 "backup",
@@ -84,6 +100,7 @@ impl Archiver {
             .args(["--segment-max-seconds", "0.3"])
             .args(["--segment-max-bytes", &max_bytes.to_string()])
             .args(endpoint(cluster, index))
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -874,4 +891,63 @@ async fn a_compacted_gap_stops_the_archiver_naming_it_until_a_full_backup_covers
         "{err}"
     );
     assert!(!tmp.path().join("lost").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pitr_through_s3() {
+    let Some(moto) = rstore_tests::moto::Moto::start("PITR through S3", false) else {
+        return;
+    };
+    assert_eq!(moto.create_bucket("archive"), 200);
+    let tmp = tempfile::tempdir().unwrap();
+    let creds = tmp.path().join("s3-credentials");
+    std::fs::create_dir(&creds).unwrap();
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT", moto.endpoint()),
+        ("AWS_ALLOW_HTTP", "true".to_string()),
+    ] {
+        std::fs::write(creds.join(k), v).unwrap();
+    }
+    let creds = ["--credentials-dir", creds.to_str().unwrap()];
+    let store = "s3://archive/prod";
+    let source = Cluster::start(node_bin(), 1).await;
+    let c = source.client(0);
+    let mut model = Model::default();
+    for i in 0..30 {
+        write(&c, &mut model, i).await;
+    }
+    let base = full_backup_with(&source, 0, store, &creds).await;
+    let archiver = Archiver::start_with(&source, 0, store, 2048, &creds);
+    let mut last = 0;
+    for i in 30..130 {
+        last = write(&c, &mut model, i).await;
+    }
+    archiver.wait_archived(last).await;
+    assert!(archiver.segments_printed().len() >= 2);
+    drop(archiver);
+    let target = base + (last - base) / 2;
+    let at = target.to_string();
+    let mut extra = vec!["--at-revision", &at];
+    extra.extend(creds);
+    let mut restored = Cluster::new(node_bin(), &[]);
+    restored
+        .spawn_node_prepared(|n| {
+            let (ok, out, err) = restore(store, &n.data_dir, &n.client_url, &n.peer_url, &extra);
+            assert!(
+                ok && out.contains(&format!("restored revision {target} ")),
+                "{out}{err}"
+            );
+        })
+        .await;
+    let client = restored.client(0);
+    wait_until(ELECTION, "the restored member to lead", async || {
+        client.node_info().await["role"] == "leader"
+    })
+    .await;
+    let (revision, state) = everything(&restored, 0).await;
+    assert_eq!(revision, target);
+    assert_eq!(state, model.at(target));
 }
