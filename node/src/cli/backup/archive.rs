@@ -196,6 +196,12 @@ impl Archiver {
                     self.compacted(&api.message).await?;
                     continue;
                 }
+                Err(ClientError::Api { api, .. }) if matches!(api.status, 401 | 403) => {
+                    bail!(
+                        "{} refused the watch ({api}): give the archiver a token or certificate whose role may watch (read, write or admin)",
+                        client.base()
+                    );
+                }
                 Err(e) => {
                     self.metrics.fail("watch");
                     tracing::warn!(error = %e, "cannot watch; retrying on another member");
@@ -355,6 +361,8 @@ impl Archiver {
                 }
                 Err(e) if e.is_transient() => {
                     self.metrics.fail("upload");
+                    let waited = now_ms().saturating_sub(header.first_received_unix_ms);
+                    self.metrics.lag_seconds.set(waited as f64 / 1000.0);
                     tracing::warn!(error = %e, "segment upload failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
