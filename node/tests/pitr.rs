@@ -72,6 +72,8 @@ async fn full_backup_with(cluster: &Cluster, index: usize, store: &str, extra: &
 struct Archiver {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Its first line: what it archives, from which revision.
+    first: Value,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
     metrics: String,
 }
@@ -97,7 +99,11 @@ impl Archiver {
                 "--metrics-addr",
                 "127.0.0.1:0",
             ])
-            .args(["--segment-max-seconds", "0.3"])
+            // Short segments, unless the test says otherwise.
+            .args(match extra.contains(&"--segment-max-seconds") {
+                true => &[][..],
+                false => &["--segment-max-seconds", "0.3"][..],
+            })
             .args(["--segment-max-bytes", &max_bytes.to_string()])
             .args(endpoint(cluster, index))
             .args(extra)
@@ -135,9 +141,24 @@ impl Archiver {
         Archiver {
             child,
             lines,
+            first: v,
             stderr,
             metrics,
         }
+    }
+
+    /// Wait for it to exit: its success and what it printed on stderr.
+    async fn exit_quietly(&mut self) -> (bool, String) {
+        let mut status = None;
+        wait_until(CATCH_UP, "the archiver to exit", async || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        })
+        .await;
+        (
+            status.unwrap().success(),
+            self.stderr.lock().unwrap().clone(),
+        )
     }
 
     /// Wait for it to exit on its own: its success and what it printed on stderr.
@@ -950,4 +971,66 @@ async fn pitr_through_s3() {
     let (revision, state) = everything(&restored, 0).await;
     assert_eq!(revision, target);
     assert_eq!(state, model.at(target));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_uploads_what_is_pending_and_a_restart_resumes_after_it() {
+    let cluster = Cluster::start(node_bin(), 1).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tmp.path().join("store");
+    std::fs::create_dir(&store_dir).unwrap();
+    let store = format!("file://{}", store_dir.display());
+    let c = cluster.client(0);
+    c.put_acked("first", b"1").await;
+    full_backup(&cluster, 0, &store).await;
+    // Segments would not be cut for an hour, nor by size.
+    let start = |cluster: &Cluster| {
+        Archiver::start_with(
+            cluster,
+            0,
+            &store,
+            1 << 30,
+            &["--segment-max-seconds", "3600"],
+        )
+    };
+    let mut archiver = start(&cluster);
+    let mut last = 0;
+    for i in 0..25 {
+        last = c.put_acked(&format!("k{i}"), b"v").await["revision"]
+            .as_u64()
+            .unwrap();
+    }
+    wait_until(
+        CATCH_UP,
+        "the archiver to receive every write",
+        async || archiver.metric("rstore_archive_cluster_revision").await >= Some(last as f64),
+    )
+    .await;
+    assert_eq!(
+        archiver.metric("rstore_archive_archived_revision").await,
+        Some(1.0),
+        "nothing cut yet"
+    );
+    assert!(archiver.metric("rstore_archive_lag_revisions").await >= Some(25.0));
+    let term = Command::new("kill")
+        .args(["-TERM", &archiver.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let (ok, err) = archiver.exit_quietly().await;
+    assert!(ok, "{err}");
+    let printed = archiver.segments_printed();
+    assert_eq!(printed.len(), 1, "{printed:?}");
+    assert_eq!(
+        (
+            printed[0]["first_revision"].as_u64(),
+            printed[0]["last_revision"].as_u64()
+        ),
+        (Some(2), Some(last))
+    );
+    drop(archiver);
+    // A new archiver starts after it.
+    let archiver = start(&cluster);
+    let from = archiver.first["from_revision"].as_u64();
+    assert_eq!(from, Some(last + 1));
 }

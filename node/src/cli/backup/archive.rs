@@ -118,6 +118,8 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<()> {
         None => None,
     };
     let next = resume_point(&store, &cluster_id).await?;
+    // Caught from here on: a stop uploads what is pending.
+    let stop = Stop::new()?;
     metrics.archived_revision.set(next - 1);
     println!(
         "{}",
@@ -141,7 +143,7 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<()> {
         progress: 0,
         recorded: None,
     };
-    a.run().await
+    a.run(stop).await
 }
 
 /// The revision after the newest complete segment, or after the newest full backup when
@@ -184,10 +186,8 @@ async fn newest_backup(store: &BackupStore, cluster_id: &str) -> anyhow::Result<
 }
 
 impl Archiver {
-    async fn run(&mut self) -> anyhow::Result<()> {
+    async fn run(&mut self, mut stop: Stop) -> anyhow::Result<()> {
         let mut backoff = Duration::from_millis(100);
-        let stop = shutdown();
-        tokio::pin!(stop);
         loop {
             let client = self.members[self.current].clone();
             let watch = match client.watch("", Some(self.next)).await {
@@ -206,7 +206,9 @@ impl Archiver {
                     self.metrics.fail("watch");
                     tracing::warn!(error = %e, "cannot watch; retrying on another member");
                     self.flush_if_due().await?;
-                    self.next_member(&mut backoff).await;
+                    if self.next_member(&mut backoff, &mut stop).await {
+                        return self.stop().await;
+                    }
                     continue;
                 }
             };
@@ -232,11 +234,9 @@ impl Archiver {
                         self.flush_if_due().await?;
                         self.update_lag();
                     }
-                    _ = &mut stop => {
+                    _ = stop.recv() => {
                         reader.abort();
-                        self.flush().await?;
-                        tracing::info!(next = self.next, "stopped; everything received was archived");
-                        return Ok(());
+                        return self.stop().await;
                     }
                 }
             };
@@ -248,12 +248,16 @@ impl Archiver {
                 Some(message) => {
                     self.metrics.fail("watch");
                     tracing::warn!(error = %message, "the watch broke off; resuming");
-                    self.next_member(&mut backoff).await;
+                    if self.next_member(&mut backoff, &mut stop).await {
+                        return self.stop().await;
+                    }
                 }
                 None => {
                     self.metrics.fail("watch");
                     tracing::info!("the member ended the watch; resuming");
-                    self.next_member(&mut backoff).await;
+                    if self.next_member(&mut backoff, &mut stop).await {
+                        return self.stop().await;
+                    }
                 }
             }
         }
@@ -401,6 +405,11 @@ impl Archiver {
         {
             return;
         }
+        // The member watched may lag: the position is what the leader confirms.
+        match self.members[self.current].cluster().await {
+            Ok(view) if view.revision == self.progress => {}
+            _ => return,
+        }
         let position = Position {
             cluster_id: self.cluster_id.clone(),
             revision: self.progress,
@@ -457,10 +466,25 @@ impl Archiver {
         }
     }
 
-    async fn next_member(&mut self, backoff: &mut Duration) {
+    /// Move on to the next member after `backoff`; `true` when asked to stop meanwhile.
+    async fn next_member(&mut self, backoff: &mut Duration, stop: &mut Stop) -> bool {
         self.current = (self.current + 1) % self.members.len();
-        tokio::time::sleep(*backoff).await;
+        let wait = *backoff;
         *backoff = (*backoff * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => false,
+            _ = stop.recv() => true,
+        }
+    }
+
+    /// Upload what is pending, and end.
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        self.flush().await?;
+        tracing::info!(
+            next = self.next,
+            "stopped; everything received was archived"
+        );
+        Ok(())
     }
 }
 
@@ -487,18 +511,25 @@ async fn read_lines(mut watch: rstore_api::client::Watch, tx: mpsc::Sender<Seen>
     }
 }
 
-/// SIGTERM or Ctrl-C.
-async fn shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+/// SIGTERM or SIGINT (Ctrl-C), caught from the start.
+struct Stop {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
 }
