@@ -14,6 +14,7 @@
 //! naming the gap. SIGTERM or Ctrl-C uploads what is pending and exits.
 
 mod metrics;
+mod stream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ use rstore_backup::store::{BackupStore, StoreError};
 use tokio::sync::mpsc;
 
 use self::metrics::ArchiveMetrics;
+use self::stream::{Seen, Stop, read_lines};
 use crate::cli::client::Endpoint;
 
 #[derive(Args, Debug)]
@@ -59,13 +61,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// What the watch task passes on.
-enum Seen {
-    Line(WatchLine),
-    /// The stream ended or broke (the error, if any).
-    Ended(Option<String>),
 }
 
 struct Archiver {
@@ -495,41 +490,4 @@ fn oldest_kept(message: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
-}
-
-async fn read_lines(mut watch: rstore_api::client::Watch, tx: mpsc::Sender<Seen>) {
-    loop {
-        let seen = match watch.next().await {
-            Ok(Some(line)) => Seen::Line(line),
-            Ok(None) => Seen::Ended(None),
-            Err(e) => Seen::Ended(Some(e.to_string())),
-        };
-        let end = matches!(seen, Seen::Ended(_));
-        if tx.send(seen).await.is_err() || end {
-            return;
-        }
-    }
-}
-
-/// SIGTERM or SIGINT (Ctrl-C), caught from the start.
-struct Stop {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Stop {
-    fn new() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-    }
 }
