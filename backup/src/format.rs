@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
 use crate::frame::FRAME_HEAD;
+pub use crate::frame::FormatError;
 pub use crate::frame::MAX_FRAME;
 use crate::frame::{FrameReader, Start, hex, put_frame, put_start};
 
@@ -83,35 +84,6 @@ pub struct Entry {
     pub mod_revision: u64,
     pub version: u64,
     pub value: Vec<u8>,
-}
-
-/// What is wrong with a backup stream. `offset` is the byte offset in the stream where the
-/// problem was found.
-#[derive(Debug, thiserror::Error)]
-pub enum FormatError {
-    #[error("not an rstore backup: it does not start with the bytes {:?}", std::str::from_utf8(MAGIC).unwrap_or_default())]
-    NotABackup,
-    #[error("not an rstore archive segment: it does not start with the bytes {:?}", std::str::from_utf8(crate::segment::MAGIC).unwrap_or_default())]
-    NotASegment,
-    #[error(
-        "backup format version {found} is not supported by this build (it reads version {FORMAT_VERSION}); restore it with the rstore version that wrote it or a newer one"
-    )]
-    UnsupportedVersion { found: u32 },
-    #[error("truncated at byte {offset}: the stream ends inside {what}")]
-    Truncated { offset: u64, what: String },
-    #[error("corrupt at byte {offset}: {what}")]
-    Corrupt { offset: u64, what: String },
-    #[error("cannot read the backup: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl FormatError {
-    pub(crate) fn corrupt(offset: u64, what: impl Into<String>) -> Self {
-        Self::Corrupt {
-            offset,
-            what: what.into(),
-        }
-    }
 }
 
 /// Writes a backup stream in chunks: [`Writer::new`] with the header, [`Writer::push`] each
@@ -243,7 +215,12 @@ impl<R: Read> Reader<R> {
         let fr = match FrameReader::open(r, MAGIC, FORMAT_VERSION)? {
             Ok(fr) => fr,
             Err(Start::Foreign) => return Err(FormatError::NotABackup),
-            Err(Start::Version(found)) => return Err(FormatError::UnsupportedVersion { found }),
+            Err(Start::Version(found)) => {
+                return Err(FormatError::UnsupportedVersion {
+                    found,
+                    reads: FORMAT_VERSION,
+                });
+            }
         };
         let mut reader = Self {
             fr,

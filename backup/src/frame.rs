@@ -16,7 +16,34 @@ use std::io::Read;
 
 use ring::digest::{Context, SHA256};
 
-use crate::format::FormatError;
+/// What is wrong with a backup or segment stream. `offset` is the byte offset in the stream where the
+/// problem was found.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("not an rstore backup: it does not start with the bytes \"RSTOREBK\"")]
+    NotABackup,
+    #[error("not an rstore archive segment: it does not start with the bytes \"RSTOREWL\"")]
+    NotASegment,
+    #[error(
+        "format version {found} is not supported by this build (it reads version {reads}); restore it with the rstore version that wrote it or a newer one"
+    )]
+    UnsupportedVersion { found: u32, reads: u32 },
+    #[error("truncated at byte {offset}: the stream ends inside {what}")]
+    Truncated { offset: u64, what: String },
+    #[error("corrupt at byte {offset}: {what}")]
+    Corrupt { offset: u64, what: String },
+    #[error("cannot read the backup: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl FormatError {
+    pub(crate) fn corrupt(offset: u64, what: impl Into<String>) -> Self {
+        Self::Corrupt {
+            offset,
+            what: what.into(),
+        }
+    }
+}
 
 /// The largest frame a reader accepts, so that a damaged length cannot make it allocate
 /// without bound (a frame holds at least one record, and a record's value is far smaller).

@@ -13,9 +13,12 @@
 //!   revisions, as `node backup archive` received it), its writer and its checking reader.
 //! - [`archive`]: point-in-time recovery, the pure part: segment names, which segments take
 //!   a backup to a revision, and replaying them exactly up to it.
-//! - [`store`] (feature `store`): object storage by URL through the `object_store` crate.
+//! - [`store`] (feature `store`): object storage by URL through the `object_store` crate;
+//!   [`archive_store`]: the archive's segments there.
 
 pub mod archive;
+#[cfg(feature = "store")]
+pub mod archive_store;
 pub mod format;
 pub mod frame;
 pub mod manifest;

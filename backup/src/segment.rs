@@ -30,8 +30,7 @@ use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::FormatError;
-use crate::frame::{Cursor, FrameReader, Start, put_frame, put_start, sha256_hex};
+use crate::frame::{Cursor, FormatError, FrameReader, Start, put_frame, put_start, sha256_hex};
 
 /// The first bytes of every segment.
 pub const MAGIC: &[u8; 8] = b"RSTOREWL";
@@ -284,7 +283,12 @@ impl<R: Read> SegmentReader<R> {
         let mut fr = match FrameReader::open(r, MAGIC, SEGMENT_VERSION)? {
             Ok(fr) => fr,
             Err(Start::Foreign) => return Err(FormatError::NotASegment),
-            Err(Start::Version(found)) => return Err(FormatError::UnsupportedVersion { found }),
+            Err(Start::Version(found)) => {
+                return Err(FormatError::UnsupportedVersion {
+                    found,
+                    reads: SEGMENT_VERSION,
+                });
+            }
         };
         let (kind, at) = fr.read_frame("the header frame", KIND_TRAILER)?;
         if kind != KIND_HEADER {

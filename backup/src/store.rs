@@ -19,10 +19,9 @@
 //!
 //! Uploads stream: at most about `part_size × (upload_concurrency + 1)` bytes are held.
 //!
-//! Archived segments of the change stream (`archive.rs`) are small objects written once
-//! with `PutMode::Create`, each followed by its manifest.
+//! Archived segments of the change stream ([`crate::archive_store`]) are small objects written
+//! once with `PutMode::Create`, each followed by its manifest.
 
-mod archive;
 mod error;
 pub mod options;
 
@@ -37,7 +36,6 @@ use crate::manifest::{
     BackupName, Manifest, OBJECT_SUFFIX, Sha256, manifest_name, object_of_manifest,
 };
 use crate::retention::{Entry, State};
-pub use archive::ListedSegment;
 pub use error::StoreError;
 pub use options::{Backend, MIN_PART_SIZE, StoreOptions};
 
@@ -295,6 +293,19 @@ impl BackupStore {
             ..Default::default()
         };
         match self.store.put_opts(path, payload, opts).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.err(e, name, "write")),
+        }
+    }
+
+    /// Writes a small object, replacing it if it exists: only for the archive's position
+    /// ([`crate::archive::Position`]); backups, segments and manifests are written once.
+    pub async fn put_replace(&self, name: &str, bytes: Bytes) -> Result<(), StoreError> {
+        match self
+            .store
+            .put(&self.path(name)?, PutPayload::from(bytes))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => Err(self.err(e, name, "write")),
         }

@@ -15,18 +15,18 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use openraft::storage::RaftLogStorage;
 use rstore_backup::format::{Header, Reader};
 
 mod archive;
 mod check;
+mod member;
 mod pitr;
 mod remote;
 
+use self::member::{Restored, new_member};
 use super::client::Endpoint;
-use crate::identity::{Identity, new_cluster_id};
-use crate::store::{self, Record, Retention, SnapshotWriter};
-use crate::types::{ClusterConfig, LogId, Member, SnapshotMeta, StoredMembership};
+use crate::store::{self, Record, SnapshotWriter};
+use crate::types::ClusterConfig;
 
 #[derive(Subcommand, Debug)]
 pub enum BackupCommand {
@@ -201,16 +201,6 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a restore made.
-pub struct Restored {
-    /// The file or object URL restored from.
-    pub source: String,
-    pub cluster_id: String,
-    pub node_id: u64,
-    pub revision: u64,
-    pub keys: u64,
-}
-
 /// Prepare `args.data_dir` from the backup: checked in full before the directory appears.
 pub async fn restore(args: &RestoreArgs) -> anyhow::Result<Restored> {
     let dir = &args.data_dir;
@@ -239,7 +229,14 @@ pub async fn restore(args: &RestoreArgs) -> anyhow::Result<Restored> {
     ));
     // To a point in time: the full backup it starts from, and the archived changes after.
     let pitr = match remote::is_url(&args.source) {
-        true => pitr::prepare(args).await?,
+        true => {
+            let target = remote::Target {
+                revision: args.at_revision,
+                time: args.at_time.clone(),
+                cluster_id: args.expect_cluster_id.clone(),
+            };
+            pitr::prepare(&args.source, &target, args.credentials_dir.as_deref()).await?
+        }
         false => None,
     };
     // From object storage: downloaded beside the target and checked against its manifest.
@@ -279,7 +276,10 @@ pub async fn restore(args: &RestoreArgs) -> anyhow::Result<Restored> {
         .with_context(|| format!("cannot create {}", staging.display()))?;
     // A target a full backup holds exactly is restored from it alone, as before.
     let seeded = match &pitr {
-        Some(p) if !p.is_exact() => pitr::seed(args, p, &file, &staging).await,
+        Some(p) if !p.is_exact() => {
+            let urls = (args.advertise_client.as_str(), args.advertise_peer.as_str());
+            pitr::seed(p, &file, &staging, urls, args.expect_revision).await
+        }
         _ => seed(args, &file, &source, &staging).await,
     };
     if let Some(d) = download {
@@ -336,7 +336,8 @@ async fn seed(
     let config: ClusterConfig = serde_json::from_value(header.config.clone())
         .context("its cluster settings are not valid")?;
     let snapshot_id = format!("restored-{}-r{}", header.cluster_id, header.revision);
-    let (cluster_id, node_id, meta) = new_member(args, staging, snapshot_id).await?;
+    let urls = (args.advertise_client.as_str(), args.advertise_peer.as_str());
+    let (cluster_id, node_id, meta) = new_member(urls, staging, snapshot_id).await?;
     let snapshot_dir = staging.join("snapshot");
     let mut w = SnapshotWriter::create(
         &snapshot_dir,
@@ -365,47 +366,4 @@ async fn seed(
         revision: header.revision,
         keys: header.keys,
     })
-}
-
-/// A new member's identity in `staging` (a new cluster id and member id) and a log that
-/// starts after the snapshot it is to hold; the cluster id, the member id and the
-/// snapshot's meta.
-async fn new_member(
-    args: &RestoreArgs,
-    staging: &Path,
-    snapshot_id: String,
-) -> anyhow::Result<(String, u64, SnapshotMeta)> {
-    let identity = Identity::load_or_create(staging)?;
-    let cluster_id = new_cluster_id();
-    identity.adopt_cluster(&cluster_id)?;
-    let node_id = identity.node_id();
-
-    // The state a cluster has just after `init`, compacted: a membership of one voter at
-    // log index 0, covered by the snapshot, with the log purged up to it.
-    let at = LogId::new(openraft::CommittedLeaderId::new(0, 0), 0);
-    let member = Member {
-        peer_url: args.advertise_peer.trim_end_matches('/').to_string(),
-        client_url: args.advertise_client.trim_end_matches('/').to_string(),
-    };
-    let membership = openraft::Membership::new(
-        vec![[node_id].into_iter().collect()],
-        [(node_id, member)]
-            .into_iter()
-            .collect::<std::collections::BTreeMap<_, _>>(),
-    );
-    let meta = SnapshotMeta {
-        last_log_id: Some(at),
-        last_membership: StoredMembership::new(Some(at), membership),
-        snapshot_id,
-    };
-    {
-        let retention = Retention {
-            revisions: 1,
-            bytes: 1,
-        };
-        let mut opened = store::open(staging, store::SEGMENT_BYTES, retention, |_| {}).await?;
-        opened.log.purge(at).await?;
-        opened.log.cover_snapshot(Some(at)).await?;
-    }
-    Ok((cluster_id, node_id, meta))
 }

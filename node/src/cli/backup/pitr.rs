@@ -22,7 +22,8 @@ use rstore_backup::retention::State;
 use rstore_backup::segment::SegmentHeader;
 use rstore_backup::store::{BackupStore, Listed};
 
-use super::{RestoreArgs, Restored, new_member, remote};
+use super::member::{Restored, new_member};
+use super::remote::{self, Target};
 use crate::store::{Record, SnapshotWriter};
 use crate::types::ClusterConfig;
 
@@ -46,15 +47,17 @@ impl Plan {
 
 /// The plan of a restore from a store URL to `--at-revision` or `--at-time`, or `None`
 /// when no point in time was asked for or the cluster has no archive.
-pub async fn prepare(args: &RestoreArgs) -> anyhow::Result<Option<Plan>> {
-    if (args.at_revision.is_none() && args.at_time.is_none()) || args.source.ends_with(".rsb") {
+pub async fn prepare(
+    source: &str,
+    target: &Target,
+    credentials_dir: Option<&Path>,
+) -> anyhow::Result<Option<Plan>> {
+    if (target.revision.is_none() && target.time.is_none()) || source.ends_with(".rsb") {
         return Ok(None);
     }
-    let store = remote::open(&args.source, args.credentials_dir.as_deref())?;
-    let backups = store
-        .list_backups(args.expect_cluster_id.as_deref())
-        .await?;
-    let Some(cluster_id) = cluster(&store, args, &backups).await? else {
+    let store = remote::open(source, credentials_dir)?;
+    let backups = store.list_backups(target.cluster_id.as_deref()).await?;
+    let Some(cluster_id) = cluster(&store, target, &backups).await? else {
         return Ok(None);
     };
     let segments: Vec<(SegmentName, SegmentHeader)> = store
@@ -81,7 +84,7 @@ pub async fn prepare(args: &RestoreArgs) -> anyhow::Result<Option<Plan>> {
         );
     };
     let newest_archived = segments.iter().map(|(n, _)| n.last).max().unwrap_or(0);
-    let target = match (args.at_revision, &args.at_time) {
+    let target = match (target.revision, &target.time) {
         (Some(_), Some(_)) => bail!("give --at-revision or --at-time, not both"),
         (Some(r), None) => r,
         (None, Some(t)) => at_time(&store, &good, &segments, t).await?,
@@ -123,10 +126,10 @@ pub async fn prepare(args: &RestoreArgs) -> anyhow::Result<Option<Plan>> {
 /// says so).
 async fn cluster(
     store: &BackupStore,
-    args: &RestoreArgs,
+    target: &Target,
     backups: &[Listed],
 ) -> anyhow::Result<Option<String>> {
-    if let Some(c) = &args.expect_cluster_id {
+    if let Some(c) = &target.cluster_id {
         return Ok(Some(c.clone()));
     }
     let mut clusters: Vec<&str> = backups.iter().map(|b| b.name.cluster_id.as_str()).collect();
@@ -233,11 +236,14 @@ fn utc(ms: u64) -> String {
 
 /// Write the state at the plan's target into `staging`: the full backup at `file`, then
 /// the plan's segments, each read and checked whole before its changes are applied.
+/// `urls` are the new member's client and peer URLs; `expect_revision` refuses another
+/// revision.
 pub async fn seed(
-    args: &RestoreArgs,
     plan: &Plan,
     file: &Path,
     staging: &Path,
+    urls: (&str, &str),
+    expect_revision: Option<u64>,
 ) -> anyhow::Result<Restored> {
     let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let mut reader = Reader::open(std::io::BufReader::with_capacity(1 << 20, f))
@@ -282,14 +288,14 @@ pub async fn seed(
     }
     state.finish_at(plan.target);
     let revision = state.revision();
-    if let Some(want) = args.expect_revision
+    if let Some(want) = expect_revision
         && want != revision
     {
         bail!("it restores revision {revision}, not the expected {want}");
     }
     let (entries, keys, bytes) = state.into_entries();
     let snapshot_id = format!("restored-{cluster}-r{revision}-pitr");
-    let (cluster_id, node_id, meta) = new_member(args, staging, snapshot_id).await?;
+    let (cluster_id, node_id, meta) = new_member(urls, staging, snapshot_id).await?;
     let mut w = SnapshotWriter::create(
         &staging.join("snapshot"),
         &meta,

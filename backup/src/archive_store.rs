@@ -1,17 +1,17 @@
-//! Archived segments in object storage: written once with their manifest, listed with
+//! Archived segments in object storage (feature `store`), as methods of
+//! [`crate::store::BackupStore`]: written once with their manifest, listed with
 //! their manifests, and read back checked against the manifest (size, SHA-256), their own
 //! framing and checksums, and their name (cluster, first and last revision). Every error
 //! names the segment's URL and what is wrong with it.
 
 use bytes::Bytes;
-use object_store::ObjectStoreExt;
 
-use super::{BackupStore, StoreError, Uploaded};
 use crate::archive::{Position, SegmentName};
 use crate::frame::sha256_hex;
 use crate::manifest::{Manifest, segment_of_manifest};
 use crate::retention::State;
 use crate::segment::{Revision, SegmentHeader, SegmentReader};
+use crate::store::{BackupStore, StoreError, Uploaded};
 
 /// A segment as listed: its object and its manifest, as found.
 #[derive(Debug)]
@@ -177,16 +177,9 @@ impl BackupStore {
 impl BackupStore {
     /// Records what an idle archiver confirmed (replacing the previous record).
     pub async fn write_position(&self, p: &Position) -> Result<(), StoreError> {
-        let name = Position::object(&p.cluster_id);
         let bytes = serde_json::to_vec(p).expect("a position serializes");
-        match self
-            .store
-            .put(&self.path(&name)?, object_store::PutPayload::from(bytes))
+        self.put_replace(&Position::object(&p.cluster_id), Bytes::from(bytes))
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => Err(self.err(e, &name, "write")),
-        }
     }
 
     /// What the archiver of `cluster_id` last confirmed, if it recorded anything.
