@@ -14,6 +14,7 @@
 //! naming the gap. SIGTERM or Ctrl-C uploads what is pending and exits.
 
 mod metrics;
+mod resume;
 mod stream;
 
 use std::net::SocketAddr;
@@ -23,14 +24,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use rstore_api::client::{Error as ClientError, NodeClient, WatchLine};
+use rstore_api::ReadConsistency;
+use rstore_api::client::{Error as ClientError, NodeClient, RangeQuery, WatchLine};
 use rstore_backup::archive::Position;
-use rstore_backup::retention::State;
 use rstore_backup::segment::{Change, ChangeKind, Revision, SegmentWriter};
 use rstore_backup::store::{BackupStore, StoreError};
 use tokio::sync::mpsc;
 
 use self::metrics::ArchiveMetrics;
+use self::resume::{newest_backup, oldest_kept, resume_point};
 use self::stream::{Seen, Stop, read_lines};
 use crate::cli::client::Endpoint;
 
@@ -53,6 +55,10 @@ pub struct ArchiveArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks one; printed).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Other members' client URLs to fail over to (repeatable). With an admin token the
+    /// archiver also learns them from GET /v1/cluster.
+    #[arg(long = "fallback-endpoint")]
+    pub fallback_endpoints: Vec<String>,
     #[command(flatten)]
     pub ep: Endpoint,
 }
@@ -125,11 +131,15 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<()> {
             "metrics": metrics_url,
         })
     );
+    let mut members = vec![client];
+    for url in &args.fallback_endpoints {
+        members.push(NodeClient::new(members[0].http().clone(), url));
+    }
     let mut a = Archiver {
         segment: SegmentWriter::new(&cluster_id, next),
         store,
         cluster_id,
-        members: vec![client],
+        members,
         current: 0,
         metrics,
         args,
@@ -139,45 +149,6 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<()> {
         recorded: None,
     };
     a.run(stop).await
-}
-
-/// The revision after the newest complete segment, or after the newest full backup when
-/// there is no segment; a segment left without its manifest by an archiver that died is
-/// adopted first when it checks out.
-async fn resume_point(store: &BackupStore, cluster_id: &str) -> anyhow::Result<u64> {
-    let mut newest = None::<u64>;
-    for s in store.list_segments(cluster_id).await? {
-        match s.state() {
-            State::Good => newest = newest.max(Some(s.name.last)),
-            State::InProgress if s.size.is_some() => {
-                let h = store.adopt_segment(&s.object, now_ms()).await?;
-                tracing::info!(segment = %s.object, "adopted a segment uploaded without its manifest");
-                newest = newest.max(Some(h.last_revision));
-            }
-            _ => {}
-        }
-    }
-    if let Some(last) = newest {
-        return Ok(last + 1);
-    }
-    match newest_backup(store, cluster_id).await? {
-        Some(r) => Ok(r + 1),
-        None => bail!(
-            "{} holds no complete full backup of cluster {cluster_id} and no archived segment: take a full backup first (node backup save --out {} ...); the archive starts after it",
-            store.url(),
-            store.url()
-        ),
-    }
-}
-
-async fn newest_backup(store: &BackupStore, cluster_id: &str) -> anyhow::Result<Option<u64>> {
-    Ok(store
-        .list_backups(Some(cluster_id))
-        .await?
-        .iter()
-        .filter(|b| b.state() == State::Good && b.name.cluster_id == cluster_id)
-        .map(|b| b.name.revision)
-        .max())
 }
 
 impl Archiver {
@@ -400,9 +371,16 @@ impl Archiver {
         {
             return;
         }
-        // The member watched may lag: the position is what the leader confirms.
-        match self.members[self.current].cluster().await {
-            Ok(view) if view.revision == self.progress => {}
+        // The member watched may lag: the position is what a linearizable read confirms
+        // (any role that may watch may read).
+        let probe = RangeQuery {
+            prefix: String::new(),
+            limit: Some(1),
+            consistency: Some(ReadConsistency::Linearizable),
+            ..RangeQuery::default()
+        };
+        match self.members[self.current].range(&probe).await {
+            Ok(page) if page.revision == self.progress => {}
             _ => return,
         }
         let position = Position {
@@ -481,13 +459,4 @@ impl Archiver {
         );
         Ok(())
     }
-}
-
-/// "… the oldest revision kept is N …" in a `compacted` message.
-fn oldest_kept(message: &str) -> Option<u64> {
-    let rest = message.split("oldest revision kept is ").nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
 }
