@@ -436,8 +436,34 @@ async fn pitr_restores_exactly_up_to_the_target_revision() {
         .find(|w| w.2.is_some() && w.1.starts_with("k/") && w.0 > base + 20)
         .unwrap()
         .0;
-    let random = base + 1 + (std::process::id() as u64 % (newest - base));
-    let targets = [base + 1, txn_rev, put_rev, random, newest, base];
+    // Three from the clock, printed so that a failure can be repeated with PITR_SEED.
+    let seed: u64 = std::env::var("PITR_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("PITR_SEED={seed}");
+    let random = |k: u64| {
+        base + 1
+            + seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(k * 1442695040888963407)
+                % (newest - base)
+    };
+    let targets = [
+        base + 1,
+        txn_rev,
+        put_rev,
+        random(1),
+        random(2),
+        random(3),
+        newest,
+        base,
+    ];
     let mut restored = Cluster::new(node_bin(), &[]);
     for (n, target) in targets.iter().enumerate() {
         let mut said = String::new();
