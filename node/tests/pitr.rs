@@ -105,7 +105,15 @@ impl Archiver {
                 false => &["--segment-max-seconds", "0.3"][..],
             })
             .args(["--segment-max-bytes", &max_bytes.to_string()])
-            .args(endpoint(cluster, index))
+            // The admin token, unless `extra` gives another.
+            .args(
+                endpoint(cluster, index)
+                    .into_iter()
+                    .take(match extra.contains(&"--token") {
+                        true => 4,
+                        false => 6,
+                    }),
+            )
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -1059,4 +1067,64 @@ async fn sigterm_uploads_what_is_pending_and_a_restart_resumes_after_it() {
     let archiver = start(&cluster);
     let from = archiver.first["from_revision"].as_u64();
     assert_eq!(from, Some(last + 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_token_archiver_fails_over_to_its_fallback_endpoints() {
+    let mut cluster = Cluster::start(node_bin(), 3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tmp.path().join("store");
+    std::fs::create_dir(&store_dir).unwrap();
+    let store = format!("file://{}", store_dir.display());
+    let (leader, follower) = cluster.leader_and_follower().await;
+    let other = (0..3).find(|i| *i != leader && *i != follower).unwrap();
+    let c = cluster.client(leader);
+    c.put_acked("first", b"1").await;
+    let base = full_backup(&cluster, leader, &store).await;
+    // A read token cannot list the members (GET /v1/cluster is admin): they are given.
+    let read = cluster.creds().read_token.clone();
+    let (l, o) = (
+        cluster.nodes[leader].direct_client_url.clone(),
+        cluster.nodes[other].direct_client_url.clone(),
+    );
+    let archiver = Archiver::start_with(
+        &cluster,
+        follower,
+        &store,
+        1 << 20,
+        &[
+            "--token",
+            &read,
+            "--fallback-endpoint",
+            &o,
+            "--fallback-endpoint",
+            &l,
+        ],
+    );
+    let mut model = Model::default();
+    let mut last = base;
+    for i in 0..40 {
+        last = write(&c, &mut model, i).await;
+        if i == 20 {
+            cluster.nodes[follower].stop().await;
+        }
+    }
+    archiver.wait_archived(last).await;
+    let failures = archiver
+        .metric("rstore_archive_failures_total{kind=\"watch\"}")
+        .await;
+    assert!(failures >= Some(1.0), "{failures:?}");
+    drop(archiver);
+    let dir = tmp.path().join("restored");
+    let (ok, out, err) = restore(
+        &store,
+        &dir,
+        "https://127.0.0.1:1",
+        "https://127.0.0.1:2",
+        &["--at-revision", &last.to_string()],
+    );
+    assert!(
+        ok && out.contains(&format!("restored revision {last} ")),
+        "{out}{err}"
+    );
 }
