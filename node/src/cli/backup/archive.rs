@@ -98,17 +98,29 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<()> {
     }
     let store = super::remote::open(&args.to, args.credentials_dir.as_deref())?;
     store.check().await?;
-    let client = args.ep.client()?;
-    let node = client
-        .node()
-        .await
-        .map_err(crate::cli::client::explain)
-        .context("cannot learn the cluster id from the member")?;
+    let first = args.ep.client()?;
+    let mut members = vec![first.clone()];
+    for url in &args.fallback_endpoints {
+        members.push(NodeClient::new(first.http().clone(), url));
+    }
+    // The cluster id, from the first member that answers.
+    let mut answer = None;
+    for (i, m) in members.iter().enumerate() {
+        match m.node().await {
+            Ok(info) => {
+                answer = Some((m.base().to_string(), info));
+                break;
+            }
+            Err(e) if i + 1 == members.len() => {
+                return Err(crate::cli::client::explain(e))
+                    .context("cannot learn the cluster id from any member given");
+            }
+            Err(e) => tracing::warn!(member = m.base(), error = %e, "cannot reach the member"),
+        }
+    }
+    let (base, node) = answer.expect("the loop answers or returns");
     let cluster_id = node.cluster_id.with_context(|| {
-        format!(
-            "{} is not a member of a cluster yet: initialize it or join it first",
-            client.base()
-        )
+        format!("{base} is not a member of a cluster yet: initialize it or join it first")
     })?;
     let metrics = Arc::new(ArchiveMetrics::new());
     let metrics_url = match args.metrics_addr {
@@ -131,10 +143,6 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<()> {
             "metrics": metrics_url,
         })
     );
-    let mut members = vec![client];
-    for url in &args.fallback_endpoints {
-        members.push(NodeClient::new(members[0].http().clone(), url));
-    }
     let mut a = Archiver {
         segment: SegmentWriter::new(&cluster_id, next),
         store,
