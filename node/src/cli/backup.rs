@@ -1,6 +1,7 @@
-//! `node backup save | restore | inspect`: take a consistent backup of a running cluster into
-//! a file, in the manner of `etcdctl snapshot save`, check one, and prepare a new cluster's
-//! first member from one.
+//! `node backup save | restore | inspect | archive`: take a consistent backup of a running
+//! cluster into a file, in the manner of `etcdctl snapshot save`, check one, and prepare a new
+//! cluster's first member from one; archive the change stream continuously
+//! ([`archive`]) and restore to any revision it holds ([`pitr`]).
 //!
 //! A restore reads the backup once, checking every frame, the key order, the counts and the
 //! SHA-256 as it writes the new member's data into a staging directory beside the target;
