@@ -51,8 +51,8 @@ lint:
 	bash tests/manifests/check.sh
 
 crds:
-	cargo run -q -p operator -- crd > crds/replicatedstore.yaml
-	cp crds/replicatedstore.yaml charts/rstore-operator/crds/replicatedstore.yaml
+	cargo run -q -p operator -- crd --out-dir crds
+	cp crds/*.yaml charts/rstore-operator/crds/
 
 # Used by tests/e2e/kind.sh and tests/manifests/check.sh to read the names above.
 print-images:

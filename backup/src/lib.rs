@@ -2,6 +2,7 @@
 //! command (which saves and restores one) and the operator (which schedules them and keeps
 //! the newest).
 //!
+//! - [`check`]: checking a backup stream as it arrives, on a thread of its own.
 //! - [`format`]: the backup stream: a header (cluster, revision, counts), the records in
 //!   checksummed frames, and a trailer with the SHA-256 of everything before it; its writer
 //!   and its checking reader, which names what is wrong with a corrupt or truncated stream.
@@ -14,15 +15,19 @@
 //! - [`archive`]: point-in-time recovery, the pure part: segment names, which segments take
 //!   a backup to a revision, and replaying them exactly up to it.
 //! - [`store`] (feature `store`): object storage by URL through the `object_store` crate;
+//!   [`save`]: a backup stream saved into a store, checked, with its manifest;
 //!   [`archive_store`]: the archive's segments there.
 
 pub mod archive;
 #[cfg(feature = "store")]
 pub mod archive_store;
+pub mod check;
 pub mod format;
 pub mod frame;
 pub mod manifest;
 pub mod retention;
+#[cfg(feature = "store")]
+pub mod save;
 pub mod segment;
 #[cfg(feature = "store")]
 pub mod store;

@@ -57,8 +57,8 @@ async fn shutdown_signal(exit_with_stdin: bool) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Serve(args) = &cli.command
-        && let Some(n) = args.worker_threads
+    if let Command::Serve(cmd) = &cli.command
+        && let Some(n) = cmd.serve.worker_threads
     {
         rt.worker_threads(n.max(1));
     }
@@ -67,12 +67,15 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => {
+        Command::Serve(cmd) => {
+            let args = cmd.serve;
             init_tracing(args.log_format);
             let settings = args.settings()?;
             if let Some(hosts) = &args.hosts_file {
                 rstore_node::network::hosts::set_file(hosts.clone());
             }
+            rstore_node::cli::backup::bootstrap::restore_at_start(&cmd.bootstrap, &settings)
+                .await?;
             let (client, peer) = node::bind(&settings).await?;
             let node = Node::start(settings, client, peer).await?;
             node.run(shutdown_signal(args.exit_with_stdin)).await

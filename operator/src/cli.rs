@@ -37,7 +37,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print the ReplicatedStore CustomResourceDefinition as YAML on stdout.
-    Crd,
+    Crd {
+        /// Print every CRD the operator serves (ReplicatedStore, Backup, BackupSchedule) as
+        /// one YAML stream, for `kubectl apply -f -`.
+        #[arg(long)]
+        all: bool,
+        /// Write every CRD into this directory instead, one file each, as `crds/` holds them.
+        #[arg(long, conflicts_with = "all")]
+        out_dir: Option<std::path::PathBuf>,
+    },
     /// Print the ReplicatedStore field reference as Markdown (docs/crd.md).
     CrdReference,
     /// Run the controller against a Kubernetes cluster.
@@ -51,7 +59,7 @@ impl Cli {
     /// The log format the command asks for (`crd` logs nothing).
     pub fn log_format(&self) -> Option<LogFormat> {
         match &self.command {
-            Command::Crd | Command::CrdReference => None,
+            Command::Crd { .. } | Command::CrdReference => None,
             Command::Run(a) => Some(a.log_format),
             Command::Local(a) => Some(a.log_format),
         }
@@ -60,8 +68,26 @@ impl Cli {
     /// Run the command, writing its output to `out`.
     pub fn execute(&self, out: &mut impl Write) -> Result<()> {
         match &self.command {
-            Command::Crd => {
-                out.write_all(crd::crd_yaml().map_err(Error::CrdSerialize)?.as_bytes())
+            Command::Crd {
+                out_dir: Some(dir), ..
+            } => {
+                for (file, crd) in crd::all_crds() {
+                    let yaml = serde_yaml::to_string(&crd).map_err(Error::CrdSerialize)?;
+                    let path = dir.join(file);
+                    std::fs::write(&path, yaml).map_err(|source| Error::Io {
+                        what: format!("write {}", path.display()),
+                        source,
+                    })?;
+                }
+                Ok(())
+            }
+            Command::Crd { all, .. } => {
+                let yaml = if *all {
+                    crd::all_crds_yaml()
+                } else {
+                    crd::crd_yaml()
+                };
+                out.write_all(yaml.map_err(Error::CrdSerialize)?.as_bytes())
                     .map_err(Error::WriteOutput)?;
                 Ok(())
             }

@@ -7,7 +7,8 @@
 //!
 //! 1. [`validate`]: the spec the store runs with and the planner's target, without a client;
 //! 2. [`build`]: every object the store should own, without a client;
-//! 3. [`apply`]: the owned objects and the credential Secrets ([`secrets`]) written;
+//! 3. [`apply`]: the owned objects, the credential Secrets ([`secrets`]) and, for a store
+//!    created from a backup, what its first pod restores ([`bootstrap`]) written;
 //! 4. observe: the pods and nodes ([`crate::observe`]), reduced to the planner's input with
 //!    the health clocks ([`crate::observe::health`]);
 //! 5. plan: the one next safe step ([`crate::planner::plan`], pure);
@@ -20,6 +21,7 @@
 
 pub mod act;
 pub mod apply;
+pub mod bootstrap;
 pub mod build;
 pub mod context;
 pub mod report;
@@ -174,6 +176,9 @@ async fn pipeline(rs: &ReplicatedStore, ctx: &Context) -> Result<Outcome, Error>
         Err(e) if e.credentials_pending() => {
             ctx.metrics.error("credentials");
             return stuck(ctx, rs, Stuck::Credentials, &e.to_string()).await;
+        }
+        Err(e) if e.bootstrap_pending() => {
+            return stuck(ctx, rs, Stuck::Backup, &e.to_string()).await;
         }
         Err(e) => return Err(e.into()),
     };

@@ -11,19 +11,21 @@
 //!
 //! - [`spec`]: the spec types (and the `ReplicatedStore` type the derive makes of them);
 //! - [`status`]: the status types;
+//! - [`backup`]: the `Backup` and `BackupSchedule` resources;
 //! - [`generate`]: the CRD YAML and the Markdown reference made from them.
 
+pub mod backup;
 mod generate;
 mod spec;
 mod status;
 #[cfg(test)]
 mod tests;
 
-pub use generate::{crd, crd_yaml, reference_markdown};
+pub use generate::{all_crds, all_crds_yaml, crd, crd_yaml, reference_markdown};
 pub use spec::{
-    DEFAULT_ELECTION_MAX_MS, DEFAULT_ELECTION_MIN_MS, DEFAULT_HEARTBEAT_MS, DEFAULT_IMAGE,
-    DEFAULT_REPLICAS, DEFAULT_STORAGE_SIZE, IssuerRef, MAX_READ_REPLICAS, MAX_REPLICAS, PvcPolicy,
-    PvcRetention, RaftSpec, ReadConsistency, ReplicatedStore, ReplicatedStoreSpec, ReplicationMode,
-    ReplicationSpec, StorageSpec, TlsSpec,
+    BootstrapSpec, DEFAULT_ELECTION_MAX_MS, DEFAULT_ELECTION_MIN_MS, DEFAULT_HEARTBEAT_MS,
+    DEFAULT_IMAGE, DEFAULT_REPLICAS, DEFAULT_STORAGE_SIZE, FromBackup, IssuerRef,
+    MAX_READ_REPLICAS, MAX_REPLICAS, PvcPolicy, PvcRetention, RaftSpec, ReadConsistency,
+    ReplicatedStore, ReplicatedStoreSpec, ReplicationMode, ReplicationSpec, StorageSpec, TlsSpec,
 };
 pub use status::{MemberRole, MemberStatus, Phase, ReplicatedStoreStatus};

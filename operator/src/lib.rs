@@ -4,7 +4,9 @@
 //! every node's view of Raft, decide the next safe step with a pure function, then act and
 //! report status.
 //!
-//! - [`crd`]: the `ReplicatedStore` types, from which the CRD YAML is generated;
+//! - [`crd`]: the `ReplicatedStore`, `Backup` and `BackupSchedule` types, from which the
+//!   CRD YAML is generated;
+//! - [`backup`]: the `Backup` and `BackupSchedule` controllers;
 //! - [`resources`]: the owned objects (StatefulSet, Services, PDB, ...), built without IO;
 //! - [`observe`]: the Kubernetes objects and every node's answers, read, and reduced to the
 //!   planner's input with health clocks ([`observe::health`]);
@@ -18,6 +20,7 @@
 //! - [`local`]: the local control plane (in-memory API server and a pod runner);
 //! - [`cli`]: the command line of the `operator` binary.
 
+pub mod backup;
 pub mod cli;
 pub mod controller;
 pub mod crd;

@@ -5,7 +5,7 @@
 //! `rstore_operator_reconcile_total{result}`, `rstore_operator_reconcile_errors_total{reason}`,
 //! `rstore_operator_reconcile_duration_seconds`, `rstore_operator_steps_total{step}`,
 //! `rstore_operator_members{store_namespace,store,state}`, `rstore_operator_clusters{phase}` and
-//! `rstore_operator_leader`.
+//! `rstore_operator_leader`; the backup controllers' in [`backup`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +25,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::crd::Phase;
+
+pub mod backup;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
@@ -84,6 +86,8 @@ pub struct Metrics {
     clusters: Family<PhaseLabel, Gauge>,
     cert_expiry: Family<StoreLabels, Gauge>,
     leader: Gauge,
+    /// The backup controllers' metrics.
+    pub backup: backup::BackupMetrics,
     phases: Mutex<HashMap<(String, String), Phase>>,
     ready: AtomicBool,
 }
@@ -140,7 +144,9 @@ impl Metrics {
             "1 while this replica holds the leader election lease",
             leader.clone(),
         );
+        let backup = backup::BackupMetrics::register(&mut registry);
         Self {
+            backup,
             registry,
             reconciles,
             errors,

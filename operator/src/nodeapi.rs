@@ -184,6 +184,12 @@ impl NodeApi {
         self.at(base, self.read_timeout).cluster_local().await
     }
 
+    /// `GET /v1/cluster/backup` (admin): the open answer, without a total timeout or a size
+    /// cap (a backup of a large store takes a while); only connecting is bounded.
+    pub async fn backup(&self, base: &str) -> Result<reqwest::Response, NodeApiError> {
+        NodeClient::new(self.http.clone(), base).backup().await
+    }
+
     /// `POST /v1/cluster/init`.
     pub async fn init(&self, base: &str) -> Result<ClusterView, NodeApiError> {
         self.at(base, self.change_timeout).init().await

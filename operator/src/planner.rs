@@ -83,7 +83,7 @@ fn plan_unpaused(desired: &Desired, observed: &Observed, policy: &Policy) -> Ste
         return foreign;
     }
     let Some(cluster) = &observed.cluster else {
-        return without_leader(observed, &pods, policy);
+        return without_leader(desired, observed, &pods, policy);
     };
     let view = View::new(desired, cluster, &pods, policy);
     if !view.voters().any(|v| v.id == cluster.leader_id) {
@@ -152,7 +152,12 @@ fn foreign_node(observed: &Observed, pods: &BTreeMap<u32, &PodObs>) -> Option<St
     })
 }
 
-fn without_leader(observed: &Observed, pods: &BTreeMap<u32, &PodObs>, policy: &Policy) -> Step {
+fn without_leader(
+    desired: &Desired,
+    observed: &Observed,
+    pods: &BTreeMap<u32, &PodObs>,
+    policy: &Policy,
+) -> Step {
     let initialized: Vec<u32> = pods
         .values()
         .filter(|p| p.node.as_ref().is_some_and(|n| n.cluster_id.is_some()))
@@ -161,6 +166,15 @@ fn without_leader(observed: &Observed, pods: &BTreeMap<u32, &PodObs>, policy: &P
     if observed.known_cluster_id.is_none() && initialized.is_empty() {
         // Only pod 0 is ever initialized, and only while no cluster exists anywhere we can
         // see: a second init elsewhere would make a second, split-brained cluster.
+        if desired.restore {
+            // Pod 0 restores the backup as it starts and comes up initialized; an empty
+            // init would make a cluster without the backup's data.
+            return Step::Wait {
+                reason: "waiting for pod 0 to restore the cluster from its backup (its logs \
+                         say how the restore goes)"
+                    .into(),
+            };
+        }
         return match pods.get(&0) {
             Some(p) if p.node.is_some() => Step::InitCluster { pod: 0 },
             _ => Step::Wait {

@@ -8,6 +8,9 @@
 #   RSTORE_K8S_DIR=/tmp/rstore-k8s   the running plane's directory (kubeconfig, hosts, pods/)
 #   NODE_BIN=target/debug/node        the node CLI (the same binary the pods run)
 #   E2E_TIMEOUT=180                   seconds for each wait
+#   BACKUP_S3_ENDPOINT=http://IP:PORT an S3 API server the pods reach (moto on the plane's
+#                                     bridge, as tests/tests/k8s_e2e.rs starts it); without
+#                                     it the backup scenario is skipped, saying so
 #
 # The node CLI runs on this machine and reaches pods and Services by name through the plane's
 # hosts file, with the CA and token from the store's Secrets, as a user outside the cluster
@@ -39,11 +42,26 @@ node_cli() {
 }
 kill_member() { kill -9 "$(cat "$RSTORE_K8S_DIR/pods/$NS/$1/node.pid")"; }
 
+# The backup scenario's object store: a bucket on the S3 server, and a Secret with its
+# settings (moto checks no signature, so any key works).
+BACKUP_URL=
+if [ -n "${BACKUP_S3_ENDPOINT:-}" ]; then
+  curl -fsS -X PUT "$BACKUP_S3_ENDPOINT/rstore-e2e" >/dev/null
+  BACKUP_URL=s3://rstore-e2e/backups
+fi
+backup_secret() {
+  kubectl -n "$NS" create secret generic "$1" \
+    --from-literal=AWS_ACCESS_KEY_ID=e2e --from-literal=AWS_SECRET_ACCESS_KEY=e2e \
+    --from-literal=AWS_REGION=us-east-1 --from-literal=AWS_ENDPOINT="$BACKUP_S3_ENDPOINT" \
+    --from-literal=AWS_ALLOW_HTTP=true --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+}
+
 diagnostics() {
   {
     kubectl get nodes -o wide
     kubectl get rstore,statefulsets,pods,pvc,pv,services,pdb,leases -A -o wide
     kubectl -n "$NS" get rstore -o yaml
+    kubectl -n "$NS" get backups,backupschedules,configmaps -o yaml
     kubectl get events -A --sort-by=.lastTimestamp | tail -n 60
   } 2>&1 | tail -n 120 >&2 || true
   for f in "$RSTORE_K8S_DIR"/pods/rstore-system/*/operator.log; do

@@ -20,11 +20,14 @@
 #   TIMEOUT                                       seconds for each wait
 #   SERVICE_URL                                   the store's client Service as a client sees it
 #   STORAGE_PROVISIONER                           the provisioner of the cluster's default class
+#   BACKUP_URL                                    an object store URL the pods reach, or empty
+#                                                 (the backup scenario is then skipped)
 # and defines these functions:
 #   member_url POD          the client URL that reaches POD itself
 #   node_cli ARGS...        the node CLI with RSTORE_CACERT set, run where the store is reachable
 #   kill_member POD         SIGKILL the store process of POD (not the pod: its container)
 #   diagnostics             print what helps on failure
+#   backup_secret NAME      create Secret NAME with BACKUP_URL's credentials
 set -euo pipefail
 
 NS=${NS:-rstore-e2e}
@@ -245,6 +248,106 @@ log "write and read with the user Secret's credentials"
 put_keys initial 10
 check_data
 for i in 0 1 2; do check_member_data "$STORE-$i"; done
+
+# ---------------------------------------------------------------------------------------------
+if [ -n "${BACKUP_URL:-}" ]; then
+  log "backups: a Backup under write load, a BackupSchedule with retention, a store restored from a backup"
+  backup_secret backup-credentials
+  kubectl wait --for=condition=Established crd/backups.rstore.dev crd/backupschedules.rstore.dev --timeout=60s >/dev/null
+  # Refused at admission: a schedule that is not cron.
+  if out=$(k apply --dry-run=server -f - 2>&1 <<EOF
+apiVersion: rstore.dev/v1alpha1
+kind: BackupSchedule
+metadata: {name: bad}
+spec: {store: $STORE, schedule: "every hour", destination: {url: "$BACKUP_URL"}}
+EOF
+  ); then fail "the API server accepts a BackupSchedule with schedule 'every hour'"; fi
+  grep -q "five fields" <<<"$out" || fail "no CEL message for a bad schedule: $out"
+  put_keys before-backup 5
+  k apply -f - <<EOF
+apiVersion: rstore.dev/v1alpha1
+kind: Backup
+metadata: {name: first}
+spec:
+  store: $STORE
+  destination: {url: "$BACKUP_URL", credentialsSecret: backup-credentials}
+EOF
+  backup_done() { [ "$(k get backup "$1" -o jsonpath='{.status.phase}')" = Succeeded ]; }
+  wait_until "Backup first to succeed" backup_done first
+  k get backup first
+  revision=$(k get backup first -o jsonpath='{.status.revision}')
+  object=$(k get backup first -o jsonpath='{.status.object}')
+  [ -n "$revision" ] && [ "$revision" -gt 0 ] || fail "Backup first has no revision in status"
+  wait_until "a Succeeded Event for Backup first" bash -c \
+    "kubectl -n $NS get events --field-selector involvedObject.name=first,reason=Succeeded -o name | grep -q ."
+  pass "Backup first: revision $revision saved to $object while the background writer ran"
+
+  # A Backup of a store that does not exist says so and waits.
+  k apply -f - <<EOF
+apiVersion: rstore.dev/v1alpha1
+kind: Backup
+metadata: {name: nowhere}
+spec: {store: no-such-store, destination: {url: "$BACKUP_URL"}}
+EOF
+  wait_until "Backup nowhere to say its store does not exist" bash -c \
+    "kubectl -n $NS get backup nowhere -o jsonpath='{.status.message}' | grep -q 'does not exist'"
+  k delete backup nowhere >/dev/null
+  pass "a Backup of a missing store waits, saying the store does not exist"
+
+  # A schedule every minute keeping the newest 2: it makes backups, and retention keeps 2
+  # good ones in the store (the first Backup's object counted among them).
+  k apply -f - <<EOF
+apiVersion: rstore.dev/v1alpha1
+kind: BackupSchedule
+metadata: {name: every-minute}
+spec:
+  store: $STORE
+  schedule: "* * * * *"
+  destination: {url: "$BACKUP_URL", credentialsSecret: backup-credentials}
+  retention: {keepLast: 2}
+EOF
+  schedule_made() {
+    k get backups -l rstore.dev/backup-schedule=every-minute -o json \
+      | jq -e '[.items[] | select(.status.phase == "Succeeded")] | length >= 2' >/dev/null \
+      && [ "$(k get backupschedule every-minute -o jsonpath='{.status.keptBackups}')" = 2 ]
+  }
+  wait_until "BackupSchedule every-minute to make 2 backups and keep 2" schedule_made
+  k get backupschedule every-minute
+  [ "$(k get backupschedule every-minute -o jsonpath='{.status.conditions[?(@.type=="Stale")].status}')" = False ] \
+    || fail "BackupSchedule every-minute is Stale"
+  k delete backupschedule every-minute >/dev/null
+  pass "BackupSchedule every-minute: a backup each minute, 2 kept by retention, not Stale"
+
+  # A new store restored from the newest backup at or before the first one's revision: it
+  # holds every key written before that backup.
+  k apply -f - <<EOF
+apiVersion: rstore.dev/v1alpha1
+kind: ReplicatedStore
+metadata: {name: restored}
+spec:
+  replicas: 3
+  bootstrap:
+    fromBackup: {url: "$BACKUP_URL", atRevision: $revision, credentialsSecret: backup-credentials}
+EOF
+  k wait --for=condition=Available rstore/restored --timeout="${TIMEOUT}s"
+  restored_cluster=$(k get rstore restored -o jsonpath='{.status.clusterId}')
+  [ "$restored_cluster" != "$CLUSTER_ID" ] || fail "the restored store has its source's cluster id"
+  wait_until "the restore ConfigMap to be deleted once the cluster is up" bash -c \
+    "! kubectl -n $NS get configmap restored-bootstrap -o name 2>/dev/null | grep -q ."
+  restored_token=$(secret_value restored-credentials token)
+  restored_ca=$(mktemp -t rstore-e2e-restored-ca.XXXXXX)
+  secret_value restored-credentials ca.crt >"$restored_ca"
+  for key in e2e/greeting initial/1 initial/10 before-backup/5; do
+    got=$(node_cli kv get "$key" --endpoint "https://restored.$NS.svc:7379" --token "$restored_token" \
+      --cacert "$restored_ca" 2>&1) || fail "read $key from the restored store: $got"
+    [ "$got" = "${DATA[$key]}" ] || fail "restored $key is '$got', want '${DATA[$key]}'"
+  done
+  rm -f "$restored_ca"
+  k delete rstore restored --wait=false >/dev/null
+  pass "store restored at revision $revision: a new cluster ($restored_cluster) of 3 with the backup's keys"
+else
+  log "backups: SKIPPED (no object store: set BACKUP_S3_ENDPOINT for tests/e2e/local.sh)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 log "kubectl scale 3 -> 5, with the operator's leader pod deleted in the middle"

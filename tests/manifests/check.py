@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "rstore-operator"
 CRD = ROOT / "crds" / "replicatedstore.yaml"
 CHART_CRD = CHART / "crds" / "replicatedstore.yaml"
+# Every CRD the operator serves, as crds/ holds them (`operator crd --out-dir crds`).
+CRD_FILES = ["replicatedstore.yaml", "backup.yaml", "backupschedule.yaml"]
 EXAMPLES = ROOT / "examples"
 INVALID = ROOT / "tests" / "manifests" / "invalid"
 DASHBOARD = ROOT / "dashboards" / "rstore.json"
@@ -56,6 +58,16 @@ OPERATOR_RBAC = {
     ("cert-manager.io", "certificates"): {"get", "create", "patch"},
     ("", "pods"): {"get", "list", "watch", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
+    # Backups: the operator runs Backups and creates them for BackupSchedules (owned by them),
+    # prunes a schedule's history, and writes both statuses.
+    ("rstore.dev", "backups"): {"get", "list", "watch", "create", "delete"},
+    ("rstore.dev", "backups/status"): {"get", "patch"},
+    ("rstore.dev", "backupschedules"): {"get", "list", "watch"},
+    ("rstore.dev", "backupschedules/status"): {"get", "patch"},
+    ("rstore.dev", "backupschedules/finalizers"): {"update"},
+    # A store created from a backup: the ConfigMap its first pod restores from (server-side
+    # apply), deleted once the restored cluster is up.
+    ("", "configmaps"): {"create", "patch", "delete"},
 }
 LEASE_RBAC = {("coordination.k8s.io", "leases"): {"get", "create", "update", "patch"}}
 
@@ -69,6 +81,14 @@ OPERATOR_METRICS = {
     "rstore_operator_clusters": ("gauge", {"phase"}),
     "rstore_operator_leader": ("gauge", set()),
     "rstore_operator_certificate_expiry_timestamp_seconds": ("gauge", {"store_namespace", "store"}),
+    "rstore_operator_backups_total": ("counter", {"store_namespace", "store", "outcome"}),
+    "rstore_operator_backup_last_success_timestamp_seconds": ("gauge", {"store_namespace", "store"}),
+    "rstore_operator_backup_last_revision": ("gauge", {"store_namespace", "store"}),
+    "rstore_operator_backup_last_size_bytes": ("gauge", {"store_namespace", "store"}),
+    "rstore_operator_backup_last_duration_seconds": ("gauge", {"store_namespace", "store"}),
+    "rstore_operator_backup_schedule_stale": ("gauge", {"store_namespace", "store", "schedule"}),
+    "rstore_operator_backup_schedule_period_seconds": ("gauge", {"store_namespace", "store", "schedule"}),
+    "rstore_operator_backup_schedule_kept": ("gauge", {"store_namespace", "store", "schedule"}),
 }
 # Labels Prometheus adds to every scraped series (target labels, and the PodMonitor's `store`).
 TARGET_LABELS = {"namespace", "pod", "container", "endpoint", "service", "job", "instance", "store"}
@@ -405,21 +425,23 @@ def rbac_rules(docs) -> dict[tuple[str, str], set[str]]:
 def main() -> int:
     rendered: dict[str, list[dict]] = {}
 
-    @check("chart CRD is byte-identical to crds/replicatedstore.yaml")
+    @check("chart CRDs are byte-identical to crds/")
     def _():
-        expect(CHART_CRD.is_file(), f"{CHART_CRD.relative_to(ROOT)} is missing")
-        expect(filecmp.cmp(CRD, CHART_CRD, shallow=False),
-               "charts/rstore-operator/crds/replicatedstore.yaml differs from crds/replicatedstore.yaml; "
-               "run `make crds` (or cp crds/replicatedstore.yaml charts/rstore-operator/crds/)")
-        extra = sorted(p.name for p in CHART_CRD.parent.iterdir() if p.name != CHART_CRD.name)
+        for name in CRD_FILES:
+            chart_crd = CHART / "crds" / name
+            expect(chart_crd.is_file(), f"{chart_crd.relative_to(ROOT)} is missing")
+            expect(filecmp.cmp(ROOT / "crds" / name, chart_crd, shallow=False),
+                   f"charts/rstore-operator/crds/{name} differs from crds/{name}; run `make crds`")
+        extra = sorted(p.name for p in CHART_CRD.parent.iterdir() if p.name not in CRD_FILES)
         expect(not extra, f"unexpected files in the chart's crds/: {extra}")
 
     @check("CRDs validate against the Kubernetes schemas (crds/ and the chart's copy)")
     def _():
         problems = []
-        for path in (CRD, CHART_CRD):
-            for d in load_yaml_docs(path.read_text()):
-                problems += kube_problems(d, str(path.relative_to(ROOT)))
+        for name in CRD_FILES:
+            for path in (ROOT / "crds" / name, CHART / "crds" / name):
+                for d in load_yaml_docs(path.read_text()):
+                    problems += kube_problems(d, str(path.relative_to(ROOT)))
         expect(not problems, "\n  ".join(problems))
 
     @check("image names agree: Makefile, chart values/appVersion, DEFAULT_IMAGE and the CRD default")
@@ -515,8 +537,10 @@ def main() -> int:
             expect(not objects(docs, "CustomResourceDefinition"), "a template renders a CRD")
         with helm_python.Chart.load(str(CHART)) as chart:
             crds = chart.crds
-        expect(len(crds) == 1, f"Helm sees {len(crds)} CRD files")
-        expect(crds[0]["data"] == CRD.read_text(), "the CRD Helm loads from the chart is not crds/replicatedstore.yaml")
+        expect(len(crds) == len(CRD_FILES), f"Helm sees {len(crds)} CRD files, not {len(CRD_FILES)}")
+        loaded = sorted(c["data"] for c in crds)
+        shipped = sorted((ROOT / "crds" / name).read_text() for name in CRD_FILES)
+        expect(loaded == shipped, "the CRDs Helm loads from the chart are not those in crds/")
 
     @check("operator Deployment: security context, probes, leader election, POD_NAMESPACE, image")
     def _():

@@ -7,12 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-# The cheapest check first, with no tools at all: the chart's CRD is crds/, byte for byte.
-if ! cmp -s crds/replicatedstore.yaml charts/rstore-operator/crds/replicatedstore.yaml; then
-  echo "FAIL charts/rstore-operator/crds/replicatedstore.yaml differs from crds/replicatedstore.yaml" >&2
-  echo "     run: make crds   (or: cp crds/replicatedstore.yaml charts/rstore-operator/crds/)" >&2
-  exit 1
-fi
+# The cheapest check first, with no tools at all: the chart's CRDs are crds/, byte for byte.
+for crd in crds/*.yaml; do
+  if ! cmp -s "$crd" "charts/rstore-operator/crds/$(basename "$crd")"; then
+    echo "FAIL charts/rstore-operator/crds/$(basename "$crd") differs from $crd" >&2
+    echo "     run: make crds   (or: cp crds/*.yaml charts/rstore-operator/crds/)" >&2
+    exit 1
+  fi
+done
 
 # The image build context (.dockerignore) must let in every workspace member's manifest and
 # sources: cargo resolves the whole workspace even for `-p node`, and there is no Docker here

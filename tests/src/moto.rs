@@ -27,6 +27,8 @@ pub fn moto_binary() -> Option<PathBuf> {
 /// A running moto server.
 pub struct Moto {
     child: Child,
+    /// The address it listens on (loopback unless [`Moto::start_on`] said otherwise).
+    pub host: std::net::IpAddr,
     pub port: u16,
 }
 
@@ -42,6 +44,12 @@ impl Moto {
     /// With `auth`, moto checks signatures against its IAM users, of which there are none, so
     /// every request's credentials are wrong.
     pub fn start(test: &str, auth: bool) -> Option<Moto> {
+        Self::start_on(test, auth, std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// [`Moto::start`], listening on `host` (an address other network namespaces reach,
+    /// such as the real control plane's bridge, for the pods).
+    pub fn start_on(test: &str, auth: bool, host: std::net::IpAddr) -> Option<Moto> {
         let Some(bin) = moto_binary().filter(|p| p.is_file()) else {
             let msg = "moto_server not found: set RSTORE_MOTO_SERVER, or run .ci/run's install step \
                        (python3 -m venv ~/.cache/rstore/moto-venv && ~/.cache/rstore/moto-venv/bin/pip install 'moto[server]')";
@@ -51,13 +59,13 @@ impl Moto {
             eprintln!("SKIPPED {test}: {msg}");
             return None;
         };
-        let port = TcpListener::bind("127.0.0.1:0")
+        let port = TcpListener::bind((host, 0))
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let mut cmd = Command::new(&bin);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        cmd.args(["-H", &host.to_string(), "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -67,9 +75,9 @@ impl Moto {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("{test}: cannot start {}: {e}", bin.display()));
-        let mut moto = Moto { child, port };
+        let mut moto = Moto { child, host, port };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect((host, port)).is_err() {
             if let Ok(Some(status)) = moto.child.try_wait() {
                 panic!("{test}: {} exited at start: {status}", bin.display());
             }
@@ -83,15 +91,15 @@ impl Moto {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     /// Creates a bucket (moto without auth takes an unsigned request); the HTTP status.
     pub fn create_bucket(&self, bucket: &str) -> u16 {
-        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut conn = TcpStream::connect((self.host, self.port)).unwrap();
         let req = format!(
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
+            "PUT /{bucket} HTTP/1.1\r\nHost: {}:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.host, self.port
         );
         conn.write_all(req.as_bytes()).unwrap();
         let mut response = String::new();

@@ -103,6 +103,13 @@ async fn the_users_path_on_a_real_control_plane() {
         "control plane ready in {:.1} s",
         plane.ready_after.as_secs_f64()
     );
+    // The object store the backup scenario writes to and restores from: a real S3 API server
+    // (moto) on the plane's bridge, where the operator's and the members' pods reach it.
+    let moto = rstore_tests::moto::Moto::start_on(
+        "the_users_path_on_a_real_control_plane",
+        false,
+        plane.api_addr().ip(),
+    );
     let path = format!(
         "{}:{}",
         bin_dir.display(),
@@ -118,6 +125,10 @@ async fn the_users_path_on_a_real_control_plane() {
         .env("RSTORE_K8S_DIR", plane.dir())
         .env("NODE_BIN", profile_dir().join("node"))
         .env("E2E_TIMEOUT", "180")
+        .env(
+            "BACKUP_S3_ENDPOINT",
+            moto.as_ref().map(|m| m.endpoint()).unwrap_or_default(),
+        )
         .stdout(out.try_clone().expect("log"))
         .stderr(out)
         .kill_on_drop(true)

@@ -19,7 +19,7 @@ use clap::{Args, Subcommand};
 use rstore_backup::format::{Header, Reader};
 
 mod archive;
-mod check;
+pub mod bootstrap;
 mod member;
 mod pitr;
 mod remote;
@@ -58,6 +58,11 @@ pub struct SaveArgs {
     /// (AWS_ACCESS_KEY_ID, …: a Kubernetes Secret mounted as files); the environment works too.
     #[arg(long, env = "RSTORE_BACKUP_CREDENTIALS_DIR")]
     pub credentials_dir: Option<PathBuf>,
+    /// Read the backup no faster than this many bytes per second (`64MiB`, `500KB`): the
+    /// member then spends proportionally less CPU on it, beside the writes it serves.
+    /// Unlimited when left out.
+    #[arg(long, value_parser = rstore_backup::save::parse_rate)]
+    pub max_rate: Option<u64>,
     #[command(flatten)]
     pub ep: Endpoint,
 }
@@ -102,7 +107,13 @@ pub struct RestoreArgs {
 pub async fn run_backup(cmd: BackupCommand) -> anyhow::Result<()> {
     match cmd {
         BackupCommand::Save(args) if remote::is_url(&args.out) => {
-            remote::save(&args.ep, args.credentials_dir.as_deref(), &args.out).await
+            remote::save(
+                &args.ep,
+                args.credentials_dir.as_deref(),
+                &args.out,
+                args.max_rate,
+            )
+            .await
         }
         BackupCommand::Save(args) => save(args).await,
         BackupCommand::Inspect { file } => {
@@ -159,16 +170,19 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
     let file = std::fs::File::create(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
     // The stream is written and checked as it arrives, in one pass.
-    let checker = check::Checker::start(Some(file));
+    let checker = rstore_backup::check::Checker::start(Some(file));
+    let mut pacer = rstore_backup::save::Pacer::new(args.max_rate);
     let mut bytes = 0u64;
     let mut broke = None;
     loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
                 bytes += chunk.len() as u64;
+                let n = chunk.len();
                 if !checker.feed(chunk) {
                     break; // the checker stopped: its error says why
                 }
+                pacer.after(n).await;
             }
             Ok(None) => break,
             Err(e) => {
@@ -177,7 +191,7 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let checked = checker.finish();
+    let checked = checker.finish().map_err(anyhow::Error::from);
     let header = match (broke, checked) {
         (None, Ok(h)) => h,
         (Some(e), _) | (None, Err(e)) => {

@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run one cluster member.
-    Serve(ServeArgs),
+    Serve(ServeCommand),
     /// Start a local cluster of N members on loopback, for trying rstore out.
     Dev(dev::DevArgs),
     /// Read and write keys.
@@ -45,6 +45,15 @@ pub enum Command {
     /// Make certificates and tokens: a cluster CA, member and client certificates.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+}
+
+/// `node serve`: the server's flags, and a restore from a backup before it starts.
+#[derive(clap::Args, Debug)]
+pub struct ServeCommand {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(flatten)]
+    pub bootstrap: backup::bootstrap::BootstrapArgs,
 }
 
 #[cfg(test)]

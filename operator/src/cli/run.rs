@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clap::Args;
+use futures::FutureExt;
 use tracing::info;
 
 use crate::cli::log::LogFormat;
@@ -134,7 +135,18 @@ pub(crate) async fn run(args: &RunArgs) -> Result<()> {
         metrics.set_leader(true);
     }
     let ctx = Arc::new(Context::new(client, Settings::default(), metrics, &holder));
-    let controller = controller::run(ctx, args.namespace.clone(), stopped(stop_rx.clone()));
+    let stores = controller::run(
+        ctx.clone(),
+        args.namespace.clone(),
+        stopped(stop_rx.clone()),
+    );
+    let backups = crate::backup::run(ctx, args.namespace.clone(), {
+        let rx = stop_rx.clone();
+        async move { stopped(rx).await }.shared()
+    });
+    let controller = async {
+        futures::join!(stores, backups);
+    };
     let lost = async {
         match &election {
             Some(e) => e.hold().await,

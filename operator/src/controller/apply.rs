@@ -22,7 +22,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use crate::controller::build::{Built, SpecChildren};
 use crate::controller::context::Context;
-use crate::controller::secrets;
+use crate::controller::{bootstrap, secrets};
 use crate::crd::ReplicatedStore;
 use crate::resources::FIELD_MANAGER;
 use crate::resources::certmanager::Certificate;
@@ -58,6 +58,10 @@ pub enum Error {
     /// The credential Secrets.
     #[error(transparent)]
     Secrets(#[from] secrets::Error),
+
+    /// The restore of a store created from a backup.
+    #[error(transparent)]
+    Bootstrap(#[from] bootstrap::Error),
 }
 
 impl Error {
@@ -67,8 +71,13 @@ impl Error {
         match self {
             Self::NoCertManager(_) => true,
             Self::Secrets(e) => e.is_pending(),
-            Self::Apply { .. } | Self::Digest(_) => false,
+            Self::Apply { .. } | Self::Digest(_) | Self::Bootstrap(_) => false,
         }
+    }
+
+    /// Whether the store waits for the backup it starts from (reported as `BackupPending`).
+    pub fn bootstrap_pending(&self) -> bool {
+        matches!(self, Self::Bootstrap(bootstrap::Error::Pending(_)))
     }
 }
 
@@ -82,6 +91,7 @@ pub async fn apply(
     pods: u32,
 ) -> Result<Option<Credentials>, Error> {
     spec_children(ctx, rs, &built.spec_children, key).await?;
+    bootstrap::ensure(ctx, rs, key).await?;
     credentials(ctx, rs, built.certificate.as_ref(), key, pods).await
 }
 

@@ -82,6 +82,8 @@ pub struct Context {
     pub(crate) applied: Mutex<HashMap<String, (u32, Instant)>>,
     /// Per store: the credentials last ensured, for how many pods, and when.
     pub(crate) ensured: Mutex<HashMap<String, Ensured>>,
+    /// Stores created from a backup whose restore ConfigMap was deleted (the cluster is up).
+    pub(crate) bootstrapped: Mutex<HashSet<String>>,
     /// The controller's watch caches, when it runs against a real API server ([`run`]):
     /// reconcile reads the StatefulSet and the pods from them. Without them (the in-memory
     /// API server has no watch) it reads from the API.
@@ -117,8 +119,15 @@ impl Context {
             warned: Mutex::default(),
             applied: Mutex::default(),
             ensured: Mutex::default(),
+            bootstrapped: Mutex::default(),
             caches: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The client the store's last reconcile made with its credentials, if it made one.
+    pub(crate) fn cached_node_api(&self, key: &str) -> Option<NodeApi> {
+        let secure = self.secure.lock().unwrap_or_else(|e| e.into_inner());
+        secure.get(key).map(|(_, api)| api.clone())
     }
 
     /// The node client for store `key`: the plaintext one, or one with the store's CA and the

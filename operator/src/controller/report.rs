@@ -51,6 +51,8 @@ pub enum Stuck {
     /// Its certificates or tokens cannot be issued or read yet (for example cert-manager has
     /// not issued the members' certificate).
     Credentials,
+    /// The backup it is created from is not ready (`spec.bootstrap.fromBackup.backup`).
+    Backup,
 }
 
 /// Reports the pass that chose `step`, whose `status` was computed: a Warning Event when a
@@ -81,6 +83,11 @@ pub async fn stuck(
     message: &str,
 ) -> Result<(Step, bool), Error> {
     let (reason, advice, phase) = match why {
+        Stuck::Backup => (
+            "BackupPending",
+            "no member starts until the backup can be restored; retrying",
+            Phase::Pending,
+        ),
         Stuck::InvalidSpec => (
             "InvalidSpec",
             "fix the spec, nothing is changed until then",

@@ -78,6 +78,7 @@ pub fn desired(spec: &ReplicatedStoreSpec) -> Result<Desired, Error> {
         mode: spec.replication.mode,
         read_consistency: spec.replication.read_consistency,
         paused: spec.paused,
+        restore: spec.bootstrap.is_some(),
     })
 }
 

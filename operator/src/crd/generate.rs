@@ -1,6 +1,9 @@
 //! What is generated from the Rust types: the published CRD (`crds/`, `operator crd`) and
 //! its Markdown reference (`docs/crd.md`, `operator crd-reference`).
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+use crate::crd::backup::{Backup, BackupSchedule};
 use crate::crd::spec::ReplicatedStore;
 
 /// The CRD as YAML, exactly as `crds/replicatedstore.yaml` holds it.
@@ -8,13 +11,36 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     serde_yaml::to_string(&crd())
 }
 
+/// Every CRD the operator serves, with the file under `crds/` that holds each.
+pub fn all_crds() -> Vec<(&'static str, CustomResourceDefinition)> {
+    vec![
+        ("replicatedstore.yaml", crd()),
+        ("backup.yaml", published::<Backup>()),
+        ("backupschedule.yaml", published::<BackupSchedule>()),
+    ]
+}
+
+/// Every CRD as one YAML stream (`operator crd --all`), in the order of [`all_crds`].
+pub fn all_crds_yaml() -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for (i, (_, crd)) in all_crds().into_iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}
+
 /// The CRD as it is published: the derived one, without the integer formats JSON Schema
 /// generators emit for unsigned Rust types (`uint32`, `uint64`). Kubernetes knows only
 /// `int32` and `int64` and warns on every apply of a CRD with others ("unrecognized format");
 /// the `minimum: 0` next to them keeps the meaning.
-pub fn crd()
--> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    use kube::CustomResourceExt;
+pub fn crd() -> CustomResourceDefinition {
+    published::<ReplicatedStore>()
+}
+
+fn published<K: kube::CustomResourceExt>() -> CustomResourceDefinition {
     fn strip(v: &mut serde_json::Value) {
         match v {
             serde_json::Value::Object(map) => {
@@ -31,7 +57,7 @@ pub fn crd()
             _ => {}
         }
     }
-    let crd = ReplicatedStore::crd();
+    let crd = K::crd();
     let mut v = serde_json::to_value(&crd).unwrap_or_default();
     strip(&mut v);
     serde_json::from_value(v).unwrap_or(crd)

@@ -98,6 +98,7 @@ pub const DEFAULT_ELECTION_MAX_MS: u32 = 2000;
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(oldSelf.tls) || has(self.tls)").message("spec.tls cannot be removed once set: every member of a cluster must trust the same CA"))]
+#[x_kube(validation = Rule::new("has(oldSelf.bootstrap) == has(self.bootstrap)").message("spec.bootstrap cannot be added or removed: it only applies when the cluster is created"))]
 pub struct ReplicatedStoreSpec {
     /// Number of voting members (Raft voters), 1 to 9. A cluster of N voters survives the loss
     /// of (N-1)/2 of them in `quorum` mode; odd numbers are the useful ones. Scaling changes
@@ -170,6 +171,55 @@ pub struct ReplicatedStoreSpec {
     #[serde(default, skip_serializing_if = "TlsSpec::is_default")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.tls cannot change after creation: every member of a cluster must trust the same CA; create a new store and copy the data instead"))]
     pub tls: TlsSpec,
+
+    /// Create the cluster from a backup instead of empty: the first member restores it as
+    /// it starts (a new cluster id and new member ids; the keys, values and revisions of the
+    /// backup), and the others join it. Fixed at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.bootstrap cannot change: it only applies when the cluster is created"))]
+    pub bootstrap: Option<BootstrapSpec>,
+}
+
+/// How a new cluster starts.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// Restore this backup into the new cluster.
+    pub from_backup: FromBackup,
+}
+
+/// The backup a new cluster starts from: a store URL with an optional target, an object's
+/// URL, or a `Backup` resource.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.url) != has(self.backup)").message("fromBackup takes exactly one of url (a store or a backup object) and backup (a Backup resource)"),
+    validation = Rule::new("!has(self.backup) || (!has(self.atRevision) && !has(self.atTime))").message("fromBackup.atRevision and atTime choose among the backups of a store url, not with backup")
+)]
+pub struct FromBackup {
+    /// A store (`s3://BUCKET/PREFIX`, `gs://…`, `az://…`, `file:///DIR`), from which the
+    /// newest complete backup is taken (see `atRevision` and `atTime`), or one backup
+    /// object's URL (`…/CLUSTER-ID/backup-TIME-rREVISION.rsb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub url: Option<String>,
+    /// A `Backup` resource in this namespace that succeeded: its object is restored, from
+    /// its destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub backup: Option<String>,
+    /// A Secret in this namespace with the object store's settings (as a Backup's
+    /// `destination.credentialsSecret`), mounted into the first pod for the restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// From a store url: the newest complete backup at or before this revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_revision: Option<u64>,
+    /// From a store url: the newest complete backup taken at or before this UTC time
+    /// (`2026-12-05T10:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub at_time: Option<String>,
 }
 
 /// Transport security of a store's members.
@@ -237,6 +287,7 @@ impl Default for ReplicatedStoreSpec {
             paused: false,
             client_access: None,
             tls: TlsSpec::default(),
+            bootstrap: None,
         }
     }
 }

@@ -42,6 +42,23 @@ fn crds_folder_matches_the_rust_types() {
     );
 }
 
+#[test]
+fn every_crd_file_matches_the_rust_types() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    for (file, crd) in all_crds() {
+        let generated = serde_yaml::to_string(&crd).unwrap();
+        for folder in ["crds", "charts/rstore-operator/crds"] {
+            let on_disk =
+                std::fs::read_to_string(format!("{dir}/{folder}/{file}")).unwrap_or_default();
+            assert!(
+                on_disk == generated,
+                "{folder}/{file} is out of date with the Rust types in operator/src/crd/; \
+                 regenerate it with: cargo run -p operator -- crd --out-dir {folder}"
+            );
+        }
+    }
+}
+
 fn schema() -> Value {
     let crd = ReplicatedStore::crd();
     let version = &crd.spec.versions[0];

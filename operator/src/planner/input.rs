@@ -20,6 +20,9 @@ pub struct Desired {
     pub read_consistency: ReadConsistency,
     /// No action while true.
     pub paused: bool,
+    /// Pod 0 restores the cluster from a backup when it starts (`spec.bootstrap.fromBackup`):
+    /// the cluster is never initialized empty.
+    pub restore: bool,
 }
 
 impl Desired {

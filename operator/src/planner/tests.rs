@@ -19,6 +19,7 @@ fn desired(voters: u32, learners: u32) -> Desired {
         mode: ReplicationMode::Quorum,
         read_consistency: ReadConsistency::Linearizable,
         paused: false,
+        restore: false,
     }
 }
 
@@ -190,6 +191,28 @@ fn bootstrap_inits_pod_zero_then_adds_and_promotes_one_at_a_time() {
     assert_shape(&w, &d).unwrap();
     let membership = steps.iter().filter(|s| s.is_membership_change()).count();
     assert_eq!(membership, 4, "2 adds and 2 promotions: {steps:?}");
+}
+
+#[test]
+fn a_store_restored_from_a_backup_is_never_initialized_empty() {
+    let d = Desired {
+        restore: true,
+        ..desired(3, 0)
+    };
+    let mut w = World::default();
+    w.apply(&plan_in(&w, &d)).unwrap();
+    // Pod 0 answers, uninitialized (still restoring, or started without its restore): wait.
+    for _ in 0..5 {
+        let step = plan_in(&w, &d);
+        assert!(is_wait(&step), "{step:?}");
+        assert!(step.to_string().contains("restore"), "{step}");
+        w.tick();
+    }
+    // Pod 0 came up with the restored cluster: the others join it as usual.
+    w.apply(&Step::InitCluster { pod: 0 }).unwrap();
+    let steps = converge(&mut w, &d, 50).unwrap();
+    assert!(!steps.iter().any(|s| matches!(s, Step::InitCluster { .. })));
+    assert_shape(&w, &d).unwrap();
 }
 
 #[test]
@@ -608,6 +631,7 @@ fn arb_desired(max_voters: u32, max_learners: u32) -> impl Strategy<Value = Desi
                 mode,
                 read_consistency,
                 paused: false,
+                restore: false,
             },
         )
 }

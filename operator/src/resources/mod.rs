@@ -1,11 +1,13 @@
 //! The Kubernetes objects a `ReplicatedStore` owns, built as pure functions of the resource
 //! (no client, no IO), one module per object: [`statefulset`], [`service`], [`pdb`],
-//! [`networkpolicy`], [`certmanager`], and [`credentials`] for the content of the store's
+//! [`networkpolicy`], [`certmanager`], [`bootstrap`] (a restore from a backup), and
+//! [`credentials`] for the content of the store's
 //! certificate and token Secrets (the reconcile's apply stage writes them).
 //!
 //! Names, labels and ports are typed constants here, so that the builders, the observer, the
 //! local pod runner and the Helm chart agree on them.
 
+pub mod bootstrap;
 pub mod certmanager;
 pub mod credentials;
 pub mod networkpolicy;
@@ -142,6 +144,11 @@ impl Names {
     /// The Secret with the user credential (named in status).
     pub fn credentials_secret(&self) -> String {
         format!("{}-credentials", self.name)
+    }
+
+    /// The ConfigMap pod 0 restores a backup from (`spec.bootstrap`), while bootstrapping.
+    pub fn bootstrap_config(&self) -> String {
+        format!("{}-bootstrap", self.name)
     }
 
     /// The cert-manager `Certificate` of the members (with `spec.tls.issuerRef`).

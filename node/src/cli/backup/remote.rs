@@ -11,26 +11,20 @@
 //! directory, checks it against its manifest, and restores it as a local file.
 
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use rstore_backup::manifest::{BackupName, Manifest, Sha256, parse_utc};
+use rstore_backup::manifest::{BackupName, Sha256, parse_utc};
 use rstore_backup::retention::State;
+use rstore_backup::save::{now_unix_ms, paced, save_stream};
 use rstore_backup::store::{BackupStore, StoreOptions};
 
-use super::check::Checker;
 use crate::cli::client::{Endpoint, explain};
 
 /// Whether `s` names an object store rather than a local path.
 pub fn is_url(s: &str) -> bool {
     s.contains("://")
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub(super) fn open(url: &str, credentials_dir: Option<&Path>) -> anyhow::Result<BackupStore> {
@@ -42,9 +36,14 @@ pub(super) fn open(url: &str, credentials_dir: Option<&Path>) -> anyhow::Result<
 }
 
 /// `node backup save --out URL`.
-pub async fn save(ep: &Endpoint, credentials_dir: Option<&Path>, url: &str) -> anyhow::Result<()> {
+pub async fn save(
+    ep: &Endpoint,
+    credentials_dir: Option<&Path>,
+    url: &str,
+    max_rate: Option<u64>,
+) -> anyhow::Result<()> {
     let started = Instant::now();
-    let started_ms = now_ms();
+    let started_ms = now_unix_ms();
     let store = open(url, credentials_dir)?;
     // Wrong credentials or a missing bucket fail here, before the cluster streams anything.
     store.check().await?;
@@ -59,11 +58,6 @@ pub async fn save(ep: &Endpoint, credentials_dir: Option<&Path>, url: &str) -> a
     };
     let cluster_id = header("x-rstore-cluster-id")?;
     let revision: u64 = header("x-rstore-revision")?.parse()?;
-    let object = BackupName::new(&cluster_id, started_ms, revision).object();
-
-    // Every chunk goes to the upload and to the checker.
-    let checker = Checker::start(None);
-    let feed = checker.feeder();
     let stream = futures::stream::unfold(Some(resp), |resp| async move {
         let mut resp = resp?;
         match resp.chunk().await {
@@ -71,57 +65,24 @@ pub async fn save(ep: &Endpoint, credentials_dir: Option<&Path>, url: &str) -> a
             Ok(None) => None,
             Err(e) => Some((Err(format!("the backup stream broke off: {e}")), None)),
         }
-    })
-    .map(move |r| {
-        if let Ok(chunk) = &r {
-            // A checker that stopped has its error; the upload goes on to its end.
-            feed(chunk.clone());
-        }
-        r
     });
-    let uploaded = store.upload(&object, Box::pin(stream)).await;
-    // The upload dropped the stream, and with it the feeder: the checker sees the end.
-    let checked = checker.finish();
-    let finished_ms = now_ms();
-    let outcome = match (uploaded, checked) {
-        (Ok(up), Ok(h)) => Ok((up, h)),
-        (Err(e), _) => Err(anyhow::Error::new(e)),
-        (Ok(_), Err(e)) => Err(e),
-    };
-    match outcome {
-        Ok((up, h)) => {
-            let manifest =
-                Manifest::complete(&object, &h, up.size, &up.sha256, started_ms, finished_ms);
-            store.write_manifest(&manifest).await?;
-            let secs = started.elapsed().as_secs_f64();
-            println!(
-                "{}",
-                serde_json::json!({
-                    "url": up.url,
-                    "object": object,
-                    "cluster_id": h.cluster_id,
-                    "revision": h.revision,
-                    "keys": h.keys,
-                    "bytes": up.size,
-                    "sha256": up.sha256,
-                    "seconds": (secs * 1000.0).round() / 1000.0,
-                })
-            );
-            Ok(())
-        }
-        Err(e) => {
-            // Recorded, so that retention never counts it and the next save is not confused.
-            let reason = format!("{e:#}");
-            let manifest = Manifest::failed(&object, &reason, None, started_ms, finished_ms);
-            if let Err(m) = store.write_manifest(&manifest).await {
-                tracing::warn!(error = %m, "could not record the failed backup's manifest");
-            }
-            Err(e.context(format!(
-                "no backup was saved to {}",
-                store.object_url(&object)
-            )))
-        }
-    }
+    let stream = paced(Box::pin(stream), max_rate);
+    let saved = save_stream(&store, &cluster_id, revision, started_ms, Box::pin(stream)).await?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "url": saved.url,
+            "object": saved.object,
+            "cluster_id": saved.header.cluster_id,
+            "revision": saved.header.revision,
+            "keys": saved.header.keys,
+            "bytes": saved.size,
+            "sha256": saved.sha256,
+            "seconds": (secs * 1000.0).round() / 1000.0,
+        })
+    );
+    Ok(())
 }
 
 /// Which backup of a store to restore.

@@ -103,6 +103,7 @@ pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
             }),
         },
     ]);
+    env.extend(crate::resources::bootstrap::env(rs));
     if let Some(raft) = &spec.raft {
         let timing = [
             ("RSTORE_HEARTBEAT_MS", raft.heartbeat_ms.map(u64::from)),
@@ -149,6 +150,10 @@ pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
             ..VolumeMount::default()
         });
         volumes.push(tls_volume(&names, spec.tls.issuer_ref.is_some()));
+    }
+    if let Some((volume, mount)) = crate::resources::bootstrap::credentials_volume(rs) {
+        volumes.push(volume);
+        mounts.push(mount);
     }
     let container = Container {
         name: CONTAINER.into(),

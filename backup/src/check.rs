@@ -1,22 +1,32 @@
 //! Checking a backup stream as it arrives, on a thread of its own: the chunks a save
 //! receives are fed to [`Checker`], which reads them as a backup (every frame, the key order,
 //! the counts, the SHA-256) and, for a save to a file, writes each to the file as it takes it.
-//! Both kinds of save use it, so a stream is read once and checked once.
+//! Every save uses it (`node backup save` to a file or a store, and the operator's), so a
+//! stream is read once and checked once.
 
 use std::io::Write;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-use anyhow::Context;
 use bytes::Bytes;
-use rstore_backup::format::{Header, Reader};
+
+use crate::format::{FormatError, Header, Reader};
+
+/// Why a checked stream is not a usable backup.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("the backup is not usable: {0}")]
+    Format(#[from] FormatError),
+    #[error("the backup could not be written: {0}")]
+    Io(#[from] std::io::Error),
+}
 
 /// Chunks queued for the checker.
 const QUEUE: usize = 16;
 
 pub struct Checker {
     tx: SyncSender<Bytes>,
-    thread: JoinHandle<anyhow::Result<Header>>,
+    thread: JoinHandle<Result<Header, CheckError>>,
 }
 
 impl Checker {
@@ -30,8 +40,8 @@ impl Checker {
                 chunk: Bytes::new(),
                 out: copy_to.map(|f| std::io::BufWriter::with_capacity(1 << 20, f)),
             };
-            let mut reader = Reader::open(chunks).context("the backup is not usable")?;
-            reader.verify_rest().context("the backup is not usable")?;
+            let mut reader = Reader::open(chunks)?;
+            reader.verify_rest()?;
             let header = reader.header().clone();
             if let Some(out) = reader.into_inner().out {
                 out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -54,7 +64,7 @@ impl Checker {
     }
 
     /// The end of the stream: its header if it checked out to its last byte.
-    pub fn finish(self) -> anyhow::Result<Header> {
+    pub fn finish(self) -> Result<Header, CheckError> {
         drop(self.tx);
         self.thread.join().expect("the backup checker panicked")
     }

@@ -1,0 +1,390 @@
+//! The reconcile of one `BackupSchedule`: create a `Backup` when one is due, apply retention
+//! to the objects in the destination, keep a bounded history of `Backup` resources, and say
+//! in status when the last good backup was taken and whether that is too long ago.
+//!
+//! Retention ([`rstore_backup::retention`]) reads the manifests in the store itself, not the
+//! `Backup` resources: a backup counts as good only when its manifest says `complete` and its
+//! object's size matches, so a failed or cut-off save is never counted, and the newest good
+//! backup is never deleted. It runs after each finished backup and every ten minutes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use rstore_backup::retention::{self, Policy};
+use tracing::{info, warn};
+
+use super::timing::{Schedule, parse_age, stale};
+use super::{BackupContext, Error, FIELD_MANAGER, LABEL_SCHEDULE, destination};
+use crate::crd::ReplicatedStore;
+use crate::crd::backup::{
+    Backup, BackupPhase, BackupSchedule, BackupScheduleStatus, BackupSpec, LastBackup, LastFailure,
+};
+
+/// Retention runs at least this often, besides after each finished backup.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// The longest a schedule waits before looking again (status stays current).
+const IDLE: Duration = Duration::from_secs(60);
+
+/// kube-runtime's entry point for `BackupSchedule`s.
+pub async fn reconcile(
+    sched: Arc<BackupSchedule>,
+    bctx: Arc<BackupContext>,
+) -> Result<Action, Error> {
+    let ns = sched.namespace().unwrap_or_default();
+    let name = sched.name_any();
+    let now = Timestamp::now();
+    let created = sched
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(now, |t| t.0);
+    let old = sched.status.clone().unwrap_or_default();
+    let mut status = BackupScheduleStatus {
+        observed_generation: sched.metadata.generation,
+        last_schedule_time: old.last_schedule_time.clone(),
+        kept_backups: old.kept_backups,
+        message: old.message.clone(),
+        ..BackupScheduleStatus::default()
+    };
+    let invalid = |status: &mut BackupScheduleStatus, msg: String| {
+        status.conditions = vec![condition(&old, "Ready", false, "InvalidSpec", &msg, now)];
+        status.message = Some(msg);
+    };
+    let schedule = match Schedule::parse(&sched.spec.schedule) {
+        Ok(s) => s,
+        Err(msg) => {
+            invalid(&mut status, msg);
+            write_status(&bctx, &sched, &status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let max_age = match sched.spec.retention.max_age.as_deref().map(parse_age) {
+        Some(Err(msg)) => {
+            invalid(&mut status, msg);
+            write_status(&bctx, &sched, &status).await?;
+            return Ok(Action::await_change());
+        }
+        Some(Ok(age)) => Some(age),
+        None => None,
+    };
+    let period = schedule.period(now).unwrap_or(Duration::from_secs(86_400));
+
+    // Its Backups, newest first.
+    let api: Api<Backup> = Api::namespaced(bctx.ctx.client.clone(), &ns);
+    let mut backups = api
+        .list(&ListParams::default().labels(&format!("{LABEL_SCHEDULE}={name}")))
+        .await
+        .map_err(Error::Kube)?
+        .items;
+    backups.sort_by_key(|b| std::cmp::Reverse(b.metadata.creation_timestamp.clone()));
+    let phase = |b: &Backup| b.status.as_ref().and_then(|s| s.phase);
+    let finished =
+        |b: &Backup| matches!(phase(b), Some(BackupPhase::Succeeded | BackupPhase::Failed));
+    let last_good = backups
+        .iter()
+        .find(|b| phase(b) == Some(BackupPhase::Succeeded));
+    status.last_successful = last_good.and_then(|b| {
+        let s = b.status.as_ref()?;
+        Some(LastBackup {
+            name: b.name_any(),
+            time: s.completed_at.clone()?,
+            revision: s.revision,
+            size_bytes: s.size_bytes,
+            duration: s.duration.clone(),
+            object: s.object.clone(),
+        })
+    });
+    // Kept across history pruning: the newest success may outlive its Backup resource.
+    if status.last_successful.is_none() {
+        status.last_successful = old.last_successful.clone();
+    }
+    status.last_failure = backups
+        .iter()
+        .take_while(|b| phase(b) != Some(BackupPhase::Succeeded))
+        .find(|b| phase(b) == Some(BackupPhase::Failed))
+        .map(|b| LastFailure {
+            name: b.name_any(),
+            time: b.metadata.creation_timestamp.clone().unwrap_or(Time(now)),
+            reason: b
+                .status
+                .as_ref()
+                .and_then(|s| s.message.clone())
+                .unwrap_or_default(),
+        });
+
+    // A backup due now, unless one is still under way.
+    let active = backups.iter().any(|b| !finished(b));
+    let since = old.last_schedule_time.as_ref().map_or(created, |t| t.0);
+    if !sched.spec.suspend
+        && !active
+        && let Some(due) = schedule.due(since, now)
+    {
+        let backup_name = create_backup(&api, &sched, due).await?;
+        info!(schedule = %name, backup = %backup_name, "backup due");
+        status.last_schedule_time = Some(Time(due));
+        status.message = Some(format!("started backup {backup_name}"));
+    }
+    status.next_schedule_time = (!sched.spec.suspend)
+        .then(|| schedule.next_after(now))
+        .flatten()
+        .map(Time);
+
+    // Retention, when a backup finished since the last run, or every ten minutes.
+    let finished_count = backups.iter().filter(|b| finished(b)).count();
+    if bctx.retention_due(&format!("{ns}/{name}"), finished_count, RETENTION_EVERY) {
+        match retain(&bctx, &sched, max_age, period, now).await {
+            Ok((kept, deleted)) => {
+                status.kept_backups = Some(kept);
+                if !deleted.is_empty() {
+                    let note = format!(
+                        "retention deleted {} backup{}: {}",
+                        deleted.len(),
+                        if deleted.len() == 1 { "" } else { "s" },
+                        deleted.join(", ")
+                    );
+                    status.message = Some(note.clone());
+                    event(&bctx, &sched, EventType::Normal, "Retention", &note).await;
+                }
+            }
+            Err(msg) => {
+                bctx.retention_failed(&format!("{ns}/{name}"));
+                status.message = Some(format!("retention did not run: {msg}"));
+                event(&bctx, &sched, EventType::Warning, "RetentionFailed", &msg).await;
+            }
+        }
+    }
+
+    // History: the newest `historyLimit` finished Backups are kept (their objects stay).
+    for old_backup in backups
+        .iter()
+        .filter(|b| finished(b))
+        .skip(sched.spec.history_limit as usize)
+    {
+        if let Err(e) = api
+            .delete(&old_backup.name_any(), &DeleteParams::default())
+            .await
+        {
+            warn!(backup = %old_backup.name_any(), error = %e, "cannot prune an old Backup");
+        }
+    }
+
+    // Stale: no success for twice the period.
+    let last_ok = status.last_successful.as_ref().map(|l| l.time.0);
+    let is_stale = stale(last_ok, created, period, now);
+    let stale_msg = if is_stale {
+        format!(
+            "no backup succeeded for more than twice the schedule's period ({}s){}",
+            period.as_secs(),
+            status
+                .last_failure
+                .as_ref()
+                .map(|f| format!("; the last failure: {}", f.reason))
+                .unwrap_or_default()
+        )
+    } else {
+        "a backup succeeded within twice the schedule's period".to_owned()
+    };
+    let was_stale = old
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Stale" && c.status == "True");
+    if is_stale && !was_stale {
+        event(&bctx, &sched, EventType::Warning, "Stale", &stale_msg).await;
+    }
+    status.conditions = vec![
+        condition(
+            &old,
+            "Ready",
+            true,
+            "Scheduled",
+            "the schedule is valid",
+            now,
+        ),
+        condition(
+            &old,
+            "Stale",
+            is_stale,
+            if is_stale {
+                "NoRecentBackup"
+            } else {
+                "RecentBackup"
+            },
+            &stale_msg,
+            now,
+        ),
+    ];
+    bctx.ctx.metrics.backup.schedule(
+        &ns,
+        &sched.spec.store,
+        &name,
+        period.as_secs_f64(),
+        is_stale,
+        status.kept_backups,
+    );
+
+    if status != old {
+        write_status(&bctx, &sched, &status).await?;
+    }
+    let until_next = status
+        .next_schedule_time
+        .as_ref()
+        .map(|t| t.0.duration_since(now).unsigned_abs())
+        .unwrap_or(IDLE);
+    Ok(Action::requeue(
+        until_next.clamp(Duration::from_secs(1), IDLE),
+    ))
+}
+
+/// Create the Backup of occurrence `due`, owned by the schedule; its name is the schedule's
+/// and the occurrence's, so that a retry after a lost answer does not make two.
+async fn create_backup(
+    api: &Api<Backup>,
+    sched: &BackupSchedule,
+    due: Timestamp,
+) -> Result<String, Error> {
+    let stamp = due.strftime("%Y%m%d%H%M").to_string();
+    let name = format!("{}-{stamp}", sched.name_any());
+    let mut backup = Backup::new(
+        &name,
+        BackupSpec {
+            store: sched.spec.store.clone(),
+            destination: sched.spec.destination.clone(),
+            max_attempts: sched.spec.max_attempts,
+            max_rate: sched.spec.max_rate.clone(),
+        },
+    );
+    backup.metadata.namespace = sched.namespace();
+    backup.metadata.labels = Some(
+        [(LABEL_SCHEDULE.to_owned(), sched.name_any())]
+            .into_iter()
+            .collect(),
+    );
+    backup.metadata.owner_references = sched.controller_owner_ref(&()).map(|o| vec![o]);
+    match api.create(&PostParams::default(), &backup).await {
+        Ok(_) => Ok(name),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(name),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+/// Apply retention to the store's backups in the destination: how many good ones are kept,
+/// and the objects deleted.
+async fn retain(
+    bctx: &BackupContext,
+    sched: &BackupSchedule,
+    max_age: Option<Duration>,
+    period: Duration,
+    now: Timestamp,
+) -> Result<(u32, Vec<String>), String> {
+    let ns = sched.namespace().unwrap_or_default();
+    let rs = Api::<ReplicatedStore>::namespaced(bctx.ctx.client.clone(), &ns)
+        .get_opt(&sched.spec.store)
+        .await
+        .map_err(|e| e.to_string())?;
+    // The store's own cluster: a restored store's backups are kept apart from its source's.
+    let Some(cluster_id) = rs.and_then(|rs| rs.status?.cluster_id) else {
+        return Ok((0, Vec::new()));
+    };
+    let store = destination::open(&bctx.ctx.client, &ns, &sched.spec.destination)
+        .await
+        .map_err(|e| e.to_string())?;
+    let listed = store
+        .list_backups(Some(&cluster_id))
+        .await
+        .map_err(|e| e.to_string())?;
+    let entries: Vec<_> = listed.iter().map(|l| l.entry()).collect();
+    let policy = Policy {
+        keep_last: sched.spec.retention.keep_last.map(|k| k as usize),
+        max_age,
+        // An object without a manifest for this long was cut off, not still being written.
+        abandoned_after: Some((period * 2).max(Duration::from_secs(3600))),
+    };
+    let now_ms = u64::try_from(now.as_millisecond()).unwrap_or(0);
+    let doomed = retention::to_delete(&entries, &policy, now_ms);
+    let mut deleted = Vec::new();
+    for object in &doomed {
+        match store.delete_backup(object).await {
+            Ok(()) => deleted.push(object.clone()),
+            Err(e) => warn!(%object, error = %e, "retention could not delete a backup"),
+        }
+    }
+    let kept = entries
+        .iter()
+        .filter(|e| e.state == retention::State::Good && !doomed.contains(&e.name))
+        .count();
+    Ok((u32::try_from(kept).unwrap_or(u32::MAX), deleted))
+}
+
+/// A condition of `type_`, keeping its transition time while its status stays the same.
+fn condition(
+    old: &BackupScheduleStatus,
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> Condition {
+    let status = if value { "True" } else { "False" };
+    let since = old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        last_transition_time: since,
+        observed_generation: None,
+    }
+}
+
+async fn write_status(
+    bctx: &BackupContext,
+    sched: &BackupSchedule,
+    status: &BackupScheduleStatus,
+) -> Result<(), Error> {
+    let api: Api<BackupSchedule> = Api::namespaced(
+        bctx.ctx.client.clone(),
+        &sched.namespace().unwrap_or_default(),
+    );
+    let patch = serde_json::json!({
+        "apiVersion": BackupSchedule::api_version(&()),
+        "kind": BackupSchedule::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &sched.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    Ok(())
+}
+
+async fn event(
+    bctx: &BackupContext,
+    sched: &BackupSchedule,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "BackupSchedule".into(),
+        secondary: None,
+    };
+    if let Err(e) = bctx.ctx.recorder.publish(&ev, &sched.object_ref(&())).await {
+        warn!(error = %e, reason, "cannot publish an Event");
+    }
+}
