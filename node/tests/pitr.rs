@@ -1128,3 +1128,44 @@ async fn a_read_token_archiver_fails_over_to_its_fallback_endpoints() {
         "{out}{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_serve_restore_from_reaches_the_exact_revision_through_the_archive() {
+    // What the operator's spec.bootstrap.fromBackup runs: node serve --restore-from.
+    let cluster = Cluster::start(node_bin(), 1).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tmp.path().join("store");
+    std::fs::create_dir(&store_dir).unwrap();
+    let store = format!("file://{}", store_dir.display());
+    let c = cluster.client(0);
+    let mut model = Model::default();
+    for i in 0..20 {
+        write(&c, &mut model, i).await;
+    }
+    let base = full_backup(&cluster, 0, &store).await;
+    let archiver = Archiver::start(&cluster, 0, &store, 1 << 20);
+    let mut last = base;
+    for i in 20..80 {
+        last = write(&c, &mut model, i).await;
+    }
+    archiver.wait_archived(last).await;
+    drop(archiver);
+    let target = (base + last) / 2;
+    let at = target.to_string();
+    let mut restored = Cluster::new(
+        node_bin(),
+        &[
+            ("RSTORE_RESTORE_FROM", &store),
+            ("RSTORE_RESTORE_AT_REVISION", &at),
+        ],
+    );
+    restored.spawn_node().await;
+    let client = restored.client(0);
+    wait_until(ELECTION, "the restored member to lead", async || {
+        client.node_info().await["role"] == "leader"
+    })
+    .await;
+    let (revision, state) = everything(&restored, 0).await;
+    assert_eq!(revision, target);
+    assert_eq!(state, model.at(target));
+}
