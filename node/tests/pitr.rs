@@ -805,6 +805,25 @@ async fn a_corrupt_missing_or_foreign_segment_is_refused_naming_it() {
             vec!["gap"],
         ),
         (
+            "manifest-garbled",
+            Box::new({
+                let v = victim.clone();
+                move |s: &Path| {
+                    let m = format!("{}.manifest.json", s.join(&v).display());
+                    std::fs::write(m, b"{\"manifest_version\": 1, \"obj").unwrap();
+                }
+            }),
+            vec!["gap", "cannot be used"],
+        ),
+        (
+            "object-gone",
+            Box::new({
+                let v = victim.clone();
+                move |s: &Path| std::fs::remove_file(s.join(&v)).unwrap()
+            }),
+            vec!["gap", "is missing; only its manifest is there"],
+        ),
+        (
             "foreign",
             Box::new({
                 let v = victim.clone();

@@ -16,7 +16,8 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use rstore_backup::archive::{Replay, SegmentName, plan};
+use rstore_backup::archive::{PlanError, Replay, SegmentName, plan};
+use rstore_backup::archive_store::ListedSegment;
 use rstore_backup::format::Reader;
 use rstore_backup::retention::State;
 use rstore_backup::segment::SegmentHeader;
@@ -60,11 +61,13 @@ pub async fn prepare(
     let Some(cluster_id) = cluster(&store, target, &backups).await? else {
         return Ok(None);
     };
-    let segments: Vec<(SegmentName, SegmentHeader)> = store
+    let (good_segments, bad_segments): (Vec<_>, Vec<_>) = store
         .list_segments(&cluster_id)
         .await?
         .into_iter()
-        .filter(|s| s.state() == State::Good)
+        .partition(|s| s.state() == State::Good);
+    let segments: Vec<(SegmentName, SegmentHeader)> = good_segments
+        .into_iter()
         .filter_map(|s| match s.manifest {
             Some(Ok(m)) => Some((s.name, m.segment?)),
             _ => None,
@@ -105,12 +108,24 @@ pub async fn prepare(
     let names: Vec<SegmentName> = segments.into_iter().map(|(n, _)| n).collect();
     let chain = match base.name.revision == target {
         true => Vec::new(),
-        false => plan(base.name.revision, target, &names).with_context(|| {
-            format!(
-                "cannot restore cluster {cluster_id} at revision {target} from {}",
-                store.url()
-            )
-        })?,
+        false => plan(base.name.revision, target, &names)
+            .map_err(|e| {
+                // A segment that is there but does not count says why.
+                let why = match &e {
+                    PlanError::Gap { missing, .. } => bad_segments
+                        .iter()
+                        .find(|b| b.name.first <= *missing && *missing <= b.name.last)
+                        .map(|b| format!(" ({})", unusable(&store, b))),
+                    _ => None,
+                };
+                anyhow::anyhow!("{e}{}", why.unwrap_or_default())
+            })
+            .with_context(|| {
+                format!(
+                    "cannot restore cluster {cluster_id} at revision {target} from {}",
+                    store.url()
+                )
+            })?,
     };
     Ok(Some(Plan {
         base_url: store.object_url(&base.object),
@@ -119,6 +134,20 @@ pub async fn prepare(
         target,
         segments: chain,
     }))
+}
+
+/// Why a listed segment does not count.
+fn unusable(store: &BackupStore, s: &ListedSegment) -> String {
+    let url = store.object_url(&s.object);
+    match (&s.manifest, s.size) {
+        (None, _) => format!("{url} has no manifest: its upload was cut off before it completed"),
+        (Some(Err(e)), _) => format!("the manifest of {url} cannot be used: {e}"),
+        (Some(Ok(_)), None) => format!("{url} is missing; only its manifest is there"),
+        (Some(Ok(m)), Some(size)) => match m.check(size, None) {
+            Err(e) => format!("{url}: {e}"),
+            Ok(()) => format!("{url} has a manifest that is not a segment's"),
+        },
+    }
 }
 
 /// The cluster whose archive to restore from: `--expect-cluster-id`, or the only one with
