@@ -25,6 +25,12 @@ use std::io::Read;
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+use crate::frame::FRAME_HEAD;
+pub use crate::frame::FormatError;
+pub use crate::frame::MAX_FRAME;
+use crate::frame::{FrameReader, Start, hex, put_frame, put_start};
+
 /// The version of the stream format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -34,14 +40,9 @@ pub const MAGIC: &[u8; 8] = b"RSTOREBK";
 /// Records are sealed into a frame once it holds this many bytes.
 const FRAME_TARGET: usize = 256 << 10;
 
-/// The largest frame a reader accepts, so that a damaged length cannot make it allocate
-/// without bound (a frame holds at least one record, and a record's value is far smaller).
-pub const MAX_FRAME: usize = 256 << 20;
-
 const KIND_HEADER: u8 = 1;
 const KIND_RECORDS: u8 = 2;
 const KIND_TRAILER: u8 = 3;
-const FRAME_HEAD: usize = 9;
 
 /// What a backup holds, the stream's first frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,51 +86,6 @@ pub struct Entry {
     pub value: Vec<u8>,
 }
 
-/// What is wrong with a backup stream. `offset` is the byte offset in the stream where the
-/// problem was found.
-#[derive(Debug, thiserror::Error)]
-pub enum FormatError {
-    #[error("not an rstore backup: it does not start with the bytes {:?}", std::str::from_utf8(MAGIC).unwrap_or_default())]
-    NotABackup,
-    #[error(
-        "backup format version {found} is not supported by this build (it reads version {FORMAT_VERSION}); restore it with the rstore version that wrote it or a newer one"
-    )]
-    UnsupportedVersion { found: u32 },
-    #[error("truncated at byte {offset}: the stream ends inside {what}")]
-    Truncated { offset: u64, what: String },
-    #[error("corrupt at byte {offset}: {what}")]
-    Corrupt { offset: u64, what: String },
-    #[error("cannot read the backup: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl FormatError {
-    fn corrupt(offset: u64, what: impl Into<String>) -> Self {
-        Self::Corrupt {
-            offset,
-            what: what.into(),
-        }
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn frame_crc(kind: u8, body: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&[kind]);
-    h.update(body);
-    h.finalize()
-}
-
-fn put_frame(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
-    out.push(kind);
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&frame_crc(kind, body).to_le_bytes());
-    out.extend_from_slice(body);
-}
-
 /// Writes a backup stream in chunks: [`Writer::new`] with the header, [`Writer::push`] each
 /// record in ascending key order, taking the bytes ready so far with [`Writer::take`], and
 /// [`Writer::finish`] for the rest.
@@ -150,8 +106,7 @@ pub struct WriteError(String);
 impl Writer {
     pub fn new(header: Header) -> Self {
         let mut out = Vec::with_capacity(FRAME_TARGET + 1024);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        put_start(&mut out, MAGIC, FORMAT_VERSION);
         let body = serde_json::to_vec(&header).expect("a header serializes");
         put_frame(&mut out, KIND_HEADER, &body);
         Self {
@@ -244,13 +199,9 @@ pub fn encode(header: Header, entries: &[Entry]) -> Result<Vec<u8>, WriteError> 
 /// yields the records and, after the last one, checks the trailer. A stream is good only
 /// once `next` has returned `Ok(None)`.
 pub struct Reader<R> {
-    r: R,
-    offset: u64,
-    sha: Context,
+    fr: FrameReader<R>,
     header: Header,
-    frame: Vec<u8>,
-    /// Offset of the current frame's body in the stream, and the read position in it.
-    frame_at: u64,
+    /// The read position in the current frame's body.
     pos: usize,
     keys: u64,
     data_bytes: u64,
@@ -260,28 +211,19 @@ pub struct Reader<R> {
 
 impl<R: Read> Reader<R> {
     /// Read the magic, the version and the header.
-    pub fn open(mut r: R) -> Result<Self, FormatError> {
-        let mut start = [0u8; 12];
-        let n = read_full(&mut r, &mut start)?;
-        if n < MAGIC.len() || &start[..8] != MAGIC {
-            return Err(FormatError::NotABackup);
-        }
-        if n < start.len() {
-            return Err(FormatError::Truncated {
-                offset: n as u64,
-                what: "the format version".into(),
-            });
-        }
-        let found = u32::from_le_bytes(start[8..12].try_into().expect("4 bytes"));
-        if found != FORMAT_VERSION {
-            return Err(FormatError::UnsupportedVersion { found });
-        }
-        let mut sha = Context::new(&SHA256);
-        sha.update(&start);
+    pub fn open(r: R) -> Result<Self, FormatError> {
+        let fr = match FrameReader::open(r, MAGIC, FORMAT_VERSION)? {
+            Ok(fr) => fr,
+            Err(Start::Foreign) => return Err(FormatError::NotABackup),
+            Err(Start::Version(found)) => {
+                return Err(FormatError::UnsupportedVersion {
+                    found,
+                    reads: FORMAT_VERSION,
+                });
+            }
+        };
         let mut reader = Self {
-            r,
-            offset: start.len() as u64,
-            sha,
+            fr,
             header: Header {
                 format: 0,
                 cluster_id: String::new(),
@@ -293,8 +235,6 @@ impl<R: Read> Reader<R> {
                 data_bytes: 0,
                 config: serde_json::Value::Null,
             },
-            frame: Vec::new(),
-            frame_at: 0,
             pos: 0,
             keys: 0,
             data_bytes: 0,
@@ -308,7 +248,7 @@ impl<R: Read> Reader<R> {
                 format!("the first frame is of kind {kind}, not the header"),
             ));
         }
-        reader.header = serde_json::from_slice(&reader.frame)
+        reader.header = serde_json::from_slice(&reader.fr.frame)
             .map_err(|e| FormatError::corrupt(at, format!("the header is not valid: {e}")))?;
         if reader.header.format != FORMAT_VERSION {
             return Err(FormatError::corrupt(
@@ -319,7 +259,7 @@ impl<R: Read> Reader<R> {
                 ),
             ));
         }
-        reader.frame.clear();
+        reader.fr.frame.clear();
         Ok(reader)
     }
 
@@ -329,53 +269,14 @@ impl<R: Read> Reader<R> {
 
     /// Bytes read so far.
     pub fn offset(&self) -> u64 {
-        self.offset
+        self.fr.offset()
     }
 
-    /// Read one frame into `self.frame`; returns its kind and the offset of its head.
+    /// Read one frame into `self.fr.frame`; returns its kind and the offset of its head.
     fn read_frame(&mut self, what: &str) -> Result<(u8, u64), FormatError> {
-        let at = self.offset;
-        let mut head = [0u8; FRAME_HEAD];
-        let n = read_full(&mut self.r, &mut head)?;
-        if n < FRAME_HEAD {
-            return Err(FormatError::Truncated {
-                offset: at + n as u64,
-                what: format!("{what} (its frame head)"),
-            });
-        }
-        let kind = head[0];
-        let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(head[5..9].try_into().expect("4 bytes"));
-        if len > MAX_FRAME {
-            return Err(FormatError::corrupt(
-                at,
-                format!("a frame claims {len} bytes, more than the {MAX_FRAME} allowed"),
-            ));
-        }
-        self.frame.clear();
-        self.frame.resize(len, 0);
-        let got = read_full(&mut self.r, &mut self.frame)?;
-        if got < len {
-            return Err(FormatError::Truncated {
-                offset: at + (FRAME_HEAD + got) as u64,
-                what: format!("{what} ({got} of its {len} bytes)"),
-            });
-        }
-        if frame_crc(kind, &self.frame) != crc {
-            return Err(FormatError::corrupt(
-                at,
-                format!("{what} fails its checksum"),
-            ));
-        }
-        // The trailer's own frame is not part of the digest.
-        if kind != KIND_TRAILER {
-            self.sha.update(&head);
-            self.sha.update(&self.frame);
-        }
-        self.offset = at + (FRAME_HEAD + len) as u64;
-        self.frame_at = at + FRAME_HEAD as u64;
+        let got = self.fr.read_frame(what, KIND_TRAILER)?;
         self.pos = 0;
-        Ok((kind, at))
+        Ok(got)
     }
 
     /// The next record, or `None` after the trailer checked out.
@@ -384,12 +285,12 @@ impl<R: Read> Reader<R> {
             if self.done {
                 return Ok(None);
             }
-            if self.pos < self.frame.len() {
+            if self.pos < self.fr.frame.len() {
                 return self.record().map(Some);
             }
             let (kind, at) = self.read_frame("a records frame or the trailer")?;
             match kind {
-                KIND_RECORDS if !self.frame.is_empty() => {}
+                KIND_RECORDS if !self.fr.frame.is_empty() => {}
                 KIND_RECORDS => return Err(FormatError::corrupt(at, "an empty records frame")),
                 KIND_TRAILER => {
                     self.finish(at)?;
@@ -406,8 +307,8 @@ impl<R: Read> Reader<R> {
     }
 
     fn record(&mut self) -> Result<Entry, FormatError> {
-        let at = self.frame_at + self.pos as u64;
-        let body = &self.frame[self.pos..];
+        let at = self.fr.frame_at + self.pos as u64;
+        let body = &self.fr.frame[self.pos..];
         let short = || FormatError::corrupt(at, "a record runs past the end of its frame");
         let u32_at = |i: usize| -> Option<usize> {
             Some(u32::from_le_bytes(body.get(i..i + 4)?.try_into().ok()?) as usize)
@@ -471,11 +372,9 @@ impl<R: Read> Reader<R> {
 
     /// Check the trailer (in `self.frame`, found at `at`) and that nothing follows it.
     fn finish(&mut self, at: u64) -> Result<(), FormatError> {
-        let trailer: Trailer = serde_json::from_slice(&self.frame)
+        let trailer: Trailer = serde_json::from_slice(&self.fr.frame)
             .map_err(|e| FormatError::corrupt(at, format!("the trailer is not valid: {e}")))?;
-        let sha = hex(std::mem::replace(&mut self.sha, Context::new(&SHA256))
-            .finish()
-            .as_ref());
+        let sha = self.fr.digest();
         if trailer.sha256 != sha {
             return Err(FormatError::corrupt(
                 at,
@@ -500,21 +399,15 @@ impl<R: Read> Reader<R> {
                 ),
             ));
         }
-        let mut extra = [0u8; 1];
-        if read_full(&mut self.r, &mut extra)? != 0 {
-            return Err(FormatError::corrupt(
-                self.offset,
-                "bytes follow the trailer",
-            ));
-        }
-        self.frame.clear();
+        self.fr.expect_end()?;
+        self.fr.frame.clear();
         self.pos = 0;
         Ok(())
     }
 
     /// The stream read from.
     pub fn into_inner(self) -> R {
-        self.r
+        self.fr.into_inner()
     }
 
     /// Read and check the rest of the stream, counting the records.
@@ -525,20 +418,6 @@ impl<R: Read> Reader<R> {
         }
         Ok(n)
     }
-}
-
-/// Fill `buf` as far as the stream goes; returns how many bytes were read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -11,10 +11,14 @@
 //! A backup counts as good only when its manifest says [`Status::Complete`] and the object's
 //! size and SHA-256 match the manifest's ([`Manifest::check`]). An object without a manifest is
 //! still being written, or was abandoned by a writer that died.
+//!
+//! Archived segments of the change stream ([`crate::archive`]) have manifests of the same
+//! kind, with [`Manifest::segment`] set instead of [`Manifest::backup`].
 
 use serde::{Deserialize, Serialize};
 
 use crate::format::Header;
+use crate::segment::SegmentHeader;
 
 /// The suffix of backup objects.
 pub const OBJECT_SUFFIX: &str = ".rsb";
@@ -70,8 +74,12 @@ pub struct Manifest {
     /// The backup object's name, relative to the store's prefix.
     pub object: String,
     pub status: Status,
-    /// What the backup holds: absent when it failed before its header was known.
+    /// What the backup holds: absent when it failed before its header was known (and for
+    /// a segment).
     pub backup: Option<BackupInfo>,
+    /// What an archived segment holds (absent for a backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<SegmentHeader>,
     /// The object's size in bytes and the lowercase hex SHA-256 of all of it.
     pub object_size: u64,
     pub sha256: String,
@@ -132,6 +140,28 @@ impl Manifest {
         )
     }
 
+    /// The manifest of an archived segment that was written whole.
+    pub fn segment_complete(
+        object: &str,
+        header: &SegmentHeader,
+        object_size: u64,
+        sha256: &str,
+        started_unix_ms: u64,
+        finished_unix_ms: u64,
+    ) -> Self {
+        let mut m = Self::new(
+            object,
+            Status::Complete,
+            None,
+            object_size,
+            sha256,
+            started_unix_ms,
+            finished_unix_ms,
+        );
+        m.segment = Some(header.clone());
+        m
+    }
+
     /// The manifest of a backup that failed, with what is known of it.
     pub fn failed(
         object: &str,
@@ -168,6 +198,7 @@ impl Manifest {
             object: object.to_string(),
             status,
             backup,
+            segment: None,
             object_size,
             sha256: sha256.to_string(),
             started_unix_ms,
@@ -309,6 +340,13 @@ pub fn object_of_manifest(manifest: &str) -> Option<&str> {
     manifest
         .strip_suffix(MANIFEST_SUFFIX)
         .filter(|o| o.ends_with(OBJECT_SUFFIX))
+}
+
+/// The segment object a manifest's name is for, if it is a segment manifest's name.
+pub fn segment_of_manifest(manifest: &str) -> Option<&str> {
+    manifest
+        .strip_suffix(MANIFEST_SUFFIX)
+        .filter(|o| o.ends_with(crate::archive::SEGMENT_SUFFIX))
 }
 
 /// `yyyymmddThhmmssZ` for seconds since the Unix epoch.

@@ -18,6 +18,9 @@
 //!   describes.
 //!
 //! Uploads stream: at most about `part_size × (upload_concurrency + 1)` bytes are held.
+//!
+//! Archived segments of the change stream ([`crate::archive_store`]) are small objects written
+//! once with `PutMode::Create`, each followed by its manifest.
 
 mod error;
 pub mod options;
@@ -290,6 +293,19 @@ impl BackupStore {
             ..Default::default()
         };
         match self.store.put_opts(path, payload, opts).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.err(e, name, "write")),
+        }
+    }
+
+    /// Writes a small object, replacing it if it exists: only for the archive's position
+    /// ([`crate::archive::Position`]); backups, segments and manifests are written once.
+    pub async fn put_replace(&self, name: &str, bytes: Bytes) -> Result<(), StoreError> {
+        match self
+            .store
+            .put(&self.path(name)?, PutPayload::from(bytes))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => Err(self.err(e, name, "write")),
         }

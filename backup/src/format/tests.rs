@@ -169,7 +169,7 @@ fn bytes_after_the_trailer_and_foreign_files_are_refused() {
     v2[8] = 2;
     assert!(matches!(
         read_all(&v2).unwrap_err(),
-        FormatError::UnsupportedVersion { found: 2 }
+        FormatError::UnsupportedVersion { found: 2, .. }
     ));
 }
 

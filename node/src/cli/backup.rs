@@ -1,6 +1,7 @@
-//! `node backup save | restore | inspect`: take a consistent backup of a running cluster into
-//! a file, in the manner of `etcdctl snapshot save`, check one, and prepare a new cluster's
-//! first member from one.
+//! `node backup save | restore | inspect | archive`: take a consistent backup of a running
+//! cluster into a file, in the manner of `etcdctl snapshot save`, check one, and prepare a new
+//! cluster's first member from one; archive the change stream continuously
+//! ([`archive`]) and restore to any revision it holds ([`pitr`]).
 //!
 //! A restore reads the backup once, checking every frame, the key order, the counts and the
 //! SHA-256 as it writes the new member's data into a staging directory beside the target;
@@ -15,16 +16,18 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use openraft::storage::RaftLogStorage;
 use rstore_backup::format::{Header, Reader};
 
+mod archive;
 pub mod bootstrap;
+mod member;
+mod pitr;
 mod remote;
 
+use self::member::{Restored, new_member};
 use super::client::Endpoint;
-use crate::identity::{Identity, new_cluster_id};
-use crate::store::{self, Record, Retention, SnapshotWriter};
-use crate::types::{ClusterConfig, LogId, Member, SnapshotMeta, StoredMembership};
+use crate::store::{self, Record, SnapshotWriter};
+use crate::types::ClusterConfig;
 
 #[derive(Subcommand, Debug)]
 pub enum BackupCommand {
@@ -35,8 +38,12 @@ pub enum BackupCommand {
         /// The backup file.
         file: PathBuf,
     },
-    /// Prepare the data directory of a new cluster's first member from a backup.
+    /// Prepare the data directory of a new cluster's first member from a backup, or from a
+    /// backup and the archived changes after it (point-in-time recovery).
     Restore(RestoreArgs),
+    /// Archive the cluster's changes continuously into the store that holds its full
+    /// backups, for point-in-time recovery (runs until SIGTERM or Ctrl-C).
+    Archive(archive::ArchiveArgs),
 }
 
 #[derive(Args, Debug)]
@@ -66,11 +73,14 @@ pub struct RestoreArgs {
     /// store URL, from which the newest complete backup is taken (see --at-revision and
     /// --at-time).
     pub source: String,
-    /// From a store URL: the newest complete backup at or before this revision.
+    /// From a store URL: the state exactly at this revision, from the newest full backup at
+    /// or before it and the archived changes after it (`node backup archive`); when the
+    /// cluster has no archive, the newest complete backup at or before it.
     #[arg(long)]
     pub at_revision: Option<u64>,
-    /// From a store URL: the newest complete backup taken at or before this UTC time
-    /// (2026-12-05T10:00:00Z).
+    /// From a store URL: the state at this UTC time (2026-12-05T10:00:00Z), as the
+    /// archiver received the changes; without an archive, the newest complete backup taken
+    /// at or before then.
     #[arg(long)]
     pub at_time: Option<String>,
     /// A directory of credential files for the object store (see `backup save`).
@@ -119,6 +129,7 @@ pub async fn run_backup(cmd: BackupCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        BackupCommand::Archive(args) => archive::run(args).await,
         BackupCommand::Restore(args) => {
             let r = restore(&args).await?;
             println!(
@@ -205,16 +216,6 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a restore made.
-pub struct Restored {
-    /// The file or object URL restored from.
-    pub source: String,
-    pub cluster_id: String,
-    pub node_id: u64,
-    pub revision: u64,
-    pub keys: u64,
-}
-
 /// Prepare `args.data_dir` from the backup: checked in full before the directory appears.
 pub async fn restore(args: &RestoreArgs) -> anyhow::Result<Restored> {
     let dir = &args.data_dir;
@@ -241,8 +242,29 @@ pub async fn restore(args: &RestoreArgs) -> anyhow::Result<Restored> {
         name.to_string_lossy(),
         std::process::id()
     ));
+    // To a point in time: the full backup it starts from, and the archived changes after.
+    let pitr = match remote::is_url(&args.source) {
+        true => {
+            let target = remote::Target {
+                revision: args.at_revision,
+                time: args.at_time.clone(),
+                cluster_id: args.expect_cluster_id.clone(),
+            };
+            pitr::prepare(&args.source, &target, args.credentials_dir.as_deref()).await?
+        }
+        false => None,
+    };
     // From object storage: downloaded beside the target and checked against its manifest.
-    let (file, source, download) = if remote::is_url(&args.source) {
+    let (file, source, download) = if let Some(p) = &pitr {
+        let (local, url) = remote::fetch(
+            &p.base_url,
+            &remote::Target::default(),
+            args.credentials_dir.as_deref(),
+            &parent,
+        )
+        .await?;
+        (local.clone(), url, Some(local))
+    } else if remote::is_url(&args.source) {
         let target = remote::Target {
             revision: args.at_revision,
             time: args.at_time.clone(),
@@ -267,7 +289,14 @@ pub async fn restore(args: &RestoreArgs) -> anyhow::Result<Restored> {
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir(&staging)
         .with_context(|| format!("cannot create {}", staging.display()))?;
-    let seeded = seed(args, &file, &source, &staging).await;
+    // A target a full backup holds exactly is restored from it alone, as before.
+    let seeded = match &pitr {
+        Some(p) if !p.is_exact() => {
+            let urls = (args.advertise_client.as_str(), args.advertise_peer.as_str());
+            pitr::seed(p, &file, &staging, urls, args.expect_revision).await
+        }
+        _ => seed(args, &file, &source, &staging).await,
+    };
     if let Some(d) = download {
         let _ = std::fs::remove_file(d);
     }
@@ -321,40 +350,9 @@ async fn seed(
     }
     let config: ClusterConfig = serde_json::from_value(header.config.clone())
         .context("its cluster settings are not valid")?;
-
-    let identity = Identity::load_or_create(staging)?;
-    let cluster_id = new_cluster_id();
-    identity.adopt_cluster(&cluster_id)?;
-    let node_id = identity.node_id();
-
-    // The state a cluster has just after `init`, compacted: a membership of one voter at
-    // log index 0, covered by the snapshot, with the log purged up to it.
-    let at = LogId::new(openraft::CommittedLeaderId::new(0, 0), 0);
-    let member = Member {
-        peer_url: args.advertise_peer.trim_end_matches('/').to_string(),
-        client_url: args.advertise_client.trim_end_matches('/').to_string(),
-    };
-    let membership = openraft::Membership::new(
-        vec![[node_id].into_iter().collect()],
-        [(node_id, member)]
-            .into_iter()
-            .collect::<std::collections::BTreeMap<_, _>>(),
-    );
-    let meta = SnapshotMeta {
-        last_log_id: Some(at),
-        last_membership: StoredMembership::new(Some(at), membership),
-        snapshot_id: format!("restored-{}-r{}", header.cluster_id, header.revision),
-    };
-    {
-        let retention = Retention {
-            revisions: 1,
-            bytes: 1,
-        };
-        let mut opened = store::open(staging, store::SEGMENT_BYTES, retention, |_| {}).await?;
-        opened.log.purge(at).await?;
-        opened.log.cover_snapshot(Some(at)).await?;
-    }
-
+    let snapshot_id = format!("restored-{}-r{}", header.cluster_id, header.revision);
+    let urls = (args.advertise_client.as_str(), args.advertise_peer.as_str());
+    let (cluster_id, node_id, meta) = new_member(urls, staging, snapshot_id).await?;
     let snapshot_dir = staging.join("snapshot");
     let mut w = SnapshotWriter::create(
         &snapshot_dir,

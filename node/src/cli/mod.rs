@@ -38,7 +38,8 @@ pub enum Command {
     /// Inspect and change cluster membership.
     #[command(subcommand)]
     Cluster(client::ClusterCommand),
-    /// Back up a running cluster, check a backup, and restore one into a new cluster.
+    /// Back up a running cluster, archive its changes, check a backup, and restore one into a
+    /// new cluster (at a backup, or at any revision the archive holds).
     #[command(subcommand)]
     Backup(backup::BackupCommand),
     /// Make certificates and tokens: a cluster CA, member and client certificates.

@@ -25,10 +25,13 @@ pub struct BootstrapArgs {
     /// voter of the restored cluster. A data directory that holds anything is left alone.
     #[arg(long, env = "RSTORE_RESTORE_FROM")]
     pub restore_from: Option<String>,
-    /// From a store URL: the newest complete backup at or before this revision.
+    /// From a store URL: the state exactly at this revision when the store holds the
+    /// cluster's archive (`node backup archive`), else the newest complete backup at or
+    /// before it.
     #[arg(long, env = "RSTORE_RESTORE_AT_REVISION", requires = "restore_from")]
     pub restore_at_revision: Option<u64>,
-    /// From a store URL: the newest complete backup taken at or before this UTC time.
+    /// From a store URL: the state at this UTC time as the archive has it, else the newest
+    /// complete backup taken at or before it.
     #[arg(long, env = "RSTORE_RESTORE_AT_TIME", requires = "restore_from")]
     pub restore_at_time: Option<String>,
     /// Restore only when the environment's POD_NAME is this (the StatefulSet's first pod);

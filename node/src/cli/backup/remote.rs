@@ -27,7 +27,7 @@ pub fn is_url(s: &str) -> bool {
     s.contains("://")
 }
 
-fn open(url: &str, credentials_dir: Option<&Path>) -> anyhow::Result<BackupStore> {
+pub(super) fn open(url: &str, credentials_dir: Option<&Path>) -> anyhow::Result<BackupStore> {
     let opts = StoreOptions {
         credentials_dir: credentials_dir.map(Path::to_path_buf),
         ..StoreOptions::default()
@@ -155,18 +155,17 @@ pub async fn fetch(
     Ok((local, url))
 }
 
+/// The last millisecond of the UTC second `t` names: 2026-12-05T10:00:00Z, or as in object
+/// names, 20261205T100000Z.
+pub(super) fn time_ms(t: &str) -> anyhow::Result<u64> {
+    let secs = parse_utc(&t.replace(['-', ':'], ""))
+        .with_context(|| format!("--at-time {t}: give a UTC time like 2026-12-05T10:00:00Z"))?;
+    Ok(secs * 1000 + 999)
+}
+
 /// The newest good backup of `store` that meets `target`.
 async fn pick(store: &BackupStore, target: &Target) -> anyhow::Result<String> {
-    let before_ms = match &target.time {
-        // 2026-12-05T10:00:00Z, or as in object names: 20261205T100000Z.
-        Some(t) => Some(
-            parse_utc(&t.replace(['-', ':'], "")).with_context(|| {
-                format!("--at-time {t}: give a UTC time like 2026-12-05T10:00:00Z")
-            })? * 1000
-                + 999,
-        ),
-        None => None,
-    };
+    let before_ms = target.time.as_deref().map(time_ms).transpose()?;
     let listed = store.list_backups(target.cluster_id.as_deref()).await?;
     let good = listed
         .iter()
