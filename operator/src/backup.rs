@@ -5,9 +5,11 @@
 //! admin token for the store) into the destination through [`rstore_backup::save`], the same
 //! path `node backup save` takes, so a backup needs no pod of its own and no credentials in
 //! the store's pods. [`destination`] opens a destination with its credentials Secret;
-//! [`timing`] holds the pure rules of schedules, staleness and retries; [`context`] what the
+//! [`archiver`] builds the archiver a schedule with `spec.archive` runs for point-in-time
+//! recovery; [`timing`] holds the pure rules of schedules, staleness and retries; [`context`] what the
 //! two controllers share.
 
+pub mod archiver;
 pub mod context;
 pub mod destination;
 pub mod schedule;

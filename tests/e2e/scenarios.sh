@@ -294,8 +294,9 @@ EOF
   k delete backup nowhere >/dev/null
   pass "a Backup of a missing store waits, saying the store does not exist"
 
-  # A schedule every minute keeping the newest 2: it makes backups, and retention keeps 2
-  # good ones in the store (the first Backup's object counted among them).
+  # A schedule every minute keeping the newest 2, with the change stream archived: it makes
+  # backups, retention keeps 2 good ones in the store (the first Backup's object counted
+  # among them), and an archiver runs once the first has succeeded.
   k apply -f - <<EOF
 apiVersion: rstore.dev/v1alpha1
 kind: BackupSchedule
@@ -305,6 +306,7 @@ spec:
   schedule: "* * * * *"
   destination: {url: "$BACKUP_URL", credentialsSecret: backup-credentials}
   retention: {keepLast: 2}
+  archive: {segmentSeconds: 2}
 EOF
   schedule_made() {
     k get backups -l rstore.dev/backup-schedule=every-minute -o json \
@@ -324,8 +326,27 @@ EOF
     || fail "no Retention Event for BackupSchedule every-minute"
   pass "BackupSchedule every-minute: a backup each minute, 2 kept by retention (revision $revision the newest), not Stale"
 
-  # A new store restored from the newest backup at or before that revision: it holds every
-  # key written before the first backup.
+  # Point in time: writes after the newest full backup, up to a target revision, reach the
+  # archive; a store restored at the target has them, and not the write after it.
+  archiving() { [ "$(k get backupschedule every-minute -o jsonpath='{.status.conditions[?(@.type=="Archiving")].status}')" = True ]; }
+  wait_until "the archiver of every-minute to run" archiving
+  put_keys after-backup 3
+  target=$(client kv put pitr/target here | jq -r .revision)
+  DATA[pitr/target]=here
+  client kv put pitr/after-target later >/dev/null
+  [ "$target" -gt "$revision" ] || fail "the target $target is not after the newest full backup $revision"
+  archiver_ip=$(k get pods -l app.kubernetes.io/name=rstore-archiver,app.kubernetes.io/instance=every-minute \
+    -o jsonpath='{.items[0].status.podIP}')
+  archived() {
+    local at
+    at=$(curl -fsS "http://$archiver_ip:9479/metrics" | awk '$1 == "rstore_archive_archived_revision" {print $2}')
+    [ -n "$at" ] && [ "${at%.*}" -ge "$target" ]
+  }
+  wait_until "the archive to reach revision $target" archived
+  pass "the archiver runs ($(k get deployment every-minute-archive -o jsonpath='{.status.availableReplicas}') pod) and archived past revision $target"
+
+  # A new store restored at the target: the newest full backup before it, and the archived
+  # changes up to it.
   k apply -f - <<EOF
 apiVersion: rstore.dev/v1alpha1
 kind: ReplicatedStore
@@ -333,7 +354,7 @@ metadata: {name: restored}
 spec:
   replicas: 3
   bootstrap:
-    fromBackup: {url: "$BACKUP_URL", atRevision: $revision, credentialsSecret: backup-credentials}
+    fromBackup: {url: "$BACKUP_URL", atRevision: $target, credentialsSecret: backup-credentials}
 EOF
   k wait --for=condition=Available rstore/restored --timeout="${TIMEOUT}s"
   restored_cluster=$(k get rstore restored -o jsonpath='{.status.clusterId}')
@@ -343,16 +364,23 @@ EOF
   restored_token=$(secret_value restored-credentials token)
   restored_ca=$(mktemp -t rstore-e2e-restored-ca.XXXXXX)
   secret_value restored-credentials 'ca\.crt' >"$restored_ca"
-  for key in e2e/greeting initial/1 initial/10 before-backup/5; do
-    got=$(node_cli kv get "$key" --endpoint "https://restored.$NS.svc:7379" --token "$restored_token" \
-      --cacert "$restored_ca" 2>"$WRITER_DIR/restored-err") \
-      || fail "read $key from the restored store: $(cat "$WRITER_DIR/restored-err")"
+  restored_get() {
+    node_cli kv get "$1" --endpoint "https://restored.$NS.svc:7379" --token "$restored_token" \
+      --cacert "$restored_ca" 2>"$WRITER_DIR/restored-err"
+  }
+  for key in "${!DATA[@]}"; do
+    got=$(restored_get "$key") || fail "read $key from the restored store: $(cat "$WRITER_DIR/restored-err")"
     [ "$got" = "${DATA[$key]}" ] || fail "restored $key is '$got', want '${DATA[$key]}'"
   done
+  if got=$(restored_get pitr/after-target); then
+    fail "the store restored at revision $target holds pitr/after-target, written after it: '$got'"
+  fi
   rm -f "$restored_ca"
   k delete rstore restored --wait=false >/dev/null
   k delete backupschedule every-minute >/dev/null
-  pass "store restored at revision $revision: a new cluster ($restored_cluster) of 3 with the backup's keys"
+  wait_until "the archiver to go with its schedule" bash -c \
+    "! kubectl -n $NS get deployment every-minute-archive -o name 2>/dev/null | grep -q ."
+  pass "store restored at revision $target: a new cluster ($restored_cluster) of 3 with all ${#DATA[@]} keys up to it, none after"
 else
   log "backups: SKIPPED (no object store: set BACKUP_S3_ENDPOINT for tests/e2e/local.sh)"
 fi

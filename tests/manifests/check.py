@@ -68,6 +68,9 @@ OPERATOR_RBAC = {
     # A store created from a backup: the ConfigMap its first pod restores from (server-side
     # apply), deleted once the restored cluster is up.
     ("", "configmaps"): {"create", "patch", "delete"},
+    # A BackupSchedule with spec.archive: its archiver Deployment (server-side apply; its
+    # status is read from the apply's answer).
+    ("apps", "deployments"): {"create", "patch", "delete"},
 }
 LEASE_RBAC = {("coordination.k8s.io", "leases"): {"get", "create", "update", "patch"}}
 

@@ -30,6 +30,8 @@ pub struct BackupContext {
     running: Mutex<HashMap<String, String>>,
     /// Per schedule: finished Backups at the last retention run, and when it ran.
     retention: Mutex<HashMap<String, (usize, Instant)>>,
+    /// Per schedule: whether its archiver Deployment was last applied (true) or deleted.
+    pub(crate) archivers: Mutex<HashMap<String, bool>>,
 }
 
 /// A store's turn to be backed up, held for the length of one attempt.
@@ -58,6 +60,7 @@ impl BackupContext {
             ctx,
             running: Mutex::default(),
             retention: Mutex::default(),
+            archivers: Mutex::default(),
         }
     }
 

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -20,8 +21,8 @@ use rstore_backup::retention::{self, Policy};
 use tracing::{info, warn};
 
 use super::context::{BackupContext, Error, FIELD_MANAGER, LABEL_SCHEDULE};
-use super::destination;
 use super::timing::{Schedule, parse_age, stale};
+use super::{archiver, destination};
 use crate::crd::ReplicatedStore;
 use crate::crd::backup::{
     Backup, BackupPhase, BackupSchedule, BackupScheduleStatus, BackupSpec, LastBackup, LastFailure,
@@ -175,6 +176,9 @@ pub async fn reconcile(
         }
     }
 
+    // The archiver, with `spec.archive`, once a full backup exists to start after.
+    let archiving = archiver(&bctx, &sched, status.last_successful.is_some()).await?;
+
     // Stale: no success for twice the period.
     let last_ok = status.last_successful.as_ref().map(|l| l.time.0);
     let is_stale = stale(last_ok, created, period, now);
@@ -198,7 +202,7 @@ pub async fn reconcile(
     if is_stale && !was_stale {
         event(&bctx, &sched, EventType::Warning, "Stale", &stale_msg).await;
     }
-    status.conditions = vec![
+    let mut conditions = vec![
         condition(
             &old,
             "Ready",
@@ -220,6 +224,10 @@ pub async fn reconcile(
             now,
         ),
     ];
+    if let Some((running, reason, message)) = archiving {
+        conditions.push(condition(&old, "Archiving", running, reason, &message, now));
+    }
+    status.conditions = conditions;
     bctx.ctx.metrics.backup.schedule(
         &ns,
         &sched.spec.store,
@@ -240,6 +248,104 @@ pub async fn reconcile(
     Ok(Action::requeue(
         until_next.clamp(Duration::from_secs(1), IDLE),
     ))
+}
+
+/// Applies or deletes the schedule's archiver; with `spec.archive`, the `Archiving`
+/// condition: whether it runs, why, and what to do.
+async fn archiver(
+    bctx: &BackupContext,
+    sched: &BackupSchedule,
+    have_backup: bool,
+) -> Result<Option<(bool, &'static str, String)>, Error> {
+    let ns = sched.namespace().unwrap_or_default();
+    let key = format!("{ns}/{}", sched.name_any());
+    let api: Api<Deployment> = Api::namespaced(bctx.ctx.client.clone(), &ns);
+    let name = archiver::name(sched);
+    if sched.spec.archive.is_none() {
+        let applied = bctx
+            .archivers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        if applied != Some(false) {
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(Error::Kube(e)),
+            }
+            bctx.archivers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, false);
+        }
+        return Ok(None);
+    }
+    let rs = Api::<ReplicatedStore>::namespaced(bctx.ctx.client.clone(), &ns)
+        .get_opt(&sched.spec.store)
+        .await
+        .map_err(Error::Kube)?;
+    let initialized = |rs: &ReplicatedStore| {
+        rs.status
+            .as_ref()
+            .and_then(|s| s.cluster_id.as_ref())
+            .is_some()
+    };
+    let Some(rs) = rs.filter(initialized) else {
+        return Ok(Some((
+            false,
+            "WaitingForStore",
+            format!(
+                "waiting for ReplicatedStore {ns}/{} to be initialized",
+                sched.spec.store
+            ),
+        )));
+    };
+    if !have_backup {
+        return Ok(Some((
+            false,
+            "WaitingForBackup",
+            "the archive starts after the schedule's first successful backup".to_owned(),
+        )));
+    }
+    let Some(deployment) = archiver::deployment(sched, &rs) else {
+        return Ok(None);
+    };
+    let live = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&deployment),
+        )
+        .await
+        .map_err(Error::Kube)?;
+    bctx.archivers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, true);
+    let available = live
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    Ok(Some(if available > 0 {
+        (
+            true,
+            "ArchiverRunning",
+            format!(
+                "{name} archives the change stream into {} (its lag: rstore_archive_lag_seconds on port 9479)",
+                sched.spec.destination.url
+            ),
+        )
+    } else {
+        (
+            false,
+            "ArchiverNotReady",
+            format!(
+                "{name} is not running yet: kubectl describe deployment {name}; kubectl logs deployment/{name}"
+            ),
+        )
+    }))
 }
 
 /// Create the Backup of occurrence `due`, owned by the schedule; its name is the schedule's

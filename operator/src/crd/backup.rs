@@ -297,6 +297,13 @@ pub struct BackupScheduleSpec {
     #[x_kube(validation = Rule::new("self.matches('^[0-9]+(B|K|KB|Ki|KiB|M|MB|Mi|MiB|G|GB|Gi|GiB)?$')").message("maxRate must be bytes per second: a number and an optional unit (KB, KiB, MB, MiB, GB, GiB), such as 64MiB"))]
     pub max_rate: Option<String>,
 
+    /// Also archive the store's change stream into the destination, continuously, for
+    /// point-in-time recovery (`node backup restore STORE --at-revision R` or a store's
+    /// `bootstrap.fromBackup.atRevision`): the operator runs one archiver pod for the
+    /// store once the schedule has a successful backup. Left out, no archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveSpec>,
+
     /// `Backup` resources kept as history (default 10); older ones are deleted, never their
     /// objects, which only retention deletes.
     #[serde(default = "default_history")]
@@ -306,6 +313,21 @@ pub struct BackupScheduleSpec {
 
 fn default_history() -> u32 {
     DEFAULT_HISTORY_LIMIT
+}
+
+/// Continuous archiving of the change stream.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveSpec {
+    /// A segment is written at least this often while changes come in (default 60): the
+    /// most a loss of the whole cluster can lose from the archive.
+    #[serde(default = "default_segment_seconds")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 3600").message("archive.segmentSeconds must be between 1 and 3600"))]
+    pub segment_seconds: u32,
+}
+
+fn default_segment_seconds() -> u32 {
+    60
 }
 
 /// Retention of a schedule's backups. Only successful backups count; the newest successful
@@ -392,8 +414,9 @@ pub struct BackupScheduleStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 
-    /// `Stale` (True when no backup succeeded for twice the schedule's period) and
-    /// `Ready` (False when the spec or the destination is unusable).
+    /// `Stale` (True when no backup succeeded for twice the schedule's period), `Ready`
+    /// (False when the spec is unusable) and, with `spec.archive`, `Archiving` (True while
+    /// the archiver runs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
