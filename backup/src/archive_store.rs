@@ -9,69 +9,21 @@ use bytes::Bytes;
 use crate::archive::{Position, SegmentName};
 use crate::frame::sha256_hex;
 use crate::manifest::{Manifest, segment_of_manifest};
-use crate::retention::State;
 use crate::segment::{Revision, SegmentHeader, SegmentReader};
-use crate::store::{BackupStore, StoreError, Uploaded};
+use crate::store::{BackupStore, Listed, StoreError, Uploaded};
 
 /// A segment as listed: its object and its manifest, as found.
-#[derive(Debug)]
-pub struct ListedSegment {
-    pub name: SegmentName,
-    pub object: String,
-    /// The object's size, if the object exists.
-    pub size: Option<u64>,
-    /// `None` when there is no manifest (an upload that was cut off before it).
-    pub manifest: Option<Result<Manifest, StoreError>>,
-}
-
-impl ListedSegment {
-    /// Good when its manifest says complete and its size matches the object's.
-    pub fn state(&self) -> State {
-        match (&self.manifest, self.size) {
-            (None, _) => State::InProgress,
-            (Some(Ok(m)), Some(size)) if m.check(size, None).is_ok() => State::Good,
-            _ => State::Failed,
-        }
-    }
-}
+pub type ListedSegment = Listed<SegmentName>;
 
 impl BackupStore {
     /// The segments of `cluster_id`, by revision, with their manifests.
     pub async fn list_segments(&self, cluster_id: &str) -> Result<Vec<ListedSegment>, StoreError> {
-        let objects = self.list(&SegmentName::folder(cluster_id)).await?;
-        let mut by_name =
-            std::collections::BTreeMap::<SegmentName, (String, Option<u64>, bool)>::new();
-        for o in &objects {
-            let (object, is_manifest) = match segment_of_manifest(&o.name) {
-                Some(object) => (object, true),
-                None => (o.name.as_str(), false),
-            };
-            let Some(name) = SegmentName::parse(object) else {
-                continue;
-            };
-            let slot = by_name
-                .entry(name)
-                .or_insert_with(|| (object.to_string(), None, false));
-            if is_manifest {
-                slot.2 = true;
-            } else {
-                slot.1 = Some(o.size);
-            }
-        }
-        let mut out = Vec::new();
-        for (name, (object, size, has_manifest)) in by_name {
-            let manifest = match has_manifest {
-                false => None,
-                true => self.read_manifest(&object).await.transpose(),
-            };
-            out.push(ListedSegment {
-                name,
-                object,
-                size,
-                manifest,
-            });
-        }
-        Ok(out)
+        self.list_with_manifests(
+            &SegmentName::folder(cluster_id),
+            segment_of_manifest,
+            SegmentName::parse,
+        )
+        .await
     }
 
     /// Writes a segment once, then its manifest (the commit: a segment without one never

@@ -32,9 +32,7 @@ use futures::stream::{BoxStream, Stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 
-use crate::manifest::{
-    BackupName, Manifest, OBJECT_SUFFIX, Sha256, manifest_name, object_of_manifest,
-};
+use crate::manifest::{BackupName, Manifest, Sha256, manifest_name, object_of_manifest};
 use crate::retention::{Entry, State};
 pub use error::StoreError;
 pub use options::{Backend, MIN_PART_SIZE, StoreOptions};
@@ -72,10 +70,11 @@ pub struct ObjectInfo {
     pub last_modified_unix_ms: i64,
 }
 
-/// A backup as listed: its object and its manifest, as found.
+/// A backup (or, as `Listed<SegmentName>`, an archived segment) as listed: its object and
+/// its manifest, as found.
 #[derive(Debug)]
-pub struct Listed {
-    pub name: BackupName,
+pub struct Listed<N = BackupName> {
+    pub name: N,
     pub object: String,
     /// The object's size, if the object exists.
     pub size: Option<u64>,
@@ -83,9 +82,9 @@ pub struct Listed {
     pub manifest: Option<Result<Manifest, StoreError>>,
 }
 
-impl Listed {
+impl<N> Listed<N> {
     /// Good when the manifest says complete and its size matches the object's (the
-    /// checksum is only checked by [`BackupStore::verify`], which reads the object).
+    /// checksum is only checked when the object is read: [`BackupStore::verify`]).
     pub fn state(&self) -> State {
         match (&self.manifest, self.size) {
             (None, _) => State::InProgress,
@@ -93,7 +92,9 @@ impl Listed {
             _ => State::Failed,
         }
     }
+}
 
+impl Listed {
     /// The listing as retention sees it.
     pub fn entry(&self) -> Entry {
         Entry {
@@ -404,16 +405,31 @@ impl BackupStore {
     /// The backups of `cluster_id` (of every cluster if `None`), oldest first, with their
     /// manifests. Objects whose names are not backup names are left out.
     pub async fn list_backups(&self, cluster_id: Option<&str>) -> Result<Vec<Listed>, StoreError> {
-        let objects = self.list(cluster_id.unwrap_or("")).await?;
-        let mut by_name =
-            std::collections::BTreeMap::<BackupName, (String, Option<u64>, bool)>::new();
+        self.list_with_manifests(
+            cluster_id.unwrap_or(""),
+            object_of_manifest,
+            BackupName::parse,
+        )
+        .await
+    }
+
+    /// The objects under `folder` whose names `parse` reads, each with its manifest (named
+    /// so that `object_of` finds the object), by name: what a listing of backups and of
+    /// archived segments share.
+    pub(crate) async fn list_with_manifests<N: Ord>(
+        &self,
+        folder: &str,
+        object_of: fn(&str) -> Option<&str>,
+        parse: fn(&str) -> Option<N>,
+    ) -> Result<Vec<Listed<N>>, StoreError> {
+        let objects = self.list(folder).await?;
+        let mut by_name = std::collections::BTreeMap::<N, (String, Option<u64>, bool)>::new();
         for o in &objects {
-            let (object, is_manifest) = match object_of_manifest(&o.name) {
+            let (object, is_manifest) = match object_of(&o.name) {
                 Some(object) => (object, true),
-                None if o.name.ends_with(OBJECT_SUFFIX) => (o.name.as_str(), false),
-                None => continue,
+                None => (o.name.as_str(), false),
             };
-            let Some(name) = BackupName::parse(object) else {
+            let Some(name) = parse(object) else {
                 continue;
             };
             let slot = by_name
