@@ -24,9 +24,9 @@ mod member;
 mod pitr;
 mod remote;
 
-use self::member::{Restored, new_member};
+use self::member::{Restored, seed_member};
 use super::client::Endpoint;
-use crate::store::{self, Record, SnapshotWriter};
+use crate::store;
 use crate::types::ClusterConfig;
 
 #[derive(Subcommand, Debug)]
@@ -352,28 +352,16 @@ async fn seed(
         .context("its cluster settings are not valid")?;
     let snapshot_id = format!("restored-{}-r{}", header.cluster_id, header.revision);
     let urls = (args.advertise_client.as_str(), args.advertise_peer.as_str());
-    let (cluster_id, node_id, meta) = new_member(urls, staging, snapshot_id).await?;
-    let snapshot_dir = staging.join("snapshot");
-    let mut w = SnapshotWriter::create(
-        &snapshot_dir,
-        &meta,
+    let (cluster_id, node_id) = seed_member(
+        urls,
+        staging,
+        snapshot_id,
         header.revision,
         &config,
-        header.keys,
-        header.data_bytes,
-    )?;
-    while let Some(e) = reader.next_entry()? {
-        w.push(
-            &e.key,
-            &Record {
-                create_revision: e.create_revision,
-                mod_revision: e.mod_revision,
-                version: e.version,
-                value: e.value.into(),
-            },
-        )?;
-    }
-    w.finish()?;
+        (header.keys, header.data_bytes),
+        std::iter::from_fn(|| reader.next_entry().transpose()),
+    )
+    .await?;
     Ok(Restored {
         source: source.to_string(),
         cluster_id,

@@ -7,8 +7,10 @@ use std::path::Path;
 use openraft::storage::RaftLogStorage;
 
 use crate::identity::{Identity, new_cluster_id};
-use crate::store::{self, Retention};
-use crate::types::{LogId, Member, SnapshotMeta, StoredMembership};
+use rstore_backup::format::{Entry, FormatError};
+
+use crate::store::{self, Record, Retention, SnapshotWriter};
+use crate::types::{ClusterConfig, LogId, Member, SnapshotMeta, StoredMembership};
 
 /// What a restore made.
 pub struct Restored {
@@ -61,4 +63,42 @@ pub async fn new_member(
         opened.log.cover_snapshot(Some(at)).await?;
     }
     Ok((cluster_id, node_id, meta))
+}
+
+/// The new member's whole data in `staging`: its identity and log ([`new_member`]), and the
+/// snapshot of `entries` (the state at `revision`, `keys` keys of `bytes` bytes, with the
+/// cluster settings `config`); its cluster id and member id.
+#[allow(clippy::too_many_arguments)]
+pub async fn seed_member(
+    urls: (&str, &str),
+    staging: &Path,
+    snapshot_id: String,
+    revision: u64,
+    config: &ClusterConfig,
+    (keys, bytes): (u64, u64),
+    entries: impl Iterator<Item = Result<Entry, FormatError>>,
+) -> anyhow::Result<(String, u64)> {
+    let (cluster_id, node_id, meta) = new_member(urls, staging, snapshot_id).await?;
+    let mut w = SnapshotWriter::create(
+        &staging.join("snapshot"),
+        &meta,
+        revision,
+        config,
+        keys,
+        bytes,
+    )?;
+    for e in entries {
+        let e = e?;
+        w.push(
+            &e.key,
+            &Record {
+                create_revision: e.create_revision,
+                mod_revision: e.mod_revision,
+                version: e.version,
+                value: e.value.into(),
+            },
+        )?;
+    }
+    w.finish()?;
+    Ok((cluster_id, node_id))
 }

@@ -23,9 +23,8 @@ use rstore_backup::retention::State;
 use rstore_backup::segment::SegmentHeader;
 use rstore_backup::store::{BackupStore, Listed};
 
-use super::member::{Restored, new_member};
+use super::member::{Restored, seed_member};
 use super::remote::{self, Target};
-use crate::store::{Record, SnapshotWriter};
 use crate::types::ClusterConfig;
 
 /// What a point-in-time restore reads.
@@ -324,27 +323,16 @@ pub async fn seed(
     }
     let (entries, keys, bytes) = state.into_entries();
     let snapshot_id = format!("restored-{cluster}-r{revision}-pitr");
-    let (cluster_id, node_id, meta) = new_member(urls, staging, snapshot_id).await?;
-    let mut w = SnapshotWriter::create(
-        &staging.join("snapshot"),
-        &meta,
+    let (cluster_id, node_id) = seed_member(
+        urls,
+        staging,
+        snapshot_id,
         revision,
         &config,
-        keys,
-        bytes,
-    )?;
-    for e in entries {
-        w.push(
-            &e.key,
-            &Record {
-                create_revision: e.create_revision,
-                mod_revision: e.mod_revision,
-                version: e.version,
-                value: e.value.into(),
-            },
-        )?;
-    }
-    w.finish()?;
+        (keys, bytes),
+        entries.into_iter().map(Ok),
+    )
+    .await?;
     Ok(Restored {
         source: match plan.segments.len() {
             1 => format!("{} and 1 archived segment", plan.base_url),
