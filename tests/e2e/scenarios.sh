@@ -294,6 +294,27 @@ EOF
   k delete backup nowhere >/dev/null
   pass "a Backup of a missing store waits, saying the store does not exist"
 
+  # A Backup to a bucket that does not exist: retried with backoff, then Failed, naming the
+  # bucket; the store serves on (the background writer sees to that).
+  k apply -f - <<EOF
+apiVersion: rstore.dev/v1alpha1
+kind: Backup
+metadata: {name: no-bucket}
+spec:
+  store: $STORE
+  maxAttempts: 2
+  destination: {url: "s3://no-such-bucket/x", credentialsSecret: backup-credentials}
+EOF
+  backup_failed() { [ "$(k get backup "$1" -o jsonpath='{.status.phase}')" = Failed ]; }
+  wait_until "Backup no-bucket to fail after its retries" backup_failed no-bucket
+  msg=$(k get backup no-bucket -o jsonpath='{.status.message}')
+  { grep -q "after 2 attempts" <<<"$msg" && grep -q "no-such-bucket" <<<"$msg"; } \
+    || fail "Backup no-bucket does not say what failed: $msg"
+  [ -n "$(k get events --field-selector involvedObject.name=no-bucket,reason=AttemptFailed -o name)" ] \
+    || fail "no AttemptFailed Event for Backup no-bucket"
+  k delete backup no-bucket >/dev/null
+  pass "a Backup to a missing bucket: retried once, then Failed: ${msg:0:120}"
+
   # A schedule every minute keeping the newest 2, with the change stream archived: it makes
   # backups, retention keeps 2 good ones in the store (the first Backup's object counted
   # among them), and an archiver runs once the first has succeeded.
