@@ -7,7 +7,7 @@
 //! (so that it can learn every member and follow a leader change), trusts the store's CA,
 //! and reads the destination's credentials from the schedule's Secret. Its labels are not
 //! the store's, so no Service, PDB or observation of the store ever counts it as a member;
-//! a store with `spec.clientAccess` must admit it (`app.kubernetes.io/name: rstore-archiver`).
+//! the store's NetworkPolicy admits it to the client port whatever `spec.clientAccess` says.
 
 use std::collections::BTreeMap;
 
@@ -21,12 +21,12 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::ReplicatedStore;
 use crate::crd::backup::BackupSchedule;
-use crate::resources::{CLIENT_PORT, LABEL_INSTANCE, LABEL_NAME, Names, RUN_AS};
+use crate::resources::{
+    ARCHIVER_NAME, CLIENT_PORT, LABEL_INSTANCE, LABEL_NAME, LABEL_STORE, Names, RUN_AS,
+};
 
 /// The archiver's metrics port (`rstore_archive_*`, with the archive lag).
 pub const METRICS_PORT: u16 = 9479;
-/// The label that names the store an archiver serves.
-pub const LABEL_STORE: &str = "rstore.dev/store";
 const CA_MOUNT: &str = "/etc/rstore/ca";
 const CREDENTIALS_MOUNT: &str = "/etc/rstore/backup-credentials";
 
@@ -40,7 +40,7 @@ pub fn deployment(sched: &BackupSchedule, rs: &ReplicatedStore) -> Option<Deploy
     let archive = sched.spec.archive.as_ref()?;
     let names = Names::of(rs);
     let labels = BTreeMap::from([
-        (LABEL_NAME.to_owned(), "rstore-archiver".to_owned()),
+        (LABEL_NAME.to_owned(), ARCHIVER_NAME.to_owned()),
         (LABEL_INSTANCE.to_owned(), sched.name_any()),
         (LABEL_STORE.to_owned(), names.name.clone()),
     ]);

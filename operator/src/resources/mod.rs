@@ -54,6 +54,10 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 /// UID and GID the node runs as (distroless `nonroot`).
 pub const RUN_AS: i64 = 65532;
+/// The `app.kubernetes.io/name` of a BackupSchedule's archiver pods (never a store's).
+pub const ARCHIVER_NAME: &str = "rstore-archiver";
+/// The label that names the store an archiver serves.
+pub const LABEL_STORE: &str = "rstore.dev/store";
 
 /// Names of everything one `ReplicatedStore` owns.
 #[derive(Debug, Clone, PartialEq, Eq)]

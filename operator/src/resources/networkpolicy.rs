@@ -1,7 +1,8 @@
 //! The NetworkPolicy `<name>`: the members' peer port (Raft, forwarded writes) admits only
 //! the store's own pods; the client port admits the peers `spec.clientAccess` lists (any
 //! pod when it is left out) and always the operator's own namespace, which must reach every
-//! member's admin API. Egress is not restricted.
+//! member's admin API, and the store's archiver (a BackupSchedule's `spec.archive`), which
+//! follows its change stream. Egress is not restricted.
 //!
 //! This is network-level defence in depth: the peer port also requires mutual TLS with
 //! member certificates, and the client port credentials (README, Security).
@@ -15,7 +16,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{CLIENT_PORT, Names, PEER_PORT, owned_meta};
+use super::{ARCHIVER_NAME, CLIENT_PORT, LABEL_NAME, LABEL_STORE, Names, PEER_PORT, owned_meta};
 use crate::crd::ReplicatedStore;
 
 fn port(p: u16) -> Option<Vec<NetworkPolicyPort>> {
@@ -47,6 +48,17 @@ pub fn build(rs: &ReplicatedStore, operator_namespace: Option<&str>) -> NetworkP
                 ..NetworkPolicyPeer::default()
             });
         }
+        // The store's archiver, whichever schedule runs it.
+        from.push(NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([
+                    (LABEL_NAME.to_string(), ARCHIVER_NAME.to_string()),
+                    (LABEL_STORE.to_string(), names.name.clone()),
+                ])),
+                ..LabelSelector::default()
+            }),
+            ..NetworkPolicyPeer::default()
+        });
         // The members themselves (a follower relays nothing to the client port, but
         // probes and tools in the pod may).
         from.push(NetworkPolicyPeer {
@@ -131,5 +143,12 @@ mod tests {
                     l.get("kubernetes.io/metadata.name").map(String::as_str) == Some("ops")
                 })
         }));
+        // The store's archiver, and no other store's.
+        let archiver = from
+            .iter()
+            .filter_map(|p| p.pod_selector.as_ref()?.match_labels.as_ref())
+            .find(|l| l.get(LABEL_NAME).map(String::as_str) == Some(ARCHIVER_NAME))
+            .expect("the archiver is admitted");
+        assert_eq!(archiver[LABEL_STORE], "db");
     }
 }
