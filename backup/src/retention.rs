@@ -12,6 +12,11 @@
 //! - with no successful backup at all, nothing is deleted.
 //!
 //! A time in the future (clock skew between writers) counts as age zero.
+//!
+//! Archived segments of the change stream ([`segments_to_delete`]) go with the full backups
+//! they extend: a segment is deleted once every change in it is at or before the oldest full
+//! backup that is kept, since a point-in-time restore starts from a full backup at or before
+//! its target and replays only the changes after it.
 
 use std::time::Duration;
 
@@ -88,6 +93,27 @@ pub fn to_delete(backups: &[Entry], policy: &Policy, now_unix_ms: u64) -> Vec<St
         }
     }
     delete
+}
+
+/// One archived segment as listed: its object and the revisions it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentEntry {
+    pub name: String,
+    pub first: u64,
+    pub last: u64,
+}
+
+/// The segments no restore can use once only the good backups at revisions `kept` remain:
+/// those that end at or before the oldest of them. With no good backup kept, none.
+pub fn segments_to_delete(segments: &[SegmentEntry], kept: &[u64]) -> Vec<String> {
+    let Some(oldest) = kept.iter().min() else {
+        return Vec::new();
+    };
+    segments
+        .iter()
+        .filter(|s| s.last <= *oldest)
+        .map(|s| s.name.clone())
+        .collect()
 }
 
 #[cfg(test)]

@@ -171,3 +171,51 @@ proptest! {
         }
     }
 }
+
+fn seg(name: &str, first: u64, last: u64) -> SegmentEntry {
+    SegmentEntry {
+        name: name.into(),
+        first,
+        last,
+    }
+}
+
+#[test]
+fn segments_go_once_the_oldest_kept_backup_covers_them() {
+    let segments = [seg("a", 1, 100), seg("b", 101, 200), seg("c", 201, 300)];
+    // Backups kept at 150 and 250: "a" (all at or before 150) goes; "b" spans 150 and
+    // carries the changes after it, so it stays.
+    assert_eq!(segments_to_delete(&segments, &[250, 150]), ["a"]);
+    assert_eq!(segments_to_delete(&segments, &[200]), ["a", "b"]);
+    // No good backup kept: nothing is deleted, whatever the segments.
+    assert!(segments_to_delete(&segments, &[]).is_empty());
+}
+
+proptest! {
+    /// Whatever is kept, every revision after the oldest kept backup stays in a kept
+    /// segment, so a restore to any target between it and the newest segment still works.
+    #[test]
+    fn every_change_after_the_oldest_kept_backup_stays(
+        cuts in proptest::collection::btree_set(1u64..1000, 1..20),
+        kept in proptest::collection::vec(0u64..1100, 0..5),
+    ) {
+        let mut segments = Vec::new();
+        let mut first = 1;
+        for (i, last) in cuts.iter().enumerate() {
+            segments.push(seg(&format!("s{i}"), first, *last));
+            first = last + 1;
+        }
+        let doomed: HashSet<String> = segments_to_delete(&segments, &kept).into_iter().collect();
+        let Some(oldest) = kept.iter().min().copied() else {
+            prop_assert!(doomed.is_empty());
+            return Ok(());
+        };
+        for s in &segments {
+            if s.last > oldest {
+                prop_assert!(!doomed.contains(&s.name), "{s:?} is needed after {oldest}");
+            } else {
+                prop_assert!(doomed.contains(&s.name), "{s:?} is of no use after {oldest}");
+            }
+        }
+    }
+}

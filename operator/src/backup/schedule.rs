@@ -5,7 +5,8 @@
 //! Retention ([`rstore_backup::retention`]) reads the manifests in the store itself, not the
 //! `Backup` resources: a backup counts as good only when its manifest says `complete` and its
 //! object's size matches, so a failed or cut-off save is never counted, and the newest good
-//! backup is never deleted. It runs after each finished backup and every ten minutes.
+//! backup is never deleted. Archived segments go once the oldest kept backup covers them. It
+//! runs after each finished backup and every ten minutes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
-use rstore_backup::retention::{self, Policy};
+use rstore_backup::retention::{self, Policy, SegmentEntry};
 use tracing::{info, warn};
 
 use super::context::{BackupContext, Error, FIELD_MANAGER, LABEL_SCHEDULE};
@@ -145,7 +146,7 @@ pub async fn reconcile(
                 status.kept_backups = Some(kept);
                 if !deleted.is_empty() {
                     let note = format!(
-                        "retention deleted {} backup{}: {}",
+                        "retention deleted {} object{} (backups, archived segments): {}",
                         deleted.len(),
                         if deleted.len() == 1 { "" } else { "s" },
                         deleted.join(", ")
@@ -421,11 +422,31 @@ async fn retain(
             Err(e) => warn!(%object, error = %e, "retention could not delete a backup"),
         }
     }
-    let kept = entries
+    // The archive's segments go with the full backups they extend (when there is an archive).
+    let kept: Vec<u64> = listed
         .iter()
-        .filter(|e| e.state == retention::State::Good && !doomed.contains(&e.name))
-        .count();
-    Ok((u32::try_from(kept).unwrap_or(u32::MAX), deleted))
+        .filter(|l| l.state() == retention::State::Good && !doomed.contains(&l.object))
+        .map(|l| l.name.revision)
+        .collect();
+    let segments: Vec<_> = store
+        .list_segments(&cluster_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|s| SegmentEntry {
+            name: s.object.clone(),
+            first: s.name.first,
+            last: s.name.last,
+        })
+        .collect();
+    let old_segments = retention::segments_to_delete(&segments, &kept);
+    for object in &old_segments {
+        match store.delete_backup(object).await {
+            Ok(()) => deleted.push(object.clone()),
+            Err(e) => warn!(%object, error = %e, "retention could not delete a segment"),
+        }
+    }
+    Ok((u32::try_from(kept.len()).unwrap_or(u32::MAX), deleted))
 }
 
 /// A condition of `type_`, keeping its transition time while its status stays the same.
