@@ -101,7 +101,8 @@ pub async fn reconcile(backup: Arc<Backup>, bctx: Arc<BackupContext>) -> Result<
         let msg = format!("waiting for another backup of {key} to finish");
         return settle(&bctx, &backup, status, Attempt::Wait(msg)).await;
     };
-    let outcome = attempt(&bctx, &backup, &rs, status.clone()).await;
+    let mut status = status;
+    let outcome = attempt(&bctx, &backup, &rs, &mut status).await;
     settle(&bctx, &backup, status, outcome?).await
 }
 
@@ -112,12 +113,14 @@ fn finished(backup: &Backup) -> bool {
     )
 }
 
-/// One attempt: checks, `Running` in status, the stream saved.
+/// One attempt: checks, `Running` in status, the stream saved. It counts in
+/// `status.attempts` once it gets past what it waits for (the store, a member to stream
+/// from), whether it then fails at the destination or in the stream.
 async fn attempt(
     bctx: &BackupContext,
     backup: &Backup,
     rs: &ReplicatedStore,
-    mut status: BackupStatus,
+    status: &mut BackupStatus,
 ) -> Result<Attempt, Error> {
     let ctx = &bctx.ctx;
     let ns = backup.namespace().unwrap_or_default();
@@ -132,8 +135,18 @@ async fn attempt(
             "waiting for the operator to reach {key} (its credentials are not loaded yet)"
         )));
     };
-    // The destination first: wrong credentials or a missing bucket fail before the store
-    // streams anything.
+    let obs = observe(&ctx.client, None, &nodes, rs, None, None)
+        .await
+        .map_err(Error::Kube)?;
+    let Some((pod, base)) = source(&obs) else {
+        return Ok(Attempt::Wait(format!(
+            "waiting for a member of {key} to answer (none is ready and in the cluster)"
+        )));
+    };
+
+    // An attempt from here on. The destination first: wrong credentials or a missing bucket
+    // fail before the store streams anything.
+    status.attempts += 1;
     let store = match destination::open(&ctx.client, &ns, &backup.spec.destination).await {
         Ok(s) => s,
         Err(e) => {
@@ -149,23 +162,14 @@ async fn attempt(
             reason: e.to_string(),
         });
     }
-    let obs = observe(&ctx.client, None, &nodes, rs, None, None)
-        .await
-        .map_err(Error::Kube)?;
-    let Some((pod, base)) = source(&obs) else {
-        return Ok(Attempt::Wait(format!(
-            "waiting for a member of {key} to answer (none is ready and in the cluster)"
-        )));
-    };
 
     status.phase = Some(BackupPhase::Running);
-    status.attempts += 1;
     status.next_attempt_at = None;
     status.message = Some(format!(
         "attempt {} of {}: streaming from {pod}",
         status.attempts, backup.spec.max_attempts
     ));
-    write_status(bctx, backup, &status).await?;
+    write_status(bctx, backup, status).await?;
 
     let started = Instant::now();
     let started_ms = now_unix_ms();
