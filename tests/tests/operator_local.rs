@@ -332,7 +332,16 @@ async fn lifecycle_with_a_background_writer_loses_nothing() {
     let victim_pod = victim.pod.clone().unwrap();
     let volume = h.plane.runner.lock().await.volume(NS, &victim_pod);
     let t_wipe = Instant::now();
-    std::fs::remove_dir_all(&volume).unwrap();
+    // The member is running and may create a file while the directory is removed (its
+    // write-ahead log prepares the next segment ahead): remove until it is gone.
+    let mut tries = 0;
+    while let Err(e) = std::fs::remove_dir_all(&volume) {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => break,
+            std::io::ErrorKind::DirectoryNotEmpty if tries < 100 => tries += 1,
+            _ => panic!("cannot wipe {}: {e}", volume.display()),
+        }
+    }
     wait_for(STEP, "the wiped pod back as a new member", async || {
         let rs = h.resource().await;
         let st = rs.status.clone().ok_or("no status")?;
