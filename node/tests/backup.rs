@@ -592,16 +592,7 @@ async fn a_backup_to_s3_with_credentials_from_files_restores_and_a_missing_bucke
     // Credentials as a Kubernetes Secret mounted as files: one file per variable.
     let tmp = tempfile::tempdir().unwrap();
     let creds_dir = tmp.path().join("s3-credentials");
-    std::fs::create_dir(&creds_dir).unwrap();
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_ENDPOINT", moto.endpoint()),
-        ("AWS_ALLOW_HTTP", "true".to_string()),
-    ] {
-        std::fs::write(creds_dir.join(k), v).unwrap();
-    }
+    moto.write_credentials(&creds_dir);
     let creds = source.creds();
     let (ca, token) = (
         creds.ca_file().display().to_string(),

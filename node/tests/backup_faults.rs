@@ -132,19 +132,6 @@ impl StoreProxy {
     }
 }
 
-fn write_credentials(dir: &std::path::Path, endpoint: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ENDPOINT", endpoint),
-        ("AWS_ALLOW_HTTP", "true"),
-    ] {
-        std::fs::write(dir.join(k), v).unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_dying_mid_upload_fails_the_save_and_keeps_the_earlier_backup_good() {
     let Some(moto) = Moto::start("store killed mid-upload", false) else {
@@ -161,7 +148,7 @@ async fn the_store_dying_mid_upload_fails_the_save_and_keeps_the_earlier_backup_
     }
     let tmp = tempfile::tempdir().unwrap();
     let creds = tmp.path().join("creds");
-    write_credentials(&creds, &format!("http://127.0.0.1:{}", proxy.port));
+    rstore_tests::moto::write_credentials(&creds, &format!("http://127.0.0.1:{}", proxy.port));
     let creds = creds.display().to_string();
     let save = || {
         let mut a = args(&[
@@ -240,7 +227,7 @@ async fn credentials_the_store_refuses_are_named_before_anything_streams() {
     c.put_acked("k", b"v").await;
     let tmp = tempfile::tempdir().unwrap();
     let creds = tmp.path().join("creds");
-    write_credentials(&creds, &moto.endpoint());
+    rstore_tests::moto::write_credentials(&creds, &moto.endpoint());
     let mut a = args(&[
         "backup",
         "save",

@@ -975,16 +975,7 @@ async fn pitr_through_s3() {
     assert_eq!(moto.create_bucket("archive"), 200);
     let tmp = tempfile::tempdir().unwrap();
     let creds = tmp.path().join("s3-credentials");
-    std::fs::create_dir(&creds).unwrap();
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_ENDPOINT", moto.endpoint()),
-        ("AWS_ALLOW_HTTP", "true".to_string()),
-    ] {
-        std::fs::write(creds.join(k), v).unwrap();
-    }
+    moto.write_credentials(&creds);
     let creds = ["--credentials-dir", creds.to_str().unwrap()];
     let store = "s3://archive/prod";
     let source = Cluster::start(node_bin(), 1).await;

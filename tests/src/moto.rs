@@ -8,7 +8,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -94,6 +94,11 @@ impl Moto {
         format!("http://{}:{}", self.host, self.port)
     }
 
+    /// Writes this server's S3 settings into `dir` ([`write_credentials`]).
+    pub fn write_credentials(&self, dir: &Path) {
+        write_credentials(dir, &self.endpoint());
+    }
+
     /// Creates a bucket (moto without auth takes an unsigned request); the HTTP status.
     pub fn create_bucket(&self, bucket: &str) -> u16 {
         let mut conn = TcpStream::connect((self.host, self.port)).unwrap();
@@ -109,5 +114,21 @@ impl Moto {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
+    }
+}
+
+/// Writes the S3 settings of a moto server at `endpoint` (moto checks no signature) into
+/// `dir` (created), one file per variable, as a Kubernetes Secret mounted as files gives
+/// them (`--credentials-dir`).
+pub fn write_credentials(dir: &Path, endpoint: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT", endpoint),
+        ("AWS_ALLOW_HTTP", "true"),
+    ] {
+        std::fs::write(dir.join(k), v).unwrap();
     }
 }
