@@ -4,8 +4,10 @@
 //! The member first passes a linearizable read barrier (so the backup holds every write
 //! acknowledged before the request), then copies the state under its lock in one go (so it
 //! holds exactly the writes up to one revision), and encodes and sends the copy off the
-//! lock, while writes go on. Any member can serve it; one backup streams from a member at
-//! a time, and a second gets 409. The answer's headers carry the revision, the cluster id
+//! lock, while writes go on, on a thread of its own at the lowest CPU priority (nice 19), so
+//! that the encoding and hashing take the CPU the member's writes leave idle rather than
+//! the writes' share (RocksDB lowers its compaction threads for the same reason). Any member
+//! can serve it; one backup streams from a member at a time, and a second gets 409. The answer's headers carry the revision, the cluster id
 //! and the key count before the body starts; the body's trailer carries its SHA-256.
 
 use std::sync::Arc;
@@ -25,6 +27,9 @@ use crate::web::{ApiError, ApiResult, parse_query};
 
 /// Chunks queued between the encoder and the connection (each about 256 KiB).
 const QUEUE: usize = 8;
+/// The encoder thread's nice value: the lowest priority, so that a backup yields the CPU to
+/// the member's writes and reads; it still runs at full speed on an idle member.
+const ENCODER_NICE: i32 = 19;
 
 pub async fn backup(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
     parse_query(&uri, &[])?;
@@ -77,47 +82,56 @@ pub async fn backup(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
     tracing::info!(revision, keys, bytes = header.data_bytes, "backup started");
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
     let metrics = app.metrics.clone();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let mut w = Writer::new(header);
-        let mut sent = 0u64;
-        let send = |b: Vec<u8>, sent: &mut u64| {
-            *sent += b.len() as u64;
-            tx.blocking_send(Bytes::from(b)).is_ok()
-        };
-        for (key, r) in &copy.records {
-            w.push(
-                key.as_bytes(),
-                r.create_revision,
-                r.mod_revision,
-                r.version,
-                &r.value,
-            );
-            let ready = w.take();
-            if !ready.is_empty() && !send(ready, &mut sent) {
-                tracing::warn!(revision, sent, "backup aborted: the client went away");
-                metrics
-                    .backups
-                    .get_or_create(&OutcomeLabels { outcome: "aborted" })
-                    .inc();
-                return;
+    let encoder = std::thread::Builder::new()
+        .name("rstore-backup".into())
+        .spawn(move || {
+            let _permit = permit;
+            lower_priority(ENCODER_NICE);
+            let mut w = Writer::new(header);
+            let mut sent = 0u64;
+            let send = |b: Vec<u8>, sent: &mut u64| {
+                *sent += b.len() as u64;
+                tx.blocking_send(Bytes::from(b)).is_ok()
+            };
+            for (key, r) in &copy.records {
+                w.push(
+                    key.as_bytes(),
+                    r.create_revision,
+                    r.mod_revision,
+                    r.version,
+                    &r.value,
+                );
+                let ready = w.take();
+                if !ready.is_empty() && !send(ready, &mut sent) {
+                    tracing::warn!(revision, sent, "backup aborted: the client went away");
+                    metrics
+                        .backups
+                        .get_or_create(&OutcomeLabels { outcome: "aborted" })
+                        .inc();
+                    return;
+                }
             }
-        }
-        let ok = match w.finish() {
-            Ok(rest) => send(rest, &mut sent),
-            Err(e) => {
-                tracing::error!(error = %e, "backup aborted");
-                false
-            }
-        };
-        metrics.backup_bytes.inc_by(sent);
-        let outcome = if ok { "complete" } else { "aborted" };
-        metrics
-            .backups
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
-        tracing::info!(revision, keys, bytes = sent, outcome, "backup streamed");
-    });
+            let ok = match w.finish() {
+                Ok(rest) => send(rest, &mut sent),
+                Err(e) => {
+                    tracing::error!(error = %e, "backup aborted");
+                    false
+                }
+            };
+            metrics.backup_bytes.inc_by(sent);
+            let outcome = if ok { "complete" } else { "aborted" };
+            metrics
+                .backups
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc();
+            tracing::info!(revision, keys, bytes = sent, outcome, "backup streamed");
+        });
+    if let Err(e) = encoder {
+        outcome("aborted");
+        return Err(ApiError::internal(format!(
+            "start the backup's encoder thread: {e}"
+        )));
+    }
     let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
         let b = rx.recv().await?;
         Some((Ok::<_, std::io::Error>(b), rx))
@@ -135,4 +149,16 @@ pub async fn backup(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
         .body(body)
         .map_err(ApiError::internal)
         .map(IntoResponse::into_response)
+}
+
+/// Lower the calling thread's CPU priority to `nice` (Linux keeps a nice value per thread,
+/// and `setpriority` on a thread id sets that thread's alone); a failure only costs the
+/// writes some CPU, so it is logged, not fatal.
+fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+        tracing::warn!(nice, error = %e, "the backup encoder keeps its CPU priority");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
