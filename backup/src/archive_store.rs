@@ -56,7 +56,6 @@ impl BackupStore {
             url: self.object_url(&object),
             object,
             size,
-            sha256,
             parts: 1,
         })
     }

@@ -25,11 +25,11 @@ use std::io::Read;
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
-#[cfg(test)]
-use crate::frame::FRAME_HEAD;
 pub use crate::frame::FormatError;
 pub use crate::frame::MAX_FRAME;
-use crate::frame::{FrameReader, Start, hex, put_frame, put_start};
+use crate::frame::{
+    FRAME_HEAD, FrameReader, Start, hex, put_frame, put_start, seal_frame_in_place,
+};
 
 /// The version of the stream format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -111,7 +111,7 @@ impl Writer {
         put_frame(&mut out, KIND_HEADER, &body);
         Self {
             out,
-            records: Vec::with_capacity(FRAME_TARGET + 1024),
+            records: fresh_frame(),
             sha: Context::new(&SHA256),
             header,
             keys: 0,
@@ -144,16 +144,22 @@ impl Writer {
     }
 
     fn seal(&mut self) {
-        if !self.records.is_empty() {
-            put_frame(&mut self.out, KIND_RECORDS, &self.records);
-            self.records.clear();
+        if self.records.len() > FRAME_HEAD {
+            seal_frame_in_place(&mut self.records, KIND_RECORDS);
+            let frame = std::mem::replace(&mut self.records, fresh_frame());
+            if self.out.is_empty() {
+                self.out = frame;
+            } else {
+                // Only the first frame: it follows the stream's start and header.
+                self.out.extend_from_slice(&frame);
+            }
         }
     }
 
     /// Bytes ready to send (whole frames); empty until a frame fills.
     pub fn take(&mut self) -> Vec<u8> {
         self.sha.update(&self.out);
-        std::mem::replace(&mut self.out, Vec::with_capacity(FRAME_TARGET + 1024))
+        std::mem::take(&mut self.out)
     }
 
     /// Seal the last records and write the trailer: the rest of the stream. Fails if the
@@ -175,6 +181,13 @@ impl Writer {
         put_frame(&mut self.out, KIND_TRAILER, &body);
         Ok(self.out)
     }
+}
+
+/// A records frame to fill: its head's bytes kept free (see [`seal_frame_in_place`]).
+fn fresh_frame() -> Vec<u8> {
+    let mut v = Vec::with_capacity(FRAME_TARGET + 1024);
+    v.resize(FRAME_HEAD, 0);
+    v
 }
 
 /// A whole backup in memory (tests and small states).
@@ -406,6 +419,12 @@ impl<R: Read> Reader<R> {
     }
 
     /// The stream read from.
+    /// The SHA-256 of the whole stream as read (what a manifest records), once its trailer
+    /// was read: after [`Reader::verify_rest`], or the last entry.
+    pub fn stream_sha256(&self) -> Option<&str> {
+        self.fr.whole_digest()
+    }
+
     pub fn into_inner(self) -> R {
         self.fr.into_inner()
     }

@@ -71,6 +71,16 @@ pub(crate) fn put_frame(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
+/// A frame built where it will be sent: `buf` starts with [`FRAME_HEAD`] bytes kept free,
+/// then holds the body; this writes the head for `kind` into them. The body is not copied
+/// again (a backup's records are most of its bytes).
+pub(crate) fn seal_frame_in_place(buf: &mut [u8], kind: u8) {
+    let (head, body) = buf.split_at_mut(FRAME_HEAD);
+    head[0] = kind;
+    head[1..5].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    head[5..9].copy_from_slice(&frame_crc(kind, body).to_le_bytes());
+}
+
 /// The start of a stream: `magic` and `version`.
 pub(crate) fn put_start(out: &mut Vec<u8>, magic: &[u8; 8], version: u32) {
     out.extend_from_slice(magic);
@@ -93,11 +103,13 @@ pub(crate) enum Start {
 }
 
 /// Reads the frames of a stream, checking each, and keeping the SHA-256 of every frame
-/// but the trailer's (the trailer holds it).
+/// but the trailer's (the trailer holds it), and, once the trailer was read, of the whole
+/// stream (a manifest holds that one): one hashing pass gives both.
 pub(crate) struct FrameReader<R> {
     r: R,
     offset: u64,
     sha: Context,
+    whole: Option<String>,
     /// The body of the last frame read, and its offset in the stream.
     pub(crate) frame: Vec<u8>,
     pub(crate) frame_at: u64,
@@ -132,6 +144,7 @@ impl<R: Read> FrameReader<R> {
             r,
             offset: start.len() as u64,
             sha,
+            whole: None,
             frame: Vec::new(),
             frame_at: 0,
         }))
@@ -181,6 +194,11 @@ impl<R: Read> FrameReader<R> {
         if kind != trailer {
             self.sha.update(&head);
             self.sha.update(&self.frame);
+        } else {
+            let mut whole = self.sha.clone();
+            whole.update(&head);
+            whole.update(&self.frame);
+            self.whole = Some(hex(whole.finish().as_ref()));
         }
         self.offset = at + (FRAME_HEAD + len) as u64;
         self.frame_at = at + FRAME_HEAD as u64;
@@ -192,6 +210,11 @@ impl<R: Read> FrameReader<R> {
         hex(std::mem::replace(&mut self.sha, Context::new(&SHA256))
             .finish()
             .as_ref())
+    }
+
+    /// The SHA-256 of the whole stream, trailer included, once the trailer was read.
+    pub(crate) fn whole_digest(&self) -> Option<&str> {
+        self.whole.as_deref()
     }
 
     /// Refuse bytes after the trailer.

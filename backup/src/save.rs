@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
-use crate::check::{CheckError, Checker};
+use crate::check::{CheckError, Checked, Checker};
 use crate::format::Header;
 use crate::manifest::{BackupName, Manifest};
 use crate::store::{BackupStore, StoreError};
@@ -180,12 +180,12 @@ where
     let checked = checker.finish();
     let finished_unix_ms = now_unix_ms();
     let failed = match (uploaded, checked) {
-        (Ok(up), Ok(header)) => {
+        (Ok(up), Ok(Checked { header, sha256 })) => {
             let manifest = Manifest::complete(
                 &object,
                 &header,
                 up.size,
-                &up.sha256,
+                &sha256,
                 started_unix_ms,
                 finished_unix_ms,
             );
@@ -195,7 +195,7 @@ where
                     url: up.url,
                     header,
                     size: up.size,
-                    sha256: up.sha256,
+                    sha256,
                     started_unix_ms,
                     finished_unix_ms,
                 }),

@@ -55,8 +55,6 @@ pub struct Uploaded {
     pub object: String,
     pub url: String,
     pub size: u64,
-    /// Lowercase hex SHA-256 of all the bytes.
-    pub sha256: String,
     /// How many parts it was sent in (1: a single request).
     pub parts: u64,
 }
@@ -202,7 +200,6 @@ impl BackupStore {
             object: self.object_url(name),
             reason: e.to_string(),
         };
-        let mut sha = Sha256::default();
         let mut size = 0u64;
         // The first part: if the stream ends within it, one conditional request.
         let mut first = Vec::new();
@@ -211,15 +208,13 @@ impl BackupStore {
             match stream.next().await {
                 Some(chunk) => {
                     let chunk = chunk.map_err(source_err)?;
-                    sha.update(&chunk);
                     buffered += chunk.len();
                     first.push(chunk);
                 }
                 None => {
                     let payload: PutPayload = first.into_iter().collect();
                     self.put_create(name, &path, payload).await?;
-                    let (size, sha256) = (buffered as u64, sha.finish_hex());
-                    return self.uploaded(name, size, sha256, 1).await;
+                    return self.uploaded(name, buffered as u64, 1).await;
                 }
             }
         }
@@ -239,7 +234,6 @@ impl BackupStore {
             }
             match stream.next().await {
                 Some(Ok(chunk)) => {
-                    sha.update(&chunk);
                     size += chunk.len() as u64;
                     writer.put(chunk);
                 }
@@ -247,7 +241,7 @@ impl BackupStore {
                 None => {
                     let parts = size.div_ceil(self.part_size as u64);
                     return match writer.finish().await {
-                        Ok(_) => self.uploaded(name, size, sha.finish_hex(), parts).await,
+                        Ok(_) => self.uploaded(name, size, parts).await,
                         Err(e) => Err(self.err(e, name, "complete the upload of")),
                     };
                 }
@@ -259,20 +253,13 @@ impl BackupStore {
         Err(failed)
     }
 
-    async fn uploaded(
-        &self,
-        name: &str,
-        size: u64,
-        sha256: String,
-        parts: u64,
-    ) -> Result<Uploaded, StoreError> {
+    async fn uploaded(&self, name: &str, size: u64, parts: u64) -> Result<Uploaded, StoreError> {
         let url = self.object_url(name);
         match self.size(name).await? {
             Some(found) if found == size => Ok(Uploaded {
                 object: name.to_string(),
                 url,
                 size,
-                sha256,
                 parts,
             }),
             found => Err(StoreError::Other {

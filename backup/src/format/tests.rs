@@ -55,6 +55,20 @@ fn round_trips_over_many_frames() {
 }
 
 #[test]
+fn the_reader_gives_the_whole_stream_sha256_once_it_read_the_trailer() {
+    let es = entries(1000, 300);
+    let bytes = encode(header(1000, &es), &es).unwrap();
+    let mut r = Reader::open(&bytes[..]).unwrap();
+    r.next_entry().unwrap();
+    assert_eq!(r.stream_sha256(), None, "before the trailer");
+    r.verify_rest().unwrap();
+    assert_eq!(
+        r.stream_sha256(),
+        Some(crate::frame::sha256_hex(&bytes).as_str())
+    );
+}
+
+#[test]
 fn an_empty_state_round_trips() {
     let h = header(0, &[]);
     let bytes = encode(h.clone(), &[]).unwrap();

@@ -192,8 +192,8 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
         }
     }
     let checked = checker.finish().map_err(anyhow::Error::from);
-    let header = match (broke, checked) {
-        (None, Ok(h)) => h,
+    let checked = match (broke, checked) {
+        (None, Ok(c)) => c,
         (Some(e), _) | (None, Err(e)) => {
             let _ = std::fs::remove_file(&partial);
             return Err(e.context(format!("no backup was saved to {}", out.display())));
@@ -206,10 +206,11 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "file": out.display().to_string(),
-            "cluster_id": header.cluster_id,
-            "revision": header.revision,
-            "keys": header.keys,
+            "cluster_id": checked.header.cluster_id,
+            "revision": checked.header.revision,
+            "keys": checked.header.keys,
             "bytes": bytes,
+            "sha256": checked.sha256,
             "seconds": (secs * 1000.0).round() / 1000.0,
         })
     );
