@@ -224,6 +224,11 @@ pub struct ServeArgs {
     /// (re-read when it changes): for names no DNS knows, as on the local control plane.
     #[arg(long, env = "RSTORE_HOSTS_FILE")]
     pub hosts_file: Option<PathBuf>,
+    /// Where to write why the node could not start or stopped on an error (Kubernetes reads
+    /// a container's `terminationMessagePath`, `/dev/termination-log`, into the pod's status,
+    /// where the operator and `kubectl describe pod` find it). Unset: nowhere.
+    #[arg(long, env = "RSTORE_TERMINATION_MESSAGE_PATH")]
+    pub termination_message_path: Option<PathBuf>,
     /// Shut down when standard input reaches its end: `node dev` gives each member a pipe,
     /// so that no member outlives it, however it is stopped.
     #[arg(long, hide = true)]

@@ -70,15 +70,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(cmd) => {
             let args = cmd.serve;
             init_tracing(args.log_format);
-            let settings = args.settings()?;
-            if let Some(hosts) = &args.hosts_file {
-                rstore_node::network::hosts::set_file(hosts.clone());
+            let message_path = args.termination_message_path.clone();
+            let served = async {
+                let settings = args.settings()?;
+                if let Some(hosts) = &args.hosts_file {
+                    rstore_node::network::hosts::set_file(hosts.clone());
+                }
+                rstore_node::cli::backup::bootstrap::restore_at_start(&cmd.bootstrap, &settings)
+                    .await?;
+                let (client, peer) = node::bind(&settings).await?;
+                let node = Node::start(settings, client, peer).await?;
+                node.run(shutdown_signal(args.exit_with_stdin)).await
             }
-            rstore_node::cli::backup::bootstrap::restore_at_start(&cmd.bootstrap, &settings)
-                .await?;
-            let (client, peer) = node::bind(&settings).await?;
-            let node = Node::start(settings, client, peer).await?;
-            node.run(shutdown_signal(args.exit_with_stdin)).await
+            .await;
+            if let (Err(e), Some(path)) = (&served, &message_path) {
+                write_termination_message(path, &format!("{e:#}"));
+            }
+            served
         }
         Command::Dev(args) => rstore_node::cli::dev::run(args).await,
         // Client commands: one clear line on failure, never a backtrace.
@@ -86,6 +94,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(cmd) => client_result(rstore_node::cli::client::run_cluster(cmd).await),
         Command::Backup(cmd) => client_result(rstore_node::cli::backup::run_backup(cmd).await),
         Command::Cert(cmd) => client_result(rstore_node::cli::cert::run_cert(cmd)),
+    }
+}
+
+/// Kubernetes keeps at most 4096 bytes of a termination message; the start of the error
+/// chain says the most, so the end is cut (at a character boundary).
+fn write_termination_message(path: &std::path::Path, message: &str) {
+    const MAX: usize = 4096;
+    let mut end = message.len().min(MAX);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    if let Err(e) = std::fs::write(path, &message[..end]) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the termination message");
     }
 }
 

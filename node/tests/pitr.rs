@@ -1179,3 +1179,46 @@ async fn node_serve_restore_from_reaches_the_exact_revision_through_the_archive(
     assert_eq!(revision, target);
     assert_eq!(state, model.at(target));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_serve_that_cannot_restore_exits_and_leaves_why_in_its_termination_message() {
+    // On Kubernetes the message reaches the pod's status, and the operator's RestoreFailed.
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty-store");
+    std::fs::create_dir(&empty).unwrap();
+    let store = format!("file://{}", empty.display());
+    let message = tmp.path().join("termination-log");
+    let data = tmp.path().join("data");
+    let mut child = tokio::process::Command::new(node_bin())
+        .args([
+            "serve",
+            "--insecure-plaintext",
+            "--listen-client",
+            "127.0.0.1:0",
+            "--listen-peer",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("RSTORE_RESTORE_FROM", &store)
+        .env("RSTORE_TERMINATION_MESSAGE_PATH", &message)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("node serve kept running after a restore it could not do")
+        .unwrap();
+    assert!(!status.success(), "{status}");
+    let why = std::fs::read_to_string(&message).expect("a termination message");
+    assert!(
+        why.contains(&store) && why.contains("no complete backup"),
+        "{why}"
+    );
+    assert!(
+        std::fs::read_dir(&data).map_or(true, |mut d| d.next().is_none()),
+        "a failed restore left data behind"
+    );
+}

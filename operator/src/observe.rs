@@ -19,7 +19,7 @@ use kube::{Api, Client, ResourceExt};
 use crate::crd::ReplicatedStore;
 use crate::nodeapi::{ClusterView, NodeApi, NodeInfo};
 use crate::resources::statefulset::revision_of;
-use crate::resources::{CLIENT_PORT, Names};
+use crate::resources::{CLIENT_PORT, CONTAINER, Names};
 
 pub mod health;
 
@@ -41,6 +41,32 @@ pub struct PodState {
     pub revision: Option<String>,
     /// The node's `GET /v1/node`, when it answered.
     pub node: Option<NodeInfo>,
+    /// Why the node container last exited on an error, from its termination message
+    /// ([`failed_start`]).
+    pub failed_start: Option<String>,
+}
+
+/// Why the node container of `pod` last exited on an error: the termination message of its
+/// current or previous run (the node writes why it could not start there, such as a backup
+/// it refused to restore). `None` when it never failed, or failed without saying why.
+pub fn failed_start(pod: &Pod) -> Option<String> {
+    let node = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == CONTAINER)?;
+    [node.state.as_ref(), node.last_state.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.terminated.as_ref())
+        .find(|t| t.exit_code != 0)?
+        .message
+        .as_deref()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
 }
 
 impl PodState {
@@ -161,6 +187,7 @@ pub async fn observe(
                     ready,
                     revision: revision_of(Some(&p.metadata)),
                     node: None,
+                    failed_start: failed_start(p),
                 },
             ))
         })

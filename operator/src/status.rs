@@ -138,6 +138,12 @@ pub fn compute(
         Step::Wait { reason } => cond(PROGRESSING, true, "Waiting", reason),
         action => cond(PROGRESSING, true, step_reason(action), &action.to_string()),
     };
+    // A store restored from a backup whose first pod cannot restore it: say why, from the
+    // pod's termination message, instead of waiting in silence.
+    let progressing = match restore_failure(rs, obs, formed) {
+        Some(why) => cond(PROGRESSING, false, RESTORE_FAILED, &why),
+        None => progressing,
+    };
     let degraded = match step {
         Step::Degraded {
             reason,
@@ -199,6 +205,25 @@ pub fn compute(
         members,
         credentials_secret: obs.credentials_secret.clone(),
     }
+}
+
+/// The `Progressing` reason of a store whose first pod cannot restore the backup it is
+/// created from.
+pub const RESTORE_FAILED: &str = "RestoreFailed";
+
+/// Why pod 0 of a store created from a backup could not restore it, while the cluster is not
+/// formed yet: what to fix, and the node's own words.
+fn restore_failure(rs: &ReplicatedStore, obs: &Observation, formed: bool) -> Option<String> {
+    if formed || rs.spec.bootstrap.is_none() {
+        return None;
+    }
+    let pod = obs.pods.get(&0)?;
+    let why = pod.failed_start.as_deref()?;
+    Some(format!(
+        "pod {}, which restores the backup, failed: {why}. Fix spec.bootstrap.fromBackup, the \
+         backup or its credentials Secret; the pod retries with backoff",
+        pod.name
+    ))
 }
 
 fn phase(

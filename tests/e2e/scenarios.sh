@@ -402,6 +402,30 @@ EOF
   wait_until "the archiver to go with its schedule" bash -c \
     "! kubectl -n $NS get deployment every-minute-archive -o name 2>/dev/null | grep -q ."
   pass "store restored at revision $target: a new cluster ($restored_cluster) of 3 with all ${#DATA[@]} keys up to it, none after"
+
+  # A store restored from where there is no backup: pod 0 refuses to start, and the store
+  # says why (Progressing=False, RestoreFailed, with the node's own message naming the place)
+  # and announces it with a Warning Event, instead of waiting in silence.
+  k apply -f - <<EOF
+apiVersion: rstore.dev/v1alpha1
+kind: ReplicatedStore
+metadata: {name: unrestorable}
+spec:
+  replicas: 1
+  bootstrap:
+    fromBackup: {url: "$BACKUP_URL-empty", credentialsSecret: backup-credentials}
+EOF
+  restore_failed() {
+    [ "$(k get rstore unrestorable -o jsonpath='{.status.conditions[?(@.type=="Progressing")].reason}')" = RestoreFailed ]
+  }
+  wait_until "store unrestorable to report RestoreFailed" restore_failed
+  msg=$(k get rstore unrestorable -o jsonpath='{.status.conditions[?(@.type=="Progressing")].message}')
+  grep -q -- "$BACKUP_URL-empty" <<<"$msg" || fail "RestoreFailed does not name the backup location: $msg"
+  [ -n "$(k get events --field-selector involvedObject.name=unrestorable,reason=RestoreFailed -o name)" ] \
+    || fail "no RestoreFailed Event for store unrestorable"
+  k get rstore unrestorable
+  k delete rstore unrestorable --wait=false >/dev/null
+  pass "a store restored from a place with no backup: RestoreFailed, ${msg:0:160}"
 else
   log "backups: SKIPPED (no object store: set BACKUP_S3_ENDPOINT for tests/e2e/local.sh)"
 fi

@@ -150,6 +150,9 @@ pub fn print_report(r: &Report) {
     let restore_mean = |s: &SystemReport| mean(s.restores.iter().map(|x| x.seconds));
     let serving_mean = |s: &SystemReport| mean(s.restores.iter().map(|x| x.serving_seconds));
     let load = |s: &SystemReport, f: fn(&LoadRun) -> f64| s.load.as_ref().map(f);
+    // The backups' data rate while the put load ran (the same state, taken back to back).
+    let under_load = |secs: f64| c.data_bytes as f64 / 1e6 / secs;
+    let backup_secs = |s: &SystemReport| s.load.as_ref().and_then(|l| l.backups.mean_seconds);
     let rows: Vec<(&str, Option<f64>, Option<f64>, usize)> = vec![
         (
             "backup s (mean)",
@@ -216,6 +219,18 @@ pub fn print_report(r: &Report) {
             load(rs, |l| f64::from(l.backups.completed)),
             load(es, |l| f64::from(l.backups.completed)),
             0,
+        ),
+        (
+            "backup s under load (mean)",
+            backup_secs(rs),
+            backup_secs(es),
+            2,
+        ),
+        (
+            "backup data MB/s under load",
+            backup_secs(rs).map(under_load),
+            backup_secs(es).map(under_load),
+            1,
         ),
         (
             "RSS idle MiB (member 1)",

@@ -19,7 +19,7 @@ use crate::crd::{MemberRole, Phase, ReplicatedStore, ReplicatedStoreStatus};
 use crate::metrics::MemberCounts;
 use crate::planner::{Observed, Policy, Step, member_caught_up};
 use crate::resources::Names;
-use crate::status::{DEGRADED, PROGRESSING};
+use crate::status::{DEGRADED, PROGRESSING, RESTORE_FAILED};
 
 /// Why status could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -139,14 +139,25 @@ pub async fn stuck(
     Ok((step, written))
 }
 
-/// A Warning Event when a refusal or a loss of quorum is new (not on every requeue).
+/// A Warning Event when a refusal, a loss of quorum or a failed restore is new (not on every
+/// requeue).
 async fn report_refusal(
     ctx: &Context,
     rs: &ReplicatedStore,
     step: &Step,
     status: &ReplicatedStoreStatus,
 ) {
+    let restore_failed = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == PROGRESSING && c.reason == RESTORE_FAILED);
     let (reason, message) = match step {
+        _ if restore_failed.is_some() => (
+            RESTORE_FAILED,
+            restore_failed
+                .map(|c| c.message.clone())
+                .unwrap_or_default(),
+        ),
         Step::Refuse { reason } => ("StepRefused", reason.clone()),
         Step::Degraded { .. } => (
             "QuorumLost",

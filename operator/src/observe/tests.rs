@@ -107,6 +107,7 @@ fn pod(ordinal: u32, ip: &str, id: Option<u64>) -> (u32, PodState) {
             ready: true,
             revision: None,
             node: id.map(|id| info(id, "follower", 1, None)),
+            failed_start: None,
         },
     )
 }
@@ -139,4 +140,43 @@ fn hosts_parse_from_urls() {
     assert_eq!(host_of("a:1"), Some("a"));
     let p = pod(0, "fd00::1", None).1;
     assert_eq!(p.base_url().unwrap(), "http://[fd00::1]:7379");
+}
+
+fn pod_with_node_status(status: serde_json::Value) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "db-0", "namespace": "prod"},
+        "status": {"containerStatuses": [status]},
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_failed_start_is_the_node_containers_last_error_message() {
+    let crashed = |exit: i32, message: &str| {
+        serde_json::json!({
+            "name": "node", "image": "rstore", "imageID": "", "ready": false, "restartCount": 3,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": exit, "message": message}},
+        })
+    };
+    let why = "backup s3://b/x is not usable: truncated at byte 12";
+    assert_eq!(
+        failed_start(&pod_with_node_status(crashed(1, &format!("{why}\n")))).as_deref(),
+        Some(why)
+    );
+    // A clean exit, an error without a message, or another container: nothing to say.
+    assert_eq!(failed_start(&pod_with_node_status(crashed(0, why))), None);
+    assert_eq!(failed_start(&pod_with_node_status(crashed(1, " "))), None);
+    let mut sidecar = crashed(1, why);
+    sidecar["name"] = "sidecar".into();
+    assert_eq!(failed_start(&pod_with_node_status(sidecar)), None);
+    // Still in its failed run (not restarted yet).
+    let now = serde_json::json!({
+        "name": "node", "image": "rstore", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 1, "message": why}},
+    });
+    assert_eq!(
+        failed_start(&pod_with_node_status(now)).as_deref(),
+        Some(why)
+    );
 }

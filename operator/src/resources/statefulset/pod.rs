@@ -23,6 +23,8 @@ use crate::resources::{
 
 /// The credentials volume of the pods.
 pub const TLS_VOLUME: &str = "tls";
+/// The node container's termination message file (Kubernetes' default path).
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
 
 /// The pod template the spec asks for, with its revision annotation.
 pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
@@ -104,6 +106,12 @@ pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
         },
     ]);
     env.extend(crate::resources::bootstrap::env(rs));
+    // Why the node could not start (a restore refused, a bad certificate) reaches the pod's
+    // status as its termination message, where observe reads it.
+    env.push(env_value(
+        "RSTORE_TERMINATION_MESSAGE_PATH",
+        TERMINATION_LOG.into(),
+    ));
     if let Some(raft) = &spec.raft {
         let timing = [
             ("RSTORE_HEARTBEAT_MS", raft.heartbeat_ms.map(u64::from)),
@@ -178,6 +186,9 @@ pub fn pod_template(rs: &ReplicatedStore) -> PodTemplateSpec {
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         resources: spec.resources.clone(),
         volume_mounts: Some(mounts),
+        termination_message_path: Some(TERMINATION_LOG.into()),
+        // A node that dies without writing it (a panic) leaves the end of its log instead.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(RUN_AS),

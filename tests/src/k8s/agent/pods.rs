@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -103,8 +104,40 @@ struct ProbeState {
 struct Term {
     exit_code: i32,
     reason: String,
+    /// The termination message ([`termination_message`]).
+    message: String,
     started_at: String,
     finished_at: String,
+}
+
+/// Where a container writes its termination message (the kubelet's default without one).
+fn message_path(spec: &Container) -> &str {
+    spec.termination_message_path
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/dev/termination-log")
+}
+
+/// What the kubelet reports as a run's termination message: the file at its termination
+/// message path (at most 4096 bytes), or, with `FallbackToLogsOnError` and a failed run that
+/// wrote none, the end of its log (at most 80 lines and 2048 bytes).
+fn termination_message(pod_dir: &Path, spec: &Container, exit_code: i32) -> String {
+    let file = pod_dir.join(format!("{}.termination-log", spec.name));
+    let mut message = fs::read(&file).unwrap_or_default();
+    message.truncate(4096);
+    let fallback = spec.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
+    if message.iter().all(u8::is_ascii_whitespace) && fallback && exit_code != 0 {
+        let log = fs::read(pod_dir.join(format!("{}.log", spec.name))).unwrap_or_default();
+        let lines_from = log
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(80)
+            .map_or(0, |(i, _)| i + 1);
+        message = log[lines_from.max(log.len().saturating_sub(2048))..].to_vec();
+    }
+    String::from_utf8_lossy(&message).into_owned()
 }
 
 struct Ctr {
@@ -361,6 +394,7 @@ impl Runtime {
                 c.last = Some(Term {
                     exit_code: code,
                     reason: if code == 0 { "Completed" } else { "Error" }.into(),
+                    message: termination_message(&rt.dir, &c.spec, code),
                     started_at: c.started_at.clone(),
                     finished_at: now_rfc3339(),
                 });
@@ -567,11 +601,28 @@ impl Runtime {
                 script += &format!("mount -o remount,bind,ro {dst}\n");
             }
         }
+        // As the kubelet: a file of the pod's own at the container's termination message path,
+        // read when it exits. (On this machine /dev is the host's: an empty
+        // /dev/termination-log is created there once, as the mount point.)
+        let message_file = dir.join(format!("{}.termination-log", c.spec.name));
+        let message_at = q(message_path(&c.spec));
+        script += &format!(
+            "[ -e {message_at} ] || touch {message_at}\nmount --bind {} {message_at}\n",
+            q(&message_file.to_string_lossy())
+        );
         script += &format!(
             "cd {}\nexec \"$@\"\n",
             q(c.spec.working_dir.as_deref().unwrap_or("/"))
         );
         let _ = fs::create_dir_all(dir);
+        fs::write(&message_file, b"")
+            .and_then(|()| fs::set_permissions(&message_file, fs::Permissions::from_mode(0o666)))
+            .map_err(|e| {
+                (
+                    "RunContainerError".to_string(),
+                    format!("{}: {e}", message_file.display()),
+                )
+            })?;
         let log_path = dir.join(format!("{}.log", c.spec.name));
         // As the kubelet: each run of a container has its own log, and the one before it is
         // kept for `kubectl logs --previous`. The log of an earlier pod of the same name
@@ -814,7 +865,7 @@ impl Runtime {
                 json!({"running": {"startedAt": c.started_at}})
             } else if let (true, Some(t)) = (c.done, &c.last) {
                 json!({"terminated": {
-                    "exitCode": t.exit_code, "reason": t.reason,
+                    "exitCode": t.exit_code, "reason": t.reason, "message": t.message,
                     "startedAt": t.started_at, "finishedAt": t.finished_at,
                     "containerID": format!("rstore://{}-{}-{}", rt.uid, c.spec.name, c.restarts),
                 }})
@@ -824,7 +875,7 @@ impl Runtime {
             };
             let last = c.last.as_ref().filter(|_| !c.done).map_or(json!({}), |t| {
                 json!({"terminated": {
-                    "exitCode": t.exit_code, "reason": t.reason,
+                    "exitCode": t.exit_code, "reason": t.reason, "message": t.message,
                     "startedAt": t.started_at, "finishedAt": t.finished_at,
                     "containerID": format!("rstore://{}-{}-{}", rt.uid, c.spec.name, c.restarts - 1),
                 }})
