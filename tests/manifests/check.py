@@ -94,7 +94,8 @@ OPERATOR_METRICS = {
     "rstore_operator_backup_schedule_kept": ("gauge", {"store_namespace", "store", "schedule"}),
 }
 # Labels Prometheus adds to every scraped series (target labels, and the PodMonitor's `store`).
-TARGET_LABELS = {"namespace", "pod", "container", "endpoint", "service", "job", "instance", "store"}
+# The archivers' PodMonitor also adds `schedule`.
+TARGET_LABELS = {"namespace", "pod", "container", "endpoint", "service", "job", "instance", "store", "schedule"}
 
 failures: list[str] = []
 passed = 0
@@ -156,11 +157,17 @@ def crd_schema() -> dict:
     return crd_doc()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
-def node_metrics() -> dict[str, tuple[str, set[str]]]:
-    """Metric families of the node, parsed from node/src/metrics.rs: name -> (type, labels)."""
-    src = (ROOT / "node" / "src" / "metrics.rs").read_text()
+NODE_METRICS_RS = ROOT / "node" / "src" / "metrics.rs"
+ARCHIVE_METRICS_RS = ROOT / "node" / "src" / "cli" / "backup" / "archive" / "metrics.rs"
+
+
+def node_metrics(path=NODE_METRICS_RS, at_least=10) -> dict[str, tuple[str, set[str]]]:
+    """Metric families the node serves, parsed from its source (node/src/metrics.rs, or the
+    archiver's metrics.rs): name -> (type, labels)."""
+    src = path.read_text()
+    where = path.relative_to(ROOT)
     prefix = re.search(r'Registry::with_prefix\("([a-z_]+)"\)', src)
-    expect(prefix, "node/src/metrics.rs: no Registry::with_prefix(...) found")
+    expect(prefix, f"{where}: no Registry::with_prefix(...) found")
     labelsets = {
         name: set(re.findall(r"pub (\w+):", body))
         for name, body in re.findall(r"struct (\w+Labels) \{(.*?)\}", src, re.S)
@@ -175,13 +182,14 @@ def node_metrics() -> dict[str, tuple[str, set[str]]]:
         if fam:
             labels = labelsets[fam.group(1)]
         out[f"{prefix.group(1)}_{name}"] = (kind, labels)
-    expect(len(out) >= 10, f"parsed only {len(out)} metrics from node/src/metrics.rs")
+    expect(len(out) >= at_least, f"parsed only {len(out)} metrics from {where}")
     return out
 
 
 def exposed_series() -> dict[str, set[str]]:
     """Every series name Prometheus can see -> allowed label names."""
     families = dict(node_metrics())
+    families.update(node_metrics(ARCHIVE_METRICS_RS, at_least=7))
     families.update(OPERATOR_METRICS)
     series = {}
     for name, (kind, labels) in families.items():
@@ -631,7 +639,10 @@ def main() -> int:
         docs = rendered["monitoring"]
         (svc,) = objects(docs, "Service")
         (sm,) = objects(docs, "ServiceMonitor")
-        (pm,) = objects(docs, "PodMonitor")
+        pms = {d["metadata"]["name"].rsplit("-", 1)[-1]: d for d in objects(docs, "PodMonitor")}
+        if sorted(pms) != ["archivers", "stores"]:
+            problems.append(f"PodMonitors {sorted(pms)}, want one for the stores and one for the archivers")
+        pm, am = pms.get("stores"), pms.get("archivers")
         (pr,) = objects(docs, "PrometheusRule")
         if sm["spec"]["selector"]["matchLabels"].items() - svc["metadata"]["labels"].items():
             problems.append("ServiceMonitor selector does not match the metrics Service")
@@ -643,11 +654,27 @@ def main() -> int:
             problems.append(f"PodMonitor selects {pm['spec']['selector']} instead of the store pods")
         if pm["spec"]["podMetricsEndpoints"][0]["port"] != "client":
             problems.append("PodMonitor does not scrape the client port")
-        for d in (sm, pm, pr):
+        # The archiver's labels and port, as operator/src/backup/archiver.rs builds them.
+        archiver_rs = (ROOT / "operator" / "src" / "backup" / "archiver.rs").read_text()
+        resources_rs = (ROOT / "operator" / "src" / "resources" / "mod.rs").read_text()
+        archiver_name = re.search(r'ARCHIVER_NAME: &str = "([^"]+)"', resources_rs).group(1)
+        store_label = re.search(r'LABEL_STORE: &str = "([^"]+)"', resources_rs).group(1)
+        port_name = re.search(r'ports: Some\(vec!\[ContainerPort \{\s*name: Some\("(\w+)"', archiver_rs).group(1)
+        if am["spec"]["selector"]["matchLabels"] != {"app.kubernetes.io/name": archiver_name}:
+            problems.append(f"archivers' PodMonitor selects {am['spec']['selector']}, not the archiver pods")
+        endpoint = am["spec"]["podMetricsEndpoints"][0]
+        if endpoint["port"] != port_name:
+            problems.append(f"archivers' PodMonitor scrapes port {endpoint['port']}, the archiver's is {port_name}")
+        relabeled = {r["targetLabel"]: r["sourceLabels"][0] for r in endpoint["relabelings"]}
+        want_store = "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", store_label)
+        if relabeled.get("store") != want_store or "schedule" not in relabeled:
+            problems.append(f"archivers' PodMonitor relabels {relabeled}, want store from {want_store} and schedule")
+        for d in (sm, pm, am, pr):
             if d["metadata"]["labels"].get("release") != "prometheus":
                 problems.append(f"{d['kind']} lacks monitoring.labels")
         alerts = {r["alert"]: r for g in pr["spec"]["groups"] for r in g["rules"]}
-        for required in ("RstoreNoLeader", "RstoreQuorumAtRisk", "RstoreMemberLagging", "RstoreOperatorReconcileErrors"):
+        for required in ("RstoreNoLeader", "RstoreQuorumAtRisk", "RstoreMemberLagging", "RstoreOperatorReconcileErrors",
+                         "RstoreBackupStale", "RstoreArchiveLagging"):
             if required not in alerts:
                 problems.append(f"alert {required} missing")
         for name, r in alerts.items():
