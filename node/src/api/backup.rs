@@ -7,8 +7,9 @@
 //! lock, while writes go on, on a thread of its own at the lowest CPU priority (nice 19), so
 //! that the encoding and hashing take the CPU the member's writes leave idle rather than
 //! the writes' share (RocksDB lowers its compaction threads for the same reason). Any member
-//! can serve it; one backup streams from a member at a time, and a second gets 409. The answer's headers carry the revision, the cluster id
-//! and the key count before the body starts; the body's trailer carries its SHA-256.
+//! can serve it; one backup streams from a member at a time, and a second gets 409. The
+//! answer's headers carry the revision, the cluster id and the key count before the body
+//! starts; the body's trailer carries its SHA-256.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -161,4 +162,19 @@ fn lower_priority(nice: i32) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = nice;
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[test]
+    fn the_encoder_thread_alone_runs_at_the_lowest_priority() {
+        let me = || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        let before = me();
+        let encoder = std::thread::spawn(move || {
+            super::lower_priority(super::ENCODER_NICE);
+            me()
+        });
+        assert_eq!(encoder.join().unwrap(), super::ENCODER_NICE);
+        assert_eq!(me(), before, "the calling thread's priority changed too");
+    }
 }
