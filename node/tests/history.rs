@@ -225,12 +225,19 @@ fn history_before_an_installed_snapshot_stays_compacted_after_a_restart() {
             })
             .collect();
         sm.apply(entries).await.expect("apply");
-        let snapshot = sm
+        let built = sm
             .get_snapshot_builder()
             .await
             .build_snapshot()
             .await
             .expect("build snapshot");
+        // What a leader sends is the file the build wrote, as openraft reads it.
+        let snapshot = sm
+            .get_current_snapshot()
+            .await
+            .expect("read snapshot")
+            .expect("a snapshot was built");
+        assert_eq!(snapshot.meta, built.meta);
 
         // A fresh member installs it: it has no history before revision 21.
         let dir = tempfile::tempdir().expect("temp dir");

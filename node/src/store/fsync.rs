@@ -51,10 +51,18 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// syncs abort on failure; other errors (creating, writing, renaming) are returned, and
 /// leave the file as it was.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_durably_parts(path, &[bytes])
+}
+
+/// [`write_durably`] of the concatenation of `parts`.
+pub fn write_durably_parts(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
+        let mut f = io::BufWriter::new(File::create(&tmp)?);
+        for part in parts {
+            f.write_all(part)?;
+        }
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         sync_all(&f, &tmp);
     }
     std::fs::rename(&tmp, path)?;

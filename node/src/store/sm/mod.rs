@@ -57,6 +57,10 @@ pub struct StateMachineStore {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     retention: Retention,
+    /// Held by every writer of `snapshot/current`: an install from the leader, and the end
+    /// of a build (which runs beside `apply` and installs, and must not put an older state
+    /// back; see [`snapshot::StreamWriter::finish_unless_superseded`]).
+    files: Arc<std::sync::Mutex<()>>,
 }
 
 impl StateMachineStore {
@@ -78,6 +82,7 @@ impl StateMachineStore {
             last_applied: None,
             membership: StoredMembership::default(),
             retention,
+            files: Arc::default(),
         };
         let path = sm.snapshot_path();
         if let Some(file) = snapshot::read_file(&path)? {
@@ -105,7 +110,12 @@ impl StateMachineStore {
 
     /// Replace the whole state with a snapshot payload. History before it is gone.
     fn replace_state(&mut self, payload: &[u8]) -> Result<(), StorageError> {
-        let snap = snapshot::decode_payload(payload)?;
+        self.install_state(snapshot::decode_payload(payload)?);
+        Ok(())
+    }
+
+    /// Replace the whole state with a decoded snapshot. History before it is gone.
+    fn install_state(&mut self, snap: snapshot::Decoded) {
         *self.reader.state.write().expect("state lock") = State {
             data: snap.data,
             revision: snap.revision,
@@ -116,16 +126,16 @@ impl StateMachineStore {
         self.last_applied = snap.last_applied;
         self.membership = snap.membership;
         *self.reader.config.write().expect("config lock") = snap.config;
-        Ok(())
     }
 }
 
-/// A consistent copy of the state, taken in order with `apply`, and serialized, written
-/// and returned off the apply path.
+/// A consistent copy of the state, taken in order with `apply`, and streamed to the snapshot
+/// file off the apply path.
 pub struct SnapshotBuilder {
     copy: Option<(SnapshotMeta, u64, ClusterConfig, Data)>,
     snapshot_dir: PathBuf,
     log: LogStore,
+    files: Arc<std::sync::Mutex<()>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -137,26 +147,45 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // The log must cover the snapshot durably before the file exists (see the module doc).
         self.log.cover_snapshot(meta.last_log_id).await?;
         let dir = self.snapshot_dir.clone();
+        let files = self.files.clone();
+        // The state at one log id is one state, so the log id and revision name it.
+        meta.snapshot_id = match meta.last_log_id {
+            Some(l) => format!("{}-{}-r{revision}", l.leader_id.term, l.index),
+            None => format!("0-0-r{revision}"),
+        };
+        // Streamed to the file record by record: an encoding of the whole state in memory
+        // (and the copies of it the file format took) tripled a member's memory under load.
         let (meta, bytes) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
-            let bytes = snapshot::encode_payload(&meta, revision, config, data)?;
-            meta.snapshot_id = match meta.last_log_id {
-                Some(l) => format!(
-                    "{}-{}-{}",
-                    l.leader_id.term,
-                    l.index,
-                    crc32fast::hash(&bytes)
-                ),
-                None => format!("0-0-{}", crc32fast::hash(&bytes)),
-            };
-            snapshot::write_file(&dir, &meta, &bytes)?;
+            let keys = data.map.len() as u64;
+            let data_bytes = data
+                .map
+                .iter()
+                .map(|(k, r)| (k.len() + r.value.len()) as u64)
+                .sum();
+            let mut w =
+                snapshot::StreamWriter::create(&dir, &meta, revision, &config, keys, data_bytes)
+                    .map_err(err_snapshot)?;
+            for (key, record) in &data.map {
+                w.push(key, record).map_err(err_snapshot)?;
+            }
+            let bytes = w.finish_unless_superseded(&files)?;
             Ok((meta, bytes))
         })
         .await
         .map_err(err_snapshot)??;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
+        match bytes {
+            Some(bytes) => tracing::info!(snapshot = %meta.snapshot_id, bytes, "built snapshot"),
+            None => tracing::info!(
+                snapshot = %meta.snapshot_id,
+                "built snapshot dropped: a later one was installed from the leader meanwhile"
+            ),
+        }
+        // openraft 0.9.25 keeps only the meta of a built snapshot (core/sm/worker.rs:
+        // `Response::BuildSnapshot(snap.meta)`); the data, when it is sent to a member, is
+        // read from the file by `get_current_snapshot`.
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -245,6 +274,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             copy: Some((meta, revision, self.reader.config(), data)),
             snapshot_dir: self.snapshot_dir.clone(),
             log: self.log.clone(),
+            files: self.files.clone(),
         }
     }
 
@@ -258,16 +288,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let payload = snapshot.into_inner();
-        // Validate before touching anything.
-        snapshot::check_payload(&payload)?;
+        // Decoded (and so validated) before anything is touched.
+        let decoded = snapshot::decode_payload(&payload)?;
         self.log.cover_snapshot(meta.last_log_id).await?;
         let dir = self.snapshot_dir.clone();
         let meta2 = meta.clone();
-        let payload2 = payload.clone();
-        tokio::task::spawn_blocking(move || snapshot::write_file(&dir, &meta2, &payload2))
-            .await
-            .map_err(err_snapshot)??;
-        self.replace_state(&payload)?;
+        let files = self.files.clone();
+        tokio::task::spawn_blocking(move || {
+            let _files = files.lock().expect("snapshot file lock");
+            snapshot::write_file(&dir, &meta2, &payload)
+        })
+        .await
+        .map_err(err_snapshot)??;
+        self.install_state(decoded);
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }

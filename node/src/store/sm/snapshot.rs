@@ -56,7 +56,9 @@ pub(super) struct Decoded {
     pub(super) data: Data,
 }
 
-/// The payload of a snapshot of `data` at `revision`, as of `meta`.
+/// The payload of a snapshot of `data` at `revision`, as of `meta`, encoded in memory: the
+/// reference [`StreamWriter`] is tested against.
+#[cfg(test)]
 pub(super) fn encode_payload(
     meta: &SnapshotMeta,
     revision: u64,
@@ -75,13 +77,6 @@ pub(super) fn encode_payload(
             .collect(),
     };
     bincode::serialize(&payload).map_err(err_snapshot)
-}
-
-/// Whether `payload` decodes as a snapshot payload, checked before anything is touched.
-pub(super) fn check_payload(payload: &[u8]) -> Result<(), StorageError> {
-    bincode::deserialize::<SnapshotPayload>(payload)
-        .map(|_| ())
-        .map_err(err_read)
 }
 
 pub(super) fn decode_payload(payload: &[u8]) -> Result<Decoded, StorageError> {
@@ -105,6 +100,16 @@ pub(super) fn decode_payload(payload: &[u8]) -> Result<Decoded, StorageError> {
     })
 }
 
+/// The encoding of `bincode::serialize`, for reading the meta at the head of a file; the
+/// limit keeps a damaged length prefix from allocating without bound.
+fn meta_options() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(16 << 20)
+}
+
 /// Just the metadata of the snapshot file at `path`, read without loading the payload.
 pub(super) fn read_meta(path: &Path) -> Result<Option<SnapshotMeta>, StorageError> {
     use bincode::Options;
@@ -113,44 +118,66 @@ pub(super) fn read_meta(path: &Path) -> Result<Option<SnapshotMeta>, StorageErro
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(err_snapshot(e)),
     };
-    // The encoding of `bincode::serialize`; the limit keeps a damaged length prefix
-    // from allocating without bound.
-    let meta: SnapshotMeta = bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .allow_trailing_bytes()
-        .with_limit(16 << 20)
+    let meta: SnapshotMeta = meta_options()
         .deserialize_from(std::io::BufReader::new(f))
         .map_err(|e| corrupt_snapshot(path, &e.to_string()))?;
     Ok(Some(meta))
 }
 
+/// The snapshot file at `path`, checked. Read in its parts (the encoding of
+/// `bincode::serialize(&SnapshotFile)`: the meta, the payload's length and bytes, the
+/// checksum), so the payload is the one copy of the file in memory.
 pub(super) fn read_file(path: &Path) -> Result<Option<SnapshotFile>, StorageError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    use bincode::Options;
+    use std::io::Read;
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(err_snapshot(e)),
     };
-    let file: SnapshotFile = bincode::deserialize(&bytes)
-        .map_err(|e| corrupt_snapshot(path, &format!("cannot be decoded: {e}")))?;
-    if crc32fast::hash(&file.payload) != file.crc {
+    let size = f.metadata().map_err(err_snapshot)?.len();
+    let mut r = std::io::BufReader::new(f);
+    let undecodable =
+        |e: &dyn std::fmt::Display| corrupt_snapshot(path, &format!("cannot be decoded: {e}"));
+    let meta: SnapshotMeta = meta_options()
+        .deserialize_from(&mut r)
+        .map_err(|e| undecodable(&e))?;
+    let mut word = [0u8; 8];
+    r.read_exact(&mut word).map_err(|e| undecodable(&e))?;
+    let len = u64::from_le_bytes(word);
+    // A damaged length must not allocate more than the file holds.
+    if len > size {
+        return Err(undecodable(&format!(
+            "a payload of {len} bytes in a file of {size}"
+        )));
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload).map_err(|e| undecodable(&e))?;
+    let mut crc = [0u8; 4];
+    r.read_exact(&mut crc).map_err(|e| undecodable(&e))?;
+    if crc32fast::hash(&payload) != u32::from_le_bytes(crc) {
         return Err(corrupt_snapshot(path, "fails its checksum"));
     }
-    Ok(Some(file))
+    Ok(Some(SnapshotFile {
+        meta,
+        payload: ByteBuf::from(payload),
+        crc: u32::from_le_bytes(crc),
+    }))
 }
 
+/// Write `dir/current` durably: the encoding of `bincode::serialize(&SnapshotFile)`, written
+/// in its parts so the payload is not copied.
 pub(super) fn write_file(
     dir: &Path,
     meta: &SnapshotMeta,
     payload: &[u8],
 ) -> Result<(), StorageError> {
-    let file = SnapshotFile {
-        meta: meta.clone(),
-        payload: ByteBuf::from(payload.to_vec()),
-        crc: crc32fast::hash(payload),
-    };
-    let bytes = bincode::serialize(&file).map_err(err_snapshot)?;
+    let head = bincode::serialize(meta).map_err(err_snapshot)?;
+    let len = (payload.len() as u64).to_le_bytes();
+    let crc = crc32fast::hash(payload).to_le_bytes();
     // A failed fsync aborts the process (see `crate::store::fsync`).
-    crate::store::fsync::write_durably(&dir.join("current"), &bytes).map_err(err_snapshot)
+    crate::store::fsync::write_durably_parts(&dir.join("current"), &[&head, &len, payload, &crc])
+        .map_err(err_snapshot)
 }
 
 /// The first fields of [`SnapshotPayload`] alone. bincode writes a struct as its fields in
@@ -163,9 +190,10 @@ struct PayloadHead<'a> {
     config: &'a ClusterConfig,
 }
 
-/// Writes a snapshot file record by record, for a restore from a backup, without holding
-/// the state or its encoding in memory. The file is byte for byte what [`write_file`]
-/// writes for the same state (tested), and is renamed into place only once complete.
+/// Writes a snapshot file record by record, without holding an encoding of the state in
+/// memory: how a member builds its snapshots, and how a restore from a backup writes one. The
+/// file is byte for byte what [`write_file`] writes for the same state (tested), and is
+/// renamed into place only once complete.
 pub struct StreamWriter {
     out: std::io::BufWriter<std::fs::File>,
     tmp: std::path::PathBuf,
@@ -173,6 +201,8 @@ pub struct StreamWriter {
     crc: crc32fast::Hasher,
     keys_left: u64,
     bytes_left: u64,
+    payload_len: u64,
+    last_log_id: Option<LogId>,
 }
 
 impl StreamWriter {
@@ -198,7 +228,7 @@ impl StreamWriter {
         let payload_len = head.len() as u64 + 8 + keys * 40 + data_bytes;
         std::fs::create_dir_all(dir)?;
         let path = dir.join("current");
-        let tmp = dir.join("current.restoring");
+        let tmp = dir.join("current.partial");
         let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         out.write_all(&bincode::serialize(meta).map_err(std::io::Error::other)?)?;
         out.write_all(&payload_len.to_le_bytes())?;
@@ -214,6 +244,8 @@ impl StreamWriter {
             crc,
             keys_left: keys,
             bytes_left: data_bytes,
+            payload_len,
+            last_log_id: meta.last_log_id,
         })
     }
 
@@ -243,8 +275,36 @@ impl StreamWriter {
         Ok(())
     }
 
-    /// Write the checksum, make the file durable and move it into place.
-    pub fn finish(self) -> std::io::Result<()> {
+    /// Write the checksum, make the file durable and move it into place. Returns the size
+    /// of the payload it wrote.
+    pub fn finish(self) -> std::io::Result<u64> {
+        let sealed = self.seal()?;
+        sealed.rename()?;
+        Ok(sealed.payload_len)
+    }
+
+    /// [`Self::finish`], for a snapshot built while the member may install one from its
+    /// leader: under `files` (held by every writer of `current`), the file is moved into
+    /// place only if `current` is not already a later snapshot, and dropped otherwise
+    /// (`None`). Without this, a build that finished after an install would put the older
+    /// state back in `current`, and a restart would load it.
+    pub(super) fn finish_unless_superseded(
+        self,
+        files: &std::sync::Mutex<()>,
+    ) -> Result<Option<u64>, StorageError> {
+        let sealed = self.seal().map_err(err_snapshot)?;
+        let _files = files.lock().expect("snapshot file lock");
+        let current = read_meta(&sealed.path)?.and_then(|m| m.last_log_id);
+        if current > sealed.last_log_id {
+            let _ = std::fs::remove_file(&sealed.tmp);
+            return Ok(None);
+        }
+        sealed.rename().map_err(err_snapshot)?;
+        Ok(Some(sealed.payload_len))
+    }
+
+    /// Write the checksum and make the temp file durable.
+    fn seal(self) -> std::io::Result<Sealed> {
         use std::io::Write;
         if self.keys_left != 0 || self.bytes_left != 0 {
             return Err(std::io::Error::other(format!(
@@ -256,7 +316,25 @@ impl StreamWriter {
         out.write_all(&self.crc.finalize().to_le_bytes())?;
         let f = out.into_inner().map_err(|e| e.into_error())?;
         crate::store::fsync::sync_all(&f, &self.tmp);
-        drop(f);
+        Ok(Sealed {
+            tmp: self.tmp,
+            path: self.path,
+            payload_len: self.payload_len,
+            last_log_id: self.last_log_id,
+        })
+    }
+}
+
+/// A complete, durable snapshot file not yet in place.
+struct Sealed {
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+    payload_len: u64,
+    last_log_id: Option<LogId>,
+}
+
+impl Sealed {
+    fn rename(&self) -> std::io::Result<()> {
         std::fs::rename(&self.tmp, &self.path)?;
         crate::store::fsync::sync_dir(self.path.parent().unwrap_or(Path::new(".")))
     }
@@ -322,5 +400,57 @@ mod tests {
         let decoded = decode_payload(&file.payload).unwrap();
         assert_eq!(decoded.revision, 9);
         assert_eq!(decoded.data.map, data.map);
+    }
+
+    #[test]
+    fn a_build_that_ends_after_a_later_install_leaves_the_install_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |index| SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 0), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("s{index}"),
+        };
+        let config = ClusterConfig::default();
+        let files = std::sync::Mutex::new(());
+        // A build at index 10 starts; an install at index 20 lands before it ends.
+        let build = StreamWriter::create(dir.path(), &at(10), 3, &config, 0, 0).unwrap();
+        let installed = at(20);
+        let payload = encode_payload(&installed, 7, config, Data::default()).unwrap();
+        write_file(dir.path(), &installed, &payload).unwrap();
+        assert_eq!(build.finish_unless_superseded(&files).unwrap(), None);
+        let current = dir.path().join("current");
+        assert_eq!(
+            read_file(&current).unwrap().unwrap().meta.snapshot_id,
+            "s20"
+        );
+        assert!(!dir.path().join("current.partial").exists());
+        // A later build replaces it.
+        let build = StreamWriter::create(dir.path(), &at(30), 9, &config, 0, 0).unwrap();
+        assert!(build.finish_unless_superseded(&files).unwrap().is_some());
+        let file = read_file(&current).unwrap().unwrap();
+        assert_eq!(file.meta.snapshot_id, "s30");
+        assert_eq!(decode_payload(&file.payload).unwrap().revision, 9);
+    }
+
+    #[test]
+    fn a_snapshot_file_whose_length_overstates_its_payload_is_corrupt_not_an_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SnapshotMeta::default();
+        let payload = encode_payload(&meta, 1, ClusterConfig::default(), Data::default()).unwrap();
+        write_file(dir.path(), &meta, &payload).unwrap();
+        let path = dir.path().join("current");
+        let good = std::fs::read(&path).unwrap();
+        let mut bytes = good.clone();
+        let at = bincode::serialize(&meta).unwrap().len();
+        bytes[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read_file(&path).err().expect("refused").to_string();
+        assert!(err.contains("is corrupt"), "{err}");
+        // Cut short: the checksum is missing.
+        std::fs::write(&path, &good[..good.len() - 3]).unwrap();
+        let err = read_file(&path).err().expect("refused").to_string();
+        assert!(err.contains("is corrupt"), "{err}");
+        std::fs::write(&path, &good).unwrap();
+        assert!(read_file(&path).unwrap().is_some());
     }
 }
