@@ -341,4 +341,28 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
     }
+
+    #[test]
+    fn the_backup_metrics_the_chart_alerts_on() {
+        let m = Metrics::new();
+        m.backup
+            .schedule("ns", "db", "nightly", 86400.0, true, Some(3));
+        m.backup.archiver("ns", "db", "nightly", Some(false));
+        let text = m.encode();
+        for needle in [
+            "rstore_operator_backup_schedule_stale{store_namespace=\"ns\",store=\"db\",schedule=\"nightly\"} 1",
+            "rstore_operator_backup_schedule_kept{store_namespace=\"ns\",store=\"db\",schedule=\"nightly\"} 3",
+            "rstore_operator_backup_schedule_archiver_available{store_namespace=\"ns\",store=\"db\",schedule=\"nightly\"} 0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        // No archiver should run (archive removed, or waiting for a first backup): no
+        // series, so the alert does not fire on a schedule that has nothing to archive yet.
+        m.backup.archiver("ns", "db", "nightly", None);
+        let text = m.encode();
+        assert!(
+            !text.contains("archiver_available{"),
+            "a series left for an archiver that should not run:\n{text}"
+        );
+    }
 }

@@ -92,6 +92,7 @@ OPERATOR_METRICS = {
     "rstore_operator_backup_schedule_stale": ("gauge", {"store_namespace", "store", "schedule"}),
     "rstore_operator_backup_schedule_period_seconds": ("gauge", {"store_namespace", "store", "schedule"}),
     "rstore_operator_backup_schedule_kept": ("gauge", {"store_namespace", "store", "schedule"}),
+    "rstore_operator_backup_schedule_archiver_available": ("gauge", {"store_namespace", "store", "schedule"}),
 }
 # Labels Prometheus adds to every scraped series (target labels, and the PodMonitor's `store`).
 # The archivers' PodMonitor also adds `schedule`.
@@ -674,7 +675,7 @@ def main() -> int:
                 problems.append(f"{d['kind']} lacks monitoring.labels")
         alerts = {r["alert"]: r for g in pr["spec"]["groups"] for r in g["rules"]}
         for required in ("RstoreNoLeader", "RstoreQuorumAtRisk", "RstoreMemberLagging", "RstoreOperatorReconcileErrors",
-                         "RstoreBackupStale", "RstoreArchiveLagging"):
+                         "RstoreBackupStale", "RstoreArchiveLagging", "RstoreArchiverDown"):
             if required not in alerts:
                 problems.append(f"alert {required} missing")
         for name, r in alerts.items():

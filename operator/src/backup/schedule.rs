@@ -225,8 +225,21 @@ pub async fn reconcile(
             now,
         ),
     ];
-    if let Some((running, reason, message)) = archiving {
-        conditions.push(condition(&old, "Archiving", running, reason, &message, now));
+    // The archiver's availability counts once it should be running (applied).
+    let archiver_available = archiving.as_ref().filter(|a| a.applied).map(|a| a.running);
+    bctx.ctx
+        .metrics
+        .backup
+        .archiver(&ns, &sched.spec.store, &name, archiver_available);
+    if let Some(a) = archiving {
+        conditions.push(condition(
+            &old,
+            "Archiving",
+            a.running,
+            a.reason,
+            &a.message,
+            now,
+        ));
     }
     status.conditions = conditions;
     bctx.ctx.metrics.backup.schedule(
@@ -251,13 +264,23 @@ pub async fn reconcile(
     ))
 }
 
-/// Applies or deletes the schedule's archiver; with `spec.archive`, the `Archiving`
-/// condition: whether it runs, why, and what to do.
+/// Where a schedule's archiver stands: its `Archiving` condition.
+struct Archiving {
+    /// Its pod is available.
+    running: bool,
+    /// Its Deployment is applied: it should be running.
+    applied: bool,
+    reason: &'static str,
+    message: String,
+}
+
+/// Applies or deletes the schedule's archiver; with `spec.archive`, where it stands:
+/// whether it runs, why, and what to do.
 async fn archiver(
     bctx: &BackupContext,
     sched: &BackupSchedule,
     have_backup: bool,
-) -> Result<Option<(bool, &'static str, String)>, Error> {
+) -> Result<Option<Archiving>, Error> {
     let ns = sched.namespace().unwrap_or_default();
     let key = format!("{ns}/{}", sched.name_any());
     let api: Api<Deployment> = Api::namespaced(bctx.ctx.client.clone(), &ns);
@@ -293,21 +316,23 @@ async fn archiver(
             .is_some()
     };
     let Some(rs) = rs.filter(initialized) else {
-        return Ok(Some((
-            false,
-            "WaitingForStore",
-            format!(
+        return Ok(Some(Archiving {
+            running: false,
+            applied: false,
+            reason: "WaitingForStore",
+            message: format!(
                 "waiting for ReplicatedStore {ns}/{} to be initialized",
                 sched.spec.store
             ),
-        )));
+        }));
     };
     if !have_backup {
-        return Ok(Some((
-            false,
-            "WaitingForBackup",
-            "the archive starts after the schedule's first successful backup".to_owned(),
-        )));
+        return Ok(Some(Archiving {
+            running: false,
+            applied: false,
+            reason: "WaitingForBackup",
+            message: "the archive starts after the schedule's first successful backup".to_owned(),
+        }));
     }
     let Some(deployment) = archiver::deployment(sched, &rs) else {
         return Ok(None);
@@ -330,22 +355,24 @@ async fn archiver(
         .and_then(|s| s.available_replicas)
         .unwrap_or(0);
     Ok(Some(if available > 0 {
-        (
-            true,
-            "ArchiverRunning",
-            format!(
+        Archiving {
+            running: true,
+            applied: true,
+            reason: "ArchiverRunning",
+            message: format!(
                 "{name} archives the change stream into {} (its lag: rstore_archive_lag_seconds on port 9479)",
                 sched.spec.destination.url
             ),
-        )
+        }
     } else {
-        (
-            false,
-            "ArchiverNotReady",
-            format!(
-                "{name} is not running yet: kubectl describe deployment {name}; kubectl logs deployment/{name}"
+        Archiving {
+            running: false,
+            applied: true,
+            reason: "ArchiverNotReady",
+            message: format!(
+                "{name} is not running: kubectl describe deployment {name}; kubectl logs deployment/{name}"
             ),
-        )
+        }
     }))
 }
 

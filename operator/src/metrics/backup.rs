@@ -4,7 +4,9 @@
 //! (`rstore_operator_backup_last_success_timestamp_seconds`, `..._last_revision`,
 //! `..._last_size_bytes`, `..._last_duration_seconds`), and per schedule
 //! `rstore_operator_backup_schedule_stale` (1: no success for twice the period; the chart's
-//! alert), `..._period_seconds` and `..._kept` (good backups in the destination).
+//! alert), `..._period_seconds`, `..._kept` (good backups in the destination) and, while a
+//! schedule's archiver should be running, `..._archiver_available` (1 when its pod is
+//! available; the chart's alert when it stays 0).
 
 use std::sync::atomic::AtomicU64;
 
@@ -47,6 +49,7 @@ pub struct BackupMetrics {
     stale: Family<ScheduleLabels, Gauge>,
     period: Family<ScheduleLabels, FloatGauge>,
     kept: Family<ScheduleLabels, Gauge>,
+    archiver_available: Family<ScheduleLabels, Gauge>,
 }
 
 impl BackupMetrics {
@@ -92,6 +95,12 @@ impl BackupMetrics {
             "backup_schedule_kept",
             "Successful backups of the schedule's store kept in its destination",
             m.kept.clone(),
+        );
+        registry.register(
+            "backup_schedule_archiver_available",
+            "1 when the schedule's archiver pod is available, 0 when it should run and is \
+             not; absent when the schedule has no archive or its archive has not started",
+            m.archiver_available.clone(),
         );
         m
     }
@@ -149,6 +158,24 @@ impl BackupMetrics {
         self.period.get_or_create(&l).set(period_seconds);
         if let Some(k) = kept {
             self.kept.get_or_create(&l).set(i64::from(k));
+        }
+    }
+
+    /// Whether the archiver of schedule `schedule` is available: `None` when none should
+    /// run yet (no `spec.archive`, or it waits for the store or a first backup).
+    pub fn archiver(&self, namespace: &str, store: &str, schedule: &str, available: Option<bool>) {
+        let l = ScheduleLabels {
+            store_namespace: namespace.into(),
+            store: store.into(),
+            schedule: schedule.into(),
+        };
+        match available {
+            Some(a) => {
+                self.archiver_available.get_or_create(&l).set(i64::from(a));
+            }
+            None => {
+                self.archiver_available.remove(&l);
+            }
         }
     }
 }
