@@ -128,6 +128,13 @@ pub enum SaveError {
         #[source]
         source: StoreError,
     },
+    #[error(
+        "no backup was saved to {url}: a backup of this cluster at revision {revision}, started \
+         in the same second, already has that name (backups are written once). It holds the \
+         same state; its manifest says whether it completed. A backup taken a second later \
+         gets a name of its own"
+    )]
+    SameName { url: String, revision: u64 },
     #[error("no backup was saved to {url}: {source}")]
     Check {
         url: String,
@@ -146,6 +153,8 @@ impl SaveError {
                 source.is_transient() || matches!(source, StoreError::Source { .. })
             }
             Self::Check { .. } => true,
+            // The next second has a name of its own.
+            Self::SameName { .. } => true,
         }
     }
 }
@@ -203,8 +212,8 @@ where
             };
         }
         // AlreadyExists: another save took the same name; its manifest is its own.
-        (Err(source @ StoreError::AlreadyExists { .. }), _) => {
-            return Err(SaveError::Store { url, source });
+        (Err(StoreError::AlreadyExists { .. }), _) => {
+            return Err(SaveError::SameName { url, revision });
         }
         (Err(source), _) => SaveError::Store {
             url: url.clone(),
@@ -219,6 +228,7 @@ where
     let reason = match &failed {
         SaveError::Store { source, .. } => source.to_string(),
         SaveError::Check { source, .. } => source.to_string(),
+        SaveError::SameName { .. } => failed.to_string(),
     };
     let manifest = Manifest::failed(&object, &reason, None, started_unix_ms, finished_unix_ms);
     if let Err(e) = store.write_manifest(&manifest).await {

@@ -5,6 +5,9 @@
 
 mod support;
 
+use rstore_backup::format::{self, Entry, FORMAT_VERSION, Header};
+use rstore_backup::manifest::Status;
+use rstore_backup::save::{SaveError, save_stream};
 use rstore_backup::store::{BackupStore, StoreError, StoreOptions};
 
 fn options() -> StoreOptions {
@@ -99,4 +102,55 @@ async fn object_names_must_be_plain() {
         let err = store.put_once(name, bytes::Bytes::new()).await.unwrap_err();
         assert!(matches!(err, StoreError::BadUrl { .. }), "{name:?}: {err}");
     }
+}
+
+/// Two saves of one cluster at one revision in the same second (two members asked at once on
+/// an idle cluster) want the same write-once name: the second is refused with a reason that
+/// says so and is transient, and the first stays complete and untouched.
+#[tokio::test]
+async fn a_second_save_of_the_same_revision_in_the_same_second_is_refused_and_the_first_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let store = BackupStore::open(&url, &options()).unwrap();
+    let started = 1_764_990_000_123u64;
+    let header = Header {
+        format: FORMAT_VERSION,
+        cluster_id: "c-same".into(),
+        revision: 42,
+        log_index: 50,
+        created_unix_ms: started,
+        source_node: 1,
+        keys: 1,
+        data_bytes: 4,
+        config: serde_json::json!({}),
+    };
+    let entries = [Entry {
+        key: "k".into(),
+        create_revision: 42,
+        mod_revision: 42,
+        version: 1,
+        value: b"abc".to_vec(),
+    }];
+    let bytes = format::encode(header, &entries).unwrap();
+    let stream =
+        || futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(bytes.clone()))]);
+    let first = save_stream(&store, "c-same", 42, started, stream())
+        .await
+        .expect("first save");
+    let err = save_stream(&store, "c-same", 42, started + 400, stream())
+        .await
+        .expect_err("same name");
+    assert!(
+        matches!(err, SaveError::SameName { revision: 42, .. }),
+        "{err}"
+    );
+    assert!(err.is_transient(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&first.object) && text.contains("same second"),
+        "{text}"
+    );
+    let manifest = store.read_manifest(&first.object).await.unwrap().unwrap();
+    assert_eq!(manifest.status, Status::Complete);
+    assert_eq!(manifest.sha256, first.sha256);
 }
