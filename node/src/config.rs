@@ -122,7 +122,9 @@ pub struct ServeArgs {
     /// Largest election timeout, in milliseconds.
     #[arg(long, env = "RSTORE_ELECTION_MAX_MS", default_value_t = 2000)]
     pub election_max_ms: u64,
-    /// Log entries between snapshots; the log is compacted after each snapshot.
+    /// Log entries between snapshots, at least; the log is compacted after each snapshot.
+    /// A large state also waits until the commands logged since the last snapshot hold a
+    /// quarter of its bytes (up to ten times as many entries, or 1 GiB of log).
     #[arg(long, env = "RSTORE_SNAPSHOT_LOGS", default_value_t = 10_000)]
     pub snapshot_logs: u64,
     /// Size of each write-ahead log segment file, in bytes. Segments are zero-filled ahead

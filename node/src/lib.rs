@@ -12,7 +12,8 @@
 //!    reader both ports share); [`listener`] (the connection cap and timeouts on both ports);
 //! 3. peer traffic and the write path below HTTP: [`network`] (Raft RPC to peers),
 //!    [`batcher`] (group commit and acknowledgement by replication mode), [`readindex`],
-//!    [`watchdog`], and the follower's batched forwarder ([`forward::client`]);
+//!    [`watchdog`], [`snapshots`] (when a member snapshots its state), and the follower's
+//!    batched forwarder ([`forward::client`]);
 //! 4. [`app`]: the state a running node shares with its handlers;
 //! 5. the two ports: [`api`] (the client port) and [`peer`] (the peer port), with
 //!    [`forward`] (both sides of forwarding to the leader);
@@ -46,6 +47,7 @@ pub mod node;
 pub mod peer;
 pub use rstore_api::pki;
 pub mod readindex;
+pub mod snapshots;
 pub mod store;
 pub mod tls;
 pub mod types;

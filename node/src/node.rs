@@ -126,6 +126,7 @@ impl Node {
         )
         .await?;
         let kv = storage.sm.reader();
+        let growth = storage.sm.growth();
         let committed = storage.log.committed_index();
         let log_handle = storage.log.clone();
 
@@ -136,7 +137,8 @@ impl Node {
             election_timeout_max: settings.election_max_ms,
             install_snapshot_timeout: 30_000,
             max_payload_entries: 256,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_logs),
+            // Triggered by `crate::snapshots`, which weighs the state's size too.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: settings.snapshot_logs.min(1000),
             purge_batch_size: 256,
             ..Default::default()
@@ -203,6 +205,12 @@ impl Node {
         });
         tokio::spawn(watch_raft(app.clone()));
         crate::tls::spawn_reloader(app.tls.clone(), app.tokens.clone(), RELOAD_EVERY);
+        tokio::spawn(crate::snapshots::run(
+            app.raft.clone(),
+            app.kv.clone(),
+            growth,
+            app.settings.snapshot_logs,
+        ));
         tokio::spawn(crate::watchdog::run(
             app.raft.clone(),
             Duration::from_millis(app.settings.election_max_ms),

@@ -476,6 +476,7 @@ const NODE_LAYERS: &[&[&str]] = &[
         "batcher",
         "readindex",
         "watchdog",
+        "snapshots",
         "forward",
         "forward::client",
     ],

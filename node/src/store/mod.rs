@@ -20,11 +20,11 @@ use std::sync::Arc;
 
 pub use durable::{FlushStats, Flusher};
 pub use log::LogStore;
-pub use sm::StateMachineStore;
 pub use sm::history::{Event, EventKind, HistoryError, Retention, RevisionEvents};
 pub use sm::reader::{KvReader, StateCopy};
 pub use sm::record::Record;
 pub use sm::snapshot::StreamWriter as SnapshotWriter;
+pub use sm::{LogGrowth, StateMachineStore};
 
 /// Log segment size unless `RSTORE_WAL_SEGMENT_BYTES` says otherwise.
 pub const SEGMENT_BYTES: u64 = 16 << 20;

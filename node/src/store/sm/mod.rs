@@ -48,6 +48,26 @@ use crate::types::{
     StoredMembership, TypeConfig,
 };
 
+/// The bytes of commands applied since the state was last copied for a snapshot (or
+/// installed from one): how much the log beyond the snapshot holds, for the snapshot
+/// policy (`crate::snapshots`). Cloned handles share one count.
+#[derive(Clone, Default)]
+pub struct LogGrowth(Arc<std::sync::atomic::AtomicU64>);
+
+impl LogGrowth {
+    pub fn bytes(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn reset(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The state machine store.
 pub struct StateMachineStore {
     snapshot_dir: PathBuf,
@@ -61,6 +81,7 @@ pub struct StateMachineStore {
     /// of a build (which runs beside `apply` and installs, and must not put an older state
     /// back; see [`snapshot::StreamWriter::finish_unless_superseded`]).
     files: Arc<std::sync::Mutex<()>>,
+    growth: LogGrowth,
 }
 
 impl StateMachineStore {
@@ -83,6 +104,7 @@ impl StateMachineStore {
             membership: StoredMembership::default(),
             retention,
             files: Arc::default(),
+            growth: LogGrowth::default(),
         };
         let path = sm.snapshot_path();
         if let Some(file) = snapshot::read_file(&path)? {
@@ -102,6 +124,11 @@ impl StateMachineStore {
 
     pub fn reader(&self) -> KvReader {
         self.reader.clone()
+    }
+
+    /// The bytes applied since the last snapshot copy.
+    pub fn growth(&self) -> LogGrowth {
+        self.growth.clone()
     }
 
     fn snapshot_path(&self) -> PathBuf {
@@ -126,6 +153,7 @@ impl StateMachineStore {
         self.last_applied = snap.last_applied;
         self.membership = snap.membership;
         *self.reader.config.write().expect("config lock") = snap.config;
+        self.growth.reset();
     }
 }
 
@@ -206,6 +234,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut responses = Vec::new();
         let mut new_config = None;
         let mut live = Vec::new();
+        let mut logged = 0u64;
         {
             let mut guard = self.reader.state.write().expect("state lock");
             let state = &mut *guard;
@@ -225,6 +254,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Normal(Request::Batch(batch)) => {
                         let mut outcomes = Vec::with_capacity(batch.cmds.len());
                         for cmd in batch.cmds {
+                            logged += cmd.size() as u64;
                             outcomes.push(apply::apply_command(
                                 &mut state.data,
                                 &mut changes,
@@ -244,6 +274,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 live.push(change);
             }
         }
+        self.growth.add(logged);
         if let Some(c) = new_config {
             tracing::info!(
                 mode = c.replication_mode.as_str(),
@@ -265,6 +296,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let state = self.reader.state();
             (state.revision, state.data.clone())
         };
+        // Everything applied so far is in the copy.
+        self.growth.reset();
         let meta = SnapshotMeta {
             last_log_id: self.last_applied,
             last_membership: self.membership.clone(),
