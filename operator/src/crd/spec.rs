@@ -425,7 +425,9 @@ pub struct RaftSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub election_max_ms: Option<u32>,
 
-    /// Log entries between snapshots (node default 10000).
+    /// Log entries between snapshots, at least (node default 10000). A state over 64 MiB
+    /// also waits until the commands logged since its last snapshot hold a quarter of its
+    /// bytes (at most ten times the entries, or 1 GiB of log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1").message("snapshotLogs must be at least 1"))]
     pub snapshot_logs: Option<u64>,
