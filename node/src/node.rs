@@ -153,7 +153,8 @@ impl Node {
             contact.clone(),
             metrics.clone(),
         );
-        let raft = Raft::new(id, Arc::new(config), network, storage.log, storage.sm)
+        let sm = storage.sm.for_raft_start();
+        let raft = Raft::new(id, Arc::new(config), network, storage.log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
 

@@ -5,12 +5,19 @@
 //! (docs/benchmark.md). So openraft's policy is off (`SnapshotPolicy::Never`) and this task
 //! triggers each member's snapshots itself:
 //!
-//! - never before `snapshot_logs` entries since the last snapshot, and then at once for a
-//!   state under [`SMALL_STATE_BYTES`] (openraft's rule: a small store behaves as before);
+//! - once the commands logged since the last snapshot reach [`MAX_LOG_BYTES`], whatever else
+//!   (a few thousand large transactions can log a gigabyte in fewer than `snapshot_logs`
+//!   entries; this bounds the log's disk use);
+//! - otherwise never before `snapshot_logs` entries since the last snapshot, and then at once
+//!   for a state under [`SMALL_STATE_BYTES`] (openraft's rule: a small store behaves as
+//!   before);
 //! - a larger state waits until the commands logged since the last snapshot hold a quarter
-//!   of its bytes (a snapshot costs at most four bytes written per byte logged), or the log
-//!   since then reaches ten times `snapshot_logs` entries or [`MAX_LOG_BYTES`] (which bound
-//!   the log's disk use and a restart's replay whatever the state's size).
+//!   of its bytes (a snapshot costs at most four bytes written per byte logged), or ten times
+//!   `snapshot_logs` entries.
+//!
+//! Replaying that log at a restart is cheap next to loading the state: a member restarted
+//! with 1.1 GB of log and no snapshot (1M keys of 1 KiB in 7,813 transactions) answered a
+//! linearizable read 0.75 s after it started.
 
 use std::time::Duration;
 
@@ -30,11 +37,11 @@ const TICK: Duration = Duration::from_millis(100);
 /// Whether a snapshot is due, `entries` and `log_bytes` since the last one, with a state of
 /// `state_bytes` and the `snapshot_logs` setting.
 pub fn due(entries: u64, log_bytes: u64, state_bytes: u64, snapshot_logs: u64) -> bool {
-    entries >= snapshot_logs
-        && (state_bytes < SMALL_STATE_BYTES
-            || log_bytes.saturating_mul(4) >= state_bytes
-            || entries >= snapshot_logs.saturating_mul(10)
-            || log_bytes >= MAX_LOG_BYTES)
+    log_bytes >= MAX_LOG_BYTES
+        || (entries >= snapshot_logs
+            && (state_bytes < SMALL_STATE_BYTES
+                || log_bytes.saturating_mul(4) >= state_bytes
+                || entries >= snapshot_logs.saturating_mul(10)))
 }
 
 /// Runs until the Raft node shuts down.
@@ -101,5 +108,12 @@ mod tests {
         assert!(due(100_000, 1 << 20, gb, 10_000));
         assert!(due(10_000, MAX_LOG_BYTES, 64 * gb, 10_000));
         assert!(!due(10_000, MAX_LOG_BYTES - 1, 64 * gb, 10_000));
+    }
+
+    #[test]
+    fn a_gigabyte_of_log_is_snapshotted_however_few_its_entries() {
+        assert!(due(5_171, MAX_LOG_BYTES, 1 << 30, 10_000));
+        assert!(due(1, MAX_LOG_BYTES, 0, 10_000));
+        assert!(!due(5_171, MAX_LOG_BYTES - 1, 1 << 30, 10_000));
     }
 }

@@ -41,7 +41,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder};
 use self::history::{Retention, RevisionEvents};
 use self::reader::{KvReader, State};
 use self::record::Data;
-use self::snapshot::{corrupt_snapshot, err_snapshot};
+use self::snapshot::err_snapshot;
 use super::log::LogStore;
 use crate::types::{
     ClusterConfig, Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError,
@@ -82,9 +82,21 @@ pub struct StateMachineStore {
     /// back; see [`snapshot::StreamWriter::finish_unless_superseded`]).
     files: Arc<std::sync::Mutex<()>>,
     growth: LogGrowth,
+    /// Set by [`Self::for_raft_start`]: the next `get_current_snapshot` is openraft's at
+    /// start-up, which reads only the meta.
+    meta_only_once: bool,
 }
 
 impl StateMachineStore {
+    /// This store, to be handed to `Raft::new`: its first `get_current_snapshot` is the one
+    /// openraft 0.9.25 makes while it starts (`StorageHelper::get_initial_state`, which keeps
+    /// `snapshot.meta` alone), and is answered from the file's meta without its payload.
+    /// Every later call (a snapshot sent to a follower) reads the payload.
+    pub fn for_raft_start(mut self) -> Self {
+        self.meta_only_once = true;
+        self
+    }
+
     /// Load the state from the snapshot file in `snapshot_dir`, if there is one.
     pub fn open(
         snapshot_dir: &Path,
@@ -105,11 +117,12 @@ impl StateMachineStore {
             retention,
             files: Arc::default(),
             growth: LogGrowth::default(),
+            meta_only_once: false,
         };
         let path = sm.snapshot_path();
-        if let Some(file) = snapshot::read_file(&path)? {
-            sm.replace_state(&file.payload)
-                .map_err(|e| corrupt_snapshot(&path, &format!("its payload is invalid: {e}")))?;
+        // Decoded as it is read: the state is the one copy of it in memory.
+        if let Some((_, decoded)) = snapshot::read_state(&path)? {
+            sm.install_state(decoded);
         }
         Ok(sm)
     }
@@ -133,12 +146,6 @@ impl StateMachineStore {
 
     fn snapshot_path(&self) -> PathBuf {
         self.snapshot_dir.join("current")
-    }
-
-    /// Replace the whole state with a snapshot payload. History before it is gone.
-    fn replace_state(&mut self, payload: &[u8]) -> Result<(), StorageError> {
-        self.install_state(snapshot::decode_payload(payload)?);
-        Ok(())
     }
 
     /// Replace the whole state with a decoded snapshot. History before it is gone.
@@ -339,6 +346,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        if std::mem::take(&mut self.meta_only_once) {
+            // openraft's start-up (storage/helper.rs, `get_initial_state`) keeps only the
+            // meta; reading the payload there held the whole file in memory beside the state
+            // just loaded from it.
+            return Ok(
+                snapshot::read_meta(&self.snapshot_path())?.map(|meta| Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(Vec::new())),
+                }),
+            );
+        }
         Ok(
             snapshot::read_file(&self.snapshot_path())?.map(|f| Snapshot {
                 meta: f.meta,

@@ -19,7 +19,7 @@ pub struct Record {
 }
 
 impl Record {
-    const HEADER: usize = 24;
+    pub(super) const HEADER: usize = 24;
 
     /// The encoding in snapshot payloads.
     pub fn encode(&self) -> Vec<u8> {

@@ -165,6 +165,131 @@ pub(super) fn read_file(path: &Path) -> Result<Option<SnapshotFile>, StorageErro
     }))
 }
 
+/// The snapshot file at `path`, decoded as it is read, record by record, and checked (its
+/// checksum once the payload is read; nothing decoded is used before that). How a member
+/// loads its state at start-up: the state is the one copy in memory, where reading the file
+/// whole and then decoding it held the file, the decoded pairs and the state at once.
+pub(super) fn read_state(path: &Path) -> Result<Option<(SnapshotMeta, Decoded)>, StorageError> {
+    use bincode::Options;
+    use std::io::Read;
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err_snapshot(e)),
+    };
+    let size = f.metadata().map_err(err_snapshot)?.len();
+    let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+    let undecodable =
+        |e: &dyn std::fmt::Display| corrupt_snapshot(path, &format!("cannot be decoded: {e}"));
+    let meta: SnapshotMeta = meta_options()
+        .deserialize_from(&mut r)
+        .map_err(|e| undecodable(&e))?;
+    let len = read_u64(&mut r).map_err(|e| undecodable(&e))?;
+    if len > size {
+        return Err(undecodable(&format!(
+            "a payload of {len} bytes in a file of {size}"
+        )));
+    }
+    let mut payload = Checksummed {
+        inner: (&mut r).take(len),
+        crc: crc32fast::Hasher::new(),
+    };
+    let decoded = decode_from(&mut payload, len).map_err(|e| undecodable(&e));
+    // The rest of the payload (none, in a good file) counts toward its checksum too.
+    let rest = std::io::copy(&mut payload, &mut std::io::sink()).map_err(|e| undecodable(&e))?;
+    let crc = payload.crc.finalize();
+    let mut want = [0u8; 4];
+    r.read_exact(&mut want).map_err(|e| undecodable(&e))?;
+    if crc != u32::from_le_bytes(want) {
+        return Err(corrupt_snapshot(path, "fails its checksum"));
+    }
+    let decoded = decoded?;
+    if rest != 0 {
+        return Err(undecodable(&format!("{rest} bytes after the last record")));
+    }
+    Ok(Some((meta, decoded)))
+}
+
+/// The first fields of [`SnapshotPayload`], read.
+#[derive(Deserialize)]
+struct PayloadHeadOwned {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    revision: u64,
+    config: ClusterConfig,
+}
+
+/// A payload of `len` bytes, decoded from `r` record by record; lengths that exceed what is
+/// left of it are refused before anything is allocated for them.
+fn decode_from(r: &mut impl std::io::Read, len: u64) -> std::io::Result<Decoded> {
+    let head: PayloadHeadOwned =
+        bincode::deserialize_from(&mut *r).map_err(std::io::Error::other)?;
+    let keys = read_u64(r)?;
+    let too_long = |what: &str, n: u64| {
+        std::io::Error::other(format!("a {what} of {n} bytes in a payload of {len}"))
+    };
+    let mut data = Data::default();
+    for _ in 0..keys {
+        let n = read_u64(r)?;
+        if n > len {
+            return Err(too_long("key", n));
+        }
+        let mut key = vec![0u8; n as usize];
+        r.read_exact(&mut key)?;
+        let key = String::from_utf8(key).map_err(std::io::Error::other)?;
+        let n = read_u64(r)?;
+        if n > len {
+            return Err(too_long("record", n));
+        }
+        let mut counters = [0u8; Record::HEADER];
+        if (n as usize) < Record::HEADER {
+            return Err(std::io::Error::other(format!(
+                "a short record for key {key:?}"
+            )));
+        }
+        r.read_exact(&mut counters)?;
+        let mut value = vec![0u8; n as usize - Record::HEADER];
+        r.read_exact(&mut value)?;
+        let u = |i: usize| u64::from_be_bytes(counters[i..i + 8].try_into().expect("8 bytes"));
+        data.insert(
+            key,
+            Record {
+                create_revision: u(0),
+                mod_revision: u(8),
+                version: u(16),
+                value: value.into(),
+            },
+        );
+    }
+    Ok(Decoded {
+        last_applied: head.last_applied,
+        membership: head.membership,
+        revision: head.revision,
+        config: head.config,
+        data,
+    })
+}
+
+fn read_u64(r: &mut impl std::io::Read) -> std::io::Result<u64> {
+    let mut word = [0u8; 8];
+    r.read_exact(&mut word)?;
+    Ok(u64::from_le_bytes(word))
+}
+
+/// A reader that checksums what passes through it.
+struct Checksummed<R> {
+    inner: R,
+    crc: crc32fast::Hasher,
+}
+
+impl<R: std::io::Read> std::io::Read for Checksummed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Write `dir/current` durably: the encoding of `bincode::serialize(&SnapshotFile)`, written
 /// in its parts so the payload is not copied.
 pub(super) fn write_file(
@@ -452,5 +577,67 @@ mod tests {
         assert!(err.contains("is corrupt"), "{err}");
         std::fs::write(&path, &good).unwrap();
         assert!(read_file(&path).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_state_read_as_it_streams_is_the_state_decoded_whole_and_damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = LogId::new(openraft::CommittedLeaderId::new(2, 0), 77);
+        let meta = SnapshotMeta {
+            last_log_id: Some(id),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "s77".into(),
+        };
+        let mut data = Data::default();
+        for i in 0..500u64 {
+            data.insert(
+                format!("key/{i:04}"),
+                Record {
+                    create_revision: i + 1,
+                    mod_revision: 2 * i + 1,
+                    version: i % 7 + 1,
+                    value: bytes::Bytes::from(vec![i as u8; (i % 50) as usize]),
+                },
+            );
+        }
+        let config = ClusterConfig::default();
+        let payload = encode_payload(&meta, 1234, config, data.clone()).unwrap();
+        write_file(dir.path(), &meta, &payload).unwrap();
+        let path = dir.path().join("current");
+        let (read_meta, streamed) = read_state(&path).unwrap().unwrap();
+        let whole = decode_payload(&read_file(&path).unwrap().unwrap().payload).unwrap();
+        assert_eq!(read_meta, meta);
+        assert_eq!(streamed.revision, 1234);
+        assert_eq!(streamed.last_applied, Some(id));
+        assert_eq!(streamed.data.map, data.map);
+        assert_eq!(streamed.data.map, whole.data.map);
+        assert_eq!(streamed.data.bytes, data.bytes);
+        assert!(read_state(&dir.path().join("none")).unwrap().is_none());
+
+        let good = std::fs::read(&path).unwrap();
+        let refused = |bytes: &[u8], what: &str| {
+            std::fs::write(&path, bytes).unwrap();
+            let err = read_state(&path).err().expect(what).to_string();
+            assert!(err.contains("is corrupt"), "{what}: {err}");
+            err
+        };
+        // A flipped bit in a value: only the checksum can tell.
+        let mut flipped = good.clone();
+        let at = good.len() - 100;
+        flipped[at] ^= 0x10;
+        let err = refused(&flipped, "a flipped bit");
+        assert!(err.contains("fails its checksum"), "{err}");
+        // Cut short, at many places.
+        for cut in [good.len() - 1, good.len() - 4, good.len() / 2, 40, 3] {
+            refused(&good[..cut], &format!("cut at {cut}"));
+        }
+        // A key length past the payload: refused, not allocated.
+        let mut long = good.clone();
+        let first_key = good
+            .windows(8)
+            .position(|w| w == b"key/0000")
+            .expect("first key");
+        long[first_key - 8..first_key].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        refused(&long, "a huge key length");
     }
 }
