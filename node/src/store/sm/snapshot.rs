@@ -28,8 +28,11 @@ pub(super) fn corrupt_snapshot(path: &Path, what: &str) -> StorageError {
     )))
 }
 
-/// The serialized form of a snapshot: the whole state machine.
-#[derive(Serialize, Deserialize)]
+/// The serialized form of a snapshot, the whole state machine, as bincode encodes this
+/// struct: [`StreamWriter`] writes it and [`decode_from`] reads it record by record; the
+/// tests hold both to this definition.
+#[cfg(test)]
+#[derive(Serialize)]
 struct SnapshotPayload {
     last_applied: Option<LogId>,
     membership: StoredMembership,
@@ -79,25 +82,18 @@ pub(super) fn encode_payload(
     bincode::serialize(&payload).map_err(err_snapshot)
 }
 
+/// A snapshot payload in memory (one received from the leader), decoded record by record:
+/// the payload and the state are the two copies in memory, not three.
 pub(super) fn decode_payload(payload: &[u8]) -> Result<Decoded, StorageError> {
-    let snap: SnapshotPayload = bincode::deserialize(payload).map_err(err_read)?;
-    let mut data = Data::default();
-    for (k, v) in snap.data {
-        let key = String::from_utf8(k.into_vec()).map_err(err_read)?;
-        let record = Record::decode(&v).ok_or_else(|| {
-            err_read(std::io::Error::other(format!(
-                "a short record for key {key:?}"
-            )))
-        })?;
-        data.insert(key, record);
+    let mut r = payload;
+    let decoded = decode_from(&mut r, payload.len() as u64).map_err(err_read)?;
+    if !r.is_empty() {
+        return Err(err_read(std::io::Error::other(format!(
+            "{} bytes after the last record",
+            r.len()
+        ))));
     }
-    Ok(Decoded {
-        last_applied: snap.last_applied,
-        membership: snap.membership,
-        revision: snap.revision,
-        config: snap.config,
-        data,
-    })
+    Ok(decoded)
 }
 
 /// The encoding of `bincode::serialize`, for reading the meta at the head of a file; the
