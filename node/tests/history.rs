@@ -203,6 +203,29 @@ async fn reopen(dir: &std::path::Path, retention: Retention) -> store::Storage {
     }
 }
 
+/// Applies `n` entries of one put each (keys `k1`..`kn`, revisions 1..=n) and builds a
+/// snapshot of them.
+async fn put_keys_and_snapshot(
+    sm: &mut store::StateMachineStore,
+    n: u64,
+) -> rstore_node::types::Snapshot {
+    let entries: Vec<Entry> = (1..=n)
+        .map(|i| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+            payload: EntryPayload::Normal(Request::Batch(Batch {
+                id: i,
+                cmds: vec![put(&format!("k{i}"), "v")],
+            })),
+        })
+        .collect();
+    sm.apply(entries).await.expect("apply");
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build snapshot")
+}
+
 /// Regression: installing a snapshot drops all history before it, and that must hold after
 /// a restart too. The compaction mark was only set in memory, so a restarted member served
 /// a watch from inside the gap as an empty history instead of 410.
@@ -215,22 +238,7 @@ fn history_before_an_installed_snapshot_stays_compacted_after_a_restart() {
             .await
             .expect("open source");
         let mut sm = source.sm;
-        let entries: Vec<Entry> = (1..=20u64)
-            .map(|i| Entry {
-                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
-                payload: EntryPayload::Normal(Request::Batch(Batch {
-                    id: i,
-                    cmds: vec![put(&format!("k{i}"), "v")],
-                })),
-            })
-            .collect();
-        sm.apply(entries).await.expect("apply");
-        let built = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("build snapshot");
+        let built = put_keys_and_snapshot(&mut sm, 20).await;
         // What a leader sends is the file the build wrote, as openraft reads it.
         let snapshot = sm
             .get_current_snapshot()
@@ -279,35 +287,30 @@ fn a_restarted_member_reads_its_snapshot_payload_only_when_it_is_sent() {
             .await
             .expect("open");
         let mut sm = s.sm;
-        let entries: Vec<Entry> = (1..=30u64)
-            .map(|i| Entry {
-                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
-                payload: EntryPayload::Normal(Request::Batch(Batch {
-                    id: i,
-                    cmds: vec![put(&format!("k{i}"), "v")],
-                })),
-            })
-            .collect();
-        sm.apply(entries).await.expect("apply");
-        let built = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("build snapshot");
+        let built = put_keys_and_snapshot(&mut sm, 30).await;
         drop(sm);
         drop(s.log);
         drop(s.flusher);
 
         let again = reopen(dir.path(), keep(1000)).await;
         let mut sm = again.sm.for_raft_start();
-        assert_eq!(sm.reader().revision(), 30, "the state is loaded from the file");
+        assert_eq!(
+            sm.reader().revision(),
+            30,
+            "the state is loaded from the file"
+        );
         let first = sm.get_current_snapshot().await.expect("read").expect("one");
         assert_eq!(first.meta, built.meta);
-        assert!(first.snapshot.get_ref().is_empty(), "start-up reads no payload");
+        assert!(
+            first.snapshot.get_ref().is_empty(),
+            "start-up reads no payload"
+        );
         let sent = sm.get_current_snapshot().await.expect("read").expect("one");
         assert_eq!(sent.meta, built.meta);
-        assert!(!sent.snapshot.get_ref().is_empty(), "a snapshot to send has its payload");
+        assert!(
+            !sent.snapshot.get_ref().is_empty(),
+            "a snapshot to send has its payload"
+        );
 
         let other = tempfile::tempdir().expect("temp dir");
         let target = store::open(other.path(), 8 << 20, keep(1000), |_| {})
