@@ -124,40 +124,19 @@ pub(super) fn read_meta(path: &Path) -> Result<Option<SnapshotMeta>, StorageErro
 /// `bincode::serialize(&SnapshotFile)`: the meta, the payload's length and bytes, the
 /// checksum), so the payload is the one copy of the file in memory.
 pub(super) fn read_file(path: &Path) -> Result<Option<SnapshotFile>, StorageError> {
-    use bincode::Options;
     use std::io::Read;
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(err_snapshot(e)),
+    let Some((meta, len, mut r)) = open_file(path)? else {
+        return Ok(None);
     };
-    let size = f.metadata().map_err(err_snapshot)?.len();
-    let mut r = std::io::BufReader::new(f);
-    let undecodable =
-        |e: &dyn std::fmt::Display| corrupt_snapshot(path, &format!("cannot be decoded: {e}"));
-    let meta: SnapshotMeta = meta_options()
-        .deserialize_from(&mut r)
-        .map_err(|e| undecodable(&e))?;
-    let mut word = [0u8; 8];
-    r.read_exact(&mut word).map_err(|e| undecodable(&e))?;
-    let len = u64::from_le_bytes(word);
-    // A damaged length must not allocate more than the file holds.
-    if len > size {
-        return Err(undecodable(&format!(
-            "a payload of {len} bytes in a file of {size}"
-        )));
-    }
     let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload).map_err(|e| undecodable(&e))?;
-    let mut crc = [0u8; 4];
-    r.read_exact(&mut crc).map_err(|e| undecodable(&e))?;
-    if crc32fast::hash(&payload) != u32::from_le_bytes(crc) {
-        return Err(corrupt_snapshot(path, "fails its checksum"));
-    }
+    r.read_exact(&mut payload)
+        .map_err(|e| undecodable(path, &e))?;
+    let crc = crc32fast::hash(&payload);
+    check_crc(path, &mut r, crc)?;
     Ok(Some(SnapshotFile {
         meta,
         payload: ByteBuf::from(payload),
-        crc: u32::from_le_bytes(crc),
+        crc,
     }))
 }
 
@@ -166,8 +145,37 @@ pub(super) fn read_file(path: &Path) -> Result<Option<SnapshotFile>, StorageErro
 /// loads its state at start-up: the state is the one copy in memory, where reading the file
 /// whole and then decoding it held the file, the decoded pairs and the state at once.
 pub(super) fn read_state(path: &Path) -> Result<Option<(SnapshotMeta, Decoded)>, StorageError> {
-    use bincode::Options;
     use std::io::Read;
+    let Some((meta, len, mut r)) = open_file(path)? else {
+        return Ok(None);
+    };
+    let mut payload = Checksummed {
+        inner: (&mut r).take(len),
+        crc: crc32fast::Hasher::new(),
+    };
+    let decoded = decode_from(&mut payload, len).map_err(|e| undecodable(path, &e));
+    // The rest of the payload (none, in a good file) counts toward its checksum too.
+    let rest =
+        std::io::copy(&mut payload, &mut std::io::sink()).map_err(|e| undecodable(path, &e))?;
+    let crc = payload.crc.finalize();
+    check_crc(path, &mut r, crc)?;
+    let decoded = decoded?;
+    if rest != 0 {
+        return Err(undecodable(
+            path,
+            &format!("{rest} bytes after the last record"),
+        ));
+    }
+    Ok(Some((meta, decoded)))
+}
+
+type FileReader = std::io::BufReader<std::fs::File>;
+
+/// The snapshot file at `path` opened past its meta and its payload's length: the meta, the
+/// length (no more than the file holds, so a damaged one allocates nothing) and a reader at
+/// the payload's first byte. `None` when there is no file.
+fn open_file(path: &Path) -> Result<Option<(SnapshotMeta, u64, FileReader)>, StorageError> {
+    use bincode::Options;
     let f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -175,35 +183,33 @@ pub(super) fn read_state(path: &Path) -> Result<Option<(SnapshotMeta, Decoded)>,
     };
     let size = f.metadata().map_err(err_snapshot)?.len();
     let mut r = std::io::BufReader::with_capacity(1 << 20, f);
-    let undecodable =
-        |e: &dyn std::fmt::Display| corrupt_snapshot(path, &format!("cannot be decoded: {e}"));
     let meta: SnapshotMeta = meta_options()
         .deserialize_from(&mut r)
-        .map_err(|e| undecodable(&e))?;
-    let len = read_u64(&mut r).map_err(|e| undecodable(&e))?;
+        .map_err(|e| undecodable(path, &e))?;
+    let len = read_u64(&mut r).map_err(|e| undecodable(path, &e))?;
     if len > size {
-        return Err(undecodable(&format!(
-            "a payload of {len} bytes in a file of {size}"
-        )));
+        return Err(undecodable(
+            path,
+            &format!("a payload of {len} bytes in a file of {size}"),
+        ));
     }
-    let mut payload = Checksummed {
-        inner: (&mut r).take(len),
-        crc: crc32fast::Hasher::new(),
-    };
-    let decoded = decode_from(&mut payload, len).map_err(|e| undecodable(&e));
-    // The rest of the payload (none, in a good file) counts toward its checksum too.
-    let rest = std::io::copy(&mut payload, &mut std::io::sink()).map_err(|e| undecodable(&e))?;
-    let crc = payload.crc.finalize();
+    Ok(Some((meta, len, r)))
+}
+
+/// Reads the checksum that follows a payload whose bytes hash to `crc`, and refuses the file
+/// if they differ.
+fn check_crc(path: &Path, r: &mut FileReader, crc: u32) -> Result<(), StorageError> {
+    use std::io::Read;
     let mut want = [0u8; 4];
-    r.read_exact(&mut want).map_err(|e| undecodable(&e))?;
+    r.read_exact(&mut want).map_err(|e| undecodable(path, &e))?;
     if crc != u32::from_le_bytes(want) {
         return Err(corrupt_snapshot(path, "fails its checksum"));
     }
-    let decoded = decoded?;
-    if rest != 0 {
-        return Err(undecodable(&format!("{rest} bytes after the last record")));
-    }
-    Ok(Some((meta, decoded)))
+    Ok(())
+}
+
+fn undecodable(path: &Path, e: &dyn std::fmt::Display) -> StorageError {
+    corrupt_snapshot(path, &format!("cannot be decoded: {e}"))
 }
 
 /// The first fields of [`SnapshotPayload`], read.
