@@ -189,7 +189,8 @@ fn check(reader: &store::KvReader, model: &[Change], retention: Retention, sampl
     }
 }
 
-/// Open the store in `dir`, waiting for an earlier handle's flusher thread to let go.
+/// Open the store in `dir` (new or not), waiting for an earlier handle's flusher thread to
+/// let go.
 async fn reopen(dir: &std::path::Path, retention: Retention) -> store::Storage {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -234,9 +235,7 @@ fn history_before_an_installed_snapshot_stays_compacted_after_a_restart() {
     block_on(async {
         // A member that wrote 20 revisions builds a snapshot.
         let source_dir = tempfile::tempdir().expect("temp dir");
-        let source = store::open(source_dir.path(), 8 << 20, keep(1000), |_| {})
-            .await
-            .expect("open source");
+        let source = reopen(source_dir.path(), keep(1000)).await;
         let mut sm = source.sm;
         let built = put_keys_and_snapshot(&mut sm, 20).await;
         // What a leader sends is the file the build wrote, as openraft reads it.
@@ -249,9 +248,7 @@ fn history_before_an_installed_snapshot_stays_compacted_after_a_restart() {
 
         // A fresh member installs it: it has no history before revision 21.
         let dir = tempfile::tempdir().expect("temp dir");
-        let target = store::open(dir.path(), 8 << 20, keep(1000), |_| {})
-            .await
-            .expect("open target");
+        let target = reopen(dir.path(), keep(1000)).await;
         let mut target_sm = target.sm;
         target_sm
             .install_snapshot(&snapshot.meta, snapshot.snapshot)
@@ -283,9 +280,7 @@ fn history_before_an_installed_snapshot_stays_compacted_after_a_restart() {
 fn a_restarted_member_reads_its_snapshot_payload_only_when_it_is_sent() {
     block_on(async {
         let dir = tempfile::tempdir().expect("temp dir");
-        let s = store::open(dir.path(), 8 << 20, keep(1000), |_| {})
-            .await
-            .expect("open");
+        let s = reopen(dir.path(), keep(1000)).await;
         let mut sm = s.sm;
         let built = put_keys_and_snapshot(&mut sm, 30).await;
         drop(sm);
@@ -313,9 +308,7 @@ fn a_restarted_member_reads_its_snapshot_payload_only_when_it_is_sent() {
         );
 
         let other = tempfile::tempdir().expect("temp dir");
-        let target = store::open(other.path(), 8 << 20, keep(1000), |_| {})
-            .await
-            .expect("open target");
+        let target = reopen(other.path(), keep(1000)).await;
         let mut target_sm = target.sm;
         target_sm
             .install_snapshot(&sent.meta, sent.snapshot)

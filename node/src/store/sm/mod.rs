@@ -360,7 +360,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(
             snapshot::read_file(&self.snapshot_path())?.map(|f| Snapshot {
                 meta: f.meta,
-                snapshot: Box::new(Cursor::new(f.payload.into_vec())),
+                snapshot: Box::new(Cursor::new(f.payload)),
             }),
         )
     }

@@ -21,27 +21,40 @@ pub struct Record {
 impl Record {
     pub(super) const HEADER: usize = 24;
 
-    /// The encoding in snapshot payloads.
+    /// The record's counters as snapshot payloads hold them, before its value.
+    pub(super) fn counters(&self) -> [u8; Self::HEADER] {
+        let mut out = [0u8; Self::HEADER];
+        out[..8].copy_from_slice(&self.create_revision.to_be_bytes());
+        out[8..16].copy_from_slice(&self.mod_revision.to_be_bytes());
+        out[16..].copy_from_slice(&self.version.to_be_bytes());
+        out
+    }
+
+    /// The record of `counters` (as [`Self::counters`] writes them) and `value`.
+    pub(super) fn from_parts(counters: &[u8; Self::HEADER], value: bytes::Bytes) -> Self {
+        let u = |i: usize| u64::from_be_bytes(counters[i..i + 8].try_into().expect("8 bytes"));
+        Self {
+            create_revision: u(0),
+            mod_revision: u(8),
+            version: u(16),
+            value,
+        }
+    }
+
+    /// The encoding in snapshot payloads: the counters, then the value.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::HEADER + self.value.len());
-        out.extend_from_slice(&self.create_revision.to_be_bytes());
-        out.extend_from_slice(&self.mod_revision.to_be_bytes());
-        out.extend_from_slice(&self.version.to_be_bytes());
+        out.extend_from_slice(&self.counters());
         out.extend_from_slice(&self.value);
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < Self::HEADER {
-            return None;
-        }
-        let u = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-        Some(Self {
-            create_revision: u(0),
-            mod_revision: u(8),
-            version: u(16),
-            value: bytes::Bytes::copy_from_slice(&bytes[Self::HEADER..]),
-        })
+        let counters = bytes.get(..Self::HEADER)?.try_into().expect("HEADER bytes");
+        Some(Self::from_parts(
+            counters,
+            bytes::Bytes::copy_from_slice(&bytes[Self::HEADER..]),
+        ))
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use openraft::{AnyError, StorageIOError};
 use serde::{Deserialize, Serialize};
+#[cfg(test)]
 use serde_bytes::ByteBuf;
 
 use super::record::{Data, Record};
@@ -42,12 +43,12 @@ struct SnapshotPayload {
     data: Vec<(ByteBuf, ByteBuf)>,
 }
 
-/// A snapshot file: metadata and payload, with a checksum.
-#[derive(Serialize, Deserialize)]
+/// A snapshot file, checked: its metadata and payload. On disk it is what `bincode` makes of
+/// `(meta, payload as bytes, crc32 of the payload)`: the meta, the payload's length (u64 LE)
+/// and bytes, and the checksum (u32 LE).
 pub(super) struct SnapshotFile {
     pub(super) meta: SnapshotMeta,
-    pub(super) payload: ByteBuf,
-    crc: u32,
+    pub(super) payload: Vec<u8>,
 }
 
 /// A snapshot payload, decoded.
@@ -108,21 +109,11 @@ fn meta_options() -> impl bincode::Options {
 
 /// Just the metadata of the snapshot file at `path`, read without loading the payload.
 pub(super) fn read_meta(path: &Path) -> Result<Option<SnapshotMeta>, StorageError> {
-    use bincode::Options;
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(err_snapshot(e)),
-    };
-    let meta: SnapshotMeta = meta_options()
-        .deserialize_from(std::io::BufReader::new(f))
-        .map_err(|e| corrupt_snapshot(path, &e.to_string()))?;
-    Ok(Some(meta))
+    Ok(open_file(path)?.map(|(meta, _, _)| meta))
 }
 
-/// The snapshot file at `path`, checked. Read in its parts (the encoding of
-/// `bincode::serialize(&SnapshotFile)`: the meta, the payload's length and bytes, the
-/// checksum), so the payload is the one copy of the file in memory.
+/// The snapshot file at `path`, checked. Read in its parts, so the payload is the one copy
+/// of the file in memory.
 pub(super) fn read_file(path: &Path) -> Result<Option<SnapshotFile>, StorageError> {
     use std::io::Read;
     let Some((meta, len, mut r)) = open_file(path)? else {
@@ -131,13 +122,8 @@ pub(super) fn read_file(path: &Path) -> Result<Option<SnapshotFile>, StorageErro
     let mut payload = vec![0u8; len as usize];
     r.read_exact(&mut payload)
         .map_err(|e| undecodable(path, &e))?;
-    let crc = crc32fast::hash(&payload);
-    check_crc(path, &mut r, crc)?;
-    Ok(Some(SnapshotFile {
-        meta,
-        payload: ByteBuf::from(payload),
-        crc,
-    }))
+    check_crc(path, &mut r, crc32fast::hash(&payload))?;
+    Ok(Some(SnapshotFile { meta, payload }))
 }
 
 /// The snapshot file at `path`, decoded as it is read, record by record, and checked (its
@@ -212,20 +198,10 @@ fn undecodable(path: &Path, e: &dyn std::fmt::Display) -> StorageError {
     corrupt_snapshot(path, &format!("cannot be decoded: {e}"))
 }
 
-/// The first fields of [`SnapshotPayload`], read.
-#[derive(Deserialize)]
-struct PayloadHeadOwned {
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-    revision: u64,
-    config: ClusterConfig,
-}
-
 /// A payload of `len` bytes, decoded from `r` record by record; lengths that exceed what is
 /// left of it are refused before anything is allocated for them.
 fn decode_from(r: &mut impl std::io::Read, len: u64) -> std::io::Result<Decoded> {
-    let head: PayloadHeadOwned =
-        bincode::deserialize_from(&mut *r).map_err(std::io::Error::other)?;
+    let head: PayloadHead = bincode::deserialize_from(&mut *r).map_err(std::io::Error::other)?;
     let keys = read_u64(r)?;
     let too_long = |what: &str, n: u64| {
         std::io::Error::other(format!("a {what} of {n} bytes in a payload of {len}"))
@@ -243,25 +219,16 @@ fn decode_from(r: &mut impl std::io::Read, len: u64) -> std::io::Result<Decoded>
         if n > len {
             return Err(too_long("record", n));
         }
-        let mut counters = [0u8; Record::HEADER];
         if (n as usize) < Record::HEADER {
             return Err(std::io::Error::other(format!(
                 "a short record for key {key:?}"
             )));
         }
+        let mut counters = [0u8; Record::HEADER];
         r.read_exact(&mut counters)?;
         let mut value = vec![0u8; n as usize - Record::HEADER];
         r.read_exact(&mut value)?;
-        let u = |i: usize| u64::from_be_bytes(counters[i..i + 8].try_into().expect("8 bytes"));
-        data.insert(
-            key,
-            Record {
-                create_revision: u(0),
-                mod_revision: u(8),
-                version: u(16),
-                value: value.into(),
-            },
-        );
+        data.insert(key, Record::from_parts(&counters, value.into()));
     }
     Ok(Decoded {
         last_applied: head.last_applied,
@@ -292,8 +259,8 @@ impl<R: std::io::Read> std::io::Read for Checksummed<R> {
     }
 }
 
-/// Write `dir/current` durably: the encoding of `bincode::serialize(&SnapshotFile)`, written
-/// in its parts so the payload is not copied.
+/// Write `dir/current` durably (the format of [`SnapshotFile`]), in its parts so the payload
+/// is not copied.
 pub(super) fn write_file(
     dir: &Path,
     meta: &SnapshotMeta,
@@ -309,12 +276,12 @@ pub(super) fn write_file(
 
 /// The first fields of [`SnapshotPayload`] alone. bincode writes a struct as its fields in
 /// order, so these bytes, then the length of `data` and its pairs, are the payload.
-#[derive(Serialize)]
-struct PayloadHead<'a> {
-    last_applied: &'a Option<LogId>,
-    membership: &'a StoredMembership,
+#[derive(Serialize, Deserialize)]
+struct PayloadHead {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
     revision: u64,
-    config: &'a ClusterConfig,
+    config: ClusterConfig,
 }
 
 /// Writes a snapshot file record by record, without holding an encoding of the state in
@@ -345,10 +312,10 @@ impl StreamWriter {
     ) -> std::io::Result<Self> {
         use std::io::Write;
         let head = bincode::serialize(&PayloadHead {
-            last_applied: &meta.last_log_id,
-            membership: &meta.last_membership,
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
             revision,
-            config,
+            config: *config,
         })
         .map_err(std::io::Error::other)?;
         // Per key: two length prefixes (8 each) and the record's three counters (24).
@@ -386,13 +353,11 @@ impl StreamWriter {
         }
         self.keys_left -= 1;
         self.bytes_left -= n;
-        let parts: [&[u8]; 7] = [
+        let parts: [&[u8]; 5] = [
             &(key.len() as u64).to_le_bytes(),
             key.as_bytes(),
-            &(24 + r.value.len() as u64).to_le_bytes(),
-            &r.create_revision.to_be_bytes(),
-            &r.mod_revision.to_be_bytes(),
-            &r.version.to_be_bytes(),
+            &((Record::HEADER + r.value.len()) as u64).to_le_bytes(),
+            &r.counters(),
             &r.value,
         ];
         for p in parts {
