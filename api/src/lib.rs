@@ -12,6 +12,7 @@ pub mod admin;
 pub mod client;
 #[cfg(feature = "pki")]
 pub mod pki;
+pub mod rate;
 
 use std::fmt;
 use std::str::FromStr;

@@ -79,33 +79,6 @@ where
     )
 }
 
-/// A rate as people write it: `64MiB` (per second), `500KB`, `1G`, or a number of bytes.
-pub fn parse_rate(text: &str) -> Result<u64, String> {
-    let t = text.trim().trim_end_matches("/s");
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a rate: give bytes per second, such as 64MiB"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KB" => 1_000,
-        "Ki" | "KiB" => 1 << 10,
-        "M" | "MB" => 1_000_000,
-        "Mi" | "MiB" => 1 << 20,
-        "G" | "GB" => 1_000_000_000,
-        "Gi" | "GiB" => 1 << 30,
-        other => {
-            return Err(format!(
-                "{text:?}: unknown unit {other:?}; use B, KB, KiB, MB, MiB, GB or GiB (per second)"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .filter(|r| *r > 0)
-        .ok_or_else(|| format!("{text:?} is not a usable rate"))
-}
-
 /// A backup that was saved and checked, and its manifest written.
 #[derive(Debug, Clone)]
 pub struct Saved {
@@ -240,17 +213,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rates_as_people_write_them() {
-        assert_eq!(parse_rate("64MiB").unwrap(), 64 << 20);
-        assert_eq!(parse_rate("500KB/s").unwrap(), 500_000);
-        assert_eq!(parse_rate("1G").unwrap(), 1_000_000_000);
-        assert_eq!(parse_rate("4096").unwrap(), 4096);
-        for bad in ["", "fast", "0", "12XB", "-1MiB"] {
-            assert!(parse_rate(bad).is_err(), "{bad}");
-        }
-    }
 
     #[tokio::test]
     async fn a_paced_stream_takes_as_long_as_its_rate_says() {

@@ -12,7 +12,9 @@
 //! 3. load during backup: the bench's put phase with 64 clients (on `--keys` keys of
 //!    `--value-bytes` bytes) for `--seconds` split over `--rounds` windows without a backup
 //!    and as many while backups run back to back from member 1 (idle and busy windows
-//!    alternate); the drop of throughput in %, and the serving member's peak RSS.
+//!    alternate); the drop of throughput in %, the backups' rate under the load (the load
+//!    goes on, unmeasured, until the last backup ends, so that each ran under it
+//!    throughout), and the serving member's peak RSS.
 //!
 //! etcd runs with `--quota-backend-bytes` of 8 GiB and rstore with `RSTORE_MAX_DATA_BYTES`
 //! of 8 GiB, so that 1 GB of data does not hit their defaults (2 GiB and 1 GiB).
@@ -53,6 +55,8 @@ pub struct Options {
     pub runs: u32,
     /// `node backup save --max-rate` for rstore's backups.
     pub max_rate: Option<String>,
+    /// `node backup save --rate-under-load` for rstore's backups.
+    pub rate_under_load: Option<String>,
     /// The load during backup: its shape (key space, value size, warmup, window).
     pub load: LoadShape,
     pub rounds: u32,
@@ -102,7 +106,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             tls.clone(),
             admin.clone(),
         )?
-        .with_max_rate(opts.max_rate.clone()),
+        .with_rates(opts.max_rate.clone(), opts.rate_under_load.clone()),
     );
     let rstore_target = Arc::new(RstoreTarget::new(
         rstore.client_urls().to_vec(),
@@ -226,7 +230,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                         System::Rstore => load::run_phase(&rstore_target, &phase, &opts.load).await,
                         System::Etcd => load::run_phase(&etcd_target, &phase, &opts.load).await,
                     };
-                    let stats = bl.stop().await?;
+                    let stats = match s {
+                        System::Rstore => {
+                            finish_under_load(bl, &rstore_target, &phase, &opts.load).await
+                        }
+                        System::Etcd => {
+                            finish_under_load(bl, &etcd_target, &phase, &opts.load).await
+                        }
+                    }?;
                     (m, Some(stats), rss.stop().await)
                 } else {
                     let m = match s {
@@ -236,6 +247,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     (m, None, None)
                 };
                 let measured = measured.with_context(|| format!("{} {phase}", s.name()))?;
+                // Each window on its own, with rstore's snapshot indexes after it: a member
+                // rewriting a 1 GB snapshot costs the window it falls in (on 2 shared cores).
+                let snapshots = match s {
+                    System::Rstore => snapshot_indexes(&admin, rstore.client_urls()).await,
+                    System::Etcd => Vec::new(),
+                };
+                info!(
+                    system = s.name(),
+                    round = round + 1,
+                    with_backup,
+                    ops_per_sec = format!("{:.0}", measured.ops_per_sec()),
+                    ?snapshots,
+                    "window measured"
+                );
                 if let Some(stats) = stats {
                     info!(system = s.name(), ?stats, "backups during the load");
                     loops[idx(s)].push(stats);
@@ -286,6 +311,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
             tls: true,
             rstore_max_rate: opts.max_rate.clone(),
+            rstore_rate_under_load: opts.rate_under_load.clone(),
         },
         rstore: rstore_report,
         etcd: etcd_report,
@@ -298,6 +324,50 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     drop((rstore, etcd));
     Ok(())
+}
+
+/// Stops the backup loop, keeping the same load on (unmeasured) until the backup under way
+/// ends, so that every backup counted ran under the load from start to end: a backup that
+/// outlasted the measured window used to finish on an idle cluster, which flattered the
+/// slower-paced system's rate under load.
+async fn finish_under_load<T: load::Target>(
+    backups: BackupLoop,
+    target: &Arc<T>,
+    phase: &Phase,
+    shape: &LoadShape,
+) -> anyhow::Result<LoopStats> {
+    let tail = LoadShape {
+        warmup: Duration::ZERO,
+        measure: Duration::from_secs(24 * 3600),
+        ..shape.clone()
+    };
+    // The load's tasks end when its future is dropped, as soon as the loop has stopped.
+    tokio::select! {
+        stats = backups.stop() => stats,
+        done = load::run_phase(target, phase, &tail) => {
+            bail!("the load under the last backup ended early: {:?}", done.err())
+        }
+    }
+}
+
+/// The last snapshot index of each rstore member (`rstore_raft_snapshot_index`), `None`
+/// where it could not be read.
+async fn snapshot_indexes(admin: &reqwest::Client, urls: &[String]) -> Vec<Option<u64>> {
+    let mut out = Vec::new();
+    for url in urls {
+        let text = match admin.get(format!("{url}/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        out.push(text.lines().find_map(|l| {
+            l.strip_prefix("rstore_raft_snapshot_index ")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .map(|v| v as u64)
+        }));
+    }
+    out
 }
 
 async fn populate<T: load::Target>(

@@ -579,6 +579,11 @@ impl Measured {
     pub fn stats(self) -> PhaseStats {
         stats(self.tally, self.window)
     }
+
+    /// Operations per second over the window(s) measured.
+    pub fn ops_per_sec(&self) -> f64 {
+        self.tally.ops as f64 / self.window.as_secs_f64().max(1e-9)
+    }
 }
 
 fn stats(tally: TaskTally, window: Duration) -> PhaseStats {

@@ -144,6 +144,12 @@ struct Cli {
     #[arg(long, env = "RSTORE_BENCH_BACKUP_MAX_RATE")]
     backup_max_rate: Option<String>,
 
+    /// How fast rstore's members stream a backup while they apply writes
+    /// (`node backup save --rate-under-load`: `100MB`, `unlimited`) in `--backup`. The
+    /// member's default (64MiB) when left out.
+    #[arg(long, env = "RSTORE_BENCH_BACKUP_RATE_UNDER_LOAD")]
+    backup_rate_under_load: Option<String>,
+
     /// etcd's command-line client (Debian's etcd-client 3.4), for `--backup`.
     #[arg(
         long,
@@ -335,6 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             value_bytes: cli.backup_value_bytes,
             runs: cli.backup_runs,
             max_rate: cli.backup_max_rate,
+            rate_under_load: cli.backup_rate_under_load,
             load: shape,
             rounds: cli.rounds,
             json: cli.json,

@@ -60,12 +60,16 @@ pub struct Tools {
     http: reqwest::Client,
     /// `--max-rate` of rstore's saves.
     max_rate: Option<String>,
+    /// `--rate-under-load` of rstore's saves.
+    rate_under_load: Option<String>,
 }
 
 impl Tools {
-    /// rstore's saves paced to `rate` (`node backup save --max-rate`).
-    pub fn with_max_rate(mut self, rate: Option<String>) -> Self {
-        self.max_rate = rate;
+    /// rstore's saves paced to `max_rate` (`node backup save --max-rate`), and to
+    /// `rate_under_load` while the member applies writes (`--rate-under-load`).
+    pub fn with_rates(mut self, max_rate: Option<String>, rate_under_load: Option<String>) -> Self {
+        self.max_rate = max_rate;
+        self.rate_under_load = rate_under_load;
         self
     }
 
@@ -86,6 +90,7 @@ impl Tools {
             etcd_key,
             http,
             max_rate: None,
+            rate_under_load: None,
         })
     }
 
@@ -126,6 +131,9 @@ impl Tools {
                     .arg(&self.tls.token);
                 if let Some(rate) = &self.max_rate {
                     cmd.arg("--max-rate").arg(rate);
+                }
+                if let Some(rate) = &self.rate_under_load {
+                    cmd.arg("--rate-under-load").arg(rate);
                 }
                 cmd
             }

@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Args, ValueEnum};
 
+use rstore_api::rate::RateUnderLoad;
+
 use crate::store;
 use crate::tls::TlsPaths;
 
@@ -59,6 +61,8 @@ pub struct Settings {
     pub max_watches: usize,
     /// Bytes a watch may have waiting to be sent before the watcher is cut off.
     pub watch_buffer_bytes: usize,
+    /// How fast a backup streams while writes arrive, unless the request says.
+    pub backup_rate_under_load: RateUnderLoad,
 }
 
 impl Settings {
@@ -222,6 +226,12 @@ pub struct ServeArgs {
     /// revision to resume from).
     #[arg(long, env = "RSTORE_WATCH_BUFFER_BYTES", default_value_t = 1 << 20)]
     pub watch_buffer_bytes: usize,
+    /// How fast a backup streams from this member while it is applying writes (`100MB`,
+    /// `64MiB`, or `unlimited`), unless the backup request sets `rate_under_load`. On an
+    /// idle member a backup streams as fast as it can; while writes arrive it is paced to
+    /// this, so that it takes less of the CPU and disk the writes need.
+    #[arg(long, env = "RSTORE_BACKUP_RATE_UNDER_LOAD", default_value = "64MiB")]
+    pub backup_rate_under_load: RateUnderLoad,
     /// A file in the format of /etc/hosts consulted before DNS when connecting to peers
     /// (re-read when it changes): for names no DNS knows, as on the local control plane.
     #[arg(long, env = "RSTORE_HOSTS_FILE")]
@@ -328,6 +338,7 @@ impl ServeArgs {
             body_timeout: Duration::from_millis(self.body_timeout_ms.max(100)),
             max_watches: self.max_watches,
             watch_buffer_bytes: self.watch_buffer_bytes.max(64 << 10),
+            backup_rate_under_load: self.backup_rate_under_load,
         })
     }
 }

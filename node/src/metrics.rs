@@ -73,6 +73,8 @@ pub struct Metrics {
     pub backup_bytes: Counter,
     /// Seconds the state's lock was held to copy it for a backup (writes wait that long).
     pub backup_copy_seconds: Histogram,
+    /// Seconds backups waited for the rate under load (the member was applying writes).
+    pub backup_paced_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,6 +123,7 @@ impl Metrics {
             backups: Family::default(),
             backup_bytes: Counter::default(),
             backup_copy_seconds: latency_histogram(),
+            backup_paced_seconds: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -183,6 +186,11 @@ impl Metrics {
             "backup_copy_seconds",
             "Time the state was held to copy it for a backup (writes wait for it)",
             m.backup_copy_seconds.clone(),
+        );
+        registry.register(
+            "backup_paced_seconds",
+            "Time backups streaming from this member waited because it was applying writes (the rate under load)",
+            m.backup_paced_seconds.clone(),
         );
         registry.register("raft_term", "Current Raft term", m.term.clone());
         registry.register(

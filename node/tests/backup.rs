@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rstore_backup::format::{Entry, Reader};
-use rstore_tests::harness::{Cluster, Consistency, ELECTION, TestNode, wait_until};
+use rstore_tests::harness::{Cluster, Consistency, ELECTION, TestNode, metric_value, wait_until};
 
 fn node_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_node"))
@@ -36,8 +36,18 @@ fn save_task(
     index: usize,
     out: &str,
 ) -> tokio::task::JoinHandle<(bool, String, String)> {
+    save_task_with(cluster, index, out, &[])
+}
+
+/// [`save_task`] with `extra` arguments.
+fn save_task_with(
+    cluster: &Cluster,
+    index: usize,
+    out: &str,
+    extra: &[&str],
+) -> tokio::task::JoinHandle<(bool, String, String)> {
     let creds = cluster.creds();
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "backup".into(),
         "save".into(),
         "--out".into(),
@@ -49,6 +59,7 @@ fn save_task(
         "--token".into(),
         creds.admin_token.clone(),
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         node(&args)
@@ -381,6 +392,92 @@ async fn a_second_backup_while_one_streams_gets_409_and_writes_go_on() {
         http.get(&url).send().await.is_ok_and(|r| r.status() == 200)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_paces_a_backup_only_while_it_applies_writes() {
+    let source = Cluster::start(node_bin(), 3).await;
+    let c = source.client(0);
+    let value = vec![5u8; 256 << 10];
+    for i in 0..24 {
+        c.put_acked(&format!("big/{i:03}"), &value).await;
+    }
+    // From a follower: it applies the writes it did not take in itself.
+    let leader = source.leader().await;
+    let follower = (leader + 1) % 3;
+    let f = source.client(follower);
+    let paced = async || {
+        let text = f.get_path("/metrics").await.text();
+        metric_value(&text, "rstore_backup_paced_seconds_total")
+            .unwrap_or_else(|| panic!("no rstore_backup_paced_seconds_total in {text}"))
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let save_at = async |name: &str, rate: &str| {
+        let out = tmp.path().join(name);
+        let args = ["--rate-under-load", rate];
+        let (ok, stdout, err) = save_task_with(&source, follower, out.to_str().unwrap(), &args)
+            .await
+            .unwrap();
+        assert!(ok, "backup save failed: {stdout}{err}");
+        read_backup(&out)
+    };
+
+    // Idle: a low rate under load does not slow it.
+    let (header, _) = save_at("idle.rsb", "1MB").await;
+    assert_eq!(header.keys, 24);
+    assert_eq!(paced().await, 0.0);
+
+    // Under writes, the stream (about 6 MB) is paced to 2 MB/s: it waits for seconds.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, client) = (stop.clone(), source.client(leader));
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("small/{i:06}");
+                let value = b"v".to_vec();
+                assert_eq!(client.put(&key, &value).await.status, 200);
+                i += 1;
+            }
+            i
+        })
+    };
+    wait_until(ELECTION, "writes to reach the follower", async || {
+        f.node_info().await["revision"].as_u64() > Some(header.revision + 20)
+    })
+    .await;
+    let (loaded, entries) = save_at("loaded.rsb", "2MB").await;
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    let waited = paced().await;
+    assert!(
+        waited >= 1.0,
+        "a 6 MB backup paced to 2 MB/s under writes waited only {waited} s"
+    );
+    assert!(loaded.revision > header.revision && written > 20);
+    assert_eq!(entries.keys().filter(|k| k.starts_with("big/")).count(), 24);
+
+    // A rate the member cannot use is refused, naming what it takes.
+    let url = format!(
+        "{}/v1/cluster/backup?rate_under_load=fast",
+        source.nodes[follower].direct_client_url
+    );
+    let resp = source
+        .http_builder()
+        .build()
+        .unwrap()
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("rate_under_load") && message.contains("unlimited"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

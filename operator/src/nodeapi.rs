@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rstore_api::client::{Credentials, NodeClient, TlsError};
+use rstore_api::rate::RateUnderLoad;
 
 use crate::crd::{MemberRole, ReadConsistency, ReplicationMode};
 
@@ -186,8 +187,14 @@ impl NodeApi {
 
     /// `GET /v1/cluster/backup` (admin): the open answer, without a total timeout or a size
     /// cap (a backup of a large store takes a while); only connecting is bounded.
-    pub async fn backup(&self, base: &str) -> Result<reqwest::Response, NodeApiError> {
-        NodeClient::new(self.http.clone(), base).backup().await
+    pub async fn backup(
+        &self,
+        base: &str,
+        rate_under_load: Option<RateUnderLoad>,
+    ) -> Result<reqwest::Response, NodeApiError> {
+        NodeClient::new(self.http.clone(), base)
+            .backup(rate_under_load)
+            .await
     }
 
     /// `POST /v1/cluster/init`.

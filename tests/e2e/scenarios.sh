@@ -263,13 +263,25 @@ spec: {store: $STORE, schedule: "every hour", destination: {url: "$BACKUP_URL"}}
 EOF
   ); then fail "the API server accepts a BackupSchedule with schedule 'every hour'"; fi
   grep -q "five fields" <<<"$out" || fail "no CEL message for a bad schedule: $out"
+  # Refused at admission: a rate under load that is neither a rate nor unlimited.
+  if out=$(k apply --dry-run=server -f - 2>&1 <<EOF
+apiVersion: rstore.dev/v1alpha1
+kind: Backup
+metadata: {name: bad}
+spec: {store: $STORE, rateUnderLoad: fast, destination: {url: "$BACKUP_URL"}}
+EOF
+  ); then fail "the API server accepts a Backup with rateUnderLoad 'fast'"; fi
+  grep -q "rateUnderLoad must be unlimited or bytes per second" <<<"$out" \
+    || fail "no CEL message for a bad rateUnderLoad: $out"
   put_keys before-backup 5
+  # Paced while the background writer writes (the member reads rateUnderLoad from the request).
   k apply -f - <<EOF
 apiVersion: rstore.dev/v1alpha1
 kind: Backup
 metadata: {name: first}
 spec:
   store: $STORE
+  rateUnderLoad: 50MB
   destination: {url: "$BACKUP_URL", credentialsSecret: backup-credentials}
 EOF
   backup_done() { [ "$(k get backup "$1" -o jsonpath='{.status.phase}')" = Succeeded ]; }

@@ -5,9 +5,11 @@
 //!   and drop packets (used instead of the proxy where the tests run as root);
 //! - [`linearizability`]: operation histories and their linearizability check;
 //! - [`moto`]: a real S3 API server (moto) for the backup tests;
+//! - [`azurite`]: a real Azure Blob Storage API server (Azurite) for the backup tests;
 //! - [`k8s`]: the real Kubernetes control plane on this machine, with a node agent as its
 //!   kubelet (`rstore-k8s up`).
 
+pub mod azurite;
 pub mod faultnet;
 pub mod harness;
 pub mod k8s;

@@ -34,6 +34,7 @@ pub use tls::{Credentials, TlsError};
 
 use crate::ReadConsistency;
 use crate::admin::MemberRole;
+use crate::rate::RateUnderLoad;
 
 /// The most a client reads of one answer by default: a range page or a transaction's gets
 /// are bounded by the node well below this.
@@ -195,17 +196,20 @@ impl NodeClient {
 
     /// `GET /v1/cluster/backup` (admin): a consistent backup of the whole store, as an open
     /// answer to read with `chunk()`. It has no total timeout and no size cap (a backup of a
-    /// large store takes a while); a refusal is [`Error::Api`].
-    pub async fn backup(&self) -> Result<reqwest::Response, Error> {
-        let resp = self
-            .http
-            .get(format!("{}/v1/cluster/backup", self.base))
-            .send()
-            .await
-            .map_err(|source| Error::Unreachable {
-                url: self.base.clone(),
-                source,
-            })?;
+    /// large store takes a while); a refusal is [`Error::Api`]. `rate_under_load` paces it
+    /// while the member is applying writes (`None`: the member's own setting).
+    pub async fn backup(
+        &self,
+        rate_under_load: Option<RateUnderLoad>,
+    ) -> Result<reqwest::Response, Error> {
+        let mut req = self.http.get(format!("{}/v1/cluster/backup", self.base));
+        if let Some(rate) = rate_under_load {
+            req = req.query(&[("rate_under_load", rate.to_string())]);
+        }
+        let resp = req.send().await.map_err(|source| Error::Unreachable {
+            url: self.base.clone(),
+            source,
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }

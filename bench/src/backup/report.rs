@@ -28,6 +28,9 @@ pub struct Config {
     pub tls: bool,
     /// rstore's backups paced to this (`--backup-max-rate`), or unlimited.
     pub rstore_max_rate: Option<String>,
+    /// How fast rstore's members streamed backups while applying writes
+    /// (`--backup-rate-under-load`); `None`: the member's default.
+    pub rstore_rate_under_load: Option<String>,
 }
 
 /// One backup taken.
@@ -108,6 +111,12 @@ pub fn print_report(r: &Report) {
             "  rstore's backups paced to {rate}/s (node backup save --max-rate); etcd's unpaced"
         );
     }
+    println!(
+        "  rstore's rate under load: {} (a member paces a backup to it while it applies writes; --backup-rate-under-load)",
+        c.rstore_rate_under_load
+            .as_deref()
+            .unwrap_or("64MiB, the members' default")
+    );
     for (name, s) in [("rstore", &r.rstore), ("etcd", &r.etcd)] {
         println!(
             "  populate {name}: {:.1} s ({:.0} keys/s, 64 clients)",

@@ -10,14 +10,23 @@
 //! can serve it; one backup streams from a member at a time, and a second gets 409. The
 //! answer's headers carry the revision, the cluster id and the key count before the body
 //! starts; the body's trailer carries its SHA-256.
+//!
+//! A lower priority is not enough on a machine the writes keep busy: the encoder still gets
+//! its share, and the connection's TLS and the reader's work run at normal priority. So
+//! while the member is applying writes, a [`Governor`] paces the encoder to the request's
+//! `rate_under_load` (the node's `--backup-rate-under-load` when it does not say), and on an
+//! idle member the backup streams as fast as it can: one setting gives a fast backup when
+//! there is room and a small cost to the writes when there is not.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use rstore_api::rate::RateUnderLoad;
 use rstore_backup::format::{FORMAT_VERSION, Header, Writer};
 
 use super::admin::config_view;
@@ -31,9 +40,17 @@ const QUEUE: usize = 8;
 /// The encoder thread's nice value: the lowest priority, so that a backup yields the CPU to
 /// the member's writes and reads; it still runs at full speed on an idle member.
 const ENCODER_NICE: i32 = 19;
+/// A member counts as applying writes for this long after its commit index last moved.
+const LOAD_WINDOW: Duration = Duration::from_millis(250);
 
 pub async fn backup(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
-    parse_query(&uri, &[])?;
+    let query = parse_query(&uri, &["rate_under_load"])?;
+    let rate_under_load = match query.get("rate_under_load") {
+        None => app.settings.backup_rate_under_load,
+        Some(text) => text.parse::<RateUnderLoad>().map_err(|e| {
+            ApiError::bad_request("invalid_request", format!("rate_under_load: {e}"))
+        })?,
+    };
     let outcome = |outcome| {
         app.metrics
             .backups
@@ -80,7 +97,12 @@ pub async fn backup(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
     };
     let revision = header.revision;
     let keys = header.keys;
-    tracing::info!(revision, keys, bytes = header.data_bytes, "backup started");
+    tracing::info!(revision, keys, bytes = header.data_bytes, %rate_under_load, "backup started");
+    let mut governor = Governor::new(
+        rate_under_load.bytes_per_second(),
+        app.committed.clone(),
+        Instant::now(),
+    );
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
     let metrics = app.metrics.clone();
     let encoder = std::thread::Builder::new()
@@ -90,7 +112,13 @@ pub async fn backup(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
             lower_priority(ENCODER_NICE);
             let mut w = Writer::new(header);
             let mut sent = 0u64;
-            let send = |b: Vec<u8>, sent: &mut u64| {
+            let paced = metrics.backup_paced_seconds.clone();
+            let mut send = |b: Vec<u8>, sent: &mut u64| {
+                let wait = governor.wait(b.len(), Instant::now());
+                if !wait.is_zero() {
+                    paced.inc_by(wait.as_secs_f64());
+                    std::thread::sleep(wait);
+                }
                 *sent += b.len() as u64;
                 tx.blocking_send(Bytes::from(b)).is_ok()
             };
@@ -120,12 +148,20 @@ pub async fn backup(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
                 }
             };
             metrics.backup_bytes.inc_by(sent);
+            let paced = governor.waited().as_secs_f64();
             let outcome = if ok { "complete" } else { "aborted" };
             metrics
                 .backups
                 .get_or_create(&OutcomeLabels { outcome })
                 .inc();
-            tracing::info!(revision, keys, bytes = sent, outcome, "backup streamed");
+            tracing::info!(
+                revision,
+                keys,
+                bytes = sent,
+                outcome,
+                paced_seconds = paced,
+                "backup streamed"
+            );
         });
     if let Err(e) = encoder {
         outcome("aborted");
@@ -152,6 +188,62 @@ pub async fn backup(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
         .map(IntoResponse::into_response)
 }
 
+/// Paces a backup's encoder while the member is applying writes: each chunk then goes out
+/// no sooner than the rate allows after the one before it; on an idle member nothing waits,
+/// and a pause in the writes lets the backup run at full speed again after [`LOAD_WINDOW`].
+/// The signal is the commit index, which every member (leader, follower or learner)
+/// advances with each write it takes in; it is an atomic, so the low-priority encoder holds
+/// no lock a write could wait for.
+struct Governor {
+    /// Bytes per second while writes arrive; `None`: never paced.
+    rate: Option<u64>,
+    committed: Arc<AtomicU64>,
+    seen: u64,
+    last_write: Option<Instant>,
+    next_send: Instant,
+    waited: Duration,
+}
+
+impl Governor {
+    fn new(rate: Option<u64>, committed: Arc<AtomicU64>, now: Instant) -> Self {
+        let seen = committed.load(Ordering::Relaxed);
+        Self {
+            rate,
+            committed,
+            seen,
+            last_write: None,
+            next_send: now,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// `n` bytes are ready to go at `now`: how long to wait before sending them.
+    fn wait(&mut self, n: usize, now: Instant) -> Duration {
+        let committed = self.committed.load(Ordering::Relaxed);
+        if committed != self.seen {
+            self.seen = committed;
+            self.last_write = Some(now);
+        }
+        let loaded = self
+            .last_write
+            .is_some_and(|t| now.saturating_duration_since(t) < LOAD_WINDOW);
+        let (Some(rate), true) = (self.rate, loaded) else {
+            self.next_send = now;
+            return Duration::ZERO;
+        };
+        let start = self.next_send.max(now);
+        self.next_send = start + Duration::from_secs_f64(n as f64 / rate as f64);
+        let wait = start - now;
+        self.waited += wait;
+        wait
+    }
+
+    /// The time spent waiting so far.
+    fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
 /// Lower the calling thread's CPU priority to `nice` (Linux keeps a nice value per thread,
 /// and `setpriority` on a thread id sets that thread's alone); a failure only costs the
 /// writes some CPU, so it is logged, not fatal.
@@ -164,8 +256,56 @@ fn lower_priority(nice: i32) {
     let _ = nice;
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
 mod tests {
+    use super::*;
+
+    const MB: usize = 1_000_000;
+
+    #[test]
+    fn an_idle_member_streams_at_full_speed() {
+        let committed = Arc::new(AtomicU64::new(7));
+        let t0 = Instant::now();
+        let mut g = Governor::new(Some(MB as u64), committed, t0);
+        for i in 0..10 {
+            assert_eq!(g.wait(MB, t0 + Duration::from_millis(i)), Duration::ZERO);
+        }
+        assert_eq!(g.waited(), Duration::ZERO);
+    }
+
+    #[test]
+    fn while_writes_arrive_chunks_go_out_at_the_rate_and_after_them_at_full_speed() {
+        let committed = Arc::new(AtomicU64::new(7));
+        let t0 = Instant::now();
+        let mut g = Governor::new(Some(MB as u64), committed.clone(), t0);
+        committed.store(8, Ordering::Relaxed);
+        // Half a second's worth each, sent back to back: the first goes at once, the next
+        // waits for the first's half second.
+        assert_eq!(g.wait(MB / 2, t0), Duration::ZERO);
+        committed.store(9, Ordering::Relaxed);
+        assert_eq!(g.wait(MB / 2, t0), Duration::from_millis(500));
+        // The writes stop: one window later nothing waits, and no credit was saved up.
+        let later = t0 + LOAD_WINDOW + Duration::from_millis(1);
+        assert_eq!(g.wait(MB, later), Duration::ZERO);
+        assert_eq!(g.waited(), Duration::from_millis(500));
+        // They start again.
+        committed.store(10, Ordering::Relaxed);
+        assert_eq!(g.wait(MB, later), Duration::ZERO);
+        assert_eq!(g.wait(MB, later), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn unlimited_never_waits_even_under_load() {
+        let committed = Arc::new(AtomicU64::new(0));
+        let t0 = Instant::now();
+        let mut g = Governor::new(None, committed.clone(), t0);
+        for i in 1..10 {
+            committed.store(i, Ordering::Relaxed);
+            assert_eq!(g.wait(MB, t0), Duration::ZERO);
+        }
+    }
+
+    #[cfg(target_os = "linux")]
     #[test]
     fn the_encoder_thread_alone_runs_at_the_lowest_priority() {
         let me = || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use rstore_api::rate::RateUnderLoad;
 use rstore_backup::format::{Header, Reader};
 
 mod archive;
@@ -61,8 +62,13 @@ pub struct SaveArgs {
     /// Read the backup no faster than this many bytes per second (`64MiB`, `500KB`): the
     /// member then spends proportionally less CPU on it, beside the writes it serves.
     /// Unlimited when left out.
-    #[arg(long, value_parser = rstore_backup::save::parse_rate)]
+    #[arg(long, value_parser = rstore_api::rate::parse_rate)]
     pub max_rate: Option<u64>,
+    /// How fast the member streams the backup while it is applying writes (`100MB`,
+    /// `64MiB`, or `unlimited`); on an idle member the backup always streams at full speed.
+    /// The member's `--backup-rate-under-load` when left out.
+    #[arg(long)]
+    pub rate_under_load: Option<RateUnderLoad>,
     #[command(flatten)]
     pub ep: Endpoint,
 }
@@ -112,6 +118,7 @@ pub async fn run_backup(cmd: BackupCommand) -> anyhow::Result<()> {
                 args.credentials_dir.as_deref(),
                 &args.out,
                 args.max_rate,
+                args.rate_under_load,
             )
             .await
         }
@@ -164,7 +171,10 @@ pub fn inspect(path: &Path) -> anyhow::Result<(Header, u64)> {
 async fn save(args: SaveArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let client = args.ep.client()?;
-    let mut resp = client.backup().await.map_err(super::client::explain)?;
+    let mut resp = client
+        .backup(args.rate_under_load)
+        .await
+        .map_err(super::client::explain)?;
     let out = PathBuf::from(&args.out);
     let partial = out.with_extension("partial");
     let file = std::fs::File::create(&partial)

@@ -202,6 +202,7 @@ mod tests {
                 suspend: false,
                 max_attempts: 3,
                 max_rate: None,
+                rate_under_load: None,
                 history_limit: 10,
                 archive: archive.then_some(ArchiveSpec {
                     segment_seconds: 15,

@@ -392,6 +392,7 @@ async fn create_backup(
             destination: sched.spec.destination.clone(),
             max_attempts: sched.spec.max_attempts,
             max_rate: sched.spec.max_rate.clone(),
+            rate_under_load: sched.spec.rate_under_load.clone(),
         },
     );
     backup.metadata.namespace = sched.namespace();

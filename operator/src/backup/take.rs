@@ -20,7 +20,8 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
-use rstore_backup::save::{now_unix_ms, paced, parse_rate, save_stream};
+use rstore_api::rate::{RateUnderLoad, parse_rate};
+use rstore_backup::save::{now_unix_ms, paced, save_stream};
 use tracing::{info, warn};
 
 use super::context::{BackupContext, Error, FIELD_MANAGER};
@@ -144,9 +145,32 @@ async fn attempt(
         )));
     };
 
-    // An attempt from here on. The destination first: wrong credentials or a missing bucket
-    // fail before the store streams anything.
+    // An attempt from here on. Its rates and destination first: a rate the API server let
+    // through but the node would refuse, wrong credentials or a missing bucket fail before
+    // the store streams anything.
     status.attempts += 1;
+    let rates = backup.spec.max_rate.as_deref().map(parse_rate).transpose();
+    let under_load = backup
+        .spec
+        .rate_under_load
+        .as_deref()
+        .map(str::parse::<RateUnderLoad>)
+        .transpose();
+    let (rate, rate_under_load) = match (rates, under_load) {
+        (Ok(r), Ok(u)) => (r, u),
+        (Err(e), _) => {
+            return Ok(Attempt::Failed {
+                retry: false,
+                reason: format!("maxRate: {e}"),
+            });
+        }
+        (_, Err(e)) => {
+            return Ok(Attempt::Failed {
+                retry: false,
+                reason: format!("rateUnderLoad: {e}"),
+            });
+        }
+    };
     let store = match destination::open(&ctx.client, &ns, &backup.spec.destination).await {
         Ok(s) => s,
         Err(e) => {
@@ -173,7 +197,7 @@ async fn attempt(
 
     let started = Instant::now();
     let started_ms = now_unix_ms();
-    let resp = match nodes.backup(&base).await {
+    let resp = match nodes.backup(&base, rate_under_load).await {
         Ok(r) => r,
         Err(e) => {
             return Ok(Attempt::Failed {
@@ -205,16 +229,6 @@ async fn attempt(
             ),
         });
     }
-    let rate = match backup.spec.max_rate.as_deref().map(parse_rate) {
-        Some(Err(reason)) => {
-            return Ok(Attempt::Failed {
-                retry: false,
-                reason,
-            });
-        }
-        Some(Ok(r)) => Some(r),
-        None => None,
-    };
     let stream = resp
         .bytes_stream()
         .map(|r| r.map_err(|e| format!("the backup stream from {pod} broke off: {e}")));

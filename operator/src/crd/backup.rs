@@ -98,6 +98,15 @@ pub struct BackupSpec {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]+(B|K|KB|Ki|KiB|M|MB|Mi|MiB|G|GB|Gi|GiB)?$')").message("maxRate must be bytes per second: a number and an optional unit (KB, KiB, MB, MiB, GB, GiB), such as 64MiB"))]
     pub max_rate: Option<String>,
+
+    /// How fast the member streams the backup while it is applying writes (`100MB`,
+    /// `64MiB`, or `unlimited`): on an idle member a backup always streams at full speed;
+    /// while writes arrive it is paced to this, so that it takes less of the CPU and disk
+    /// the writes need. The member's setting (64MiB by default) when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self == 'unlimited' || self.matches('^[0-9]+(B|K|KB|Ki|KiB|M|MB|Mi|MiB|G|GB|Gi|GiB)?$')").message("rateUnderLoad must be unlimited or bytes per second: a number and an optional unit (KB, KiB, MB, MiB, GB, GiB), such as 100MB"))]
+    pub rate_under_load: Option<String>,
 }
 
 /// An object store location and how to authenticate to it.
@@ -296,6 +305,15 @@ pub struct BackupScheduleSpec {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]+(B|K|KB|Ki|KiB|M|MB|Mi|MiB|G|GB|Gi|GiB)?$')").message("maxRate must be bytes per second: a number and an optional unit (KB, KiB, MB, MiB, GB, GiB), such as 64MiB"))]
     pub max_rate: Option<String>,
+
+    /// How fast the member streams the backup while it is applying writes (`100MB`,
+    /// `64MiB`, or `unlimited`): on an idle member a backup always streams at full speed;
+    /// while writes arrive it is paced to this, so that it takes less of the CPU and disk
+    /// the writes need. The member's setting (64MiB by default) when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self == 'unlimited' || self.matches('^[0-9]+(B|K|KB|Ki|KiB|M|MB|Mi|MiB|G|GB|Gi|GiB)?$')").message("rateUnderLoad must be unlimited or bytes per second: a number and an optional unit (KB, KiB, MB, MiB, GB, GiB), such as 100MB"))]
+    pub rate_under_load: Option<String>,
 
     /// Also archive the store's change stream into the destination, continuously, for
     /// point-in-time recovery (`node backup restore STORE --at-revision R` or a store's

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
+use rstore_api::rate::RateUnderLoad;
 use rstore_backup::manifest::{BackupName, Sha256, parse_utc};
 use rstore_backup::retention::State;
 use rstore_backup::save::{now_unix_ms, paced, save_stream};
@@ -41,6 +42,7 @@ pub async fn save(
     credentials_dir: Option<&Path>,
     url: &str,
     max_rate: Option<u64>,
+    rate_under_load: Option<RateUnderLoad>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let started_ms = now_unix_ms();
@@ -48,7 +50,7 @@ pub async fn save(
     // Wrong credentials or a missing bucket fail here, before the cluster streams anything.
     store.check().await?;
     let client = ep.client()?;
-    let resp = client.backup().await.map_err(explain)?;
+    let resp = client.backup(rate_under_load).await.map_err(explain)?;
     let header = |name: &str| {
         resp.headers()
             .get(name)
