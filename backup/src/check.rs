@@ -33,11 +33,6 @@ pub struct Checked {
 
 /// Chunks queued for the checker.
 const QUEUE: usize = 16;
-/// A file being saved is synced every this many bytes (RocksDB's `bytes_per_sync`,
-/// PostgreSQL's `backend_flush_after`): otherwise a 1 GB backup sits in the page cache and
-/// reaches the disk in one burst at the final sync, which stalls the fsyncs of a member's
-/// write-ahead log on the same disk for as long.
-const SYNC_EVERY: u64 = 8 << 20;
 
 pub struct Checker {
     tx: SyncSender<Bytes>,
@@ -53,7 +48,7 @@ impl Checker {
             let chunks = Chunks {
                 rx,
                 chunk: Bytes::new(),
-                out: copy_to.map(|file| SyncedFile { file, unsynced: 0 }),
+                out: copy_to.map(|f| std::io::BufWriter::with_capacity(1 << 20, f)),
             };
             let mut reader = Reader::open(chunks)?;
             reader.verify_rest()?;
@@ -65,7 +60,7 @@ impl Checker {
                     .to_string(),
             };
             if let Some(out) = reader.into_inner().out {
-                out.file.sync_all()?;
+                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             }
             Ok(checked)
         });
@@ -95,26 +90,7 @@ impl Checker {
 struct Chunks {
     rx: Receiver<Bytes>,
     chunk: Bytes,
-    out: Option<SyncedFile>,
-}
-
-/// A file written in the stream's chunks (about 256 KiB each, so unbuffered) and synced
-/// every [`SYNC_EVERY`] bytes.
-struct SyncedFile {
-    file: std::fs::File,
-    unsynced: u64,
-}
-
-impl SyncedFile {
-    fn write_all(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(chunk)?;
-        self.unsynced += chunk.len() as u64;
-        if self.unsynced >= SYNC_EVERY {
-            self.file.sync_data()?;
-            self.unsynced = 0;
-        }
-        Ok(())
-    }
+    out: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 impl std::io::Read for Chunks {

@@ -6,7 +6,8 @@
 //! 1. storage and commands: [`types`] (the openraft type configuration, the commands in the
 //!    log), [`store`] (the Raft log and vote in a write-ahead log with a true durability
 //!    barrier; the state machine in memory, with snapshot files as checkpoints),
-//!    [`identity`] (the persisted node id and cluster id), [`metrics`];
+//!    [`identity`] (the persisted node id and cluster id), [`metrics`], [`background`]
+//!    (whole-state work on threads at the lowest CPU priority);
 //! 2. configuration, TLS and credentials: [`config`] (the server flags and settings),
 //!    [`auth`] (roles and tokens), [`tls`], [`pki`]; [`web`] (the JSON error and the body
 //!    reader both ports share); [`listener`] (the connection cap and timeouts on both ports);
@@ -35,6 +36,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod background;
 pub mod batcher;
 pub mod cli;
 pub mod config;

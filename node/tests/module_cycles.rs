@@ -467,7 +467,7 @@ fn no_crate_of_the_workspace_has_a_module_cycle() {
 /// the order one-way.) Each module is named by its path; a prefix covers its children.
 const NODE_LAYERS: &[&[&str]] = &[
     // Storage and commands.
-    &["types", "store", "identity", "metrics"],
+    &["types", "store", "identity", "metrics", "background"],
     // Configuration, TLS, credentials, and what both HTTP ports share.
     &["config", "auth", "tls", "web", "listener"],
     // Peer traffic and the write path below HTTP.

@@ -31,15 +31,13 @@ use rstore_backup::format::{FORMAT_VERSION, Header, Writer};
 
 use super::admin::config_view;
 use crate::app::App;
+use crate::background;
 use crate::forward::leader::linearizable_barrier;
 use crate::metrics::OutcomeLabels;
 use crate::web::{ApiError, ApiResult, parse_query};
 
 /// Chunks queued between the encoder and the connection (each about 256 KiB).
 const QUEUE: usize = 8;
-/// The encoder thread's nice value: the lowest priority, so that a backup yields the CPU to
-/// the member's writes and reads; it still runs at full speed on an idle member.
-const ENCODER_NICE: i32 = 19;
 /// A member counts as applying writes for this long after its commit index last moved.
 const LOAD_WINDOW: Duration = Duration::from_millis(250);
 
@@ -109,7 +107,7 @@ pub async fn backup(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
         .name("rstore-backup".into())
         .spawn(move || {
             let _permit = permit;
-            lower_priority(ENCODER_NICE);
+            background::lower_priority(background::NICE);
             let mut w = Writer::new(header);
             let mut sent = 0u64;
             let paced = metrics.backup_paced_seconds.clone();
@@ -244,18 +242,6 @@ impl Governor {
     }
 }
 
-/// Lower the calling thread's CPU priority to `nice` (Linux keeps a nice value per thread,
-/// and `setpriority` on a thread id sets that thread's alone); a failure only costs the
-/// writes some CPU, so it is logged, not fatal.
-fn lower_priority(nice: i32) {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
-        tracing::warn!(nice, error = %e, "the backup encoder keeps its CPU priority");
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = nice;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,18 +289,5 @@ mod tests {
             committed.store(i, Ordering::Relaxed);
             assert_eq!(g.wait(MB, t0), Duration::ZERO);
         }
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn the_encoder_thread_alone_runs_at_the_lowest_priority() {
-        let me = || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
-        let before = me();
-        let encoder = std::thread::spawn(move || {
-            super::lower_priority(super::ENCODER_NICE);
-            me()
-        });
-        assert_eq!(encoder.join().unwrap(), super::ENCODER_NICE);
-        assert_eq!(me(), before, "the calling thread's priority changed too");
     }
 }
