@@ -19,6 +19,17 @@ pub fn lower_priority(nice: i32) {
     let _ = nice;
 }
 
+/// Starts `job` on a new thread named `name` at the lowest priority.
+pub fn spawn(name: &str, job: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            lower_priority(NICE);
+            job();
+        })
+        .map(drop)
+}
+
 /// Runs `job` on a new thread named `name` at the lowest priority, and waits for its result
 /// without holding up the async runtime.
 pub async fn run<T: Send + 'static>(
@@ -26,12 +37,9 @@ pub async fn run<T: Send + 'static>(
     job: impl FnOnce() -> T + Send + 'static,
 ) -> std::io::Result<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            lower_priority(NICE);
-            let _ = tx.send(job());
-        })?;
+    spawn(name, move || {
+        let _ = tx.send(job());
+    })?;
     rx.await
         .map_err(|_| std::io::Error::other(format!("the {name} thread stopped without a result")))
 }

@@ -103,64 +103,61 @@ pub async fn backup(State(app): State<Arc<App>>, uri: Uri) -> ApiResult {
     );
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
     let metrics = app.metrics.clone();
-    let encoder = std::thread::Builder::new()
-        .name("rstore-backup".into())
-        .spawn(move || {
-            let _permit = permit;
-            background::lower_priority(background::NICE);
-            let mut w = Writer::new(header);
-            let mut sent = 0u64;
-            let paced = metrics.backup_paced_seconds.clone();
-            let mut send = |b: Vec<u8>, sent: &mut u64| {
-                let wait = governor.wait(b.len(), Instant::now());
-                if !wait.is_zero() {
-                    paced.inc_by(wait.as_secs_f64());
-                    std::thread::sleep(wait);
-                }
-                *sent += b.len() as u64;
-                tx.blocking_send(Bytes::from(b)).is_ok()
-            };
-            for (key, r) in &copy.records {
-                w.push(
-                    key.as_bytes(),
-                    r.create_revision,
-                    r.mod_revision,
-                    r.version,
-                    &r.value,
-                );
-                let ready = w.take();
-                if !ready.is_empty() && !send(ready, &mut sent) {
-                    tracing::warn!(revision, sent, "backup aborted: the client went away");
-                    metrics
-                        .backups
-                        .get_or_create(&OutcomeLabels { outcome: "aborted" })
-                        .inc();
-                    return;
-                }
+    let encoder = background::spawn("rstore-backup", move || {
+        let _permit = permit;
+        let mut w = Writer::new(header);
+        let mut sent = 0u64;
+        let paced = metrics.backup_paced_seconds.clone();
+        let mut send = |b: Vec<u8>, sent: &mut u64| {
+            let wait = governor.wait(b.len(), Instant::now());
+            if !wait.is_zero() {
+                paced.inc_by(wait.as_secs_f64());
+                std::thread::sleep(wait);
             }
-            let ok = match w.finish() {
-                Ok(rest) => send(rest, &mut sent),
-                Err(e) => {
-                    tracing::error!(error = %e, "backup aborted");
-                    false
-                }
-            };
-            metrics.backup_bytes.inc_by(sent);
-            let paced = governor.waited().as_secs_f64();
-            let outcome = if ok { "complete" } else { "aborted" };
-            metrics
-                .backups
-                .get_or_create(&OutcomeLabels { outcome })
-                .inc();
-            tracing::info!(
-                revision,
-                keys,
-                bytes = sent,
-                outcome,
-                paced_seconds = paced,
-                "backup streamed"
+            *sent += b.len() as u64;
+            tx.blocking_send(Bytes::from(b)).is_ok()
+        };
+        for (key, r) in &copy.records {
+            w.push(
+                key.as_bytes(),
+                r.create_revision,
+                r.mod_revision,
+                r.version,
+                &r.value,
             );
-        });
+            let ready = w.take();
+            if !ready.is_empty() && !send(ready, &mut sent) {
+                tracing::warn!(revision, sent, "backup aborted: the client went away");
+                metrics
+                    .backups
+                    .get_or_create(&OutcomeLabels { outcome: "aborted" })
+                    .inc();
+                return;
+            }
+        }
+        let ok = match w.finish() {
+            Ok(rest) => send(rest, &mut sent),
+            Err(e) => {
+                tracing::error!(error = %e, "backup aborted");
+                false
+            }
+        };
+        metrics.backup_bytes.inc_by(sent);
+        let paced = governor.waited().as_secs_f64();
+        let outcome = if ok { "complete" } else { "aborted" };
+        metrics
+            .backups
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        tracing::info!(
+            revision,
+            keys,
+            bytes = sent,
+            outcome,
+            paced_seconds = paced,
+            "backup streamed"
+        );
+    });
     if let Err(e) = encoder {
         outcome("aborted");
         return Err(ApiError::internal(format!(
