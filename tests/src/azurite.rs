@@ -10,14 +10,14 @@
 //! so the clients here sign as Azure's SDKs do: object_store for the store under test, and
 //! [`Azurite::create_container`] for the one request object_store does not make.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::servers::{http_status, wait_until_listening};
 
 /// The emulator's account and its published key (Azure's documentation of Azurite).
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -85,17 +85,8 @@ impl Azurite {
             port,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = azurite.child.try_wait() {
-                panic!("{test}: {} exited at start: {status}", bin.display());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{test}: azurite-blob did not listen on {port} within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let localhost = std::net::Ipv4Addr::LOCALHOST.into();
+        wait_until_listening(&mut azurite.child, localhost, port, test, &bin);
         Some(azurite)
     }
 
@@ -121,7 +112,6 @@ impl Azurite {
             &B64.decode(ACCOUNT_KEY).expect("the account key is base64"),
         );
         let signature = B64.encode(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
-        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         let req = format!(
             "PUT /{ACCOUNT}/{name}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
              x-ms-date: {date}\r\nx-ms-version: {version}\r\n\
@@ -129,13 +119,6 @@ impl Azurite {
              Content-Length: 0\r\nConnection: close\r\n\r\n",
             self.port
         );
-        conn.write_all(req.as_bytes()).unwrap();
-        let mut response = String::new();
-        conn.read_to_string(&mut response).unwrap();
-        response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
+        http_status(std::net::Ipv4Addr::LOCALHOST.into(), self.port, &req)
     }
 }

@@ -5,7 +5,8 @@
 //!   and drop packets (used instead of the proxy where the tests run as root);
 //! - [`linearizability`]: operation histories and their linearizability check;
 //! - [`moto`]: a real S3 API server (moto) for the backup tests;
-//! - [`azurite`]: a real Azure Blob Storage API server (Azurite) for the backup tests;
+//! - [`azurite`]: a real Azure Blob Storage API server (Azurite) for the backup tests, and
+//!   [`servers`], what the two stand-in servers share;
 //! - [`k8s`]: the real Kubernetes control plane on this machine, with a node agent as its
 //!   kubelet (`rstore-k8s up`).
 
@@ -16,6 +17,7 @@ pub mod k8s;
 pub mod linearizability;
 pub mod moto;
 pub mod netns;
+pub mod servers;
 
 /// Cutting links between nodes, the part both fault networks share: a backend cuts one
 /// directed link (`from → to`: the connections `from` opens to `to`), and the partitions the

@@ -6,11 +6,11 @@
 //! `.ci/run` installs it), else in `/work/.venv-moto`. Without one, [`Moto::start`] returns
 //! `None` after saying so, unless `RSTORE_REQUIRE_MOTO=1` (CI), when it panics.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+use crate::servers::{http_status, wait_until_listening};
 
 pub fn moto_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("RSTORE_MOTO_SERVER") {
@@ -76,17 +76,7 @@ impl Moto {
             .spawn()
             .unwrap_or_else(|e| panic!("{test}: cannot start {}: {e}", bin.display()));
         let mut moto = Moto { child, host, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect((host, port)).is_err() {
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("{test}: {} exited at start: {status}", bin.display());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{test}: moto_server did not listen on {port} within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until_listening(&mut moto.child, host, port, test, &bin);
         Some(moto)
     }
 
@@ -101,19 +91,11 @@ impl Moto {
 
     /// Creates a bucket (moto without auth takes an unsigned request); the HTTP status.
     pub fn create_bucket(&self, bucket: &str) -> u16 {
-        let mut conn = TcpStream::connect((self.host, self.port)).unwrap();
         let req = format!(
             "PUT /{bucket} HTTP/1.1\r\nHost: {}:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.host, self.port
         );
-        conn.write_all(req.as_bytes()).unwrap();
-        let mut response = String::new();
-        conn.read_to_string(&mut response).unwrap();
-        response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
+        http_status(self.host, self.port, &req)
     }
 }
 

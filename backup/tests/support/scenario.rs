@@ -30,6 +30,15 @@ fn header(revision: u64, created_unix_ms: u64) -> Header {
     }
 }
 
+/// The prefix the scenario ran under was honoured: of everything in `root` (the bucket or
+/// container), nothing lies outside `prefix`'s cluster directory.
+pub async fn nothing_outside(root: &BackupStore, prefix: &str) {
+    let all = root.list("").await.unwrap();
+    assert!(!all.is_empty(), "the scenario left nothing to look at");
+    let inside = format!("{prefix}{CLUSTER}/");
+    assert!(all.iter().all(|o| o.name.starts_with(&inside)), "{all:?}");
+}
+
 /// Runs it; `what` names the backend in messages. Returns the 20 MiB upload's time.
 pub async fn run(store: &BackupStore, what: &str) -> Duration {
     store
