@@ -128,7 +128,8 @@ pub struct ServeArgs {
     pub election_max_ms: u64,
     /// Log entries between snapshots, at least; the log is compacted after each snapshot.
     /// A large state also waits until the commands logged since the last snapshot hold a
-    /// quarter of its bytes (up to ten times as many entries, or 1 GiB of log).
+    /// quarter of its bytes (up to ten times as many entries, or 1 GiB of log), each member
+    /// stretching both by up to half, by its id, so that members snapshot at different times.
     #[arg(long, env = "RSTORE_SNAPSHOT_LOGS", default_value_t = 10_000)]
     pub snapshot_logs: u64,
     /// Size of each write-ahead log segment file, in bytes. Segments are zero-filled ahead

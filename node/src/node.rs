@@ -211,6 +211,7 @@ impl Node {
             app.kv.clone(),
             growth,
             app.settings.snapshot_logs,
+            app.id,
         ));
         tokio::spawn(crate::watchdog::run(
             app.raft.clone(),

@@ -427,7 +427,8 @@ pub struct RaftSpec {
 
     /// Log entries between snapshots, at least (node default 10000). A state over 64 MiB
     /// also waits until the commands logged since its last snapshot hold a quarter of its
-    /// bytes (at most ten times the entries, or 1 GiB of log).
+    /// bytes (at most ten times the entries, or 1 GiB of log), each member stretching both by
+    /// up to half, by its id, so that members snapshot at different times.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1").message("snapshotLogs must be at least 1"))]
     pub snapshot_logs: Option<u64>,
