@@ -149,25 +149,26 @@ async fn attempt(
     // through but the node would refuse, wrong credentials or a missing bucket fail before
     // the store streams anything.
     status.attempts += 1;
-    let rates = backup.spec.max_rate.as_deref().map(parse_rate).transpose();
-    let under_load = backup
-        .spec
-        .rate_under_load
-        .as_deref()
-        .map(str::parse::<RateUnderLoad>)
-        .transpose();
-    let (rate, rate_under_load) = match (rates, under_load) {
-        (Ok(r), Ok(u)) => (r, u),
-        (Err(e), _) => {
+    let rates = || -> Result<_, String> {
+        let spec = &backup.spec;
+        let max = spec.max_rate.as_deref().map(parse_rate).transpose();
+        let under_load = spec
+            .rate_under_load
+            .as_deref()
+            .map(str::parse::<RateUnderLoad>);
+        Ok((
+            max.map_err(|e| format!("maxRate: {e}"))?,
+            under_load
+                .transpose()
+                .map_err(|e| format!("rateUnderLoad: {e}"))?,
+        ))
+    };
+    let (rate, rate_under_load) = match rates() {
+        Ok(r) => r,
+        Err(reason) => {
             return Ok(Attempt::Failed {
                 retry: false,
-                reason: format!("maxRate: {e}"),
-            });
-        }
-        (_, Err(e)) => {
-            return Ok(Attempt::Failed {
-                retry: false,
-                reason: format!("rateUnderLoad: {e}"),
+                reason,
             });
         }
     };
